@@ -1,0 +1,70 @@
+"""Object keys: a namespace digest plus a content key per page.
+
+    {prefix}/{namespace}/{shard}/{content}
+    namespace = xxh3_64 of everything that changes the bytes of a page (16 hex)
+    content   = xxh3_128 of (namespace, SGLang's page hash) (32 hex)
+    shard     = first SHARD_CHARS hex characters of content
+
+SGLang's page hash is a SHA-256 chain over the token ids of every page up to this one,
+seeded with the request's extra_key/cache_salt, so equal prefixes give equal keys and
+tenants differ by construction. SGLang's hash carries no model, dtype, layout or rank; the
+namespace adds them, so a page written by another model, dtype, page size, TP shard or PP
+stage can never be read as ours. The shard spreads keys over S3's prefix partitions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import xxhash
+
+from sglang_objectcache.objformat import VERSION, PageGeometry
+
+SHARD_CHARS = 2
+NAMESPACE_FILE = "_namespace.json"
+
+
+@dataclass(frozen=True)
+class Namespace:
+    model: str
+    geometry: PageGeometry
+    kv_shard: str  # "tp{rank}of{size}" for head-sharded MHA, "replicated" for MLA
+    layers: str  # "{start}-{end}" of this pipeline stage
+    extra: str = ""  # attention-CP / DCP ranks when used, and the operator's tenant salt
+    format_version: int = VERSION
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d["geometry"]["row_bytes"] = list(self.geometry.row_bytes)
+        return d
+
+    @property
+    def digest(self) -> str:
+        return xxhash.xxh3_64_hexdigest(json.dumps(self.describe(), sort_keys=True))
+
+
+@dataclass(frozen=True)
+class KeyScheme:
+    prefix: str
+    namespace: Namespace
+
+    @property
+    def namespace_prefix(self) -> str:
+        """Every object of this namespace starts with this; nothing else does."""
+        return f"{self.prefix.strip('/')}/{self.namespace.digest}/"
+
+    @property
+    def namespace_file(self) -> str:
+        return self.namespace_prefix + NAMESPACE_FILE
+
+    def content_digest(self, page_hash: str) -> bytes:
+        """16 bytes, stored in the object header to bind the bytes to their key."""
+        return xxhash.xxh3_128_digest(self.namespace.digest + page_hash)
+
+    def object_key(self, page_hash: str) -> str:
+        content = self.content_digest(page_hash).hex()
+        return f"{self.namespace_prefix}{content[:SHARD_CHARS]}/{content}"
+
+    def owns(self, key: str) -> bool:
+        return key.startswith(self.namespace_prefix)

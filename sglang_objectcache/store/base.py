@@ -1,0 +1,100 @@
+"""The transport contract: how objectcache talks to an S3-compatible object store.
+
+A transport moves bytes. It knows nothing of KV, pages, layouts or SGLang, and it never
+retries by hand: retries and timeouts are the client library's own (botocore's retry
+modes, obstore's retry config), set from `ObjectCacheConfig`.
+
+Batch methods run their requests concurrently, at most `max_concurrency` at a time, and
+return one result per input, in input order. A per-item failure is returned as a
+`StoreError` in that slot, never raised, so one bad object cannot hide the others:
+- `get_many(keys)`: the object's bytes (any buffer: bytes, memoryview, obstore.Bytes),
+  `None` if the key does not exist, or a `StoreError`.
+- `get_ranges(reqs)`: for each (key, start, end) the bytes of [start, end); `None` if the
+  key does not exist. Adjacent ranges of one key may be coalesced into one request; that
+  is the transport's business.
+- `put_many(items)`: True if written, False if the key already existed (with
+  `if_absent=True` a conditional PUT, `If-None-Match: *`, so two writers store once).
+- `exists_many(keys)`: True/False per key (HEAD), or a `StoreError`.
+- `delete_many(keys)`: deletes what exists; returns how many keys it was asked to delete
+  that are now gone.
+- `list(prefix)`: every object under `prefix`, as `ObjectInfo`, paginated lazily.
+- `check(create_bucket)`: one round trip at startup. Raises `StoreError` with a message a
+  user can act on: endpoint unreachable, credentials rejected, bucket missing.
+Methods other than the batch ones raise `StoreError` on failure.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence, Union
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+
+class StoreError(Exception):
+    """A store failure. `kind` is one of KINDS, so callers can count miss reasons."""
+
+    KINDS = ("unreachable", "auth", "no_bucket", "timeout", "throttled", "server", "client")
+
+    def __init__(self, kind: str, message: str):
+        assert kind in self.KINDS, kind
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    last_modified: float  # seconds since the epoch
+
+
+GetResult = Union[Buffer, None, StoreError]
+
+
+class ObjectStore(ABC):
+    name: str = "abstract"
+    max_concurrency: int = 1
+
+    @abstractmethod
+    def check(self, create_bucket: bool = False) -> None: ...
+
+    @abstractmethod
+    def get_many(self, keys: Sequence[str]) -> list[GetResult]: ...
+
+    @abstractmethod
+    def get_ranges(self, reqs: Sequence[tuple[str, int, int]]) -> list[GetResult]: ...
+
+    @abstractmethod
+    def put_many(self, items: Sequence[tuple[str, Buffer]], if_absent: bool = True) -> list[Union[bool, StoreError]]: ...
+
+    @abstractmethod
+    def exists_many(self, keys: Sequence[str]) -> list[Union[bool, StoreError]]: ...
+
+    @abstractmethod
+    def delete_many(self, keys: Sequence[str]) -> int: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    def get(self, key: str) -> Optional[Buffer]:
+        (r,) = self.get_many([key])
+        if isinstance(r, StoreError):
+            raise r
+        return r
+
+    def put(self, key: str, data: Buffer, if_absent: bool = True) -> bool:
+        (r,) = self.put_many([(key, data)], if_absent)
+        if isinstance(r, StoreError):
+            raise r
+        return r
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
