@@ -1,0 +1,51 @@
+"""Shared fixtures. A real SeaweedFS S3 server per test session; a fresh bucket per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import uuid
+
+import pytest
+
+from sglang_objectcache.s3server import SeaweedFS
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A running SeaweedFS (S3 on 127.0.0.1, real auth, data on disk)."""
+    srv = SeaweedFS(str(tmp_path_factory.mktemp("seaweedfs")))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def bucket(s3):
+    """A new, empty bucket on the session's server."""
+    name = f"t{next(_counter)}-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(name)
+    return name
+
+
+@pytest.fixture
+def s3_config(s3, bucket):
+    """An objectcache extra-config dict for the session's server and a fresh bucket."""
+    return s3.config(bucket)
+
+
+def pytest_collection_modifyitems(config, items):
+    # GPU tests run only where CUDA is present (the device machine), never in CI.
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        has_cuda = False
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip)
