@@ -46,7 +46,7 @@ class SchedulerConfig:
 
     def __post_init__(self) -> None:
         if self.policy not in ("deadline", "fair", "fifo"):
-            raise ConfigError(f"scheduler.policy: must be deadline, fair or fifo, got {self.policy!r}")
+            raise ConfigError(f"policy: must be deadline, fair or fifo, got {self.policy!r}")
 
 
 @dataclass(frozen=True)

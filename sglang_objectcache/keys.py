@@ -41,7 +41,7 @@ class Namespace:
 
     @property
     def digest(self) -> str:
-        return xxhash.xxh3_64_hexdigest(json.dumps(self.describe(), sort_keys=True))
+        return xxhash.xxh3_64_hexdigest(json.dumps(self.describe(), sort_keys=True).encode())
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class KeyScheme:
 
     def content_digest(self, page_hash: str) -> bytes:
         """16 bytes, stored in the object header to bind the bytes to their key."""
-        return xxhash.xxh3_128_digest(self.namespace.digest + page_hash)
+        return xxhash.xxh3_128_digest((self.namespace.digest + page_hash).encode())
 
     def object_key(self, page_hash: str) -> str:
         content = self.content_digest(page_hash).hex()

@@ -1,0 +1,105 @@
+"""Views of SGLang host-pool pages in object-payload order.
+
+SGLang's host pool (L2) keeps KV in one of three layouts; the object payload is always
+layer-major (`objformat`). For every layout, one component (K, V or the MLA latent) of one
+page is a strided uint8 view of shape [layers, tokens, row_bytes], and so is the matching
+slice of an object's payload. Moving a page is therefore one strided `copy_` per component
+straight between the network buffer and the pool: no staging copy, and the same code for
+every layout. A page written under `page_first` reads back under `layer_first`.
+
+    layout             component tensor            page p (slot s = p * P) as [L, P, row]
+    layer_first        [L, slots, H, D]            X[:, s:s+P]
+    page_first         [slots, L, H, D]            X[s:s+P].transpose(0, 1)
+    page_first_direct  [pages, L, P, H, D]         X[p]
+MLA buffers have H = 1 and D = kv_cache_dim.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sglang_objectcache.objformat import PageGeometry
+
+LAYOUTS = ("layer_first", "page_first", "page_first_direct")
+
+
+class UnsupportedPool(ValueError):
+    pass
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+class HostPages:
+    """Adapter over one SGLang host pool (MHATokenToKVPoolHost / MLATokenToKVPoolHost)."""
+
+    def __init__(self, pool):
+        layout = getattr(pool, "layout", None)
+        if layout not in LAYOUTS:
+            raise UnsupportedPool(f"host layout {layout!r} is not supported; use one of {LAYOUTS}")
+        self.layout = layout
+        self.page_size = int(pool.page_size)
+        self.num_layers = int(pool.layer_num)
+        if hasattr(pool, "kv_cache_dim"):  # MLATokenToKVPoolHost: one latent buffer
+            kind, comps = "mla", [pool.kv_buffer]
+        else:
+            kind, comps = "mha", [pool.k_buffer, pool.v_buffer]
+        self._bytes = [self._as_rows(t) for t in comps]
+        self.geometry = PageGeometry(
+            kind=kind,
+            num_layers=self.num_layers,
+            tokens=self.page_size,
+            row_bytes=tuple(v.shape[-1] for v in self._bytes),
+            dtype=_dtype_name(comps[0].dtype),
+        )
+
+    def _as_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """The component as uint8 with the head and dim axes folded into one row axis."""
+        lead = 3 if self.layout == "page_first_direct" else 2
+        u8 = t.view(torch.uint8) if t.dtype != torch.uint8 else t
+        return u8.reshape(*u8.shape[:lead], -1)
+
+    def page_views(self, slot: int) -> list[torch.Tensor]:
+        """One [L, P, row_bytes] uint8 view per component of the page starting at `slot`."""
+        P = self.page_size
+        if self.layout == "layer_first":
+            return [x[:, slot : slot + P] for x in self._bytes]
+        if self.layout == "page_first":
+            return [x[slot : slot + P].transpose(0, 1) for x in self._bytes]
+        return [x[slot // P] for x in self._bytes]
+
+    def payload_views(self, payload: torch.Tensor) -> list[torch.Tensor]:
+        """The same [L, P, row_bytes] views over an object's payload (uint8, payload_bytes)."""
+        g = self.geometry
+        layers = payload.view(g.num_layers, g.layer_bytes)
+        out = []
+        for c, row in enumerate(g.row_bytes):
+            off = g.component_offset(c)
+            out.append(layers[:, off : off + g.tokens * row].view(g.num_layers, g.tokens, row))
+        return out
+
+    def flat_page(self, flat: torch.Tensor) -> "HostPages":
+        """A one-page adapter over a flat page in this host layout's own order (SGLang's
+        legacy `get_data_page`/`set_from_flat_data_page` API); its only slot is 0."""
+        page = object.__new__(HostPages)
+        page.layout, page.page_size, page.num_layers, page.geometry = (
+            self.layout, self.page_size, self.num_layers, self.geometry)
+        L, P, n = self.num_layers, self.page_size, self.geometry.num_components
+        u8 = flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat
+        row = self.geometry.row_bytes[0]
+        shape = {"layer_first": (n, L, P, row), "page_first": (n, P, L, row),
+                 "page_first_direct": (n, 1, L, P, row)}[self.layout]
+        # Reuse page_views by presenting the flat page as a one-page pool of this layout.
+        page._bytes = [u8.reshape(shape)[c] for c in range(n)]
+        return page
+
+    def read_page(self, slot: int, payload: torch.Tensor) -> None:
+        """Host page -> payload bytes."""
+        for dst, src in zip(self.payload_views(payload), self.page_views(slot)):
+            dst.copy_(src)
+
+    def write_page(self, slot: int, payload: torch.Tensor) -> None:
+        """Payload bytes -> host page."""
+        for dst, src in zip(self.page_views(slot), self.payload_views(payload)):
+            dst.copy_(src)

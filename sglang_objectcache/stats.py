@@ -1,0 +1,72 @@
+"""Counters for one backend instance, shared by get_stats(), the metrics exporter and tests.
+
+Counter names are stable (they become Prometheus series): `pages_hit`, `pages_written`,
+`pages_skipped_existing`, `pages_deduped`, `bytes_read`, `bytes_written`, `get_requests`,
+`put_requests`, `head_requests`, `checksum_failures`, and `miss_<reason>` /
+`store_errors_<kind>` / `write_errors_<kind>`. SGLang's own StorageMetrics lists are
+drained on every get_stats() call, as SGLang expects.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+MISS_REASONS = ("not_found", "corrupt", "store_error", "store_down", "no_pool")
+# GET latency histogram bucket bounds, seconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Stats:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counters: dict[str, float] = defaultdict(float)
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self._prefetch_pgs: list[int] = []
+        self._backup_pgs: list[int] = []
+        self._prefetch_bw: list[float] = []
+        self._backup_bw: list[float] = []
+
+    def inc(self, name: str, n: float = 1) -> None:
+        with self._lock:
+            self.counters[name] += n
+
+    def miss(self, reason: str, pages: int = 1) -> None:
+        self.inc("miss_" + reason, pages)
+
+    def observe_get(self, seconds: float, requests: int = 1) -> None:
+        """One batch of `requests` GETs that took `seconds` of wall time each (approx.)."""
+        i = next((i for i, b in enumerate(LATENCY_BUCKETS) if seconds <= b), len(LATENCY_BUCKETS))
+        with self._lock:
+            self.latency_counts[i] += requests
+            self.latency_sum += seconds * requests
+
+    def record_prefetch(self, pages: int, nbytes: int, seconds: float) -> None:
+        with self._lock:
+            self._prefetch_pgs.append(pages)
+            if seconds > 0 and nbytes:
+                self._prefetch_bw.append(nbytes / seconds / 1e9)
+
+    def record_backup(self, pages: int, nbytes: int, seconds: float) -> None:
+        with self._lock:
+            self._backup_pgs.append(pages)
+            if seconds > 0 and nbytes:
+                self._backup_bw.append(nbytes / seconds / 1e9)
+
+    def drain_sglang(self):
+        """SGLang's StorageMetrics with the lists gathered since the last call."""
+        from sglang.srt.observability.metrics_collector import StorageMetrics
+
+        with self._lock:
+            m = StorageMetrics(self._prefetch_pgs, self._backup_pgs, self._prefetch_bw, self._backup_bw)
+            self._prefetch_pgs, self._backup_pgs, self._prefetch_bw, self._backup_bw = [], [], [], []
+        return m
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {
+                "counters": dict(self.counters),
+                "get_latency": {"buckets": list(LATENCY_BUCKETS), "counts": list(self.latency_counts),
+                                "sum": self.latency_sum},
+            }
