@@ -49,3 +49,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip)
+
+
+# End-to-end fixtures (tiny model, SGLang server launcher, fault proxy): the same code users
+# load with `pytest -p sglang_objectcache.harness.fixtures`.
+from sglang_objectcache.harness.fixtures import fault_proxy, sglang_server, tiny_model  # noqa: E402,F401

@@ -1,0 +1,40 @@
+"""pytest fixtures for end-to-end tests against a real SGLang server (load with `-p` or import).
+
+    pytest -p sglang_objectcache.harness.fixtures ...      # or: from ...fixtures import *
+
+- `tiny_model` (session): a local tiny Llama directory (`OBJECTCACHE_TINY_MODEL_DIR` to reuse one).
+- `sglang_server` (module): a launcher, `sglang_server(args, name=...) -> SGLangServer`; every
+  server it started is stopped at the end of the module, whether the tests passed or not.
+- `fault_proxy`: a `FaultProxy` in front of the session's `s3` fixture (defined by the caller).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sglang_objectcache.harness.proxy import FaultProxy
+from sglang_objectcache.harness.server import ServerPool
+from sglang_objectcache.tinymodel import make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    where = os.environ.get("OBJECTCACHE_TINY_MODEL_DIR") or tmp_path_factory.mktemp("tiny-model")
+    return str(make_tiny_model(where))
+
+
+@pytest.fixture(scope="module")
+def sglang_server(tiny_model, tmp_path_factory):
+    pool = ServerPool(tiny_model, str(tmp_path_factory.mktemp("sglang-logs")))
+    try:
+        yield pool.launch
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def fault_proxy(s3):
+    with FaultProxy(s3.s3_port) as proxy:
+        yield proxy

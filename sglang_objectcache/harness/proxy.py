@@ -1,0 +1,336 @@
+"""A fault-injection HTTP proxy for an S3 endpoint: the failures object stores have in production.
+
+Contract: `FaultProxy(upstream_port).start()` listens on 127.0.0.1 and forwards every HTTP/1.1
+request to the upstream unchanged (keep-alive is kept: one upstream connection per client
+connection, responses framed by Content-Length, chunked encoding or end of stream). While
+`faults` is set, each request (optionally only those of some methods) may instead get:
+- `slowdown`: a fraction answered `503 SlowDown` with the XML error body S3 sends;
+- `reset`: a fraction whose response is cut halfway and the connection reset (TCP RST);
+- `latency_s`: a delay before forwarding;
+- `stall`: held without an answer until the stall is lifted (then forwarded) or the client
+  gives up.
+If the upstream cannot be reached (the store is down), the client connection is reset.
+`seen` counts requests per method and `injected` counts faults per kind, so a test can
+assert that a fault really happened. Random choices come from a seeded RNG.
+
+`Expect: 100-continue` is answered by the proxy itself (RFC 9110 allows an intermediary to):
+otherwise botocore would wait a second for every PUT before sending its body.
+"""
+
+from __future__ import annotations
+
+import random
+import select
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+SLOWDOWN_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message>"
+    b"<RequestId>objectcache-fault-proxy</RequestId></Error>"
+)
+
+
+@dataclass(frozen=True)
+class Faults:
+    slowdown: float = 0.0
+    reset: float = 0.0
+    latency_s: float = 0.0
+    stall: bool = False
+    # Methods the faults apply to (e.g. frozenset({"GET"})); None means every method.
+    methods: frozenset[str] | None = None
+
+    def applies(self, method: str) -> bool:
+        return self.methods is None or method in self.methods
+
+
+NO_FAULTS = Faults()
+
+
+class _Closed(Exception):
+    """The peer closed the connection (or we must stop talking to it)."""
+
+
+def _read_head(reader) -> tuple[bytes, list[tuple[str, str]]] | None:
+    """Start line and headers; None on a clean EOF before any byte."""
+    first = reader.readline(65537)
+    if not first:
+        return None
+    if not first.endswith(b"\n"):
+        raise _Closed()
+    headers = []
+    while True:
+        line = reader.readline(65537)
+        if not line:
+            raise _Closed()
+        if line in (b"\r\n", b"\n"):
+            return first, headers
+        name, _, value = line.decode("latin-1").partition(":")
+        headers.append((name.strip(), value.strip()))
+
+
+def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v
+    return None
+
+
+def _read_exact(reader, n: int) -> bytes:
+    data = reader.read(n)
+    if len(data) != n:
+        raise _Closed()
+    return data
+
+
+def _read_chunked(reader) -> bytes:
+    """The raw bytes of a chunked body, framing included, through the last trailer."""
+    out = bytearray()
+    while True:
+        size_line = reader.readline(65537)
+        if not size_line:
+            raise _Closed()
+        out += size_line
+        size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            while True:
+                trailer = reader.readline(65537)
+                if not trailer:
+                    raise _Closed()
+                out += trailer
+                if trailer in (b"\r\n", b"\n"):
+                    return bytes(out)
+        out += _read_exact(reader, size + 2)
+
+
+def _read_body(reader, headers, until_eof: bool) -> bytes:
+    if (_header(headers, "transfer-encoding") or "").lower().endswith("chunked"):
+        return _read_chunked(reader)
+    length = _header(headers, "content-length")
+    if length is not None:
+        return _read_exact(reader, int(length))
+    return reader.read() if until_eof else b""
+
+
+def _serialize(start: bytes, headers: list[tuple[str, str]]) -> bytes:
+    lines = [start] + [f"{k}: {v}\r\n".encode("latin-1") for k, v in headers] + [b"\r\n"]
+    return b"".join(lines)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with RST instead of FIN: what a crashed peer or a load balancer does."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+class FaultProxy:
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1", port: int = 0, seed: int = 0,
+                 connect_timeout_s: float = 2.0):
+        self.upstream = (upstream_host, upstream_port)
+        self.port = port
+        self.connect_timeout_s = connect_timeout_s
+        self.faults = NO_FAULTS
+        self.seen: Counter[str] = Counter()
+        self.injected: Counter[str] = Counter()
+        self.connections = 0  # client connections accepted (keep-alive reuses one)
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._conns: set[socket.socket] = set()
+        self._stopping = threading.Event()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def set(self, faults: Faults = NO_FAULTS) -> None:
+        self.faults = faults
+
+    def clear(self) -> None:
+        self.faults = NO_FAULTS
+
+    def start(self) -> "FaultProxy":
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(128)
+        self.port = ls.getsockname()[1]
+        self._listener = ls
+        self._stopping.clear()
+        threading.Thread(target=self._accept_loop, name="fault-proxy-accept", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for c in conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "FaultProxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _accept_loop(self) -> None:
+        ls = self._listener
+        while not self._stopping.is_set():
+            try:
+                client, _ = ls.accept()
+            except OSError:
+                return
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.connections += 1
+            self._track(client)
+            threading.Thread(target=self._serve, args=(client,), name="fault-proxy-conn", daemon=True).start()
+
+    def _track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._conns.add(sock)
+
+    def _untrack(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._conns.discard(sock)
+
+    def _roll(self) -> float:
+        with self._lock:
+            return self._rng.random()
+
+    def _count(self, counter: Counter, key: str) -> None:
+        with self._lock:
+            counter[key] += 1
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream: list = [None, None]  # socket, reader
+        reader = client.makefile("rb")
+        try:
+            while not self._stopping.is_set():
+                head = _read_head(reader)
+                if head is None:
+                    return
+                start, headers = head
+                method = start.split(b" ", 1)[0].decode("latin-1")
+                if (_header(headers, "expect") or "").lower() == "100-continue":
+                    headers = [(k, v) for k, v in headers if k.lower() != "expect"]
+                    client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                body = _read_body(reader, headers, until_eof=False)
+                self._count(self.seen, method)
+                if not self._handle(client, upstream, method, _serialize(start, headers) + body):
+                    return
+        except (_Closed, OSError, ValueError):
+            return
+        finally:
+            self._untrack(client)
+            for sock in (client, upstream[0]):
+                if sock is not None:
+                    try:
+                        sock.close()
+                    except OSError:
+                        pass
+
+    def _handle(self, client: socket.socket, upstream: list, method: str, request: bytes) -> bool:
+        """Answer one request; False when the client connection must end."""
+        faults = self.faults
+        kind = None
+        if faults.applies(method):
+            if faults.stall:
+                self._count(self.injected, "stall")
+                if not self._hold(client):
+                    return False
+                faults = self.faults
+            if faults.latency_s:
+                self._count(self.injected, "latency")
+                time.sleep(faults.latency_s)
+            roll = self._roll()
+            if roll < faults.slowdown:
+                kind = "slowdown"
+            elif roll < faults.slowdown + faults.reset:
+                kind = "reset"
+        if kind == "slowdown":
+            self._count(self.injected, "slowdown")
+            client.sendall(
+                b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+                + f"Content-Length: {len(SLOWDOWN_BODY)}\r\n\r\n".encode() + SLOWDOWN_BODY
+            )
+            return True
+        try:
+            response, keep_alive = self._forward(upstream, method, request)
+        except (OSError, _Closed, ValueError):
+            # Store unreachable or it dropped us: the client sees its connection reset.
+            self._count(self.injected, "upstream_down")
+            _reset(client)
+            return False
+        if kind == "reset":
+            self._count(self.injected, "reset")
+            client.sendall(response[: len(response) // 2])
+            _reset(client)
+            return False
+        client.sendall(response)
+        return keep_alive
+
+    def _hold(self, client: socket.socket) -> bool:
+        """Wait while the stall lasts; False if the client went away or we stop."""
+        while self.faults.stall and not self._stopping.is_set():
+            readable, _, _ = select.select([client], [], [], 0.1)
+            if readable:
+                try:
+                    if not client.recv(1, socket.MSG_PEEK):
+                        return False
+                except OSError:
+                    return False
+                time.sleep(0.1)  # a pipelined request waits its turn
+        return not self._stopping.is_set()
+
+    def _forward(self, upstream: list, method: str, request: bytes) -> tuple[bytes, bool]:
+        for attempt in (0, 1):
+            fresh = upstream[0] is None
+            if fresh:
+                sock = socket.create_connection(self.upstream, timeout=self.connect_timeout_s)
+                sock.settimeout(None)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._track(sock)
+                upstream[0], upstream[1] = sock, sock.makefile("rb")
+            try:
+                upstream[0].sendall(request)
+                head = _read_head(upstream[1])
+                if head is None:
+                    raise _Closed()
+            except (OSError, _Closed):
+                self._drop(upstream)
+                if fresh or attempt:
+                    raise
+                continue  # an idle keep-alive connection the store had closed: retry once
+            start, headers = head
+            status = int(start.split()[1])
+            no_body = method == "HEAD" or status in (204, 304) or 100 <= status < 200
+            framed = no_body or _header(headers, "content-length") is not None or \
+                (_header(headers, "transfer-encoding") or "").lower().endswith("chunked")
+            body = b"" if no_body else _read_body(upstream[1], headers, until_eof=True)
+            keep_alive = framed and (_header(headers, "connection") or "").lower() != "close"
+            if not keep_alive:
+                self._drop(upstream)
+            return _serialize(start, headers) + body, keep_alive
+        raise _Closed()
+
+    def _drop(self, upstream: list) -> None:
+        if upstream[0] is not None:
+            self._untrack(upstream[0])
+            try:
+                upstream[0].close()
+            except OSError:
+                pass
+        upstream[0] = upstream[1] = None

@@ -1,0 +1,108 @@
+"""The fault-injection proxy against a real SeaweedFS: pass-through is exact, each fault happens."""
+
+from __future__ import annotations
+
+import http.client
+import time
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
+
+from sglang_objectcache.harness.proxy import FaultProxy, Faults
+
+
+def _client(s3, endpoint, read_timeout=5):
+    return boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=s3.access_key, aws_secret_access_key=s3.secret_key,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}, connect_timeout=2,
+                      read_timeout=read_timeout),
+    )
+
+
+def test_pass_through_is_exact_and_keeps_connections(s3, bucket, fault_proxy):
+    c = _client(s3, fault_proxy.endpoint)
+    blob = bytes(range(256)) * 4096  # 1 MiB
+    c.put_object(Bucket=bucket, Key="a/b", Body=blob)
+    assert c.get_object(Bucket=bucket, Key="a/b")["Body"].read() == blob
+    assert c.get_object(Bucket=bucket, Key="a/b", Range="bytes=10-19")["Body"].read() == blob[10:20]
+    assert c.head_object(Bucket=bucket, Key="a/b")["ContentLength"] == len(blob)
+    assert [o["Key"] for o in c.list_objects_v2(Bucket=bucket)["Contents"]] == ["a/b"]
+    with pytest.raises(ClientError) as e:
+        c.head_object(Bucket=bucket, Key="missing")
+    assert e.value.response["Error"]["Code"] in ("404", "NoSuchKey")
+    for _ in range(10):
+        c.head_object(Bucket=bucket, Key="a/b")
+    assert fault_proxy.seen["PUT"] == 1 and fault_proxy.seen["GET"] >= 2 and fault_proxy.seen["HEAD"] == 12
+    assert not fault_proxy.injected
+    assert fault_proxy.connections <= 2  # keep-alive: not one connection per request
+
+
+def test_slowdown_is_a_real_s3_503(s3, bucket, fault_proxy):
+    c = _client(s3, fault_proxy.endpoint)
+    c.put_object(Bucket=bucket, Key="k", Body=b"x")
+    fault_proxy.set(Faults(slowdown=1.0))
+    with pytest.raises(ClientError) as e:
+        c.get_object(Bucket=bucket, Key="k")
+    assert e.value.response["Error"]["Code"] == "SlowDown"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    fault_proxy.set(Faults(slowdown=0.5))
+    failed = 0
+    for _ in range(40):
+        try:
+            c.get_object(Bucket=bucket, Key="k")["Body"].read()
+        except ClientError:
+            failed += 1
+    assert 8 <= failed <= 32
+    assert fault_proxy.injected["slowdown"] == failed + 1
+    fault_proxy.clear()
+    assert c.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"
+
+
+def test_reset_cuts_the_response_and_sends_rst(s3, fault_proxy):
+    fault_proxy.set(Faults(reset=1.0))
+    conn = http.client.HTTPConnection("127.0.0.1", fault_proxy.port, timeout=5)
+    conn.request("GET", "/")
+    with pytest.raises((ConnectionResetError, http.client.IncompleteRead, http.client.RemoteDisconnected)):
+        conn.getresponse().read()
+    assert fault_proxy.injected["reset"] == 1
+
+
+def test_faults_can_target_one_method(s3, bucket, fault_proxy):
+    c = _client(s3, fault_proxy.endpoint)
+    fault_proxy.set(Faults(reset=1.0, methods=frozenset({"GET"})))
+    c.put_object(Bucket=bucket, Key="k", Body=b"payload")
+    with pytest.raises(BotoCoreError):
+        c.get_object(Bucket=bucket, Key="k")["Body"].read()
+    fault_proxy.clear()
+    assert c.get_object(Bucket=bucket, Key="k")["Body"].read() == b"payload"
+
+
+def test_latency_and_stall(s3, bucket, fault_proxy):
+    c = _client(s3, fault_proxy.endpoint, read_timeout=1)
+    c.put_object(Bucket=bucket, Key="k", Body=b"v")
+    fault_proxy.set(Faults(latency_s=0.4))
+    t0 = time.perf_counter()
+    c.head_object(Bucket=bucket, Key="k")
+    assert time.perf_counter() - t0 >= 0.4
+    fault_proxy.set(Faults(stall=True))
+    t0 = time.perf_counter()
+    with pytest.raises(ReadTimeoutError):
+        c.head_object(Bucket=bucket, Key="k")
+    assert 0.9 <= time.perf_counter() - t0 < 5
+    assert fault_proxy.injected["stall"] == 1
+    fault_proxy.clear()
+    assert c.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
+
+
+def test_store_down_resets_the_client(s3):
+    from sglang_objectcache.s3server import free_port
+
+    with FaultProxy(free_port()) as proxy:  # nothing listens upstream
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        conn.request("GET", "/")
+        with pytest.raises((ConnectionResetError, http.client.RemoteDisconnected)):
+            conn.getresponse()
+        assert proxy.injected["upstream_down"] == 1
