@@ -1,0 +1,45 @@
+"""Object-store transports behind one contract (`base.ObjectStore`); `make_store` picks one.
+
+    transport   module        when
+    auto        obstore_.py   obstore importable (the fast path), else boto3
+    obstore     obstore_.py   Rust HTTP client on one asyncio loop; ~3x boto3's GET rate here
+    boto3       boto.py       portable; any credential source boto3 knows
+    nixl        nixl.py       NIXL OBJ plugin for data, boto3 for control; needs nixl + cuObject
+
+Only the chosen transport's module is imported, so a missing optional package only matters
+when it is asked for by name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from sglang_objectcache.config import ObjectCacheConfig
+from sglang_objectcache.store.base import Buffer, GetResult, ObjectInfo, ObjectStore, StoreError
+
+__all__ = ["Buffer", "GetResult", "ObjectInfo", "ObjectStore", "StoreError", "make_store", "resolve_transport"]
+
+
+def resolve_transport(cfg: ObjectCacheConfig) -> str:
+    if cfg.transport != "auto":
+        return cfg.transport
+    return "obstore" if importlib.util.find_spec("obstore") is not None else "boto3"
+
+
+def make_store(cfg: ObjectCacheConfig) -> ObjectStore:
+    """The transport `cfg.transport` names. Raises StoreError("client") if it cannot load."""
+    transport = resolve_transport(cfg)
+    if transport == "obstore":
+        if importlib.util.find_spec("obstore") is None:
+            raise StoreError("client", "transport 'obstore' needs the obstore package "
+                                       "(pip install obstore), or set transport: boto3")
+        from sglang_objectcache.store.obstore_ import ObstoreStore
+
+        return ObstoreStore(cfg)
+    if transport == "nixl":
+        from sglang_objectcache.store.nixl import NixlObjStore
+
+        return NixlObjStore(cfg)
+    from sglang_objectcache.store.boto import Boto3Store
+
+    return Boto3Store(cfg)

@@ -1,0 +1,201 @@
+"""What every transport shares: error kinds, the startup-check messages, range coalescing.
+
+One place for the text a user reads when the store is misconfigured, so boto3 and obstore
+say the same thing. Messages name the endpoint, the bucket and the S3 error code, never a
+secret: `Redactor` scrubs the configured secret and session token from any text that
+leaves a transport.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+from sglang_objectcache.config import ObjectCacheConfig
+from sglang_objectcache.store.base import StoreError
+
+# Ranges of one key closer than this are fetched by one request. 0 = only adjacent or
+# overlapping ones: a gap is bytes paid for and thrown away, and the caller chose the ranges.
+COALESCE_GAP = 0
+
+# The startup check uses short timeouts (or the configured ones, if shorter) and no
+# retries: a wrong endpoint should fail in seconds, not after the data path's patience.
+CHECK_CONNECT_TIMEOUT_S = 2.0
+CHECK_READ_TIMEOUT_S = 5.0
+
+
+def check_timeouts(cfg: ObjectCacheConfig) -> tuple[float, float]:
+    return min(cfg.connect_timeout_s, CHECK_CONNECT_TIMEOUT_S), min(cfg.read_timeout_s, CHECK_READ_TIMEOUT_S)
+
+_AUTH_CODES = {
+    "SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "ExpiredToken",
+    "InvalidToken", "TokenRefreshRequired", "InvalidSecurity", "AllAccessDisabled",
+}
+_THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+                   "TooManyRequests", "RequestThrottled", "ServiceUnavailable"}
+# Conditional PUT lost to another writer: the object exists (or is being created).
+EXISTS_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
+
+
+def kind_for(status: int, code: str) -> str:
+    if code == "NoSuchBucket":
+        return "no_bucket"
+    if code in _AUTH_CODES or status in (401, 403):
+        return "auth"
+    if code in _THROTTLE_CODES or status in (429, 503):
+        return "throttled"
+    if status >= 500:
+        return "server"
+    return "client"
+
+
+def endpoint_of(cfg: ObjectCacheConfig) -> str:
+    return cfg.endpoint_url.rstrip("/") or f"https://s3.{cfg.region}.amazonaws.com"
+
+
+@dataclass(frozen=True)
+class Redactor:
+    """Removes the configured secrets from text. Libraries do not echo secrets today; this
+    makes sure a future one cannot leak them through our messages."""
+
+    secrets: tuple[str, ...]
+
+    @classmethod
+    def of(cls, cfg: ObjectCacheConfig) -> "Redactor":
+        return cls(tuple(s for s in (cfg.secret_access_key, cfg.session_token) if s))
+
+    def __call__(self, text: str) -> str:
+        for s in self.secrets:
+            text = text.replace(s, "***")
+        return text
+
+
+# --- the startup check -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one bucket probe saw, in transport-neutral terms."""
+
+    kind: str  # "ok", or a StoreError kind
+    code: str = ""  # S3 error code, or a short network reason ("connection refused")
+    status: int = 0
+
+
+def check_error(cfg: ObjectCacheConfig, p: Probe) -> StoreError:
+    ep, b = endpoint_of(cfg), cfg.bucket
+    if p.kind == "unreachable":
+        return StoreError("unreachable", f"cannot reach S3 endpoint {ep}: {p.code}")
+    if p.kind == "timeout":
+        return StoreError(
+            "timeout", f"S3 endpoint {ep} did not answer within {check_timeouts(cfg)[1]:g}s ({p.code}); "
+            "is the server overloaded or stalled?")
+    if p.kind == "no_bucket":
+        return StoreError(
+            "no_bucket", f"bucket '{b}' does not exist at {ep} (set create_bucket: true in the "
+            "objectcache config to create it at startup, or create it yourself)")
+    if p.kind == "auth":
+        if p.code == "AccessDenied":
+            hint = "the credentials are valid but lack s3:ListBucket/GetObject/PutObject/DeleteObject on it"
+        elif p.code in ("ExpiredToken", "TokenRefreshRequired", "InvalidToken"):
+            hint = "the session_token is expired or invalid; refresh the temporary credentials"
+        elif p.code == "NoCredentials":
+            hint = ("no credentials found: set access_key_id/secret_access_key in the objectcache "
+                    "config, or configure the AWS chain (AWS_ACCESS_KEY_ID, ~/.aws, instance role)")
+        else:
+            hint = "check access_key_id/secret_access_key"
+        return StoreError("auth", f"S3 rejected the credentials for bucket '{b}' at {ep}: "
+                                  f"{p.code or p.status} ({hint})")
+    return StoreError(p.kind, f"S3 check of bucket '{b}' at {ep} failed: HTTP {p.status} {p.code}".rstrip())
+
+
+def run_check(cfg: ObjectCacheConfig, probe: Callable[[], Probe], create: Callable[[], None],
+              create_bucket: bool) -> None:
+    """Probe the bucket; create it if asked and missing; raise a user-facing StoreError."""
+    p = probe()
+    if p.kind == "no_bucket" and create_bucket:
+        create()
+        p = probe()
+    if p.kind != "ok":
+        raise check_error(cfg, p)
+
+
+# --- ranged reads ------------------------------------------------------------------------
+
+
+@dataclass
+class Span:
+    """One request: bytes [start, end) of `key`, serving `members` (slot, start, end)."""
+
+    key: str
+    start: int
+    end: int
+    members: list[tuple[int, int, int]]
+
+
+def plan_ranges(reqs: Sequence[tuple[str, int, int]], gap: int = COALESCE_GAP) -> tuple[list[Span], list[int]]:
+    """Group ranges by key and merge overlapping/adjacent ones. Returns the spans and the
+    slots whose range is empty or negative (the caller answers those with an error)."""
+    by_key: dict[str, list[tuple[int, int, int]]] = {}
+    bad = []
+    for slot, (key, start, end) in enumerate(reqs):
+        if start < 0 or end <= start:
+            bad.append(slot)
+        else:
+            by_key.setdefault(key, []).append((start, end, slot))
+    spans: list[Span] = []
+    for key, rs in by_key.items():
+        rs.sort()
+        cur = None
+        for start, end, slot in rs:
+            if cur is not None and start <= cur.end + gap:
+                cur.end = max(cur.end, end)
+                cur.members.append((slot, start, end))
+            else:
+                cur = Span(key, start, end, [(slot, start, end)])
+                spans.append(cur)
+    return spans, bad
+
+
+def split_span(span: Span, data, out: list) -> None:
+    """Answer each member of `span` with a zero-copy slice of `data` (its bytes)."""
+    mv = memoryview(data)
+    for slot, start, end in span.members:
+        out[slot] = mv[start - span.start:end - span.start]
+
+
+def bad_range(req: tuple[str, int, int]) -> StoreError:
+    key, start, end = req
+    return StoreError("client", f"invalid byte range [{start}, {end}) for {key}")
+
+
+def chunks(seq: Sequence, n: int) -> Iterable[Sequence]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+_S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
+
+
+def s3_code(text: str) -> str:
+    m = _S3_CODE.search(text)
+    return m.group(1) if m else ""
+
+
+def net_reason(text: str) -> str:
+    """A short reason for a failed connection, from a library's error text."""
+    t = text.lower()
+    for needles, reason in (
+        (("refused",), "connection refused"),
+        (("dns error", "name or service not known", "nodename nor servname",
+          "temporary failure in name resolution", "failed to lookup address"), "host name not resolved"),
+        (("timed out", "timedout", "kind: timeout"), "timed out"),
+        (("reset",), "connection reset"),
+        (("certificate", "ssl", "tls"), "TLS handshake failed (check verify_tls / the CA bundle)"),
+        (("unreachable",), "network unreachable"),
+        (("closed", "broken pipe", "incomplete"), "connection closed by the server"),
+    ):
+        if any(n in t for n in needles):
+            return reason
+    return text.strip().splitlines()[0][:200] if text.strip() else "connection failed"

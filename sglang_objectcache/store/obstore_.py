@@ -1,0 +1,271 @@
+"""`ObstoreStore`: the fast transport, obstore (Rust object_store + reqwest) on one asyncio loop.
+
+Measured on this 2-core box it does ~3x boto3's GET rate on 256 KiB objects at ~3x lower
+small-GET latency, because the HTTP work, signing and range splitting happen in Rust
+without the GIL. Each batch is one `asyncio.gather` on a private event loop in a daemon
+thread, bounded by a semaphore of `max_concurrency`; results are `obstore.Bytes` (buffer
+protocol, zero-copy from Rust), never copied into `bytes`.
+
+Semantics kept equal to `Boto3Store`:
+- `list(prefix)` is a string prefix, as in S3. object_store lists directories, so we list
+  the prefix's directory from just before the prefix and stop at the first key past it.
+- Conditional PUT is `mode="create"` (If-None-Match: *); AlreadyExists/Precondition -> False.
+- Credentials: explicit keys from the config, else boto3's chain through obstore's
+  `Boto3CredentialProvider`, so temporary credentials refresh.
+- Creating a bucket has no obstore call; `check(create_bucket=True)` uses boto3 for that.
+Keys must be valid object_store paths (no empty segments, no "." or ".." segments); the
+keys in `keys.py` are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from datetime import timedelta
+from typing import Iterator, Optional, Sequence, Union
+from urllib.parse import urlsplit, urlunsplit
+
+import obstore
+from obstore import exceptions as ox
+from obstore.store import S3Store
+
+from sglang_objectcache.config import ObjectCacheConfig
+from sglang_objectcache.store import _common as C
+from sglang_objectcache.store.base import Buffer, GetResult, ObjectInfo, ObjectStore, StoreError
+
+# Chosen from benchmarks/results/transports.json (scripts/bench_transports.py).
+DEFAULT_CONCURRENCY = 32
+
+_STATUS = re.compile(r"status code: (\d+)")
+_HTTP_KIND = re.compile(r"HttpError \{\s*kind: (\w+)")
+
+
+def make_s3store(cfg: ObjectCacheConfig, *, connect_s: float, read_s: float, retries: int,
+                 pool: int) -> S3Store:
+    kw: dict = {"region": cfg.region, "virtual_hosted_style_request": cfg.addressing_style == "virtual"}
+    if cfg.endpoint_url:
+        kw["endpoint"] = _endpoint(cfg)
+    if cfg.access_key_id:
+        kw.update(access_key_id=cfg.access_key_id, secret_access_key=cfg.secret_access_key)
+        if cfg.session_token:
+            kw["token"] = cfg.session_token
+    else:
+        kw["credential_provider"] = _aws_chain(cfg)
+    client = {
+        "allow_http": cfg.endpoint_url.startswith("http://"),
+        "allow_invalid_certificates": not cfg.verify_tls,
+        "connect_timeout": timedelta(seconds=connect_s),
+        # read_timeout catches a stalled server (it also covers waiting for the headers);
+        # the overall cap only bounds a trickling transfer of a large object.
+        "read_timeout": timedelta(seconds=read_s),
+        "timeout": timedelta(seconds=max(30.0, connect_s + 3 * read_s)),
+        "pool_max_idle_per_host": str(pool),
+    }
+    return S3Store(cfg.bucket, client_options=client, retry_config={"max_retries": retries}, **kw)
+
+
+def _endpoint(cfg: ObjectCacheConfig) -> str:
+    # object_store wants the bucket in the host for virtual-hosted style.
+    ep = cfg.endpoint_url.rstrip("/")
+    if cfg.addressing_style != "virtual":
+        return ep
+    u = urlsplit(ep)
+    return urlunsplit((u.scheme, f"{cfg.bucket}.{u.netloc}", u.path, "", ""))
+
+
+def _aws_chain(cfg: ObjectCacheConfig):
+    import boto3
+    from obstore.auth.boto3 import Boto3CredentialProvider
+
+    try:
+        return Boto3CredentialProvider(boto3.session.Session(region_name=cfg.region))
+    except ValueError:  # the chain found nothing
+        raise C.check_error(cfg, C.Probe("auth", "NoCredentials")) from None
+
+
+class ObstoreStore(ObjectStore):
+    name = "obstore"
+
+    def __init__(self, cfg: ObjectCacheConfig, max_concurrency: Optional[int] = None):
+        self.cfg = cfg
+        self.bucket = cfg.bucket
+        self.max_concurrency = max_concurrency or cfg.max_concurrency
+        self._redact = C.Redactor.of(cfg)
+        self._store = make_s3store(cfg, connect_s=cfg.connect_timeout_s, read_s=cfg.read_timeout_s,
+                                   retries=cfg.retries, pool=self.max_concurrency)
+        self._sem = asyncio.Semaphore(self.max_concurrency)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="objectcache-obstore", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"ObstoreStore(endpoint={C.endpoint_of(self.cfg)!r}, bucket={self.bucket!r}, " \
+               f"max_concurrency={self.max_concurrency})"
+
+    def _run(self, coros):
+        async def gather():
+            return await asyncio.gather(*coros)
+
+        return asyncio.run_coroutine_threadsafe(gather(), self._loop).result()
+
+    # --- batch calls --------------------------------------------------------------------
+
+    def get_many(self, keys: Sequence[str]) -> list[GetResult]:
+        return self._run([self._get(k) for k in keys])
+
+    def get_ranges(self, reqs: Sequence[tuple[str, int, int]]) -> list[GetResult]:
+        out: list[GetResult] = [None] * len(reqs)
+        by_key: dict[str, tuple[list[int], list[int], list[int]]] = {}
+        for slot, (key, start, end) in enumerate(reqs):
+            if start < 0 or end <= start:
+                out[slot] = C.bad_range(reqs[slot])
+                continue
+            slots, starts, ends = by_key.setdefault(key, ([], [], []))
+            slots.append(slot)
+            starts.append(start)
+            ends.append(end)
+        # object_store coalesces and splits each key's ranges itself (zero-copy slices).
+        results = self._run([self._ranges(key, *v) for key, v in by_key.items()])
+        for (slots, _, _), r in zip(by_key.values(), results):
+            if r is None or isinstance(r, StoreError):
+                for slot in slots:
+                    out[slot] = r
+            else:
+                for slot, buf in zip(slots, r):
+                    out[slot] = buf
+        return out
+
+    def put_many(self, items: Sequence[tuple[str, Buffer]], if_absent: bool = True) -> list[Union[bool, StoreError]]:
+        mode = "create" if if_absent else "overwrite"
+        return self._run([self._put(k, v, mode) for k, v in items])
+
+    def exists_many(self, keys: Sequence[str]) -> list[Union[bool, StoreError]]:
+        return self._run([self._exists(k) for k in keys])
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        keys = list(keys)
+        if not keys:
+            return 0
+        try:  # S3 DeleteObjects in chunks of 1000; a missing key counts as deleted
+            obstore.delete(self._store, keys)
+        except Exception as e:  # noqa: BLE001
+            raise self._error("DELETE", f"({len(keys)} keys)", e) from None
+        return len(keys)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        directory = prefix[: prefix.rfind("/") + 1]
+        kw = {"prefix": directory or None}
+        if prefix != directory:  # start just before the prefix; keys are listed in order
+            kw["offset"] = prefix[:-1]
+        try:
+            for chunk in obstore.list(self._store, chunk_size=1000, **kw):
+                for m in chunk:
+                    key = m["path"]
+                    if key.startswith(prefix):
+                        yield ObjectInfo(key, m["size"], m["last_modified"].timestamp())
+                    elif key > prefix:
+                        return
+        except Exception as e:  # noqa: BLE001
+            raise self._error("LIST", prefix + "*", e) from None
+
+    # --- one request each ---------------------------------------------------------------
+
+    async def _get(self, key: str) -> GetResult:
+        async with self._sem:
+            try:
+                r = await obstore.get_async(self._store, key)
+                return await r.bytes_async()
+            except FileNotFoundError as e:
+                return self._error("GET", key, e) if "NoSuchBucket" in str(e) else None
+            except Exception as e:  # noqa: BLE001 - one bad object must not hide the others
+                return self._error("GET", key, e)
+
+    async def _ranges(self, key: str, slots, starts, ends):
+        async with self._sem:
+            try:
+                return await obstore.get_ranges_async(self._store, key, starts=starts, ends=ends,
+                                                      coalesce=C.COALESCE_GAP)
+            except FileNotFoundError as e:
+                return self._error("GET", key, e) if "NoSuchBucket" in str(e) else None
+            except Exception as e:  # noqa: BLE001
+                return self._error("GET", key, e)
+
+    async def _put(self, key: str, data: Buffer, mode: str) -> Union[bool, StoreError]:
+        async with self._sem:
+            try:
+                await obstore.put_async(self._store, key, data, mode=mode, use_multipart=False)
+                return True
+            except (ox.AlreadyExistsError, ox.PreconditionError):
+                return False
+            except Exception as e:  # noqa: BLE001
+                if "ConditionalRequestConflict" in str(e):  # 409: a racing writer; it exists
+                    return False
+                return self._error("PUT", key, e)
+
+    async def _exists(self, key: str) -> Union[bool, StoreError]:
+        async with self._sem:
+            try:
+                await obstore.head_async(self._store, key)
+                return True
+            except FileNotFoundError:  # a HEAD has no body: a missing bucket looks the same
+                return False
+            except Exception as e:  # noqa: BLE001
+                return self._error("HEAD", key, e)
+
+    def _error(self, op: str, key: str, e: Exception) -> StoreError:
+        kind, what = _classify(e)
+        return StoreError(kind, self._redact(f"{op} {self.bucket}/{key}: {what}"))
+
+    # --- startup ------------------------------------------------------------------------
+
+    def check(self, create_bucket: bool = False) -> None:
+        from sglang_objectcache.store.boto import make_bucket
+
+        connect_s, read_s = C.check_timeouts(self.cfg)
+        probe_store = make_s3store(self.cfg, connect_s=connect_s, read_s=read_s, retries=0, pool=1)
+        C.run_check(self.cfg, lambda: _probe(probe_store, connect_s), lambda: make_bucket(self.cfg),
+                    create_bucket)
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+
+def _probe(store: S3Store, connect_s: float) -> C.Probe:
+    # One ListObjectsV2 page: its error body names the S3 code (see Boto3Store._probe).
+    try:
+        next(iter(obstore.list(store, chunk_size=1)), None)
+        return C.Probe("ok")
+    except Exception as e:  # noqa: BLE001
+        kind, what = _classify(e)
+        text = str(e)
+        status = int(m.group(1)) if (m := _STATUS.search(text)) else 0
+        if kind == "timeout" and "ConnectError" in text:  # nothing answered the SYN
+            return C.Probe("unreachable", f"connect timed out after {connect_s:g}s")
+        return C.Probe(kind, C.s3_code(text) or what, status)
+
+
+def _classify(e: Exception) -> tuple[str, str]:
+    """(StoreError kind, short reason) for an obstore exception. obstore's text carries the
+    HTTP status, the S3 XML error body and reqwest's error kind; we keep only those."""
+    text = str(e)
+    m = _STATUS.search(text)
+    if m:
+        status, code = int(m.group(1)), C.s3_code(text)
+        return C.kind_for(status, code), f"HTTP {status} {code}".rstrip()
+    if isinstance(e, (ox.PermissionDeniedError, ox.UnauthenticatedError)):
+        return "auth", type(e).__name__
+    http = _HTTP_KIND.search(text)
+    kind = http.group(1) if http else ""
+    if kind == "Timeout" or "TimedOut" in text:
+        return "timeout", "connect timed out" if "ConnectError" in text else "read timed out"
+    if kind == "Connect":
+        return "unreachable", C.net_reason(text)
+    if kind in ("Request", "Interrupted", "Decode"):
+        return "unreachable", C.net_reason(text)
+    if isinstance(e, (ox.InvalidPathError, ValueError, TypeError)):
+        return "client", f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+    return "server" if isinstance(e, ox.GenericError) else "client", text.split("\n\nDebug source:")[0][:300]

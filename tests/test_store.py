@@ -1,0 +1,285 @@
+"""The transports (boto3, obstore) against a real SeaweedFS: data, conditional PUT, listing,
+the startup check's errors, a stalled server, and that secrets never leak into messages."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+
+from sglang_objectcache.config import ObjectCacheConfig
+from sglang_objectcache.store import StoreError, make_store, resolve_transport
+from sglang_objectcache.store._common import plan_ranges
+
+TRANSPORTS = ["boto3", "obstore"]
+
+
+def config(s3, bucket, transport, **extra) -> ObjectCacheConfig:
+    return ObjectCacheConfig.from_dict(s3.config(bucket, transport=transport, **extra))
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request):
+    return request.param
+
+
+@pytest.fixture
+def store(s3, bucket, transport):
+    st = make_store(config(s3, bucket, transport))
+    yield st
+    st.close()
+
+
+def blob(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def test_round_trip_many_sizes(store, transport):
+    assert store.name == transport
+    sizes = [0, 1, 255, 4096, 65537, 256 * 1024] * 8 + [3 * 1024 * 1024 + 7, 9 * 1024 * 1024]
+    items = [(f"rt/{i:03d}", blob(n, i)) for i, n in enumerate(sizes)]
+    # Callers hand in bytes, bytearray or a view of a larger buffer (a host-pool page).
+    items[1] = (items[1][0], bytearray(items[1][1]))
+    backing = bytearray(b"x" * 100) + bytearray(items[2][1]) + bytearray(b"y" * 100)
+    items[2] = (items[2][0], memoryview(backing)[100:-100])
+    assert store.put_many(items) == [True] * len(items)
+
+    got = store.get_many([k for k, _ in items] + ["rt/missing"])
+    assert got[-1] is None
+    for (k, v), g in zip(items, got):
+        assert bytes(g) == bytes(v), k
+    if transport == "obstore":  # zero-copy: Rust's buffer, never copied into bytes
+        assert type(got[0]).__name__ == "Bytes"
+    assert store.get("rt/missing") is None
+    assert bytes(store.get(items[-1][0])) == items[-1][1]
+
+
+def test_get_ranges_byte_exact(store):
+    objs = {f"rg/{i}": blob(300_000 + i, 100 + i) for i in range(12)}
+    assert all(store.put_many(list(objs.items())))
+    one = objs["rg/0"]
+    reqs = [
+        ("rg/0", 0, 10), ("rg/0", 1000, 5000), ("rg/0", 299_000, 300_000),  # several, apart
+        ("rg/0", 5000, 9000), ("rg/0", 9000, 20_000),  # adjacent to each other and to [1000, 5000)
+        ("rg/0", 4000, 6000),  # overlapping two others
+    ]
+    reqs += [(k, 1 + j * 70_000, 1 + j * 70_000 + 4096) for k in list(objs)[1:] for j in range(4)]
+    reqs += [("rg/missing", 0, 100), ("rg/0", 10, 10)]
+    out = store.get_ranges(reqs)
+    for (k, a, b), r in zip(reqs[:-2], out):
+        assert bytes(r) == objs[k][a:b], (k, a, b)
+    assert out[-2] is None
+    assert isinstance(out[-1], StoreError) and out[-1].kind == "client"
+    assert bytes(store.get_ranges([("rg/0", 0, len(one))])[0]) == one
+
+
+def test_coalescing_plan_merges_adjacent_and_overlapping_only():
+    spans, bad = plan_ranges([("a", 0, 10), ("b", 0, 5), ("a", 10, 20), ("a", 15, 18), ("a", 21, 30), ("a", 3, 3)])
+    assert bad == [5]
+    got = sorted((s.key, s.start, s.end, sorted(m[0] for m in s.members)) for s in spans)
+    assert got == [("a", 0, 20, [0, 2, 3]), ("a", 21, 30, [4]), ("b", 0, 5, [1])]
+
+
+def test_boto3_splits_a_coalesced_range_without_copying(s3, bucket):
+    with make_store(config(s3, bucket, "boto3")) as st:
+        st.put("c/1", blob(1000, 1))
+        a, b = st.get_ranges([("c/1", 0, 100), ("c/1", 100, 300)])
+        assert isinstance(a, memoryview) and a.obj is b.obj  # one GET, two views of its body
+        assert len(a.obj) == 300
+
+
+# --- conditional PUT -----------------------------------------------------------------------
+
+
+def test_put_if_absent_keeps_the_first(store):
+    first, second = blob(5000, 1), blob(5000, 2)
+    assert store.put_many([("d/k", first), ("d/j", first)]) == [True, True]
+    assert store.put_many([("d/k", second)]) == [False]
+    assert bytes(store.get("d/k")) == first
+    assert store.put("d/j", second, if_absent=False) is True  # plain overwrite
+    assert bytes(store.get("d/j")) == second
+
+
+def test_two_concurrent_writers_store_once(s3, bucket, transport):
+    keys = [f"race/{i}" for i in range(24)]
+    stores = [make_store(config(s3, bucket, transport)) for _ in range(2)]
+    payloads = [blob(200_000, 10), blob(200_000, 20)]
+    results: dict[int, list] = {}
+    start = threading.Barrier(2)
+
+    def writer(i):
+        start.wait()
+        results[i] = stores[i].put_many([(k, payloads[i]) for k in keys])
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for st in stores:
+        st.close()
+    with make_store(config(s3, bucket, transport)) as st:
+        got = st.get_many(keys)
+    for j, k in enumerate(keys):
+        won = [results[i][j] for i in range(2)]
+        assert sorted(won) == [False, True], (k, won)
+        assert bytes(got[j]) == payloads[won.index(True)]
+
+
+# --- exists, list, delete ------------------------------------------------------------------
+
+
+def test_exists_many(store):
+    store.put_many([("e/a", b"1"), ("e/b", b"")])
+    assert store.exists_many(["e/a", "e/nope", "e/b", "e"]) == [True, False, True, False]
+
+
+def test_list_paginates_and_delete_many(store):
+    keys = [f"ls/p/{i:05d}" for i in range(1005)]  # > 1000: a second ListObjectsV2 page
+    others = ["ls/p2/x", "ls/px", "ls/q/y"]
+    assert all(r is True for r in store.put_many([(k, b"ab") for k in keys + others]))
+
+    listed = list(store.list("ls/p/"))
+    assert [o.key for o in listed] == keys
+    assert all(o.size == 2 and o.last_modified > time.time() - 3600 for o in listed)
+    # A string prefix, as in S3, not a directory:
+    assert {o.key for o in store.list("ls/p")} == set(keys) | {"ls/p2/x", "ls/px"}
+    assert [o.key for o in store.list("ls/q")] == ["ls/q/y"]
+    assert list(store.list("nothing/")) == []
+
+    assert store.delete_many(keys + ["ls/never-existed"]) == len(keys) + 1
+    assert [o.key for o in store.list("ls/")] == sorted(others)
+    assert store.exists_many(keys[:3]) == [False] * 3
+    assert store.delete_many([]) == 0
+
+
+# --- the startup check ---------------------------------------------------------------------
+
+
+def test_check_passes_on_a_good_bucket(store):
+    store.check()
+
+
+def test_check_wrong_secret(s3, bucket, transport):
+    secret = "wrong-secret-" + uuid.uuid4().hex
+    with make_store(config(s3, bucket, transport, secret_access_key=secret)) as st:
+        with pytest.raises(StoreError) as e:
+            st.check()
+        assert e.value.kind == "auth"
+        assert str(e.value) == (f"S3 rejected the credentials for bucket '{bucket}' at {s3.endpoint}: "
+                                "SignatureDoesNotMatch (check access_key_id/secret_access_key)")
+        (r,) = st.get_many(["any/key"])  # the data path says the same, without the secret
+        assert isinstance(r, StoreError) and r.kind == "auth"
+        for text in (str(e.value), repr(e.value), str(r), repr(st)):
+            assert secret not in text and s3.secret_key not in text
+
+
+def test_check_unknown_access_key(s3, bucket, transport):
+    with make_store(config(s3, bucket, transport, access_key_id="nobody")) as st:
+        with pytest.raises(StoreError) as e:
+            st.check()
+    assert e.value.kind == "auth"
+    assert "InvalidAccessKeyId (check access_key_id/secret_access_key)" in str(e.value)
+    assert s3.secret_key not in str(e.value)
+
+
+def test_check_unreachable_endpoint(s3, bucket, transport):
+    port = closed_port()
+    cfg = config(s3, bucket, transport, endpoint_url=f"http://127.0.0.1:{port}")
+    with make_store(cfg) as st:
+        t = time.monotonic()
+        with pytest.raises(StoreError) as e:
+            st.check()
+        assert time.monotonic() - t < 5
+        assert e.value.kind == "unreachable"
+        assert str(e.value) == f"cannot reach S3 endpoint http://127.0.0.1:{port}: connection refused"
+        (r,) = st.get_many(["k"])
+        assert isinstance(r, StoreError) and r.kind == "unreachable"
+
+
+def test_check_missing_bucket_and_create(s3, transport):
+    name = f"missing-{transport}-{uuid.uuid4().hex[:8]}"
+    with make_store(config(s3, name, transport)) as st:
+        with pytest.raises(StoreError) as e:
+            st.check()
+        assert e.value.kind == "no_bucket"
+        assert str(e.value).startswith(f"bucket '{name}' does not exist at {s3.endpoint} (set create_bucket: true")
+        st.check(create_bucket=True)
+        st.check()
+        assert st.put("made/it", b"ok") is True
+    assert name in {b["Name"] for b in s3.client().list_buckets()["Buckets"]}
+
+
+# --- a stalled server ----------------------------------------------------------------------
+
+
+def test_paused_server_times_out_then_recovers(s3, bucket, transport):
+    cfg = config(s3, bucket, transport, connect_timeout_s=0.5, read_timeout_s=0.5, retries=0,
+                 max_concurrency=4)
+    keys = [f"stall/{i}" for i in range(4)]
+    with make_store(config(s3, bucket, transport)) as setup:  # a new bucket's first write is slow
+        assert setup.put_many([(k, b"v" * 1000) for k in keys]) == [True] * 4
+    with make_store(cfg) as st:
+        assert all(len(r) == 1000 for r in st.get_many(keys))  # and opens the pooled connections
+        s3.pause()
+        time.sleep(0.2)  # let SIGSTOP reach every weed thread before the first request
+        try:
+            for call in (lambda: st.get_many(keys), lambda: st.exists_many(keys),
+                         lambda: st.put_many([(f"stall/new{i}", b"n") for i in range(4)]),
+                         lambda: st.get_ranges([(k, 0, 10) for k in keys])):
+                t = time.monotonic()
+                out = call()
+                took = time.monotonic() - t
+                assert took < 4, took  # four requests at once, 0.5 s each, no retries
+                assert all(isinstance(r, StoreError) and r.kind in ("timeout", "unreachable") for r in out), out
+            t = time.monotonic()
+            with pytest.raises(StoreError) as e:
+                st.check()
+            assert time.monotonic() - t < 4
+            assert e.value.kind in ("timeout", "unreachable")
+        finally:
+            s3.resume()
+        deadline = time.monotonic() + 10
+        while not all(isinstance(r, bytes | bytearray | memoryview) or type(r).__name__ == "Bytes"
+                      for r in st.get_many(keys)):
+            assert time.monotonic() < deadline, "store did not recover after resume"
+            time.sleep(0.2)
+        st.check()
+
+
+# --- choosing a transport ------------------------------------------------------------------
+
+
+def test_make_store_picks_a_transport(s3, bucket):
+    cfg = config(s3, bucket, "auto")
+    expected = "obstore" if importlib.util.find_spec("obstore") else "boto3"
+    assert resolve_transport(cfg) == expected
+    with make_store(cfg) as st:
+        assert st.name == expected
+        assert s3.secret_key not in repr(st)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nixl") is not None, reason="nixl is installed here")
+def test_nixl_without_nixl_says_what_is_missing(s3, bucket):
+    with pytest.raises(StoreError) as e:
+        make_store(config(s3, bucket, "nixl"))
+    assert e.value.kind == "client"
+    msg = str(e.value)
+    assert "pip install nixl" in msg and "libcuobjclient.so.1" in msg and "transport: obstore or boto3" in msg
+    assert s3.secret_key not in msg
+    import sglang_objectcache.store.nixl  # noqa: F401 - the module itself imports without nixl
