@@ -43,10 +43,19 @@ class SchedulerConfig:
     bandwidth_mbps: float = 0.0  # 0 = no cap
     max_inflight: int = 32
     starvation_ms: float = 200.0
+    # A queued write waits behind reads at most this long (backups are not latency-bound).
+    write_starvation_ms: float = 2000.0
+    # Token-bucket depth: how much of the cap an idle scheduler may start at once.
+    burst_ms: float = 10.0
 
     def __post_init__(self) -> None:
         if self.policy not in ("deadline", "fair", "fifo"):
             raise ConfigError(f"policy: must be deadline, fair or fifo, got {self.policy!r}")
+        for key in ("bandwidth_mbps", "starvation_ms", "write_starvation_ms", "burst_ms"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)!r}")
+        if self.max_inflight < 1:
+            raise ConfigError(f"max_inflight: must be >= 1, got {self.max_inflight!r}")
 
 
 @dataclass(frozen=True)

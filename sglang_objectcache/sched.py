@@ -1,0 +1,351 @@
+"""Transfer scheduler: which pending object-store transfers start now, across all requests.
+
+Pure Python: no I/O, no threads, no SGLang. Time is always passed in (seconds, any
+monotonic clock), so the discrete-event simulator (`sim.py`, virtual time) and the
+layerwise pipeline (`time.monotonic()`) drive the same object.
+
+Contract
+- A `Transfer` is one fetch (or write) the caller performs: layer `layer` of one request's
+  prefix KV (or a whole page or page group in page mode, `layer == -1`). `deadline` is the
+  absolute time the forward will consume it (`layer_deadlines`, `plan_starts`); `payload`
+  is the caller's own (e.g. the (key, start, end) ranges). Transfers compare by identity.
+- `submit(transfers, now)` queues them. Submit a request's transfers in consumption order
+  (layer 0 first, pages in prefix order): that order breaks remaining ties.
+- `next(now)` returns `Decision(start, wake_at)`. The caller must begin every transfer in
+  `start` now, and call `next` again at `wake_at` (the bandwidth cap is what holds the rest
+  back) or, when `wake_at` is None, after its next `submit` or `done`.
+- `done(transfer, now)` frees the transfer's slot; call it for every started transfer,
+  failed or not. `cancel(request_id)` drops that request's queued transfers and returns
+  them; its started ones still end with `done`.
+- `update_deadlines(request_id, deadline_of)` re-keys a request's queued transfers, e.g.
+  when its forward actually starts later or earlier than planned. Transfers are frozen, so
+  the queued objects are replaced: find your own state through `payload`, not through the
+  object you submitted.
+- Not thread-safe: one owner (the pipeline's I/O loop) calls it.
+
+Rate and concurrency (every policy)
+- At most `max_inflight` transfers run at once.
+- `bandwidth_mbps` > 0 is a token bucket on started bytes: a transfer may start when the
+  bucket is not in debt and takes its full size (the bucket may go into debt), so started
+  bytes never exceed `rate * t + depth + one transfer`. The bucket holds `burst_ms` of rate.
+  It paces admissions; the bytes themselves then move at whatever the path allows.
+- Writes start only when no read is queued, unless the oldest write has waited
+  `write_starvation_ms`: then it goes first. Writes among themselves go in queue order.
+
+Read policies (`SchedulerConfig.policy`)
+- "deadline": earliest `deadline` first; ties by `priority` (smaller first), `arrival`,
+  then submission order. Starvation bound: once a transfer has waited `starvation_ms`, no
+  transfer submitted after it starts before it (waited-out transfers go in submission
+  order, EDF among those submitted together). So its wait is at most `starvation_ms` plus
+  the time to start what was queued before it.
+- "fair": equal bandwidth per request with queued reads, by start-time fair queuing on bytes
+  (each request is a flow; the transfer with the smallest start tag goes next).
+- "fifo": request arrival order, then layer order.
+
+Deadlines. `ComputeModel` is the per-layer forward time (shared by simulator and pipeline);
+`layer_deadlines` turns a forward start into per-layer consumption times; `plan_starts`
+projects forward starts for requests served in the GPU's order under a bandwidth estimate.
+The deadline policy is only as good as these deadlines: if queued requests are given their
+arrival as start, a burst ties layer by layer and EDF degenerates into round-robin.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
+
+from sglang_objectcache.config import SchedulerConfig
+
+READ, WRITE = "read", "write"
+
+
+@dataclass(frozen=True, eq=False)
+class Transfer:
+    request_id: str
+    layer: int  # -1: a whole page (or page group), all layers
+    nbytes: int
+    deadline: float = 0.0  # absolute seconds, the caller's clock
+    kind: str = READ
+    arrival: float = 0.0  # the request's arrival
+    priority: int = 0  # smaller goes first among equal deadlines
+    payload: Any = None
+
+
+class Decision(NamedTuple):
+    start: list
+    wake_at: Optional[float]
+
+
+@dataclass(frozen=True)
+class SchedStats:
+    queued_reads: int
+    queued_writes: int
+    queued_bytes: int
+    inflight: int
+    inflight_bytes: int
+    oldest_wait_s: float
+    started: int
+    started_bytes: int
+    starved_starts: int  # reads started early by the starvation bound
+    promoted_writes: int  # writes started ahead of reads by their bound
+
+
+class TokenBucket:
+    """`rate` bytes/s, `depth` bytes deep; a start may put it into debt (see module doc)."""
+
+    def __init__(self, rate: float, depth: float):
+        self.rate, self.depth = rate, depth
+        self.tokens, self._last = depth, None
+
+    def _refill(self, now: float) -> None:
+        if self._last is not None and now > self._last:
+            self.tokens = min(self.depth, self.tokens + (now - self._last) * self.rate)
+        if self._last is None or now > self._last:
+            self._last = now
+
+    def ready_at(self, now: float) -> float:
+        self._refill(now)
+        # Less than one byte of debt is float noise from the previous ready_at.
+        return now if self.tokens > -1.0 else now + (-self.tokens) / self.rate
+
+    def take(self, nbytes: int, now: float) -> None:
+        self._refill(now)
+        self.tokens -= nbytes
+
+
+class _Entry:
+    __slots__ = ("t", "key", "qtime", "seq", "live")
+
+    def __init__(self, t: Transfer, key: tuple, qtime: float, seq: int):
+        self.t, self.key, self.qtime, self.seq, self.live = t, key, qtime, seq, True
+
+
+class _Queue:
+    """Queued entries by policy key, and by (queue time, policy key) for the age bound."""
+
+    def __init__(self) -> None:
+        self._by_key: list = []
+        self._by_age: list = []
+        self.count = 0
+        self.nbytes = 0
+        self._pushes = itertools.count()  # a re-keyed entry reuses its seq; this never repeats
+
+    def push(self, e: _Entry) -> None:
+        n = next(self._pushes)
+        heapq.heappush(self._by_key, (e.key, n, e))
+        heapq.heappush(self._by_age, (e.qtime, e.key, n, e))
+        self.count += 1
+        self.nbytes += e.t.nbytes
+
+    def kill(self, e: _Entry) -> None:
+        e.live = False
+        self.count -= 1
+        self.nbytes -= e.t.nbytes
+
+    def _top(self, heap: list) -> Optional[_Entry]:
+        while heap and not heap[0][-1].live:
+            heapq.heappop(heap)  # lazily drop entries removed through the other heap
+        return heap[0][-1] if heap else None
+
+    def oldest(self) -> Optional[_Entry]:
+        return self._top(self._by_age)
+
+    def pop(self, now: float, max_wait: float) -> tuple[Optional[_Entry], bool]:
+        """The policy's pick, or the oldest entry once it has waited `max_wait`; and
+        whether the age bound changed the pick."""
+        old = self._top(self._by_age)
+        if old is None:
+            return None, False
+        best = self._top(self._by_key)
+        e = old if now - old.qtime >= max_wait else best
+        self.kill(e)
+        return e, e is not best
+
+
+class _Flow:
+    __slots__ = ("index", "finish_tag", "queued", "inflight")
+
+    def __init__(self, index: int):
+        self.index, self.finish_tag, self.queued, self.inflight = index, 0.0, {}, 0
+
+
+class Scheduler:
+    """Orders and paces transfers for all in-flight requests; see the module docstring."""
+
+    def __init__(self, cfg: SchedulerConfig = SchedulerConfig()):
+        self.cfg = cfg
+        rate = cfg.bandwidth_mbps * 125_000.0  # Mbit/s -> bytes/s
+        self._bucket = TokenBucket(rate, rate * cfg.burst_ms / 1000.0) if rate > 0 else None
+        self._max_wait = cfg.starvation_ms / 1000.0 if cfg.policy == "deadline" else math.inf
+        self._write_wait = cfg.write_starvation_ms / 1000.0
+        self._reads, self._writes = _Queue(), _Queue()
+        self._flows: dict[str, _Flow] = {}
+        self._seq = itertools.count()
+        self._flow_index = itertools.count()
+        self._vtime = 0.0  # start-time fair queuing's virtual time
+        self._inflight: dict[Transfer, _Flow] = {}
+        self._inflight_bytes = 0
+        self._started = self._started_bytes = self._starved = self._promoted = 0
+
+    # -- caller API -------------------------------------------------------------------
+    def submit(self, transfers: Iterable[Transfer], now: float) -> None:
+        for t in transfers:
+            if t.kind not in (READ, WRITE) or t.nbytes < 0:
+                raise ValueError(f"bad transfer {t!r}")
+            flow = self._flows.get(t.request_id)
+            if flow is None:
+                flow = self._flows[t.request_id] = _Flow(next(self._flow_index))
+            e = _Entry(t, (), now, next(self._seq))
+            e.key = self._key(t, flow, e.seq)
+            flow.queued[e] = None
+            (self._reads if t.kind == READ else self._writes).push(e)
+
+    def next(self, now: float) -> Decision:
+        start = []
+        while self._reads.count + self._writes.count and len(self._inflight) < self.cfg.max_inflight:
+            if self._bucket is not None and self._bucket.ready_at(now) > now:
+                break
+            e = self._pick(now)
+            flow = self._flows[e.t.request_id]
+            del flow.queued[e]
+            flow.inflight += 1
+            self._inflight[e.t] = flow
+            self._inflight_bytes += e.t.nbytes
+            self._started += 1
+            self._started_bytes += e.t.nbytes
+            if self._bucket is not None:
+                self._bucket.take(e.t.nbytes, now)
+            start.append(e.t)
+        wake_at = None
+        if self._reads.count + self._writes.count and len(self._inflight) < self.cfg.max_inflight:
+            wake_at = self._bucket.ready_at(now) if self._bucket is not None else now
+        return Decision(start, wake_at)
+
+    def done(self, transfer: Transfer, now: float) -> None:
+        flow = self._inflight.pop(transfer)  # KeyError: not started, or done twice
+        self._inflight_bytes -= transfer.nbytes
+        flow.inflight -= 1
+        self._forget(transfer.request_id, flow)
+
+    def cancel(self, request_id: str) -> list[Transfer]:
+        flow = self._flows.get(request_id)
+        if flow is None:
+            return []
+        dropped = []
+        for e in list(flow.queued):
+            (self._reads if e.t.kind == READ else self._writes).kill(e)
+            dropped.append(e.t)
+        flow.queued.clear()
+        self._forget(request_id, flow)
+        return dropped
+
+    def update_deadlines(self, request_id: str, deadline_of: Callable[[Transfer], float]) -> None:
+        flow = self._flows.get(request_id)
+        if flow is None:
+            return
+        for e in list(flow.queued):
+            if e.t.kind != READ:
+                continue
+            t = replace(e.t, deadline=deadline_of(e.t))
+            if self.cfg.policy != "deadline":
+                e.t = t  # the key does not depend on the deadline
+                continue
+            self._reads.kill(e)
+            del flow.queued[e]
+            # Same queue time and sequence: re-keying must not reset the age bound.
+            ne = _Entry(t, self._key(t, flow, e.seq), e.qtime, e.seq)
+            flow.queued[ne] = None
+            self._reads.push(ne)
+
+    def stats(self, now: float) -> SchedStats:
+        ages = [e.qtime for e in (self._reads.oldest(), self._writes.oldest()) if e is not None]
+        return SchedStats(
+            queued_reads=self._reads.count,
+            queued_writes=self._writes.count,
+            queued_bytes=self._reads.nbytes + self._writes.nbytes,
+            inflight=len(self._inflight),
+            inflight_bytes=self._inflight_bytes,
+            oldest_wait_s=max(0.0, now - min(ages)) if ages else 0.0,
+            started=self._started,
+            started_bytes=self._started_bytes,
+            starved_starts=self._starved,
+            promoted_writes=self._promoted,
+        )
+
+    @property
+    def queue_depth(self) -> int:
+        return self._reads.count + self._writes.count
+
+    # -- internals --------------------------------------------------------------------
+    def _key(self, t: Transfer, flow: _Flow, seq: int) -> tuple:
+        if t.kind == WRITE:
+            return (seq,)
+        if self.cfg.policy == "deadline":
+            return (t.deadline, t.priority, t.arrival, seq)
+        if self.cfg.policy == "fifo":
+            return (t.arrival, flow.index, t.layer, seq)
+        # fair: start-time fair queuing, one flow per request, tags in bytes.
+        start_tag = max(self._vtime, flow.finish_tag)
+        flow.finish_tag = start_tag + max(t.nbytes, 1)
+        return (start_tag, flow.index, seq)
+
+    def _pick(self, now: float) -> _Entry:
+        w = self._writes.oldest()
+        if w is not None and (self._reads.count == 0 or now - w.qtime >= self._write_wait):
+            self._promoted += self._reads.count > 0
+            return self._writes.pop(now, math.inf)[0]
+        e, starved = self._reads.pop(now, self._max_wait)
+        self._starved += starved
+        if self.cfg.policy == "fair":
+            self._vtime = max(self._vtime, e.key[0])
+        return e
+
+    def _forget(self, request_id: str, flow: _Flow) -> None:
+        if not flow.queued and not flow.inflight:
+            del self._flows[request_id]
+
+
+# -- deadlines ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ComputeModel:
+    """Seconds one decoder layer of a prefill takes: a + b*new + c*new*context, summed over
+    the batch's requests (a once per batch). With no cached prefix (new == context) this is
+    a + b*t + c*t^2. The defaults are a FLOP-count estimate for Llama-3.1-8B bf16 on one
+    H100 (about 1.5 s for a 32K prefill, 1.5 ms per layer for 1K new tokens on a 32K
+    prefix), not a measurement; fit a, b, c to your own forward timings."""
+
+    a: float = 30e-6
+    b: float = 6.0e-10
+    c: float = 2.5e-11
+
+    def layer_s(self, new_tokens: int, context_tokens: int) -> float:
+        return self.a + self.b * new_tokens + self.c * new_tokens * context_tokens
+
+    def batch_layer_s(self, reqs: Iterable[tuple[int, int]]) -> float:
+        """`reqs`: (new_tokens, context_tokens) per request of one prefill batch."""
+        return self.a + sum(self.b * n + self.c * n * ctx for n, ctx in reqs)
+
+
+def layer_deadlines(start: float, num_layers: int, layer_s: float | Sequence[float]) -> list[float]:
+    """When the forward consumes each layer: layer l is needed once layers < l have run."""
+    per = [layer_s] * num_layers if isinstance(layer_s, (int, float)) else list(layer_s)
+    out, t = [], start
+    for s in per[:num_layers]:
+        out.append(t)
+        t += s
+    return out
+
+
+def plan_starts(free_at: float, jobs: Sequence[tuple[float, int, float]], rate: float) -> list[float]:
+    """Projected forward start of each job, in the GPU's order. A job is (ready time, bytes
+    still to fetch, compute seconds); it starts after the previous one and lasts the longer
+    of its compute and its bytes at `rate` bytes/s (0: bandwidth not the limit)."""
+    starts, t = [], free_at
+    for ready, nbytes, compute_s in jobs:
+        t = max(t, ready)
+        starts.append(t)
+        t += max(compute_s, nbytes / rate if rate > 0 else 0.0)
+    return starts
