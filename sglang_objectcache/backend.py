@@ -1,0 +1,410 @@
+"""`ObjectCacheStorage`: SGLang HiCache's L3 storage backend over an S3-compatible store.
+
+Contract with SGLang 0.5.23's HiCacheController (managers/cache_controller.py):
+- Pages are content-addressed: SGLang's page hash chain -> `keys.KeyScheme.object_key`.
+  One object per page, layer-major (`objformat`), independent of the host layout.
+- `batch_exists(keys)` returns the length of the leading run of pages present.
+- `batch_get_v1(keys, host_indices)` copies each page straight from the network buffer into
+  its host-pool slots and returns one bool per page; only the leading run of True counts.
+- `batch_set_v1(keys, host_indices)` writes pages that are not known to exist, with a
+  conditional PUT (If-None-Match: *), so two servers writing one prefix store it once; it
+  returns one bool per page and SGLang treats any False as a failed backup.
+- Nothing raises into SGLang's threads and nothing returns None where SGLang wants a result
+  (a None silently kills its prefetch thread). A missing, corrupt or truncated object, a
+  timeout or any store error is a miss, counted in `stats` (by reason) and logged once.
+- After a store failure the store is considered down for `negative_ttl_s`: reads answer
+  "miss" and writes "failed" at once, so a dead store is not hammered.
+- The constructor checks the store (endpoint, credentials, bucket) and raises a clear
+  error: a misconfigured server should not start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from typing import Any, List, Optional
+
+import torch
+from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig
+
+from sglang_objectcache import objformat
+from sglang_objectcache.config import ObjectCacheConfig
+from sglang_objectcache.hostpool import HostPages
+from sglang_objectcache.keys import KeyScheme, Namespace
+from sglang_objectcache.stats import Stats
+from sglang_objectcache.store import StoreError, make_store
+
+logger = logging.getLogger(__name__)
+# GET buffers are read-only; torch views of them are only ever read from.
+warnings.filterwarnings("ignore", message="The given buffer is not writable")
+
+
+class _KnownKeys:
+    """Bounded LRU of object keys known to exist (content-addressed, so never stale in
+    content; at worst deleted by GC, which turns into an ordinary miss on read)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, key: str) -> None:
+        if not self.capacity:
+            return
+        with self._lock:
+            self._keys[key] = None
+            self._keys.move_to_end(key)
+            while len(self._keys) > self.capacity:
+                self._keys.popitem(last=False)
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._keys
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._keys.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._keys.clear()
+
+
+def namespace_for(cfg: ObjectCacheConfig, sc: HiCacheStorageConfig, pages: HostPages, pool) -> Namespace:
+    start = int(getattr(pool, "start_layer", 0) or 0)
+    extra = []
+    if getattr(sc, "attn_cp_size", 1) > 1:
+        extra.append(f"cp{sc.attn_cp_rank}of{sc.attn_cp_size}")
+    if getattr(sc, "dcp_size", 1) > 1:
+        extra.append(f"dcp{sc.dcp_rank}of{sc.dcp_size}")
+    if cfg.tenant_salt:
+        extra.append("salt:" + cfg.tenant_salt)
+    return Namespace(
+        model=cfg.model_id or str(sc.model_name or "unknown-model"),
+        geometry=pages.geometry,
+        kv_shard="replicated" if sc.is_mla_model else f"tp{sc.tp_rank}of{sc.tp_size}",
+        layers=f"{start}-{start + pages.num_layers}",
+        extra=",".join(extra),
+    )
+
+
+class ObjectCacheStorage(HiCacheStorage):
+    def __init__(self, storage_config: HiCacheStorageConfig, mem_pool_host: Any = None):
+        # The `dynamic` factory passes a kwargs dict as the second argument; the plugin's
+        # factory hook passes the host pool. Either way the pool also arrives through
+        # register_mem_pool_host.
+        self.storage_config = storage_config
+        self.cfg = ObjectCacheConfig.from_dict(storage_config.extra_config)
+        self.stats = Stats()
+        self.known = _KnownKeys(self.cfg.exists_cache_entries)
+        self.store = make_store(self.cfg)
+        try:
+            self.store.check(create_bucket=self.cfg.create_bucket)
+        except StoreError as e:
+            self.store.close()
+            raise RuntimeError(f"objectcache: {e}") from None
+        self._down_until = 0.0
+        self._down_reason = ""
+        self._state_lock = threading.Lock()
+        self.pages: Optional[HostPages] = None
+        self.keys: Optional[KeyScheme] = None
+        logger.info("objectcache: store %s ready (%s)", self.store.name, _safe(self.cfg))
+        if mem_pool_host is not None and hasattr(mem_pool_host, "layout"):
+            self.register_mem_pool_host(mem_pool_host)
+
+    # ---- setup -------------------------------------------------------------------------
+
+    def register_mem_pool_host(self, mem_pool_host) -> None:
+        super().register_mem_pool_host(mem_pool_host)
+        if self.pages is not None and self.mem_pool_host is mem_pool_host:
+            return
+        self.pages = HostPages(mem_pool_host)
+        ns = namespace_for(self.cfg, self.storage_config, self.pages, mem_pool_host)
+        self.keys = KeyScheme(self.cfg.key_prefix, ns)
+        self._describe_namespace()
+        g = self.pages.geometry
+        if g.object_bytes < self.cfg.small_object_warn_kb * 1024:
+            logger.warning(
+                "objectcache: each page object is only %.0f KiB (page size %d tokens). Every page "
+                "costs one S3 request, so small objects are request-bound: raise --page-size "
+                "(64 or more) for throughput; see docs/page-size.md.",
+                g.object_bytes / 1024, g.tokens,
+            )
+        logger.info("objectcache: namespace %s = %s", ns.digest, ns.describe())
+
+    def register_mem_host_pool_v2(self, host_pool, host_pool_name) -> None:
+        super().register_mem_host_pool_v2(host_pool, host_pool_name)
+
+    def on_host_pools_registered(self) -> None:
+        # Hybrid models (Mamba/SWA/DSA sidecar pools) need batch_*_v2, which objectcache does
+        # not implement yet: refuse at attach rather than silently caching half the state.
+        others = [str(n) for n in getattr(self, "registered_pools", {}) if "KV" not in str(n).upper()]
+        if others:
+            raise RuntimeError(f"objectcache supports plain MHA/MLA KV pools only; not {others}")
+
+    def _describe_namespace(self) -> None:
+        import json
+
+        body = json.dumps(self.keys.namespace.describe(), sort_keys=True, indent=1).encode()
+        try:
+            self.store.put(self.keys.namespace_file, body, if_absent=True)
+        except StoreError as e:
+            logger.warning("objectcache: could not write %s: %s", self.keys.namespace_file, e)
+
+    # ---- failure handling --------------------------------------------------------------
+
+    def _store_down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _note_failure(self, err: StoreError) -> None:
+        with self._state_lock:
+            first = not self._store_down()
+            self._down_until = time.monotonic() + self.cfg.negative_ttl_s
+            self._down_reason = str(err)
+        if first:
+            logger.warning(
+                "objectcache: store error (%s): %s; answering misses for %.1fs",
+                err.kind, err, self.cfg.negative_ttl_s,
+            )
+
+    def _note_success(self) -> None:
+        if self._down_reason:
+            with self._state_lock:
+                if self._down_reason and not self._store_down():
+                    logger.info("objectcache: store reachable again")
+                    self._down_reason = ""
+
+    # ---- HiCacheStorage: existence -----------------------------------------------------
+
+    def batch_exists(self, keys: List[str], extra_info=None) -> int:
+        try:
+            return self._batch_exists(keys)
+        except Exception:  # noqa: BLE001 - never raise into the prefetch thread
+            logger.exception("objectcache: batch_exists failed")
+            return 0
+
+    def _batch_exists(self, keys: List[str]) -> int:
+        if self.keys is None or not keys:
+            return 0
+        names = [self.keys.object_key(k) for k in keys]
+        n = 0
+        while n < len(names) and names[n] in self.known:
+            n += 1
+        if n == len(names) or self._store_down():
+            return n
+        rest = names[n:]
+        results = self.store.exists_many(rest)
+        self.stats.inc("head_requests", len(rest))
+        for name, r in zip(rest, results):
+            if isinstance(r, StoreError):
+                self._note_failure(r)
+                self.stats.inc("store_errors_" + r.kind)
+                return n
+            if not r:
+                return n
+            self.known.add(name)
+            n += 1
+        self._note_success()
+        return n
+
+    def exists(self, key: str) -> bool:
+        return self.batch_exists([key]) == 1
+
+    # ---- HiCacheStorage: zero-copy v1 --------------------------------------------------
+
+    def batch_get_v1(self, keys: List[str], host_indices: torch.Tensor, extra_info=None) -> List[bool]:
+        try:
+            return self._batch_get(keys, self._page_slots(host_indices, len(keys)))
+        except Exception:  # noqa: BLE001
+            logger.exception("objectcache: batch_get_v1 failed")
+            self.stats.miss("store_error", len(keys))
+            return [False] * len(keys)
+
+    def batch_set_v1(self, keys: List[str], host_indices: torch.Tensor, extra_info=None) -> List[bool]:
+        try:
+            return self._batch_set(keys, self._page_slots(host_indices, len(keys)))
+        except Exception:  # noqa: BLE001
+            logger.exception("objectcache: batch_set_v1 failed")
+            return [False] * len(keys)
+
+    def _page_slots(self, host_indices: torch.Tensor, n: int) -> list[int]:
+        P = self.pages.page_size
+        if host_indices.numel() != n * P:
+            raise ValueError(f"{host_indices.numel()} host slots for {n} pages of {P}")
+        return host_indices[::P].tolist()
+
+    def _batch_get(self, keys: List[str], slots: List[int]) -> List[bool]:
+        if self.pages is None:
+            self.stats.miss("no_pool", len(keys))
+            return [False] * len(keys)
+        if self._store_down():
+            self.stats.miss("store_down", len(keys))
+            return [False] * len(keys)
+        g = self.pages.geometry
+        names = [self.keys.object_key(k) for k in keys]
+        t0 = time.perf_counter()
+        blobs = self.store.get_many(names)
+        elapsed = time.perf_counter() - t0
+        self.stats.inc("get_requests", len(names))
+        self.stats.observe_get(elapsed, len(names))
+        out = [False] * len(keys)
+        nbytes = 0
+        for i, (key, name, blob, slot) in enumerate(zip(keys, names, blobs, slots)):
+            reason = self._load_page(self.pages, key, name, blob, slot)
+            if reason:
+                self.stats.miss(reason, len(keys) - i)
+                break
+            out[i] = True
+            nbytes += g.object_bytes
+        hits = sum(out)
+        self.stats.inc("pages_hit", hits)
+        self.stats.inc("bytes_read", nbytes)
+        self.stats.record_prefetch(hits, nbytes, elapsed)
+        return out
+
+    def _load_page(self, pages: HostPages, key: str, name: str, blob, slot: int) -> str:
+        """Verify one GET result and copy it into `pages` at `slot`. Returns a miss reason or ''."""
+        if isinstance(blob, StoreError):
+            self._note_failure(blob)
+            self.stats.inc("store_errors_" + blob.kind)
+            return "store_error"
+        if blob is None:
+            self.known.discard(name)
+            return "not_found"
+        try:
+            objformat.decode(blob, pages.geometry, self.keys.content_digest(key),
+                             verify=self.cfg.verify_checksums)
+        except objformat.FormatError as e:
+            self.stats.inc("checksum_failures")
+            self.known.discard(name)
+            logger.warning("objectcache: object %s is unusable (%s); treated as a miss", name, e)
+            return "corrupt"
+        buf = torch.frombuffer(blob, dtype=torch.uint8)
+        pages.write_page(slot, buf[pages.geometry.header_bytes :])
+        self.known.add(name)
+        self._note_success()
+        return ""
+
+    def _batch_set(self, keys: List[str], slots: List[int]) -> List[bool]:
+        if self.pages is None:
+            return [False] * len(keys)
+        out = [True] * len(keys)
+        todo = []
+        for i, key in enumerate(keys):
+            name = self.keys.object_key(key)
+            if name in self.known:
+                self.stats.inc("pages_skipped_existing")
+            else:
+                todo.append((i, key, name))
+        if not todo:
+            return out
+        if self._store_down():
+            return [False] * len(keys)
+        t0 = time.perf_counter()
+        items = [(name, self._encode_page(self.pages, key, slots[i])) for i, key, name in todo]
+        results = self.store.put_many(items, if_absent=True)
+        elapsed = time.perf_counter() - t0
+        self.stats.inc("put_requests", len(items))
+        written = 0
+        for (i, _, name), r in zip(todo, results):
+            if isinstance(r, StoreError):
+                self._note_failure(r)
+                self.stats.inc("write_errors_" + r.kind)
+                out[i] = False
+                continue
+            self.known.add(name)
+            if r:
+                written += 1
+            else:
+                self.stats.inc("pages_deduped")
+        g = self.pages.geometry
+        self.stats.inc("pages_written", written)
+        self.stats.inc("bytes_written", written * g.object_bytes)
+        self.stats.record_backup(written, written * g.object_bytes, elapsed)
+        return out
+
+    def _encode_page(self, pages: HostPages, key: str, slot: int) -> memoryview:
+        g = pages.geometry
+        obj = torch.empty(g.object_bytes, dtype=torch.uint8)
+        pages.read_page(slot, obj[g.header_bytes :])
+        mv = memoryview(obj.numpy())
+        objformat.seal(g, self.keys.content_digest(key), mv)
+        return mv
+
+    # ---- HiCacheStorage: legacy flat-page API ------------------------------------------
+    # Used only when SGLang does not select the v1 path (e.g. `dynamic` without
+    # interface_v1). A flat page is the host layout's own page order (get_data_page).
+
+    def get(self, key, target_location=None, target_sizes=None) -> Optional[torch.Tensor]:
+        return self.batch_get([key], [target_location] if target_location is not None else None)[0]
+
+    def batch_get(self, keys, target_locations=None, target_sizes=None):
+        try:
+            if self.pages is None or self._store_down():
+                return [None] * len(keys)
+            targets = target_locations or [self.mem_pool_host.get_dummy_flat_data_page() for _ in keys]
+            names = [self.keys.object_key(k) for k in keys]
+            out = []
+            for key, name, blob, flat in zip(keys, names, self.store.get_many(names), targets):
+                failed = self._load_page(self.pages.flat_page(flat), key, name, blob, 0)
+                out.append(None if failed else flat)
+            return out
+        except Exception:  # noqa: BLE001
+            logger.exception("objectcache: batch_get failed")
+            return [None] * len(keys)
+
+    def set(self, key, value=None, target_location=None, target_sizes=None) -> bool:
+        return self.batch_set([key], [value])
+
+    def batch_set(self, keys, values=None, target_locations=None, target_sizes=None) -> bool:
+        try:
+            if self.pages is None or self._store_down():
+                return False
+            items = [
+                (self.keys.object_key(k), self._encode_page(self.pages.flat_page(v), k, 0))
+                for k, v in zip(keys, values)
+                if self.keys.object_key(k) not in self.known
+            ]
+            results = self.store.put_many(items, if_absent=True) if items else []
+            for (name, _), r in zip(items, results):
+                if isinstance(r, StoreError):
+                    self._note_failure(r)
+                    return False
+                self.known.add(name)
+            return True
+        except Exception:  # noqa: BLE001
+            logger.exception("objectcache: batch_set failed")
+            return False
+
+    # ---- HiCacheStorage: management ----------------------------------------------------
+
+    def clear(self) -> None:
+        """Delete every object of this namespace (and nothing else)."""
+        if self.keys is None:
+            return
+        try:
+            prefix = self.keys.namespace_prefix
+            doomed = [o.key for o in self.store.list(prefix) if self.keys.owns(o.key)]
+            deleted = self.store.delete_many(doomed)
+            self.known.clear()
+            logger.info("objectcache: cleared %d objects under %s", deleted, prefix)
+            self._describe_namespace()
+        except Exception:  # noqa: BLE001
+            logger.exception("objectcache: clear failed")
+
+    def get_stats(self):
+        return self.stats.drain_sglang()
+
+    def close(self) -> None:
+        try:
+            self.store.close()
+        except Exception:  # noqa: BLE001
+            logger.exception("objectcache: close failed")
+
+
+def _safe(cfg: ObjectCacheConfig) -> str:
+    d = cfg.redacted()
+    return ", ".join(f"{k}={d[k]}" for k in ("endpoint_url", "bucket", "region", "key_prefix", "transport"))

@@ -1,0 +1,233 @@
+"""ObjectCacheStorage against a real SeaweedFS and SGLang's real CPU KV pools."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from pools import fill_random, make_pools, page_bytes
+
+from sglang_objectcache.backend import ObjectCacheStorage
+from sglang_objectcache.s3server import SeaweedFS, free_port
+
+LAYOUTS = ("layer_first", "page_first", "page_first_direct")
+PAGE = 4
+
+
+def storage_config(extra: dict, kind="mha", tp_rank=0, tp_size=1, model="tiny-model"):
+    from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
+
+    return HiCacheStorageConfig(
+        tp_rank=tp_rank, tp_size=tp_size, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1,
+        is_mla_model=kind == "mla", enable_storage_metrics=True, is_page_first_layout=False,
+        model_name=model, extra_config=dict(extra),
+    )
+
+
+def backend_for(extra, host, kind="mha", **kw) -> ObjectCacheStorage:
+    b = ObjectCacheStorage(storage_config(extra, kind, **kw), host)
+    b.register_mem_pool_host(host)
+    return b
+
+
+def hashes(n: int, tag: str = "p") -> list[str]:
+    return [f"{tag}{i:062d}" for i in range(n)]
+
+
+def slots(pages: list[int]) -> torch.Tensor:
+    return torch.tensor([p * PAGE + t for p in pages for t in range(PAGE)], dtype=torch.int64)
+
+
+@pytest.mark.parametrize("kind,dtype", [("mha", torch.float16), ("mha", torch.bfloat16),
+                                        ("mla", torch.float16), ("mla", torch.bfloat16)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_roundtrip_every_layout(s3_config, kind, dtype, layout):
+    _, src = make_pools(kind, layout, dtype, PAGE)
+    _, dst = make_pools(kind, layout, dtype, PAGE)
+    fill_random(src, seed=3)
+    keys = hashes(6)
+    w = backend_for(s3_config, src, kind)
+    assert w.batch_exists(keys) == 0
+    assert w.batch_set_v1(keys, slots([1, 2, 3, 7, 8, 20])) == [True] * 6
+    r = backend_for(s3_config, dst, kind)  # a fresh instance: nothing cached in memory
+    assert r.batch_exists(keys) == 6
+    assert r.batch_get_v1(keys, slots([30, 31, 5, 6, 40, 41])) == [True] * 6
+    for a, b in zip([1, 2, 3, 7, 8, 20], [30, 31, 5, 6, 40, 41]):
+        assert page_bytes(src, a * PAGE) == page_bytes(dst, b * PAGE)
+    assert r.stats.counters["pages_hit"] == 6
+    m = r.get_stats()
+    assert m.prefetch_pgs == [6] and r.get_stats().prefetch_pgs == []  # drained per call
+
+
+@pytest.mark.parametrize("src_layout,dst_layout", [("page_first", "layer_first"),
+                                                    ("layer_first", "page_first_direct"),
+                                                    ("page_first_direct", "page_first")])
+def test_cross_layout_reads(s3_config, src_layout, dst_layout):
+    _, src = make_pools("mha", src_layout, torch.bfloat16, PAGE)
+    _, dst = make_pools("mha", dst_layout, torch.bfloat16, PAGE)
+    fill_random(src, seed=4)
+    keys = hashes(3, "x")
+    assert backend_for(s3_config, src).batch_set_v1(keys, slots([2, 3, 4])) == [True] * 3
+    assert backend_for(s3_config, dst).batch_get_v1(keys, slots([9, 10, 11])) == [True] * 3
+    for a, b in zip([2, 3, 4], [9, 10, 11]):
+        assert page_bytes(src, a * PAGE) == page_bytes(dst, b * PAGE)
+
+
+def test_leading_run_with_a_hole(s3_config, s3, bucket):
+    _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
+    fill_random(host)
+    keys = hashes(5, "h")
+    w = backend_for(s3_config, host)
+    assert w.batch_set_v1(keys, slots(range(5))) == [True] * 5
+    s3.client().delete_object(Bucket=bucket, Key=w.keys.object_key(keys[2]))
+    r = backend_for(s3_config, host)
+    assert r.batch_exists(keys) == 2
+    assert r.batch_exists(keys[3:]) == 2
+    got = r.batch_get_v1(keys, slots(range(10, 15)))
+    assert got[:2] == [True, True] and got[2] is False
+    assert r.stats.counters["miss_not_found"] >= 1
+
+
+def test_namespaces_are_isolated(s3_config):
+    _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
+    fill_random(host)
+    keys = hashes(2, "n")
+    assert backend_for(s3_config, host).batch_set_v1(keys, slots([1, 2])) == [True, True]
+    _, fp16 = make_pools("mha", "layer_first", torch.float16, PAGE)
+    others = [
+        backend_for(s3_config, host, model="another-model"),
+        backend_for(s3_config, fp16),
+        backend_for(s3_config, host, tp_rank=1, tp_size=2),
+        backend_for({**s3_config, "tenant_salt": "tenant-b"}, host),
+    ]
+    for other in others:
+        assert other.batch_exists(keys) == 0
+        assert other.batch_get_v1(keys, slots([5, 6])) == [False, False]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "wrong_key"])
+def test_corrupt_objects_are_misses(s3_config, s3, bucket, damage):
+    _, host = make_pools("mha", "page_first", torch.bfloat16, PAGE)
+    fill_random(host)
+    keys = hashes(3, damage[0])
+    w = backend_for(s3_config, host)
+    assert w.batch_set_v1(keys, slots([1, 2, 3])) == [True] * 3
+    c = s3.client()
+    name = w.keys.object_key(keys[1])
+    body = bytearray(c.get_object(Bucket=bucket, Key=name)["Body"].read())
+    if damage == "flip":
+        body[-7] ^= 0x40
+    elif damage == "truncate":
+        body = body[: len(body) // 2]
+    else:  # a valid object stored under the wrong key
+        body = bytearray(c.get_object(Bucket=bucket, Key=w.keys.object_key(keys[0]))["Body"].read())
+    c.put_object(Bucket=bucket, Key=name, Body=bytes(body))
+    _, dst = make_pools("mha", "page_first", torch.bfloat16, PAGE)
+    dst.kv_buffer.view(torch.uint8).fill_(0x5A)
+    r = backend_for(s3_config, dst)
+    assert r.batch_get_v1(keys, slots([7, 8, 9])) == [True, False, False]
+    assert r.stats.counters["miss_corrupt"] == 2 and r.stats.counters["checksum_failures"] == 1
+    assert page_bytes(dst, 7 * PAGE) == page_bytes(host, 1 * PAGE)
+    assert all(set(b) == {0x5A} for b in page_bytes(dst, 9 * PAGE))  # nothing copied after the hole
+
+
+def test_conditional_put_dedups_across_servers(s3_config, s3, bucket):
+    _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
+    fill_random(host)
+    keys = hashes(4, "d")
+    a, b = backend_for(s3_config, host), backend_for(s3_config, host)
+    assert a.batch_set_v1(keys, slots(range(4))) == [True] * 4
+    assert b.batch_set_v1(keys, slots(range(4))) == [True] * 4
+    assert b.stats.counters["pages_deduped"] == 4 and b.stats.counters["pages_written"] == 0
+    assert a.batch_set_v1(keys, slots(range(4))) == [True] * 4  # known: no request at all
+    assert a.stats.counters["pages_skipped_existing"] == 4
+    listed = s3.client().list_objects_v2(Bucket=bucket, Prefix=a.keys.namespace_prefix)
+    names = [o["Key"] for o in listed.get("Contents", [])]
+    assert len([n for n in names if not n.endswith("_namespace.json")]) == 4
+
+
+def test_clear_deletes_only_our_namespace(s3_config, s3, bucket):
+    _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
+    fill_random(host)
+    mine, theirs = backend_for(s3_config, host), backend_for(s3_config, host, model="other")
+    mine.batch_set_v1(hashes(3, "c"), slots(range(3)))
+    theirs.batch_set_v1(hashes(2, "c"), slots(range(2)))
+    s3.client().put_object(Bucket=bucket, Key="unrelated/file.txt", Body=b"keep me")
+    mine.clear()
+    assert mine.batch_exists(hashes(3, "c")) == 0
+    assert theirs.batch_exists(hashes(2, "c")) == 2
+    assert s3.client().get_object(Bucket=bucket, Key="unrelated/file.txt")["Body"].read() == b"keep me"
+
+
+def test_legacy_flat_page_api(s3_config):
+    _, host = make_pools("mha", "page_first", torch.bfloat16, PAGE)
+    fill_random(host)
+    b = backend_for(s3_config, host)
+    keys = hashes(2, "l")
+    flats = [host.get_data_page(p * PAGE, flat=True).clone() for p in (3, 4)]
+    assert b.batch_set(keys, flats) is True
+    assert b.exists(keys[0]) and not b.exists("z" * 64)
+    got = backend_for(s3_config, host).batch_get(keys, [torch.zeros_like(f) for f in flats])
+    # compare bytes: random bits include NaNs, which torch.equal never calls equal
+    assert all(torch.equal(g.view(torch.uint8), f.view(torch.uint8)) for g, f in zip(got, flats))
+    assert b.get("z" * 64) is None
+
+
+def test_store_outage_gives_misses_then_recovers(tmp_path):
+    port = free_port()
+    srv = SeaweedFS(str(tmp_path / "sw"), s3_port=port, buckets=("outage",)).start()
+    try:
+        cfg = srv.config("outage", connect_timeout_s=0.5, read_timeout_s=1.0, retries=0, negative_ttl_s=0.5)
+        _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
+        fill_random(host)
+        keys = hashes(3, "o")
+        b = backend_for(cfg, host)
+        assert b.batch_set_v1(keys, slots(range(3))) == [True] * 3
+        srv.stop()
+        t0 = time.monotonic()
+        assert b.batch_get_v1(keys, slots(range(5, 8))) == [False] * 3
+        assert b.batch_exists(hashes(2, "unknown")) == 0
+        assert time.monotonic() - t0 < 10
+        assert b.batch_set_v1(hashes(2, "new"), slots(range(2))) == [False, False]
+        srv = SeaweedFS(str(tmp_path / "sw"), s3_port=port, buckets=("outage",)).start()
+        time.sleep(0.6)  # past negative_ttl_s
+        assert b.batch_get_v1(keys, slots(range(5, 8))) == [True] * 3
+        assert b.batch_set_v1(hashes(2, "new"), slots(range(2))) == [True, True]
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("problem", ["secret", "bucket", "endpoint"])
+def test_bad_settings_fail_at_startup_with_a_clear_message(s3, bucket, problem):
+    cfg = s3.config(bucket)
+    if problem == "secret":
+        cfg["secret_access_key"] = "definitely-wrong"
+        match = "credentials"
+    elif problem == "bucket":
+        cfg["bucket"] = "no-such-bucket-here"
+        match = "no-such-bucket-here"
+    else:
+        cfg["endpoint_url"] = f"http://127.0.0.1:{free_port()}"
+        cfg["connect_timeout_s"] = 0.5
+        match = "cannot reach"
+    _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
+    with pytest.raises(RuntimeError, match=match) as err:
+        ObjectCacheStorage(storage_config(cfg), host)
+    assert "definitely-wrong" not in str(err.value)
+
+
+def test_bad_config_names_the_key(s3_config):
+    _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
+    with pytest.raises(ValueError, match="^max_concurency: unknown"):
+        ObjectCacheStorage(storage_config({**s3_config, "max_concurency": 4}), host)
+
+
+def test_never_none_and_never_raises(s3_config):
+    _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
+    b = backend_for(s3_config, host)
+    bad = torch.arange(3)  # not page aligned: an internal error, reported as misses
+    assert b.batch_get_v1(hashes(2), bad) == [False, False]
+    assert b.batch_set_v1(hashes(2), bad) == [False, False]
+    assert b.batch_exists([]) == 0
+    assert b.batch_exists(["not-a-page-hash"]) == 0
