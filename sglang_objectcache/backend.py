@@ -30,7 +30,7 @@ from typing import Any, List, Optional
 import torch
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig
 
-from sglang_objectcache import objformat
+from sglang_objectcache import objformat, runtime
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.hostpool import HostPages
 from sglang_objectcache.keys import KeyScheme, Namespace
@@ -112,6 +112,7 @@ class ObjectCacheStorage(HiCacheStorage):
         self.pages: Optional[HostPages] = None
         self.keys: Optional[KeyScheme] = None
         logger.info("objectcache: store %s ready (%s)", self.store.name, _safe(self.cfg))
+        runtime.register(self)
         if mem_pool_host is not None and hasattr(mem_pool_host, "layout"):
             self.register_mem_pool_host(mem_pool_host)
 
