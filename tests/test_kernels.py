@@ -1,0 +1,342 @@
+"""KV scatter/gather kernels: byte-exact against a plain per-page PyTorch reference.
+
+Both backends run here: torch directly, Triton under its interpreter (TRITON_INTERPRET=1,
+CPU tensors). Every pool and staging buffer starts filled with a sentinel and is compared
+whole, so a byte written outside the selected slots (or columns) fails the test. Pool
+bytes are random, NaN payloads included, so any float conversion on the way fails too.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from sglang_objectcache import objformat
+from sglang_objectcache.kernels import (
+    gather_all_layers,
+    gather_layer,
+    resolve_backend,
+    scatter_all_layers,
+    scatter_layer,
+)
+from sglang_objectcache.objformat import PageGeometry
+
+SENTINEL = 0xA5
+DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float8_e4m3fn": torch.float8_e4m3fn,  # fp8 as torch dtype
+    "uint8": torch.uint8,  # fp8 as SGLang stores it (store_dtype uint8)
+}
+PAGE_SIZES = (1, 16, 64, 256)
+BACKENDS = ("torch", "triton")
+
+
+@pytest.fixture(autouse=True)
+def _interpret(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("OBJECTCACHE_KERNELS", raising=False)
+
+
+def random_bytes(shape, dtype, gen) -> torch.Tensor:
+    t = torch.empty(shape, dtype=dtype)
+    t.view(torch.uint8).copy_(torch.randint(0, 256, t.view(torch.uint8).shape, dtype=torch.uint8,
+                                            generator=gen))
+    return t
+
+
+def sentinel_like(t: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(t)
+    out.view(torch.uint8).fill_(SENTINEL)
+    return out
+
+
+def u8(t: torch.Tensor) -> torch.Tensor:
+    """Rows of a pool buffer as bytes (reference side; independent of kernels.layout)."""
+    return t.reshape(t.shape[0], -1).view(torch.uint8)
+
+
+class Case:
+    """A pool of `layers` layers and a selection of `pages` pages in it."""
+
+    def __init__(self, kind, dtype, tokens, *, layers=2, pages=3, heads=2, head_dim=4,
+                 v_head_dim=None, aligned=False, seed=0):
+        self.gen = torch.Generator().manual_seed(seed)
+        tdtype = DTYPES[dtype]
+        if kind == "mha":
+            shapes = [(heads, head_dim), (heads, v_head_dim or head_dim)]
+        else:
+            shapes = [(1, head_dim * 9)]  # latent + rope, like kv_lora_rank + qk_rope_head_dim
+        item = tdtype.itemsize
+        self.geometry = PageGeometry(kind, layers, tokens,
+                                     tuple(h * d * item for h, d in shapes), dtype)
+        self.num_slots = pages * tokens * 2 + 3
+        self.pools = [[random_bytes((self.num_slots, *s), tdtype, self.gen) for s in shapes]
+                      for _ in range(layers)]
+        self.slots = self.pick_slots(pages, aligned)
+
+    def pick_slots(self, pages, aligned, exclude=None) -> torch.Tensor:
+        t = self.geometry.tokens
+        if aligned:  # SGLang's paged allocator: whole pages, pages in any order
+            free = torch.randperm(self.num_slots // t, generator=self.gen)[:pages]
+            return (free[:, None] * t + torch.arange(t)).reshape(-1)
+        perm = torch.randperm(self.num_slots, generator=self.gen)
+        if exclude is not None:
+            perm = perm[~torch.isin(perm, exclude)]
+        return perm[: pages * t]
+
+    def fresh_pools(self):
+        return [[sentinel_like(p) for p in layer] for layer in self.pools]
+
+
+def ref_gather(pools_per_layer, slots, g: PageGeometry) -> torch.Tensor:
+    """Page by page, layer by layer, component by component: the object format, spelled out."""
+    n = slots.numel() // g.tokens
+    out = torch.empty((n, len(pools_per_layer) * g.layer_bytes), dtype=torch.uint8)
+    for p in range(n):
+        page_slots = slots[p * g.tokens:(p + 1) * g.tokens]
+        for i, layer in enumerate(pools_per_layer):
+            for c, pool in enumerate(layer):
+                start = i * g.layer_bytes + g.component_offset(c)
+                out[p, start:start + g.component_bytes(c)] = u8(pool)[page_slots].reshape(-1)
+    return out
+
+
+def ref_scatter(staging, pools_per_layer, slots, g: PageGeometry) -> None:
+    for p in range(slots.numel() // g.tokens):
+        page_slots = slots[p * g.tokens:(p + 1) * g.tokens]
+        for i, layer in enumerate(pools_per_layer):
+            for c, pool in enumerate(layer):
+                start = i * g.layer_bytes + g.component_offset(c)
+                block = staging[p, start:start + g.component_bytes(c)]
+                u8(pool)[page_slots] = block.reshape(g.tokens, g.row_bytes[c])
+
+
+def assert_pools_equal(got, want):
+    for i, (gl, wl) in enumerate(zip(got, want)):
+        for c, (a, b) in enumerate(zip(gl, wl)):
+            assert torch.equal(u8(a), u8(b)), f"layer {i} component {c} differs"
+
+
+MATRIX = [(kind, dtype, tokens) for kind in ("mha", "mla") for dtype in DTYPES for tokens in PAGE_SIZES]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind,dtype,tokens", MATRIX)
+def test_one_layer(kind, dtype, tokens, backend):
+    case = Case(kind, dtype, tokens, seed=tokens)
+    g, layer = case.geometry, 1
+
+    # gather into a sentinel-filled staging buffer wider than a layer: the extra columns stay
+    wide = torch.full((case.slots.numel() // tokens, g.layer_bytes + 32), SENTINEL, dtype=torch.uint8)
+    got = gather_layer(case.pools[layer], case.slots, g, out=wide[:, :g.layer_bytes], backend=backend)
+    want = ref_gather([case.pools[layer]], case.slots, g)
+    assert got.data_ptr() == wide.data_ptr()
+    assert torch.equal(wide[:, :g.layer_bytes], want)
+    assert bool((wide[:, g.layer_bytes:] == SENTINEL).all())
+    assert torch.equal(gather_layer(case.pools[layer], case.slots, g, backend=backend), want)
+
+    # scatter the reference bytes at other slots of a sentinel-filled pool
+    dst = case.pick_slots(case.slots.numel() // tokens, aligned=False)
+    got_pools = [sentinel_like(p) for p in case.pools[layer]]
+    scatter_layer(want, got_pools, dst, g, backend=backend)
+    want_pools = [sentinel_like(p) for p in case.pools[layer]]
+    ref_scatter(want, [want_pools], dst, g)
+    assert_pools_equal([got_pools], [want_pools])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind,dtype,tokens", MATRIX)
+def test_all_layers(kind, dtype, tokens, backend):
+    case = Case(kind, dtype, tokens, layers=3, aligned=True, seed=100 + tokens)
+    g = case.geometry
+    got = gather_all_layers(case.pools, case.slots, g, backend=backend)
+    want = ref_gather(case.pools, case.slots, g)
+    assert got.shape == (case.slots.numel() // tokens, g.payload_bytes)
+    assert torch.equal(got, want)
+
+    dst = case.pick_slots(case.slots.numel() // tokens, aligned=True)
+    got_pools = case.fresh_pools()
+    scatter_all_layers(want, got_pools, dst, g, backend=backend)
+    want_pools = case.fresh_pools()
+    ref_scatter(want, want_pools, dst, g)
+    assert_pools_equal(got_pools, want_pools)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head_dim,v_head_dim,dtype", [
+    (8, 4, "bfloat16"),  # K and V rows of different sizes
+    (3, 5, "float16"),  # 6- and 10-byte rows: 2-byte words, masked columns
+    (1, 1, "uint8"),  # 2-byte rows, 1-byte words
+])
+def test_odd_rows(head_dim, v_head_dim, dtype, backend):
+    case = Case("mha", dtype, 16, head_dim=head_dim, v_head_dim=v_head_dim, pages=4, seed=7)
+    g = case.geometry
+    want = ref_gather(case.pools, case.slots, g)
+    assert torch.equal(gather_all_layers(case.pools, case.slots, g, backend=backend), want)
+    got_pools = case.fresh_pools()
+    scatter_all_layers(want, got_pools, case.slots, g, backend=backend)
+    want_pools = case.fresh_pools()
+    ref_scatter(want, want_pools, case.slots, g)
+    assert_pools_equal(got_pools, want_pools)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_pools_and_int32_slots(backend):
+    """Per-layer views of a layer-strided host buffer [slots, layers, heads, dim]."""
+    g = PageGeometry("mha", 3, 16, (2 * 8 * 2, 2 * 8 * 2), "bfloat16")
+    gen = torch.Generator().manual_seed(3)
+    k, v = (random_bytes((200, 3, 2, 8), torch.bfloat16, gen) for _ in range(2))
+    pools = [[k[:, i], v[:, i]] for i in range(3)]
+    slots = torch.randperm(200, generator=gen)[:5 * 16].to(torch.int32)
+    want = ref_gather(pools, slots.long(), g)
+    assert torch.equal(gather_all_layers(pools, slots, g, backend=backend), want)
+    assert torch.equal(gather_layer(pools[2], slots, g, backend=backend),
+                       want[:, 2 * g.layer_bytes:])
+
+    k2, v2 = sentinel_like(k), sentinel_like(v)
+    scatter_all_layers(want, [[k2[:, i], v2[:, i]] for i in range(3)], slots, g, backend=backend)
+    k3, v3 = sentinel_like(k), sentinel_like(v)
+    ref_scatter(want, [[k3[:, i], v3[:, i]] for i in range(3)], slots.long(), g)
+    assert torch.equal(u8(k2), u8(k3)) and torch.equal(u8(v2), u8(v3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_round_trip_through_objects(backend):
+    """Pool -> gather -> sealed objects -> bytes -> decode -> scatter (whole pages and per
+    layer ranges) into a fresh pool at other slots: the same bytes arrive."""
+    case = Case("mha", "bfloat16", 16, layers=3, pages=4, aligned=True, seed=11)
+    g = case.geometry
+    n = case.slots.numel() // g.tokens
+    objects = torch.zeros((n, g.object_bytes), dtype=torch.uint8)
+    gather_all_layers(case.pools, case.slots, g, out=objects[:, g.header_bytes:], backend=backend)
+    blobs = []
+    for p in range(n):
+        digest = bytes([p]) * 16
+        objformat.seal(g, digest, memoryview(objects[p].numpy()))
+        blobs.append(bytes(objects[p].numpy()))
+
+    arrived = torch.empty((n, g.object_bytes), dtype=torch.uint8)
+    for p, blob in enumerate(blobs):
+        objformat.decode(blob, g, bytes([p]) * 16)  # header, size and every layer checksum
+        arrived[p] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+
+    dst = case.pick_slots(n, aligned=False, exclude=case.slots)
+    whole = case.fresh_pools()
+    scatter_all_layers(arrived[:, g.header_bytes:], whole, dst, g, backend=backend)
+    by_layer = case.fresh_pools()
+    for layer in range(g.num_layers):
+        start, end = g.layer_range(layer)  # what a ranged GET of this layer returns
+        ranges = torch.stack([torch.frombuffer(bytearray(b[start:end]), dtype=torch.uint8)
+                              for b in blobs])
+        scatter_layer(ranges, by_layer[layer], dst, g, backend=backend)
+
+    for layer in range(g.num_layers):
+        for c, src in enumerate(case.pools[layer]):
+            want = torch.full_like(u8(src), SENTINEL)
+            want[dst] = u8(src)[case.slots]
+            assert torch.equal(u8(whole[layer][c]), want)
+            assert torch.equal(u8(by_layer[layer][c]), want)
+
+
+def test_dispatch(monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_backend(cpu) == "torch"
+    assert resolve_backend(cpu, "triton") == "triton"  # the interpreter (fixture sets it)
+    monkeypatch.setenv("OBJECTCACHE_KERNELS", "triton")
+    assert resolve_backend(cpu) == "triton"
+    assert resolve_backend(cpu, "torch") == "torch"
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        resolve_backend(cpu)
+    with pytest.raises(ValueError):
+        resolve_backend(cpu, "cuda")
+    if torch.cuda.is_available():
+        assert resolve_backend(torch.device("cuda")) == "triton"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rejects_bad_arguments(backend):
+    case = Case("mha", "float16", 16)
+    g, pools, slots = case.geometry, case.pools[0], case.slots
+    staging = ref_gather([pools], slots, g)
+    with pytest.raises(ValueError, match="slots"):
+        scatter_layer(staging, pools, slots[:-1], g, backend=backend)
+    with pytest.raises(ValueError, match="bytes"):
+        scatter_layer(staging, [pools[0][:, :1], pools[1]], slots, g, backend=backend)
+    with pytest.raises(ValueError, match="pool buffers"):
+        scatter_layer(staging, pools[:1], slots, g, backend=backend)
+    with pytest.raises(ValueError, match="staging"):
+        scatter_layer(staging[:, :-2], pools, slots, g, backend=backend)
+    with pytest.raises(ValueError, match="layers"):
+        scatter_all_layers(staging, [pools], slots, g, backend=backend)
+    bad = slots.clone()
+    bad[5] = -1
+    with pytest.raises(IndexError):
+        scatter_layer(staging, pools, bad, g, backend=backend)
+    bad[5] = case.num_slots
+    with pytest.raises(IndexError):
+        scatter_layer(staging, pools, bad, g, backend=backend)
+
+
+@pytest.mark.parametrize("gather", [False, True])
+@pytest.mark.parametrize("kind,row_bytes,tokens,layers", [
+    ("mha", (2048, 2048), 64, 1),  # Llama-8B-like rank: 8 KV heads x 128 x bf16
+    ("mha", (2048, 2048), 64, 4),  # all layers: pointer table
+    ("mla", (576,), 64, 1),  # DeepSeek latent in fp8
+    ("mla", (1152,), 1, 1),  # bf16 latent, page size 1
+])
+def test_gpu_codegen_uses_16_byte_vectors(kind, row_bytes, tokens, layers, gather, monkeypatch):
+    """Compile for sm_90 without a GPU (the wheel ships ptxas): rows must move as 16-byte
+    vector loads and stores, the main thing that makes a copy kernel reach bandwidth."""
+    pytest.importorskip("triton.backends.nvidia")
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")  # no float math here; silences a warning
+    from sglang_objectcache.kernels import aot, layout, triton_kv
+
+    g = PageGeometry(kind, layers, tokens, row_bytes, "bfloat16")
+    pools = [[layout.pool_rows(torch.empty(4096, rb, dtype=torch.uint8)) for rb in row_bytes]
+             for _ in range(layers)]
+    staging = torch.empty((16, g.layer_bytes * layers), dtype=torch.uint8)
+    slots = torch.randperm(4096)[:16 * tokens]
+    launch = triton_kv.plan(staging, pools, slots, g, gather, triton_kv.GPU_TUNING)
+    accesses = aot.global_accesses(aot.ptx(launch))
+    assert {"ld.global.v2.b64", "st.global.v2.b64"} <= accesses, accesses
+    assert "st.global.b64" not in accesses, accesses  # every store is a 16-byte vector
+
+
+@pytest.mark.parametrize("tuning", [
+    dict(tile_bytes=16384, max_chunk_bytes=4096, num_warps=4),  # what a GPU runs
+    dict(tile_bytes=64, max_chunk_bytes=16, num_warps=1),  # many token blocks and chunks
+])
+@pytest.mark.parametrize("kind,head_dim,v_head_dim,dtype,tokens", [
+    ("mha", 8, 8, "bfloat16", 16),
+    ("mha", 8, 4, "float32", 1),
+    ("mha", 3, 5, "float16", 64),
+    ("mla", 4, None, "uint8", 16),
+])
+def test_triton_tilings(tuning, kind, head_dim, v_head_dim, dtype, tokens):
+    """The interpreter runs a few big programs by default; force the GPU tiling and a tiny
+    one, so token blocks with tails, several column chunks and the K/V chunk split run."""
+    from sglang_objectcache.kernels import layout, triton_kv
+
+    case = Case(kind, dtype, tokens, layers=2, pages=5, head_dim=head_dim, v_head_dim=v_head_dim,
+                seed=5)
+    g, tune = case.geometry, triton_kv.Tuning(**tuning)
+    rows = [layout.check_pools(layer, g) for layer in case.pools]
+    want = ref_gather(case.pools, case.slots, g)
+    got = torch.full_like(want, SENTINEL)
+    triton_kv.move(got, rows, case.slots, g, gather=True, tuning=tune)
+    assert torch.equal(got, want)
+    one = torch.full((want.shape[0], g.layer_bytes), SENTINEL, dtype=torch.uint8)
+    triton_kv.move(one, rows[1:], case.slots, g, gather=True, tuning=tune)
+    assert torch.equal(one, want[:, g.layer_bytes:])
+
+    got_pools = case.fresh_pools()
+    triton_kv.move(want, [layout.check_pools(layer, g) for layer in got_pools], case.slots, g,
+                   gather=False, tuning=tune)
+    want_pools = case.fresh_pools()
+    ref_scatter(want, want_pools, case.slots, g)
+    assert_pools_equal(got_pools, want_pools)
