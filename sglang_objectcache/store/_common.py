@@ -183,6 +183,13 @@ def s3_code(text: str) -> str:
     return m.group(1) if m else ""
 
 
+def net_failure(text: str) -> tuple[str, str]:
+    """(kind, reason) for a request that failed below HTTP: a socket send or receive that
+    timed out is "timeout", any other broken connection "unreachable"."""
+    reason = net_reason(text)
+    return ("timeout" if reason == "timed out" else "unreachable"), reason
+
+
 def net_reason(text: str) -> str:
     """A short reason for a failed connection, from a library's error text."""
     t = text.lower()

@@ -230,7 +230,7 @@ class Boto3Store(ObjectStore):
         elif isinstance(e, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
             kind, what = "timeout", "connect timed out" if isinstance(e, bx.ConnectTimeoutError) else "read timed out"
         elif isinstance(e, (bx.ConnectionError, bx.HTTPClientError)):
-            kind, what = "unreachable", C.net_reason(str(getattr(e, "kwargs", {}).get("error", e)))
+            kind, what = C.net_failure(str(getattr(e, "kwargs", {}).get("error", e)))
         elif isinstance(e, bx.NoCredentialsError):
             kind, what = "auth", "no AWS credentials found (config keys or the AWS chain)"
         else:
@@ -261,7 +261,7 @@ class Boto3Store(ObjectStore):
         except bx.ReadTimeoutError:
             return C.Probe("timeout", "connected, but no response")
         except (bx.ConnectionError, bx.HTTPClientError) as e:
-            return C.Probe("unreachable", C.net_reason(str(getattr(e, "kwargs", {}).get("error", e))))
+            return C.Probe(*C.net_failure(str(getattr(e, "kwargs", {}).get("error", e))))
         except bx.NoCredentialsError:
             return C.Probe("auth", "NoCredentials")
 

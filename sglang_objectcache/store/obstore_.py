@@ -265,7 +265,7 @@ def _classify(e: Exception) -> tuple[str, str]:
     if kind == "Connect":
         return "unreachable", C.net_reason(text)
     if kind in ("Request", "Interrupted", "Decode"):
-        return "unreachable", C.net_reason(text)
+        return C.net_failure(text)
     if isinstance(e, (ox.InvalidPathError, ValueError, TypeError)):
         return "client", f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
     return "server" if isinstance(e, ox.GenericError) else "client", text.split("\n\nDebug source:")[0][:300]
