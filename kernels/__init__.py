@@ -17,18 +17,19 @@ fp32, fp8 stored as uint8 or float8, ...).
   `out=None` allocates a contiguous one on the pools' device.
 - `pools`: one layer's buffers, one per component: `(k_buffer[l], v_buffer[l])` of
   `MHATokenToKVPool`, `(kv_buffer[l],)` of `MLATokenToKVPool`; each `[num_slots, ...]`
-  with contiguous rows (any row stride). `pools_per_layer[l]` is that for layer l, with one
-  row stride per component across layers.
+  with contiguous rows (any row stride), or paged `[num_pages, tokens, ...]` (slot s =
+  token s % tokens of page s // tokens; see `layout`). `pools_per_layer[l]` is that for
+  layer l, with the same strides per component across layers.
 - `slots`: int32/int64 `[N * tokens]` on the same device: token t of page n lives in pool
   row `slots[n * tokens + t]`. Any order, not necessarily contiguous. Slots must be in
   `[0, num_slots)`: the GPU kernel does not check (the CPU path does). Scatter with a slot
   listed twice leaves either row's bytes there.
 - Nothing else in the pools is touched.
 
-HiCache host pools fit the same call through per-layer views: layer_first
-`kv_buffer[0, l]`, `kv_buffer[1, l]`; page_first `kv_buffer[0][:, l]`, `kv_buffer[1][:, l]`
-(row stride = all layers of a token). page_first_direct (`[pages, L, page, ...]`) does not:
-its rows are not addressed by one stride.
+HiCache host pools fit the same calls through per-layer views, slots = host indices:
+layer_first `(kv_buffer[0, l], kv_buffer[1, l])`; page_first and page_first_direct
+`(kv_buffer[0][:, l], kv_buffer[1][:, l])` (flat rows strided over all layers, and paged
+`[pages, page, H, D]`); MLA the same with the one latent buffer.
 
 Each call is one kernel launch on GPU (the all-layers calls too) and one indexing op per
 layer and component with torch, never a loop over pages. Calls are stream-ordered on

@@ -10,10 +10,15 @@ A staging buffer holds N pages back to back, one page per row:
 The row stride may exceed the bytes used (a column slice of a bigger buffer is fine, e.g.
 the payload columns of whole objects), but bytes inside a row must be contiguous.
 
-A pool buffer (one component of one layer) is `[num_slots, ...]` of any dtype whose
-dims after the first are contiguous, so a token slot is `row_bytes[c]` contiguous bytes
-at `slot * stride(0)`. This covers SGLang's device pools (`k_buffer[l]`,
-`v_buffer[l]`, MLA `kv_buffer[l]`) and per-layer views of its layer-strided host pools.
+A pool buffer (one component of one layer) is, in any dtype, either
+- flat:  `[num_slots, ...]`, slot s at `s * stride(0)`: SGLang's device pools
+  (`k_buffer[l]`, `v_buffer[l]`, MLA `kv_buffer[l]`) and per-layer views of the
+  layer_first and page_first host pools; or
+- paged: `[num_pages, tokens, ...]`, slot s at `(s // tokens) * stride(0) +
+  (s % tokens) * stride(1)`: per-layer views of the page_first_direct host pool.
+The dims after the slot (or page, token) dims must be one contiguous run of
+`row_bytes[c]` bytes. Both are handed on as uint8 `[num_pages, page, row_bytes]` views,
+with page = 1 for a flat pool.
 """
 
 from __future__ import annotations
@@ -27,19 +32,27 @@ from sglang_objectcache.objformat import PageGeometry
 WORDS = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
 
 
-def pool_rows(t: torch.Tensor) -> torch.Tensor:
-    """`t` as `[num_slots, row_bytes]` uint8, sharing memory (no copy)."""
+def pool_rows(t: torch.Tensor, row_bytes: int, tokens: int) -> torch.Tensor:
+    """`t` as uint8 `[num_pages, page, row_bytes]`, sharing memory (no copy); page is 1
+    for a flat pool, `tokens` for a paged one."""
     if t.dim() < 2:
         raise ValueError(f"a pool buffer needs >= 2 dims [slots, ...], got shape {tuple(t.shape)}")
-    if t.dim() > 2:
-        # view, not flatten: flatten would silently copy, and writes would be lost
-        try:
-            t = t.view(t.shape[0], -1)
-        except RuntimeError as e:
-            raise ValueError("the dims after the first of a pool buffer must be contiguous") from e
-    if t.shape[1] > 1 and t.stride(1) != 1:
+    per_lead = t[0].numel() * t.element_size() if t.shape[0] else 0
+    if per_lead == row_bytes:
+        lead = (t.shape[0], 1)
+    elif t.dim() >= 3 and t.shape[1] == tokens and per_lead == tokens * row_bytes:
+        lead = (t.shape[0], tokens)
+    else:
+        raise ValueError(f"pool buffer {tuple(t.shape)} {t.dtype} has no rows of {row_bytes} "
+                         f"bytes: want [slots, ...] or [pages, {tokens}, ...]")
+    # view, not reshape: reshape would silently copy, and writes would be lost
+    try:
+        rows = t.view(*lead, -1)
+    except RuntimeError as e:
+        raise ValueError("the dims of a pool buffer's row must be contiguous") from e
+    if rows.shape[2] > 1 and rows.stride(2) != 1:
         raise ValueError("each pool row (token slot) must be contiguous")
-    return t.view(torch.uint8)
+    return rows.view(torch.uint8)
 
 
 def staging_rows(staging: torch.Tensor, row_bytes: int) -> torch.Tensor:
@@ -62,15 +75,10 @@ def component_block(staging: torch.Tensor, g: PageGeometry, c: int, layer: int =
 
 
 def check_pools(pools: Sequence[torch.Tensor], g: PageGeometry) -> list[torch.Tensor]:
-    """Pool buffers of one layer, one per component, as uint8 rows of the right size."""
+    """Pool buffers of one layer, one per component, as `pool_rows` views."""
     if len(pools) != g.num_components:
         raise ValueError(f"{g.kind} needs {g.num_components} pool buffers per layer, got {len(pools)}")
-    rows = [pool_rows(p) for p in pools]
-    for c, r in enumerate(rows):
-        if r.shape[1] != g.row_bytes[c]:
-            raise ValueError(f"component {c}: pool rows are {r.shape[1]} bytes, geometry says "
-                             f"{g.row_bytes[c]}")
-    return rows
+    return [pool_rows(p, g.row_bytes[c], g.tokens) for c, p in enumerate(pools)]
 
 
 def check_slots(slots: torch.Tensor, num_pages: int, g: PageGeometry) -> torch.Tensor:

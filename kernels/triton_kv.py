@@ -12,7 +12,8 @@ the component's buffer. Rows move as 8-, 4-, 2- or 1-byte integer words (the wid
 every address, stride and row size allows), and where everything is 16-byte aligned the
 kernel says so with `tl.multiple_of`, so loads and stores compile to 16-byte vectors.
 
-Pool buffers are reached by address: two scalar arguments for one layer, or a table of
+Pool slot s is at `s * stride` (flat pools) or `(s // page) * page_stride + (s % page) *
+stride` (paged pools, `layout`). Pool buffers are reached by address: two scalar arguments for one layer, or a table of
 `[layers, components]` addresses in device memory for all layers (one launch for the
 whole model; the table is cached by the addresses it holds, so it is uploaded once).
 
@@ -65,8 +66,10 @@ def _kv_move(
     addr1,  # ... of component 1
     n_tokens,
     page_stride_w,  # staging words from one page row to the next
-    stride0_w,  # pool words from one slot to the next, component 0
+    stride0_w,  # pool words from one slot to the next (within a page), component 0
     stride1_w,  # ... component 1
+    pstride0_w,  # pool words from one page to the next (POOL_PAGE > 1), component 0
+    pstride1_w,  # ... component 1
     T: tl.constexpr,  # tokens per page
     ROW0_W: tl.constexpr,
     ROW1_W: tl.constexpr,
@@ -74,6 +77,7 @@ def _kv_move(
     LAYER_W: tl.constexpr,  # geometry.layer_bytes, words
     NUM_COMP: tl.constexpr,
     CHUNKS0: tl.constexpr,  # column chunks of component 0; the rest belong to component 1
+    POOL_PAGE: tl.constexpr,  # 1: flat pool (slot s = row s); else [pages, POOL_PAGE, row]
     BLOCK_T: tl.constexpr,
     BLOCK_W: tl.constexpr,
     MASK_COLS: tl.constexpr,
@@ -103,7 +107,11 @@ def _kv_move(
     page = tok // T
     t = tok - page * T
     s_off = page * page_stride_w + layer * LAYER_W + comp_off + t * row_w + col0
-    p_off = slot * stride_w + col0
+    if POOL_PAGE == 1:
+        p_off = slot * stride_w + col0
+    else:
+        pstride_w = tl.where(second, pstride1_w, pstride0_w).to(tl.int64)
+        p_off = (slot // POOL_PAGE) * pstride_w + (slot % POOL_PAGE) * stride_w + col0
     s_off = tl.multiple_of(s_off, ALIGN_W)
     p_off = tl.multiple_of(p_off, ALIGN_W)
 
@@ -173,31 +181,40 @@ class Launch:
 def plan(staging: torch.Tensor, pools: Sequence[Sequence[torch.Tensor]], slots: torch.Tensor,
          g: PageGeometry, gather: bool, tuning: Tuning) -> Launch:
     """Word size, alignment, tiling and arguments for moving `len(pools)` layers."""
-    per_comp = list(zip(*pools))  # [component][layer] uint8 rows
-    strides = []
-    for c, rows in enumerate(per_comp):
-        s = {r.stride(0) for r in rows}
-        if len(s) != 1:
-            raise ValueError(f"component {c}: pool buffers of all layers must share one row stride")
-        strides.append(s.pop())
+    per_comp = list(zip(*pools))  # [component][layer] uint8 [num_pages, page, row_bytes]
     all_rows = [r for rows in per_comp for r in rows]
+    pages = {r.shape[1] for r in all_rows}
+    if len(pages) != 1:
+        raise ValueError("all pool buffers must be flat, or all paged alike")
+    pool_page = pages.pop()
+    strides, pstrides = [], []
+    for c, rows in enumerate(per_comp):
+        # flat: a slot is a row along dim 0; paged: pages along dim 0, slots along dim 1
+        s = {(r.stride(1), r.stride(0)) if pool_page > 1 else (r.stride(0), 0) for r in rows}
+        if len(s) != 1:
+            raise ValueError(f"component {c}: pool buffers of all layers must share their strides")
+        stride, pstride = s.pop()
+        strides.append(stride)
+        pstrides.append(pstride)
     for r in all_rows:
         if r.device != staging.device:
             raise ValueError(f"pool buffer on {r.device}, staging on {staging.device}")
 
     # one word size and one alignment for every offset the kernel computes
-    sizes = [*g.row_bytes, *strides, *staging.shape[1:], staging.stride(0),
-             g.component_offset(g.num_components - 1)]
-    align = layout.word_bytes(sizes, [staging, *all_rows], limit=16)
+    sizes = [*g.row_bytes, *strides, *pstrides, *staging.shape[1:], staging.stride(0),
+             g.component_offset(g.num_components - 1), *(r.data_ptr() for r in all_rows)]
+    align = layout.word_bytes(sizes, [staging], limit=16)
     w = min(align, 8)
     row_w = [rb // w for rb in g.row_bytes]
     stride_w = [s // w for s in strides] * (3 - g.num_components)
+    pstride_w = [s // w for s in pstrides] * (3 - g.num_components)
 
     chunk = min(_pow2_divisor(math.gcd(*row_w)), max(1, tuning.max_chunk_bytes // w))
     mask_cols = chunk * w < 64 and chunk < max(row_w)
     if mask_cols:  # tiny power-of-two chunks would waste the tile; mask one chunk per row
         chunk = min(_next_pow2(max(row_w)), max(1, tuning.max_chunk_bytes // w))
     chunks = [-(-r // chunk) for r in row_w]
+    assert chunk % (align // w) == 0, "a column chunk must keep the 16-byte alignment promise"
     n_tokens = slots.numel()
     block_t = min(_next_pow2(max(1, tuning.tile_bytes // (chunk * w))), _next_pow2(n_tokens))
     while (block_t > 1 and block_t * chunk * w > tuning.min_tile_bytes
@@ -214,7 +231,7 @@ def plan(staging: torch.Tensor, pools: Sequence[Sequence[torch.Tensor]], slots: 
     return Launch(
         grid=(triton.cdiv(n_tokens, block_t), sum(chunks), len(pools)),
         args=(layout.as_words(staging, w), slots, table, addr[0], addr[1], n_tokens,
-              staging.stride(0) // w, stride_w[0], stride_w[1]),
+              staging.stride(0) // w, stride_w[0], stride_w[1], pstride_w[0], pstride_w[1]),
         consts=dict(
             T=g.tokens,
             ROW0_W=row_w[0],
@@ -223,6 +240,7 @@ def plan(staging: torch.Tensor, pools: Sequence[Sequence[torch.Tensor]], slots: 
             LAYER_W=g.layer_bytes // w,
             NUM_COMP=g.num_components,
             CHUNKS0=chunks[0],
+            POOL_PAGE=pool_page,
             BLOCK_T=block_t,
             BLOCK_W=chunk,
             MASK_COLS=mask_cols,
@@ -242,7 +260,7 @@ def move(staging: torch.Tensor, pools: Sequence[Sequence[torch.Tensor]], slots: 
         return
     interpret = staging.device.type == "cpu"
     if interpret:  # out-of-range slots would make the interpreter touch foreign memory
-        num_slots = min(r.shape[0] for layer in pools for r in layer)
+        num_slots = min(r.shape[0] * r.shape[1] for layer in pools for r in layer)
         if int(slots.min()) < 0 or int(slots.max()) >= num_slots:
             raise IndexError(f"token slot out of range [0, {num_slots})")
     launch = plan(staging, pools, slots, g, gather,

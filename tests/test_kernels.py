@@ -205,6 +205,46 @@ def test_strided_pools_and_int32_slots(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["mha", "mla"])
+def test_paged_host_pool(kind, backend):
+    """HiCache's page_first_direct host pool, [pages, layers, page, heads, dim] per
+    component: per-layer views are paged, slot s = token s % page of page s // page."""
+    layers, tokens, pages = 3, 16, 6
+    heads, dim = (2, 8) if kind == "mha" else (1, 36)
+    g = PageGeometry(kind, layers, tokens, (heads * dim * 2,) * (2 if kind == "mha" else 1),
+                     "bfloat16")
+    gen = torch.Generator().manual_seed(9)
+    bufs = [random_bytes((pages, layers, tokens, heads, dim), torch.bfloat16, gen)
+            for _ in g.row_bytes]
+    slots = torch.randperm(pages * tokens, generator=gen)[:4 * tokens]
+
+    def per_layer(bs):
+        return [[b[:, i] for b in bs] for i in range(layers)]
+
+    def row(b, i, s):  # the bytes of slot s of layer i
+        return b[s // tokens, i, s % tokens].reshape(-1).view(torch.uint8)
+
+    want = torch.empty((4, g.payload_bytes), dtype=torch.uint8)
+    for p in range(4):
+        for i in range(layers):
+            for c, b in enumerate(bufs):
+                start = i * g.layer_bytes + g.component_offset(c)
+                page_slots = slots[p * tokens:(p + 1) * tokens].tolist()
+                want[p, start:start + g.component_bytes(c)] = torch.cat([row(b, i, s) for s in page_slots])
+    assert torch.equal(gather_all_layers(per_layer(bufs), slots, g, backend=backend), want)
+    assert torch.equal(gather_layer(per_layer(bufs)[1], slots, g, backend=backend),
+                       want[:, g.layer_bytes:2 * g.layer_bytes])
+
+    got = [sentinel_like(b) for b in bufs]
+    scatter_all_layers(want, per_layer(got), slots, g, backend=backend)
+    for c, (b, out) in enumerate(zip(bufs, got)):
+        exp = sentinel_like(b)
+        for s in slots.tolist():
+            exp[s // tokens, :, s % tokens] = b[s // tokens, :, s % tokens]
+        assert torch.equal(u8(out), u8(exp)), f"component {c}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_round_trip_through_objects(backend):
     """Pool -> gather -> sealed objects -> bytes -> decode -> scatter (whole pages and per
     layer ranges) into a fresh pool at other slots: the same bytes arrive."""
@@ -283,13 +323,15 @@ def test_rejects_bad_arguments(backend):
 
 
 @pytest.mark.parametrize("gather", [False, True])
-@pytest.mark.parametrize("kind,row_bytes,tokens,layers", [
-    ("mha", (2048, 2048), 64, 1),  # Llama-8B-like rank: 8 KV heads x 128 x bf16
-    ("mha", (2048, 2048), 64, 4),  # all layers: pointer table
-    ("mla", (576,), 64, 1),  # DeepSeek latent in fp8
-    ("mla", (1152,), 1, 1),  # bf16 latent, page size 1
+@pytest.mark.parametrize("kind,row_bytes,tokens,layers,paged", [
+    ("mha", (2048, 2048), 64, 1, False),  # Llama-8B-like rank: 8 KV heads x 128 x bf16
+    ("mha", (2048, 2048), 64, 4, False),  # all layers: pointer table
+    ("mha", (2048, 2048), 64, 4, True),  # page_first_direct host views
+    ("mla", (576,), 64, 1, False),  # DeepSeek latent in fp8
+    ("mla", (1152,), 1, 1, False),  # bf16 latent, page size 1
 ])
-def test_gpu_codegen_uses_16_byte_vectors(kind, row_bytes, tokens, layers, gather, monkeypatch):
+def test_gpu_codegen_uses_16_byte_vectors(kind, row_bytes, tokens, layers, paged, gather,
+                                          monkeypatch):
     """Compile for sm_90 without a GPU (the wheel ships ptxas): rows must move as 16-byte
     vector loads and stores, the main thing that makes a copy kernel reach bandwidth."""
     pytest.importorskip("triton.backends.nvidia")
@@ -297,8 +339,9 @@ def test_gpu_codegen_uses_16_byte_vectors(kind, row_bytes, tokens, layers, gathe
     from sglang_objectcache.kernels import aot, layout, triton_kv
 
     g = PageGeometry(kind, layers, tokens, row_bytes, "bfloat16")
-    pools = [[layout.pool_rows(torch.empty(4096, rb, dtype=torch.uint8)) for rb in row_bytes]
-             for _ in range(layers)]
+    lead = (4096 // tokens, layers, tokens) if paged else (4096, layers)
+    bufs = [torch.empty(*lead, rb, dtype=torch.uint8) for rb in row_bytes]
+    pools = [layout.check_pools([b[:, i] for b in bufs], g) for i in range(layers)]
     staging = torch.empty((16, g.layer_bytes * layers), dtype=torch.uint8)
     slots = torch.randperm(4096)[:16 * tokens]
     launch = triton_kv.plan(staging, pools, slots, g, gather, triton_kv.GPU_TUNING)
