@@ -24,7 +24,6 @@ import logging
 import threading
 import time
 import warnings
-from collections import OrderedDict
 from typing import Any, List, Optional
 
 import torch
@@ -33,7 +32,8 @@ from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageC
 from sglang_objectcache import objformat, runtime
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.hostpool import HostPages
-from sglang_objectcache.keys import KeyScheme, Namespace
+from sglang_objectcache.keys import KeyScheme, Namespace, make_namespace
+from sglang_objectcache.known import KnownKeys
 from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import StoreError, make_store
 
@@ -42,52 +42,11 @@ logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
 
 
-class _KnownKeys:
-    """Bounded LRU of object keys known to exist (content-addressed, so never stale in
-    content; at worst deleted by GC, which turns into an ordinary miss on read)."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._keys: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def add(self, key: str) -> None:
-        if not self.capacity:
-            return
-        with self._lock:
-            self._keys[key] = None
-            self._keys.move_to_end(key)
-            while len(self._keys) > self.capacity:
-                self._keys.popitem(last=False)
-
-    def __contains__(self, key: str) -> bool:
-        with self._lock:
-            return key in self._keys
-
-    def discard(self, key: str) -> None:
-        with self._lock:
-            self._keys.pop(key, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._keys.clear()
-
-
 def namespace_for(cfg: ObjectCacheConfig, sc: HiCacheStorageConfig, pages: HostPages, pool) -> Namespace:
-    start = int(getattr(pool, "start_layer", 0) or 0)
-    extra = []
-    if getattr(sc, "attn_cp_size", 1) > 1:
-        extra.append(f"cp{sc.attn_cp_rank}of{sc.attn_cp_size}")
-    if getattr(sc, "dcp_size", 1) > 1:
-        extra.append(f"dcp{sc.dcp_rank}of{sc.dcp_size}")
-    if cfg.tenant_salt:
-        extra.append("salt:" + cfg.tenant_salt)
-    return Namespace(
-        model=cfg.model_id or str(sc.model_name or "unknown-model"),
-        geometry=pages.geometry,
-        kv_shard="replicated" if sc.is_mla_model else f"tp{sc.tp_rank}of{sc.tp_size}",
-        layers=f"{start}-{start + pages.num_layers}",
-        extra=",".join(extra),
+    return make_namespace(
+        cfg, str(sc.model_name or "unknown-model"), pages.geometry, is_mla=sc.is_mla_model,
+        tp_rank=sc.tp_rank, tp_size=sc.tp_size, start_layer=int(getattr(pool, "start_layer", 0) or 0),
+        cp=(sc.attn_cp_rank, sc.attn_cp_size), dcp=(getattr(sc, "dcp_rank", 0), getattr(sc, "dcp_size", 1)),
     )
 
 
@@ -99,7 +58,7 @@ class ObjectCacheStorage(HiCacheStorage):
         self.storage_config = storage_config
         self.cfg = ObjectCacheConfig.from_dict(storage_config.extra_config)
         self.stats = Stats()
-        self.known = _KnownKeys(self.cfg.exists_cache_entries)
+        self.known = KnownKeys(self.cfg.exists_cache_entries)
         self.store = make_store(self.cfg)
         try:
             self.store.check(create_bucket=self.cfg.create_bucket)

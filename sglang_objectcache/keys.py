@@ -68,3 +68,23 @@ class KeyScheme:
 
     def owns(self, key: str) -> bool:
         return key.startswith(self.namespace_prefix)
+
+
+def make_namespace(cfg, model: str, geometry: PageGeometry, *, is_mla: bool, tp_rank: int,
+                   tp_size: int, start_layer: int, cp=(0, 1), dcp=(0, 1)) -> Namespace:
+    """The namespace of one rank's pages; page mode and layerwise mode build the same one,
+    so each reads what the other wrote. `cfg` is an ObjectCacheConfig."""
+    extra = []
+    if cp[1] > 1:
+        extra.append(f"cp{cp[0]}of{cp[1]}")
+    if dcp[1] > 1:
+        extra.append(f"dcp{dcp[0]}of{dcp[1]}")
+    if cfg.tenant_salt:
+        extra.append("salt:" + cfg.tenant_salt)
+    return Namespace(
+        model=cfg.model_id or model,
+        geometry=geometry,
+        kv_shard="replicated" if is_mla else f"tp{tp_rank}of{tp_size}",
+        layers=f"{start_layer}-{start_layer + geometry.num_layers}",
+        extra=",".join(extra),
+    )
