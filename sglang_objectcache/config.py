@@ -34,6 +34,9 @@ class LayerwiseConfig:
     window_layers: int = 4
     # A layer not ready after this long makes the request fall back to recompute.
     layer_timeout_s: float = 5.0
+    # A failed or late load re-queues its requests for a full recompute (needs
+    # --disable-overlap-schedule); off, SGLang aborts them with HTTP 503.
+    recompute_on_failure: bool = True
     trace_path: str = ""
 
 
@@ -127,21 +130,28 @@ class ObjectCacheConfig:
         return _build(cls, raw, "")
 
 
-def parse(text: str) -> ObjectCacheConfig:
-    """Parse JSON text or '@path' (json/toml/yaml), the way SGLang's flag does."""
+def load_dict(text) -> dict:
+    """The dict behind SGLang's extra-config flag: JSON text, '@path' (json/toml/yaml) or a dict."""
+    if isinstance(text, Mapping):
+        return dict(text)
     if text.startswith("@"):
         path = text[1:]
         with open(path, "rb") as f:
             if path.endswith(".toml"):
                 import tomllib
 
-                return ObjectCacheConfig.from_dict(tomllib.load(f))
+                return tomllib.load(f)
             if path.endswith((".yaml", ".yml")):
                 import yaml
 
-                return ObjectCacheConfig.from_dict(yaml.safe_load(f))
-            return ObjectCacheConfig.from_dict(json.load(f))
-    return ObjectCacheConfig.from_dict(json.loads(text))
+                return yaml.safe_load(f)
+            return json.load(f)
+    return json.loads(text)
+
+
+def parse(text) -> ObjectCacheConfig:
+    """Parse JSON text or '@path' (json/toml/yaml), the way SGLang's flag does."""
+    return ObjectCacheConfig.from_dict(load_dict(text))
 
 
 def _env_defaults(raw: dict) -> None:

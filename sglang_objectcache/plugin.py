@@ -8,6 +8,11 @@ instead of misbehaving later. Registering the name alone is not enough in 0.5.23
 2. argparse `choices` for `--hicache-storage-backend` are fixed at parser build time;
 3. the controller picks the zero-copy v1 path only for a hard-coded list of names.
 `--hicache-storage-backend dynamic` with `interface_v1` needs none of this (see README).
+
+Layerwise mode (`"layerwise": {"enabled": true}` in the extra config) is SGLang's external
+linker, which excludes HiCache: a resolution hook on `handle_hicache` rewrites the flags to
+the linker before SGLang validates them, and two hooks turn a failed load into a recompute
+instead of an abort (`layerwise/retry.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,13 @@ SUPPORTED_SGLANG = "0.5.23"
 
 # (module, attribute path) pairs this plugin hooks or relies on.
 REQUIRED = (
+    ("sglang.srt.arg_groups.resolution_hooks", "register_resolution_hook"),
+    ("sglang.srt.arg_groups.overrides", "declare_resolution"),
+    ("sglang.srt.mem_cache.unified_cache.unified_cache_linker", "UnifiedCacheLinker"),
+    ("sglang.srt.mem_cache.unified_radix_cache", "UnifiedRadixCache.finish_external_linker_loads"),
+    ("sglang.srt.managers.scheduler", "Scheduler.process_batch_result"),
+    ("sglang.srt.managers.scheduler", "Scheduler._add_request_to_queue"),
+    ("sglang.srt.mem_cache.common", "release_kv_cache"),
     ("sglang.srt.mem_cache.storage.backend_factory", "StorageBackendFactory._create_builtin_backend"),
     ("sglang.srt.mem_cache.storage.backend_factory", "StorageBackendFactory.register_backend"),
     ("sglang.srt.server_args", "ServerArgs.add_cli_args"),
@@ -84,6 +96,35 @@ def _select_zero_copy(result, self, storage_backend, *args, **kwargs):
         self.page_set_func = self._page_set_zero_copy
 
 
+LINKER_MODULE = "sglang_objectcache.layerwise.linker"
+LINKER_CLASS = "ObjectCacheLinker"
+
+
+def _layerwise_to_linker(server_args, previous) -> None:
+    """objectcache + layerwise.enabled -> SGLang's external linker with our linker class."""
+    from sglang.srt.arg_groups.overrides import declare_resolution, resolving_view
+
+    from sglang_objectcache.config import load_dict
+
+    cfg = resolving_view(server_args)
+    if cfg.hicache_storage_backend == NAME and cfg.hicache_storage_backend_extra_config:
+        extra = load_dict(cfg.hicache_storage_backend_extra_config)
+        if (extra.get("layerwise") or {}).get("enabled"):
+            logger.info("objectcache: layerwise mode: using SGLang's external linker (HiCache host tier "
+                        "off; objectcache keeps its own host tier, layerwise.host_cache_mb)")
+            declare_resolution(
+                server_args, "objectcache_layerwise",
+                enable_hierarchical_cache=False,
+                hicache_storage_backend=None,
+                enable_unified_cache_external_linker=True,
+                unified_cache_external_linker_backend="dynamic",
+                unified_cache_external_linker_config={
+                    "linker": LINKER_CLASS, "linker_module_path": LINKER_MODULE, "linker_extra_config": extra,
+                },
+            )
+    previous(server_args)
+
+
 def register() -> None:
     """Entry point. SGLang logs (and survives) an exception here; the message says why."""
     try:
@@ -108,6 +149,22 @@ def register() -> None:
         "sglang.srt.managers.cache_controller.HiCacheController.attach_storage_backend",
         _select_zero_copy,
         HookType.AFTER,
+    )
+
+    from sglang.srt.arg_groups.resolution_hooks import register_resolution_hook
+
+    from sglang_objectcache.layerwise import retry
+
+    register_resolution_hook("handle_hicache")(_layerwise_to_linker)
+    HookRegistry.register(
+        "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.finish_external_linker_loads",
+        retry.finish_loads_or_recompute,
+        HookType.AROUND,
+    )
+    HookRegistry.register(
+        "sglang.srt.managers.scheduler.Scheduler.process_batch_result",
+        retry.requeue_after_result,
+        HookType.AROUND,
     )
 
     from sglang_objectcache.cpu import compat

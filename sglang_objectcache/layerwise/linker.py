@@ -1,0 +1,328 @@
+"""`ObjectCacheLinker`: layerwise retrieval from the object store straight into the KV pool.
+
+SGLang 0.5.23's external linker (`UnifiedCacheLinker`, backend `dynamic`) is the one
+interface that loads L3 KV into the device pool while the forward runs, with a per-layer
+counter the KV-pool accessors wait on; HiCache's L3 path always stages whole pages in
+host memory before the request may run. So layerwise mode is a linker (why, in detail:
+docs/layerwise.md). The plugin switches to it when the objectcache config says
+`layerwise.enabled`, or it can be named directly:
+
+    --enable-unified-cache-external-linker --unified-cache-external-linker-backend dynamic
+    --unified-cache-external-linker-config '{"linker": "ObjectCacheLinker",
+        "linker_module_path": "sglang_objectcache.layerwise.linker", "linker_extra_config": {...}}'
+
+What each hook does here:
+- `lookup`: the leading run of pages present (host tier, known keys, then HEADs); it runs
+  on the scheduler thread, so the HEADs are one parallel batch with short timeouts.
+- `load` queues a request's pages and its private device slots; `start_layer_wise_loading`
+  hands every queued page to the `LayerwiseLoader` and returns the counter index.
+- `finish_layer_wise_loading`: True when every layer landed. A failed batch's requests are
+  recomputed (the plugin's retry hook requeues them; `suppress` keeps their next lookup
+  from trying the store again) instead of being aborted.
+- `offload` gathers the pages from the device pool (one kernel launch for all layers),
+  encodes them and PUTs them if absent, at write priority; they also enter the host tier.
+- `reset` (`/flush_cache`) drops queued work and the host tier, like HiCache's host pool.
+
+Same namespace, keys and object format as the page-mode backend: either mode reads what
+the other wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Optional
+
+import torch
+from sglang.srt.mem_cache.hicache_storage import PoolName
+from sglang.srt.mem_cache.unified_cache.unified_cache_linker import UnifiedCacheLinker
+
+from sglang_objectcache import kernels, objformat, runtime
+from sglang_objectcache.config import ObjectCacheConfig
+from sglang_objectcache.keys import KeyScheme, make_namespace
+from sglang_objectcache.known import KnownKeys
+from sglang_objectcache.layerwise.counter import LayerReadyCounter
+from sglang_objectcache.layerwise.hosttier import HostTier
+from sglang_objectcache.layerwise.loader import LayerwiseLoader
+from sglang_objectcache.layerwise.timeline import Timeline
+from sglang_objectcache.objformat import PageGeometry
+from sglang_objectcache.sched import Scheduler
+from sglang_objectcache.stats import Stats
+from sglang_objectcache.store import StoreError, make_store
+
+logger = logging.getLogger(__name__)
+
+
+def device_pool_view(kvcache, page_size: int):
+    """(per-layer buffers, geometry, is_mla) of SGLang's MHA or MLA device KV pool."""
+    if hasattr(kvcache, "kv_buffer") and not hasattr(kvcache, "v_buffer"):
+        layers = [(b,) for b in kvcache.kv_buffer]
+        is_mla = True
+    elif hasattr(kvcache, "k_buffer") and hasattr(kvcache, "v_buffer"):
+        layers = list(zip(kvcache.k_buffer, kvcache.v_buffer))
+        is_mla = False
+    else:
+        raise TypeError(f"objectcache layerwise mode supports MHA/MLA KV pools, not {type(kvcache).__name__}")
+    row_bytes = tuple(t[0].numel() * t.element_size() for t in layers[0])
+    geometry = PageGeometry(
+        kind="mla" if is_mla else "mha", num_layers=len(layers), tokens=page_size,
+        row_bytes=row_bytes, dtype=str(layers[0][0].dtype).removeprefix("torch."),
+    )
+    return layers, geometry, is_mla
+
+
+class ObjectCacheLinker(UnifiedCacheLinker):
+    def __init__(self, server_args, params, *, components=None, extra_config=None, forward_stream=None):
+        self.forward_stream = forward_stream
+        self.cfg = ObjectCacheConfig.from_dict(extra_config or {})
+        lw = self.cfg.layerwise
+        kvcache = params.token_to_kv_pool_allocator.get_kvcache()
+        self.page_size = params.page_size
+        self.device_layers, self.geometry, is_mla = device_pool_view(kvcache, self.page_size)
+        tp_rank, tp_size = _tp_rank_size(params)
+        ns = make_namespace(
+            self.cfg, str(server_args.served_model_name or server_args.model_path), self.geometry,
+            is_mla=is_mla, tp_rank=tp_rank, tp_size=tp_size,
+            start_layer=int(getattr(kvcache, "start_layer", 0) or 0),
+            cp=(params.attn_cp_rank, params.attn_cp_size),
+        )
+        self.keys = KeyScheme(self.cfg.key_prefix, ns)
+        self.offload_owner = not is_mla or tp_rank == 0
+        self.store = make_store(self.cfg)
+        try:
+            self.store.check(create_bucket=self.cfg.create_bucket)
+        except StoreError as e:
+            self.store.close()
+            raise RuntimeError(f"objectcache: {e}") from None
+        self.stats = Stats()
+        self.known = KnownKeys(self.cfg.exists_cache_entries)
+        self.tier = HostTier(lw.host_cache_mb << 20)
+        self.timeline = Timeline()
+        self.sched = Scheduler(self.cfg.scheduler)
+        self.layer_done_counter = LayerReadyCounter(
+            self.geometry.num_layers, lw.layer_timeout_s, on_finish=self._stop_batch, on_wait=self._on_wait)
+        self.loader = LayerwiseLoader(
+            store=self.store, geometry=self.geometry, device_layers=self.device_layers,
+            content_digest=self.keys.content_digest, counter=self.layer_done_counter,
+            scheduler=self.sched, tier=self.tier, timeline=self.timeline, stats=self.stats,
+            window_layers=lw.window_layers, io_threads=min(32, self.cfg.max_concurrency),
+            on_store_error=self._note_store_error,
+        )
+        self.pools = {PoolName.KV: kvcache}
+        self.recompute_on_failure = lw.recompute_on_failure and bool(server_args.disable_overlap_schedule)
+        if lw.recompute_on_failure and not self.recompute_on_failure:
+            logger.warning("objectcache: with the overlap scheduler a failed layerwise load aborts its "
+                           "requests (HTTP 503); add --disable-overlap-schedule to recompute them instead")
+        self._pending: dict[str, tuple[list[str], torch.Tensor]] = {}
+        self._batch_rids: dict[int, list[str]] = {}
+        self._offload_results: "queue.Queue[bool]" = queue.Queue()
+        self._suppressed: set[str] = set()
+        self._down_until = 0.0
+        self._epoch = 0
+        self._last_wait: tuple[int, int, float] = (-1, -1, 0.0)
+        self._encode_pool = None  # GPU offloads wait for their D2H copy off the scheduler thread
+        runtime.register(self)
+        logger.info("objectcache: layerwise linker ready; namespace %s = %s; host tier %d MiB",
+                    ns.digest, ns.describe(), lw.host_cache_mb)
+
+    # ---- lookup / load ---------------------------------------------------------------
+
+    def lookup(self, rid: str, transfers) -> list[int]:
+        try:
+            return self._lookup(rid, transfers)
+        except Exception:  # noqa: BLE001 - a lookup error is a miss, never a crash
+            logger.exception("objectcache: lookup failed")
+            return []
+
+    def _lookup(self, rid: str, transfers) -> list[int]:
+        if rid in self._suppressed:
+            return []
+        kv = next((t for t in transfers if t.name == PoolName.KV), None)
+        if kv is None or not kv.keys:
+            return []
+        names = [self.keys.object_key(h) for h in kv.keys]
+        n = 0
+        while n < len(names) and (names[n] in self.known or names[n] in self.tier):
+            n += 1
+        if n < len(names) and time.monotonic() >= self._down_until:
+            rest = names[n:]
+            self.stats.inc("head_requests", len(rest))
+            for name, r in zip(rest, self.store.exists_many(rest)):
+                if isinstance(r, StoreError):
+                    self._note_store_error(r)
+                    break
+                if not r:
+                    break
+                self.known.add(name)
+                n += 1
+        self.stats.inc("lookup_pages_hit", n)
+        self.stats.inc("lookup_pages_miss", len(names) - n)
+        return list(range(1, n + 1))
+
+    def load(self, rid: str, transfers) -> bool:
+        kv = next((t for t in transfers if t.name == PoolName.KV), None)
+        if kv is None or kv.device_indices is None or not kv.keys or rid in self._pending:
+            return False
+        self._pending[rid] = (list(kv.keys), kv.device_indices)
+        return True
+
+    def cancel_queued_load(self, rid: str) -> bool:
+        return self._pending.pop(rid, None) is not None
+
+    def start_layer_wise_loading(self) -> int:
+        if not self._pending:
+            return -1
+        pending, self._pending = self._pending, {}
+        index = self.layer_done_counter.update_producer()
+        rids = list(pending)
+        hashes = [h for keys, _ in pending.values() for h in keys]
+        slots = torch.cat([s.to(torch.int64) for _, s in pending.values()])
+        slots = slots.to(self.device_layers[0][0].device)
+        names = [self.keys.object_key(h) for h in hashes]
+        ready = None
+        if slots.is_cuda:  # slots were just allocated: earlier work on them must finish first
+            ready = torch.cuda.Event()
+            ready.record()
+        self._batch_rids[index] = rids
+        self.loader.load(index, rids, hashes, names, slots, ready)
+        return index
+
+    def finish_layer_wise_loading(self, counter_index: int) -> bool:
+        ok = self.layer_done_counter.finish(counter_index)
+        rids = self._batch_rids.pop(counter_index, [])
+        if not ok:
+            self.stats.inc("layerwise_requests_recomputed", len(rids))
+        return ok
+
+    def suppress(self, rid: str) -> None:
+        """The next lookup for `rid` reports no hit: its retry recomputes everything."""
+        self._suppressed.add(rid)
+        if len(self._suppressed) > 100_000:
+            self._suppressed.clear()
+
+    def _stop_batch(self, index: int) -> None:
+        self.loader.stop(index)
+
+    def _on_wait(self, index: int, layer: int, t0: float, t1: float) -> None:
+        self.timeline.wait(index, layer, t0, t1)
+        last_index, last_layer, last_end = self._last_wait
+        if last_index == index and layer == last_layer + 1:
+            self.loader.observe_layer_pace(t0 - last_end)
+        self._last_wait = (index, layer, t1)
+
+    def _note_store_error(self, err: StoreError) -> None:
+        first = time.monotonic() >= self._down_until
+        self._down_until = time.monotonic() + self.cfg.negative_ttl_s
+        if first:
+            logger.warning("objectcache: store error (%s): %s; lookups miss for %.1fs",
+                           err.kind, err, self.cfg.negative_ttl_s)
+
+    # ---- offload ---------------------------------------------------------------------
+
+    def offload(self, transfers, session_id: Optional[str] = None) -> bool:
+        kv = next((t for t in transfers if t.name == PoolName.KV), None)
+        if kv is None or kv.device_indices is None or not kv.keys:
+            return False
+        if not self.offload_owner:
+            self._offload_results.put(True)
+            return True
+        names = [self.keys.object_key(h) for h in kv.keys]
+        todo = [i for i, n in enumerate(names) if n not in self.known and n not in self.tier]
+        self.stats.inc("pages_skipped_existing", len(names) - len(todo))
+        if not todo:
+            self._offload_results.put(True)
+            return True
+        P = self.page_size
+        slots = kv.device_indices.view(-1, P)[todo].reshape(-1)
+        hashes = [kv.keys[i] for i in todo]
+        picked = [names[i] for i in todo]
+        if slots.is_cuda:
+            self._offload_gpu(slots, hashes, picked)
+        else:
+            payload = kernels.gather_all_layers(self.device_layers, slots, self.geometry)
+            self._write(payload, hashes, picked)
+        return True
+
+    def _offload_gpu(self, slots, hashes, names) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        events = self.record_offload_ready()
+        stream = torch.cuda.Stream(slots.device)
+        with torch.cuda.stream(stream):
+            for ev in events:
+                stream.wait_event(ev)
+            dev = kernels.gather_all_layers(self.device_layers, slots.to(slots.device), self.geometry)
+            host = torch.empty(dev.shape, dtype=torch.uint8, pin_memory=True)
+            host.copy_(dev, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(stream)
+        if self._encode_pool is None:
+            self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="objectcache-encode")
+        self._encode_pool.submit(lambda: (done.synchronize(), self._write(host, hashes, names)))
+
+    def _write(self, payload: torch.Tensor, hashes, names) -> None:
+        g = self.geometry
+        items = []
+        for row, h, name in zip(payload, hashes, names):
+            obj = torch.empty(g.object_bytes, dtype=torch.uint8)
+            obj[g.header_bytes:] = row
+            mv = memoryview(obj.numpy())
+            objformat.seal(g, self.keys.content_digest(h), mv)
+            self.tier.put(name, mv)
+            items.append((name, mv))
+
+        epoch = self._epoch
+
+        def done(results) -> None:
+            if epoch != self._epoch:  # written before a reset: SGLang no longer waits for it
+                return
+            ok = True
+            for (name, _), r in zip(items, results):
+                if isinstance(r, StoreError):
+                    ok = False
+                    self.stats.inc("write_errors_" + r.kind)
+                    self._note_store_error(r)
+                else:
+                    self.known.add(name)
+                    self.stats.inc("pages_written" if r else "pages_deduped")
+            self._offload_results.put(ok)
+
+        self.loader.write(items, done)
+
+    def num_completed_offloads(self) -> int:
+        return self._offload_results.qsize()
+
+    def pop_completed_offload(self) -> bool:
+        return self._offload_results.get_nowait()
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self._epoch += 1
+        self._pending.clear()
+        self.layer_done_counter.reset()
+        self._batch_rids.clear()
+        self.tier.clear()
+        while not self._offload_results.empty():
+            self._offload_results.get_nowait()
+
+    def close(self) -> None:
+        self.reset()
+        self.loader.close()
+        self.store.close()
+        path = self.cfg.layerwise.trace_path or os.environ.get("OBJECTCACHE_TRACE", "")
+        if path:
+            self.timeline.save(path)
+
+    def save_trace(self, path: str) -> tuple[str, str]:
+        return self.timeline.save(path)
+
+
+def _tp_rank_size(params) -> tuple[int, int]:
+    group = params.attn_tp_cache_group or params.tp_cache_group
+    if group is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(group=group), torch.distributed.get_world_size(group=group)
+    return 0, 1

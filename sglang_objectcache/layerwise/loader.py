@@ -1,0 +1,366 @@
+"""The layerwise pipeline: fetch layer l of many pages while layer l-1 computes.
+
+One I/O thread owns a `sched.Scheduler` and everything mutable here. A load batch (the
+pages of every request in one forward) becomes, per layer, a few transfers of ranged GETs
+(layer l of a page is one contiguous byte range of its object; layer 0's range starts at
+0 and so carries the header with every layer's checksum). Store calls run on a small
+thread pool; results come back to the I/O thread, which verifies each layer's checksum,
+copies it into that layer's staging rows and, once every page of the layer is in,
+scatters the layer into the device KV pool (one kernel launch per layer) and marks the
+layer ready on the counter. Pages found in the host tier skip the store entirely.
+
+At most `window_layers` layers of a batch are staged at once (memory is window x pages x
+layer bytes). Deadlines for the scheduler: the forward starts when the batch does, and
+layer l is consumed after the estimated compute of layers < l (`layer_s`, an EWMA of the
+forward's observed per-layer pace).
+
+Failure: a missing page, a checksum or size mismatch, a store error or a stop request
+fails the batch; the counter releases the forward and reports the failure at finish, so
+the scheduler never uses its output. `stop(index)` returns only once this thread will
+never write that batch's slots again (on GPU: once its copies have completed).
+
+Writes (offloads) use the same scheduler with kind WRITE, so reads always go first.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from sglang_objectcache import kernels, objformat
+from sglang_objectcache.objformat import FormatError, PageGeometry
+from sglang_objectcache.sched import READ, WRITE, Scheduler, Transfer
+from sglang_objectcache.store import StoreError
+
+logger = logging.getLogger(__name__)
+
+PAGES_PER_TRANSFER = 16
+
+
+@dataclass
+class _Batch:
+    index: int
+    rids: list[str]
+    hashes: list[str]
+    names: list[str]
+    slots: torch.Tensor
+    deadline0: float
+    host_objs: list  # the host-tier object of each page, or None: fetch from the store
+    tier_bufs: list  # store pages being assembled for the host tier, or None
+    headers: list = field(default_factory=list)
+    staged: dict = field(default_factory=dict)  # layer -> uint8 [N, layer_bytes]
+    arrived: dict = field(default_factory=dict)  # layer -> set of page indices in staging
+    verified: dict = field(default_factory=dict)  # layer -> count
+    next_layer: int = 0  # first layer not yet submitted
+    done_layers: int = 0
+    events: list = field(default_factory=list)  # CUDA events of enqueued scatters
+    failed: Optional[BaseException] = None
+    stopped: bool = False
+
+
+class LayerwiseLoader:
+    def __init__(self, *, store, geometry: PageGeometry, device_layers, content_digest: Callable,
+                 counter, scheduler: Scheduler, tier, timeline, stats, window_layers: int = 4,
+                 io_threads: int = 8, layer_s: float = 0.002, on_store_error=None):
+        self.store = store
+        self.g = geometry
+        self.layers = device_layers  # [(k_buffer[l], v_buffer[l])] or [(kv_buffer[l],)]
+        self.digest = content_digest
+        self.counter = counter
+        self.sched = scheduler
+        self.tier = tier
+        self.timeline = timeline
+        self.stats = stats
+        self.window = max(1, window_layers)
+        self.layer_s = layer_s
+        self.on_store_error = on_store_error or (lambda err: None)
+        self.device = device_layers[0][0].device
+        self._cuda = self.device.type == "cuda"
+        self._copy_stream = torch.cuda.Stream(self.device) if self._cuda else None
+        self._batches: dict[int, _Batch] = {}
+        self._free: list[torch.Tensor] = []  # staging buffers to reuse
+        self._in_copy: list = []  # (staging, CUDA event) still being read by an H2D copy
+        self._inbox: "queue.Queue" = queue.Queue()
+        self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="objectcache-fetch")
+        self._thread = threading.Thread(target=self._loop, name="objectcache-io", daemon=True)
+        self._running = True
+        self._thread.start()
+
+    # ---- API (any thread) --------------------------------------------------------------
+
+    def load(self, index: int, rids: list[str], hashes: list[str], names: list[str],
+             slots: torch.Tensor, ready_event=None) -> None:
+        """Start batch `index`. On GPU, `ready_event` marks when the slots are free to write."""
+        self._inbox.put(("load", index, rids, hashes, names, slots, ready_event, time.perf_counter()))
+
+    def stop(self, index: int) -> None:
+        """Stop batch `index`; returns once nothing will write its slots any more."""
+        done = threading.Event()
+        self._inbox.put(("stop", index, done))
+        done.wait()
+
+    def write(self, items: list, on_done: Callable[[list], None]) -> None:
+        """PUT (name, bytes) pairs if absent, after all queued reads; on_done(results)."""
+        self._inbox.put(("write", items, on_done))
+
+    def close(self) -> None:
+        if self._running:
+            self._running = False
+            self._inbox.put(("quit",))
+            self._thread.join(timeout=30)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def observe_layer_pace(self, seconds: float) -> None:
+        """Feed the forward's measured time per layer (deadline estimates)."""
+        if seconds > 0:
+            self.layer_s = 0.8 * self.layer_s + 0.2 * seconds
+
+    # ---- the I/O thread ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        wake_at = None
+        while True:
+            timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+            try:
+                msg = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                msg = None
+            while msg is not None:
+                if msg[0] == "quit":
+                    return
+                try:
+                    self._handle(msg)
+                except Exception:  # noqa: BLE001 - the thread must survive anything
+                    logger.exception("objectcache: layerwise I/O thread error")
+                try:
+                    msg = self._inbox.get_nowait()
+                except queue.Empty:
+                    msg = None
+            decision = self.sched.next(time.monotonic())
+            for t in decision.start:
+                self._pool.submit(self._run_transfer, t)
+            wake_at = decision.wake_at
+
+    def _run_transfer(self, t: Transfer) -> None:
+        try:
+            if t.kind == WRITE:
+                results = self.store.put_many(t.payload[1], if_absent=True)
+            else:
+                results = self.store.get_ranges(t.payload[3])
+        except Exception as e:  # noqa: BLE001 - transports should not raise; be safe
+            results = [StoreError("client", f"{type(e).__name__}: {e}")] * len(t.payload[-1])
+        self._inbox.put(("result", t, results, time.perf_counter()))
+
+    def _handle(self, msg) -> None:
+        kind = msg[0]
+        if kind == "load":
+            self._start(*msg[1:])
+        elif kind == "stop":
+            _, index, done = msg
+            b = self._batches.pop(index, None)
+            if b is not None:
+                b.stopped = True
+                self.sched.cancel(f"b{index}")
+                for ev in b.events:  # GPU copies already enqueued must land first
+                    ev.synchronize()
+                for t in b.staged.values():
+                    self._free.append(t)
+                b.staged.clear()
+                self.timeline.end(index, b.failed is None and b.done_layers == self.g.num_layers,
+                                  time.perf_counter())
+            done.set()
+        elif kind == "write":
+            _, items, on_done = msg
+            nbytes = sum(memoryview(d).nbytes for _, d in items)
+            self.sched.submit([Transfer("writes", -1, nbytes, kind=WRITE, payload=(on_done, items))],
+                              time.monotonic())
+        elif kind == "result":
+            _, t, results, t_arrived = msg
+            self.sched.done(t, time.monotonic())
+            if t.kind == WRITE:
+                t.payload[0](results)
+                return
+            try:
+                self._on_fetched(t, results, t_arrived)
+            except Exception as e:  # noqa: BLE001 - fail the batch, keep the thread
+                logger.exception("objectcache: layerwise result handling failed")
+                self._fail(t.payload[0], e)
+
+    # ---- batches -------------------------------------------------------------------------
+
+    def _start(self, index, rids, hashes, names, slots, ready_event, t0) -> None:
+        n = len(names)
+        if ready_event is not None:
+            self._copy_stream.wait_event(ready_event)
+        host_objs = [self.tier.get(name) for name in names]
+        want_tier = self.tier.capacity > 0
+        b = _Batch(index, rids, hashes, names, slots, deadline0=time.monotonic(),
+                   host_objs=host_objs,
+                   tier_bufs=[bytearray(self.g.object_bytes) if (o is None and want_tier) else None
+                              for o in host_objs],
+                   headers=[None] * n)
+        self._batches[index] = b
+        n_host = sum(o is not None for o in host_objs)
+        self.timeline.begin(index, rids, n - n_host, n_host, self.g.num_layers, t0)
+        self.stats.inc("layerwise_pages_host", n_host)
+        self.stats.inc("layerwise_pages_store", n - n_host)
+        for i, obj in enumerate(host_objs):
+            if obj is not None:
+                try:
+                    b.headers[i] = objformat.decode_header(obj, self.g, self.digest(hashes[i]))
+                except FormatError as e:
+                    self.tier.discard(names[i])
+                    self._fail(index, e)
+                    return
+        self._submit_window(b)
+        self._advance(b)
+
+    def _submit_window(self, b: _Batch) -> None:
+        g = self.g
+        store_pages = [i for i, o in enumerate(b.host_objs) if o is None]
+        now = time.monotonic()
+        while b.next_layer < min(g.num_layers, b.done_layers + self.window):
+            layer = b.next_layer
+            b.next_layer += 1
+            b.staged[layer] = self._staging(len(b.names))
+            b.arrived[layer] = set()
+            b.verified[layer] = 0
+            for i, obj in enumerate(b.host_objs):  # DRAM hits: copy in now
+                if obj is not None:
+                    s, e = g.layer_range(layer)
+                    self._stage(b, layer, i, obj[s:e])
+            deadline = b.deadline0 + layer * self.layer_s
+            transfers = []
+            for k in range(0, len(store_pages), PAGES_PER_TRANSFER):
+                group = store_pages[k : k + PAGES_PER_TRANSFER]
+                start, end = (0, g.layer_range(0)[1]) if layer == 0 else g.layer_range(layer)
+                ranges = [(b.names[i], start, end) for i in group]
+                transfers.append(Transfer(f"b{b.index}", layer, len(group) * (end - start),
+                                          deadline=deadline, kind=READ,
+                                          payload=(b.index, layer, group, ranges)))
+            if transfers:
+                self.timeline.mark(b.index, layer, "issued", time.perf_counter())
+                self.sched.submit(transfers, now)
+
+    def _staging(self, n: int) -> torch.Tensor:
+        # Reused: pinned allocations (GPU machines, for asynchronous H2D) are expensive.
+        if self._in_copy:
+            self._free += [t for t, ev in self._in_copy if ev.query()]
+            self._in_copy = [(t, ev) for t, ev in self._in_copy if not ev.query()]
+        del self._free[: max(0, len(self._free) - 4 * self.window)]
+        for k, t in enumerate(self._free):
+            if t.shape[0] >= n:
+                return self._free.pop(k)[:n]
+        rows = max(n, PAGES_PER_TRANSFER)
+        return torch.empty((rows, self.g.layer_bytes), dtype=torch.uint8, pin_memory=self._cuda)[:n]
+
+    def _on_fetched(self, t: Transfer, results, t_arrived: float) -> None:
+        index, layer, group, ranges = t.payload
+        b = self._batches.get(index)
+        if b is None or b.stopped or b.failed is not None:
+            return
+        g = self.g
+        self.stats.inc("get_requests", len(ranges))
+        for i, (name, start, end), r in zip(group, ranges, results):
+            if isinstance(r, StoreError):
+                self.stats.inc("store_errors_" + r.kind)
+                self.on_store_error(r)
+                return self._fail(index, r)
+            if r is None:
+                self.stats.miss("not_found")
+                return self._fail(index, KeyError(f"{name}: object missing"))
+            mv = memoryview(r).cast("B")
+            if mv.nbytes != end - start:
+                self.stats.miss("corrupt")
+                return self._fail(index, FormatError(f"{name}: {mv.nbytes} bytes for a {end - start}-byte range"))
+            self.stats.inc("bytes_read", mv.nbytes)
+            if b.tier_bufs[i] is not None:
+                b.tier_bufs[i][start:end] = mv
+            if layer == 0:
+                try:
+                    b.headers[i] = objformat.decode_header(mv[: g.header_bytes], g, self.digest(b.hashes[i]))
+                except FormatError as e:
+                    self.stats.inc("checksum_failures")
+                    self.stats.miss("corrupt")
+                    return self._fail(index, e)
+                mv = mv[g.header_bytes :]
+            self._stage(b, layer, i, mv)
+        self.timeline.mark(index, layer, "arrived", t_arrived)
+        self._advance(b)
+
+    def _stage(self, b: _Batch, layer: int, i: int, data) -> None:
+        b.staged[layer][i].numpy()[:] = memoryview(data).cast("B")
+        b.arrived[layer].add(i)
+
+    def _advance(self, b: _Batch) -> None:
+        """Verify and scatter every layer whose pages have all arrived; refill the window."""
+        n = len(b.names)
+        progressed = True
+        while progressed and b.failed is None and not b.stopped:
+            progressed = False
+            for layer in sorted(b.staged):
+                if len(b.arrived[layer]) < n or any(h is None for h in b.headers):
+                    continue
+                staging = b.staged[layer]
+                for i in range(n):
+                    try:
+                        objformat.verify_layer(b.headers[i], layer, staging[i].numpy())
+                    except FormatError as e:
+                        self.stats.inc("checksum_failures")
+                        self.stats.miss("corrupt")
+                        if b.host_objs[i] is not None:
+                            self.tier.discard(b.names[i])
+                        return self._fail(b.index, e)
+                self._scatter(b, layer, b.staged.pop(layer))
+                progressed = True
+            if b.done_layers == self.g.num_layers:
+                return self._complete(b)
+            self._submit_window(b)
+
+    def _scatter(self, b: _Batch, layer: int, staging: torch.Tensor) -> None:
+        pools = self.layers[layer]
+        event = None
+        if self._cuda:
+            with torch.cuda.stream(self._copy_stream):
+                dev = staging.to(self.device, non_blocking=True)
+                kernels.scatter_layer(dev, pools, b.slots, self.g)
+                event = torch.cuda.Event()
+                event.record(self._copy_stream)
+                b.events.append(event)
+                # The staging buffer is reused only after this copy has read it.
+                dev.record_stream(self._copy_stream)
+            self._free_after(staging, event)
+        else:
+            kernels.scatter_layer(staging, pools, b.slots, self.g)
+            self._free.append(staging)
+        b.done_layers += 1
+        self.timeline.mark(b.index, layer, "scattered", time.perf_counter())
+        self.counter.complete(b.index, layer, event)
+
+    def _free_after(self, staging: torch.Tensor, event) -> None:
+        # Pinned host memory: reuse it only once the H2D copy has read it.
+        self._in_copy.append((staging, event))
+
+    def _complete(self, b: _Batch) -> None:
+        for name, buf in zip(b.names, b.tier_bufs):
+            if buf is not None:
+                self.tier.put(name, buf)
+        self.stats.inc("layerwise_batches_ok")
+
+    def _fail(self, index: int, err: BaseException) -> None:
+        b = self._batches.get(index)
+        if b is None or b.failed is not None:
+            return
+        b.failed = err
+        self.sched.cancel(f"b{index}")
+        self.stats.inc("layerwise_batches_failed")
+        logger.warning("objectcache: layerwise load %d failed (%s: %s); its requests recompute",
+                       index, type(err).__name__, err)
+        self.counter.fail(index, err)
