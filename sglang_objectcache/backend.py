@@ -137,6 +137,18 @@ class ObjectCacheStorage(HiCacheStorage):
                     logger.info("objectcache: store reachable again")
                     self._down_reason = ""
 
+    def _drop_corrupt(self, name: str, err: Exception) -> None:
+        """A corrupt or truncated object is a miss, and is deleted: its key would otherwise
+        block the correct bytes forever (writes are If-None-Match), and it is never useful."""
+        self.known.discard(name)
+        logger.warning("objectcache: object %s is unusable (%s): a miss; deleting it so the page "
+                       "can be stored again", name, err)
+        try:
+            self.store.delete_many([name])
+            self.stats.inc("corrupt_deleted")
+        except StoreError:
+            pass
+
     # ---- HiCacheStorage: existence -----------------------------------------------------
 
     def batch_exists(self, keys: List[str], extra_info=None) -> int:
@@ -239,8 +251,7 @@ class ObjectCacheStorage(HiCacheStorage):
                              verify=self.cfg.verify_checksums)
         except objformat.FormatError as e:
             self.stats.inc("checksum_failures")
-            self.known.discard(name)
-            logger.warning("objectcache: object %s is unusable (%s); treated as a miss", name, e)
+            self._drop_corrupt(name, e)
             return "corrupt"
         buf = torch.frombuffer(blob, dtype=torch.uint8)
         pages.write_page(slot, buf[pages.geometry.header_bytes :])

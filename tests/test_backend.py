@@ -130,6 +130,11 @@ def test_corrupt_objects_are_misses(s3_config, s3, bucket, damage):
     assert r.stats.counters["miss_corrupt"] == 2 and r.stats.counters["checksum_failures"] == 1
     assert page_bytes(dst, 7 * PAGE) == page_bytes(host, 1 * PAGE)
     assert all(set(b) == {0x5A} for b in page_bytes(dst, 9 * PAGE))  # nothing copied after the hole
+    # the unusable object was deleted, so the page can be stored again (If-None-Match) and read
+    assert r.stats.counters["corrupt_deleted"] == 1
+    assert backend_for(s3_config, host).batch_set_v1(keys, slots([1, 2, 3])) == [True] * 3
+    assert backend_for(s3_config, dst).batch_get_v1(keys, slots([7, 8, 9])) == [True] * 3
+    assert page_bytes(dst, 8 * PAGE) == page_bytes(host, 2 * PAGE)
 
 
 def test_conditional_put_dedups_across_servers(s3_config, s3, bucket):

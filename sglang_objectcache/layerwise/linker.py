@@ -109,7 +109,7 @@ class ObjectCacheLinker(UnifiedCacheLinker):
             content_digest=self.keys.content_digest, counter=self.layer_done_counter,
             scheduler=self.sched, tier=self.tier, timeline=self.timeline, stats=self.stats,
             window_layers=lw.window_layers, io_threads=min(32, self.cfg.max_concurrency),
-            on_store_error=self._note_store_error,
+            on_store_error=self._note_store_error, on_corrupt=self._drop_corrupt,
         )
         self.pools = {PoolName.KV: kvcache}
         self.recompute_on_failure = lw.recompute_on_failure and bool(server_args.disable_overlap_schedule)
@@ -212,6 +212,17 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         if last_index == index and layer == last_layer + 1:
             self.loader.observe_layer_pace(t0 - last_end)
         self._last_wait = (index, layer, t1)
+
+    def _drop_corrupt(self, name: str, err: Exception) -> None:
+        """Same policy as page mode: a corrupt object is deleted so the page can be stored again."""
+        self.known.discard(name)
+        self.tier.discard(name)
+        logger.warning("objectcache: object %s is unusable (%s); deleting it", name, err)
+        try:
+            self.store.delete_many([name])
+            self.stats.inc("corrupt_deleted")
+        except StoreError:
+            pass
 
     def _note_store_error(self, err: StoreError) -> None:
         first = time.monotonic() >= self._down_until

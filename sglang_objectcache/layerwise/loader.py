@@ -68,7 +68,7 @@ class _Batch:
 class LayerwiseLoader:
     def __init__(self, *, store, geometry: PageGeometry, device_layers, content_digest: Callable,
                  counter, scheduler: Scheduler, tier, timeline, stats, window_layers: int = 4,
-                 io_threads: int = 8, layer_s: float = 0.002, on_store_error=None):
+                 io_threads: int = 8, layer_s: float = 0.002, on_store_error=None, on_corrupt=None):
         self.store = store
         self.g = geometry
         self.layers = device_layers  # [(k_buffer[l], v_buffer[l])] or [(kv_buffer[l],)]
@@ -81,6 +81,7 @@ class LayerwiseLoader:
         self.window = max(1, window_layers)
         self.layer_s = layer_s
         self.on_store_error = on_store_error or (lambda err: None)
+        self.on_corrupt = on_corrupt or (lambda name, err: None)  # called on a pool thread
         self.device = device_layers[0][0].device
         self._cuda = self.device.type == "cuda"
         self._copy_stream = torch.cuda.Stream(self.device) if self._cuda else None
@@ -278,8 +279,7 @@ class LayerwiseLoader:
                 return self._fail(index, KeyError(f"{name}: object missing"))
             mv = memoryview(r).cast("B")
             if mv.nbytes != end - start:
-                self.stats.miss("corrupt")
-                return self._fail(index, FormatError(f"{name}: {mv.nbytes} bytes for a {end - start}-byte range"))
+                return self._corrupt(index, name, FormatError(f"{mv.nbytes} bytes for a {end - start}-byte range"))
             self.stats.inc("bytes_read", mv.nbytes)
             if b.tier_bufs[i] is not None:
                 b.tier_bufs[i][start:end] = mv
@@ -287,9 +287,7 @@ class LayerwiseLoader:
                 try:
                     b.headers[i] = objformat.decode_header(mv[: g.header_bytes], g, self.digest(b.hashes[i]))
                 except FormatError as e:
-                    self.stats.inc("checksum_failures")
-                    self.stats.miss("corrupt")
-                    return self._fail(index, e)
+                    return self._corrupt(index, name, e)
                 mv = mv[g.header_bytes :]
             self._stage(b, layer, i, mv)
         self.timeline.mark(index, layer, "arrived", t_arrived)
@@ -313,11 +311,9 @@ class LayerwiseLoader:
                     try:
                         objformat.verify_layer(b.headers[i], layer, staging[i].numpy())
                     except FormatError as e:
-                        self.stats.inc("checksum_failures")
-                        self.stats.miss("corrupt")
                         if b.host_objs[i] is not None:
                             self.tier.discard(b.names[i])
-                        return self._fail(b.index, e)
+                        return self._corrupt(b.index, b.names[i], e)
                 self._scatter(b, layer, b.staged.pop(layer))
                 progressed = True
             if b.done_layers == self.g.num_layers:
@@ -353,6 +349,12 @@ class LayerwiseLoader:
             if buf is not None:
                 self.tier.put(name, buf)
         self.stats.inc("layerwise_batches_ok")
+
+    def _corrupt(self, index: int, name: str, err: FormatError) -> None:
+        self.stats.inc("checksum_failures")
+        self.stats.miss("corrupt")
+        self._pool.submit(self.on_corrupt, name, err)
+        self._fail(index, FormatError(f"{name}: {err}"))
 
     def _fail(self, index: int, err: BaseException) -> None:
         b = self._batches.get(index)

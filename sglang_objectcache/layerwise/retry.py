@@ -69,6 +69,11 @@ def requeue_after_result(original, self, batch, result):
         release_kv_cache(req, self.tree_cache, checkpoint=False)
         req.reset_for_retract()
         req.skip_radix_cache_insert = False
+        # Report what the retry really reuses: the failed load's tokens were recomputed.
+        req.retracted_stain = False
+        req.cached_tokens = req.cached_tokens_device = req.cached_tokens_host = 0
+        req.cached_tokens_storage = 0
+        req._cache_breakdown_computed = False
         self._add_request_to_queue(req, is_retracted=True)
     batch.filter_batch(reqs_to_exclude=retry)
     return out
