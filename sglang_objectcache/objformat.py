@@ -188,6 +188,31 @@ def decode_header(buf, expected: PageGeometry, key_digest: bytes) -> Header:
     return Header(g, digest, tuple(sums))
 
 
+def peek_header(buf) -> tuple[PageGeometry, bytes]:
+    """The geometry and key digest a header claims, checked for nothing but parseability.
+
+    For tools that know neither (a bucket verifier): pass the result back to `decode` to
+    check the object against its own claims. Raises FormatError if it cannot be parsed.
+    """
+    mv = memoryview(buf).cast("B")
+    if len(mv) < _FIXED.size:
+        raise FormatError(f"truncated header: {len(mv)} bytes")
+    (magic, version, kind, dtype, layers, comps, tokens, _hb, rb0, rb1, _payload, digest) = (
+        _FIXED.unpack_from(mv, 0)
+    )
+    if magic != MAGIC:
+        raise FormatError("bad magic")
+    if version != VERSION:
+        raise FormatError(f"format version {version}, expected {VERSION}")
+    kinds = {v: k for k, v in KIND_CODES.items()}
+    dtypes = {v: k for k, v in DTYPE_CODES.items()}
+    try:
+        geometry = PageGeometry(kinds[kind], layers, tokens, (rb0, rb1)[:comps], dtypes[dtype])
+    except (KeyError, ValueError) as e:
+        raise FormatError(f"unparseable geometry: {e}") from None
+    return geometry, bytes(digest)
+
+
 def verify_layer(header: Header, layer: int, data) -> None:
     """Check one layer's bytes (exactly its range) against the header's checksum."""
     if len(data) != header.geometry.layer_bytes:
