@@ -21,7 +21,12 @@ Contract
   when its forward actually starts later or earlier than planned. Transfers are frozen, so
   the queued objects are replaced: find your own state through `payload`, not through the
   object you submitted.
-- Not thread-safe: one owner (the pipeline's I/O loop) calls it.
+- Not thread-safe: one owner (the pipeline's I/O loop) calls it. A real-time loop:
+      while True:
+          d = sched.next(time.monotonic())
+          for t in d.start: pool.submit(fetch, t)       # completions come back on a queue
+          timeout = None if d.wake_at is None else max(0.0, d.wake_at - time.monotonic())
+          for msg in wait(queue, timeout): sched.submit(...) / sched.done(t, time.monotonic())
 
 Rate and concurrency (every policy)
 - At most `max_inflight` transfers run at once.

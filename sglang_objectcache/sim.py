@@ -113,9 +113,15 @@ def make_requests(w: Workload) -> list[Request]:
 
 
 def added_ttft(reqs: Sequence[Request], w: Workload, s: System) -> list[float]:
+    local, remote = ttfts(reqs, w, s)
+    return [b - a for a, b in zip(local, remote)]
+
+
+def ttfts(reqs: Sequence[Request], w: Workload, s: System) -> tuple[list[float], list[float]]:
+    """Each request's TTFT with every byte local, and with the storage fetch."""
     local = _Sim(reqs, w, s, local=True).run()
     remote = _Sim(reqs, w, s, local=False).run()
-    return [remote[r.rid] - local[r.rid] for r in reqs]
+    return [local[r.rid] for r in reqs], [remote[r.rid] for r in reqs]
 
 
 def summarize(xs: Sequence[float]) -> dict:
