@@ -1,0 +1,209 @@
+"""The layerwise pipeline (loader, counter, host tier, timeline) on SGLang's real CPU KV pool
+and a real SeaweedFS, with no SGLang server: fast and deterministic."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from pools import make_pools
+
+from sglang_objectcache import kernels, objformat
+from sglang_objectcache.config import ObjectCacheConfig, SchedulerConfig
+from sglang_objectcache.keys import KeyScheme, make_namespace
+from sglang_objectcache.layerwise.counter import LayerReadyCounter
+from sglang_objectcache.layerwise.hosttier import HostTier
+from sglang_objectcache.layerwise.linker import device_pool_view
+from sglang_objectcache.layerwise.loader import LayerwiseLoader
+from sglang_objectcache.layerwise.timeline import Timeline, overlapped_layers
+from sglang_objectcache.s3server import SeaweedFS, free_port
+from sglang_objectcache.sched import Scheduler
+from sglang_objectcache.stats import Stats
+from sglang_objectcache.store import make_store
+
+PAGE = 4
+SENTINEL = 0x5A
+
+
+class Rig:
+    """A source pool whose pages are in the bucket, and a destination pool to load into."""
+
+    def __init__(self, s3_config: dict, *, host_mb: int = 0, timeout_s: float = 5.0, window: int = 4,
+                 layers: int = 3):
+        self.cfg = ObjectCacheConfig.from_dict(s3_config)
+        self.src_dev, _ = make_pools("mha", page_size=PAGE, host=False)
+        self.dst_dev, _ = make_pools("mha", page_size=PAGE, host=False)
+        self.src, self.g, _ = device_pool_view(self.src_dev, PAGE)
+        self.dst, _, _ = device_pool_view(self.dst_dev, PAGE)
+        g = torch.Generator().manual_seed(7)
+        for pair in self.src:
+            for t in pair:
+                t.view(torch.uint8).copy_(torch.randint(0, 256, t.view(torch.uint8).shape, dtype=torch.uint8, generator=g))
+        for pair in self.dst:
+            for t in pair:
+                t.view(torch.uint8).fill_(SENTINEL)
+        self.keys = KeyScheme("oc", make_namespace(self.cfg, "m", self.g, is_mla=False, tp_rank=0,
+                                                    tp_size=1, start_layer=0))
+        self.store = make_store(self.cfg)
+        self.stats = Stats()
+        self.tier = HostTier(host_mb << 20)
+        self.timeline = Timeline()
+        self.corrupt = []
+        self.counter = LayerReadyCounter(self.g.num_layers, timeout_s, on_finish=lambda i: self.loader.stop(i),
+                                         on_wait=self.timeline.wait)
+        self.loader = LayerwiseLoader(
+            store=self.store, geometry=self.g, device_layers=self.dst,
+            content_digest=self.keys.content_digest, counter=self.counter,
+            scheduler=Scheduler(SchedulerConfig()), tier=self.tier, timeline=self.timeline,
+            stats=self.stats, window_layers=window, on_corrupt=lambda n, e: self.corrupt.append(n))
+
+    def slots(self, pages) -> torch.Tensor:
+        return torch.tensor([p * PAGE + t for p in pages for t in range(PAGE)], dtype=torch.int64)
+
+    def put(self, hashes, pages) -> list[str]:
+        payload = kernels.gather_all_layers(self.src, self.slots(pages), self.g)
+        items = []
+        for h, row in zip(hashes, payload):
+            obj = torch.empty(self.g.object_bytes, dtype=torch.uint8)
+            obj[self.g.header_bytes:] = row
+            mv = memoryview(obj.numpy())
+            objformat.seal(self.g, self.keys.content_digest(h), mv)
+            items.append((self.keys.object_key(h), mv))
+        assert self.store.put_many(items) == [True] * len(items)
+        return [n for n, _ in items]
+
+    def load(self, index_hashes, pages, compute_s: float = 0.0) -> tuple[int, bool]:
+        idx = self.counter.update_producer()
+        names = [self.keys.object_key(h) for h in index_hashes]
+        self.loader.load(idx, ["r"], list(index_hashes), names, self.slots(pages))
+        self.counter.set_consumer(idx)
+        for layer in range(self.g.num_layers):  # what SGLang's attention layers do
+            self.counter.wait_until(layer)
+            time.sleep(compute_s)
+        ok = self.counter.finish(idx)
+        self.counter.set_consumer(-1)
+        return idx, ok
+
+    def same(self, src_pages, dst_pages) -> bool:
+        a = kernels.gather_all_layers(self.src, self.slots(src_pages), self.g)
+        b = kernels.gather_all_layers(self.dst, self.slots(dst_pages), self.g)
+        return torch.equal(a, b)
+
+    def untouched(self, pages) -> bool:
+        rows = kernels.gather_all_layers(self.dst, self.slots(pages), self.g)
+        return bool((rows == SENTINEL).all())
+
+    def close(self):
+        self.loader.close()
+        self.store.close()
+
+
+def hashes(n, tag="h"):
+    return [f"{tag}{i:063d}" for i in range(n)]
+
+
+@pytest.fixture
+def rig(s3_config):
+    r = Rig(s3_config)
+    yield r
+    r.close()
+
+
+def test_loads_every_layer_into_the_right_slots(rig):
+    keys = hashes(6)
+    rig.put(keys, [1, 2, 3, 4, 5, 6])
+    _, ok = rig.load(keys, [30, 9, 17, 40, 2, 11])  # any slot order
+    assert ok
+    assert rig.same([1, 2, 3, 4, 5, 6], [30, 9, 17, 40, 2, 11])
+    assert rig.untouched([0, 1, 3, 10, 12, 31, 41])
+    assert rig.stats.counters["layerwise_pages_store"] == 6
+
+
+def test_host_tier_serves_repeats_without_the_store(s3_config):
+    rig = Rig(s3_config, host_mb=16)
+    try:
+        keys = hashes(4, "t")
+        rig.put(keys, [1, 2, 3, 4])
+        assert rig.load(keys, [20, 21, 22, 23])[1]
+        gets = rig.stats.counters["get_requests"]
+        assert rig.load(keys, [40, 41, 42, 43])[1]
+        assert rig.stats.counters["get_requests"] == gets  # no store request at all
+        assert rig.stats.counters["layerwise_pages_host"] == 4
+        assert rig.same([1, 2, 3, 4], [40, 41, 42, 43])
+    finally:
+        rig.close()
+
+
+def test_corrupt_layer_fails_the_batch_and_is_reported(rig, s3, bucket):
+    keys = hashes(3, "c")
+    names = rig.put(keys, [1, 2, 3])
+    c = s3.client()
+    body = bytearray(c.get_object(Bucket=bucket, Key=names[1])["Body"].read())
+    body[-3] ^= 0x10  # last layer
+    c.put_object(Bucket=bucket, Key=names[1], Body=bytes(body))
+    _, ok = rig.load(keys, [10, 11, 12])
+    assert not ok
+    deadline = time.monotonic() + 5
+    while not rig.corrupt and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rig.corrupt == [names[1]]  # the linker deletes it (its e2e test checks that)
+    assert rig.stats.counters["checksum_failures"] == 1
+
+
+def test_missing_object_fails_the_batch(rig):
+    keys = hashes(3, "m")
+    rig.put(keys[:2], [1, 2])
+    assert rig.load(keys, [10, 11, 12])[1] is False
+
+
+def test_a_stalled_store_times_out_and_never_writes_late(tmp_path):
+    port = free_port()
+    srv = SeaweedFS(str(tmp_path / "sw"), s3_port=port, buckets=("stall",)).start()
+    rig = Rig(srv.config("stall", read_timeout_s=30.0, retries=0), timeout_s=1.0)
+    try:
+        keys = hashes(3, "s")
+        rig.put(keys, [1, 2, 3])
+        srv.pause()
+        t0 = time.monotonic()
+        _, ok = rig.load(keys, [10, 11, 12])
+        assert not ok and time.monotonic() - t0 < 5  # the forward was released by the timeout
+        srv.resume()
+        time.sleep(1.0)  # the stalled GETs now complete: their bytes must go nowhere
+        assert rig.untouched([10, 11, 12])
+    finally:
+        srv.resume()
+        rig.close()
+        srv.stop()
+
+
+def test_fetch_overlaps_compute(s3_config):
+    """Later layers' bytes arrive after the forward has begun computing earlier layers."""
+    rig = Rig(s3_config, window=1)
+    try:
+        keys = hashes(8, "o")
+        rig.put(keys, list(range(1, 9)))
+        idx, ok = rig.load(keys, list(range(20, 28)), compute_s=0.05)
+        assert ok
+        batch = rig.timeline.batch(idx)
+        assert overlapped_layers(batch), batch
+        trace = rig.timeline.chrome_trace()
+        assert {e["tid"] for e in trace["traceEvents"]} == {"fetch", "scatter", "forward wait"}
+    finally:
+        rig.close()
+
+
+def test_counter_without_loads_never_blocks():
+    c = LayerReadyCounter(4, timeout_s=10)
+    c.set_consumer(-1)
+    t0 = time.monotonic()
+    for layer in range(4):
+        c.wait_until(layer)
+    assert time.monotonic() - t0 < 0.1
+    idx = c.update_producer()
+    c.set_consumer(idx)
+    threading.Timer(0.05, lambda: [c.complete(idx, l) for l in range(4)]).start()
+    for layer in range(4):
+        c.wait_until(layer)
+    assert c.finish(idx) is True
