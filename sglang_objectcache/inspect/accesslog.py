@@ -1,0 +1,206 @@
+"""When each page object was last read: a cheap append-only log kept in the bucket, for GC.
+
+S3 keeps no access time, only LastModified (the write time). Writing metadata on every hit
+would cost one request per page read. Instead each server keeps the pages it served in a
+small in-memory map (object content id -> last read time) and every `interval_s` writes it
+as one new object `{prefix}/{ns}/_access/{host}-{pid}-{ms}-{rand}.log`, one line per page:
+`{content}\t{unix seconds}`. GC takes a page's last use as the latest of its LastModified
+and every logged read, and compacts the logs it merged into one.
+
+Trade-offs (stated in docs/inspect.md): one PUT per server per interval while it has hits;
+reads after the last flush are lost if the server is killed (a clean close flushes), so GC
+may see a page as older than it is, never as younger; at most `max_keys` pages are kept
+between flushes (a full map is flushed early, not trimmed). Settings, by environment:
+`OBJECTCACHE_ACCESS_LOG_INTERVAL_S` (default 60; 0 turns the log off) and
+`OBJECTCACHE_ACCESS_LOG_MAX_KEYS` (default 100000).
+
+Server side, `record_hits` is hooked (inspect/hooks.py) after ObjectCacheStorage's
+`batch_get_v1`/`batch_get`, so the backend itself knows nothing of the log. Another reader
+of page objects (the layerwise path) calls `log_for(backend).record(object_keys)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+import weakref
+from typing import Iterable, Optional
+
+from sglang_objectcache.inspect import layout
+from sglang_objectcache.store import StoreError
+
+logger = logging.getLogger(__name__)
+
+INTERVAL_ENV = "OBJECTCACHE_ACCESS_LOG_INTERVAL_S"
+MAX_KEYS_ENV = "OBJECTCACHE_ACCESS_LOG_MAX_KEYS"
+
+
+def interval_s() -> float:
+    return float(os.environ.get(INTERVAL_ENV, "60"))
+
+
+def max_keys() -> int:
+    return int(os.environ.get(MAX_KEYS_ENV, "100000"))
+
+
+def encode(entries: dict[str, float]) -> bytes:
+    return "".join(f"{c}\t{t:.3f}\n" for c, t in sorted(entries.items())).encode()
+
+
+def parse(body) -> dict[str, float]:
+    """Lines `{content}\\t{seconds}`; anything malformed is skipped, not fatal."""
+    out: dict[str, float] = {}
+    for line in bytes(body).decode("utf-8", "replace").splitlines():
+        content, _, ts = line.partition("\t")
+        try:
+            t = float(ts)
+        except ValueError:
+            continue
+        if len(content) == 32 and t > out.get(content, 0.0):
+            out[content] = t
+    return out
+
+
+def log_key(ns_prefix: str, now: float, tag: str = "") -> str:
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", tag or socket.gethostname())[:48]
+    return f"{ns_prefix}{layout.ACCESS_DIR}/{host}-{os.getpid()}-{int(now * 1000)}-{uuid.uuid4().hex[:6]}.log"
+
+
+class AccessLog:
+    """Pending reads of one namespace; `flush` writes them as one log object."""
+
+    def __init__(self, store, ns_prefix: str, limit: Optional[int] = None):
+        self.store, self.ns_prefix = store, ns_prefix
+        self.limit = max_keys() if limit is None else limit
+        self._pending: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.flushed_keys = 0
+        self.failed_flushes = 0
+
+    def record(self, object_keys: Iterable[str], now: Optional[float] = None) -> None:
+        now = time.time() if now is None else now
+        with self._lock:
+            for k in object_keys:
+                self._pending[k.rsplit("/", 1)[-1]] = now
+            full = len(self._pending) >= self.limit
+        if full:
+            _flusher.wake()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def flush(self, now: Optional[float] = None) -> Optional[str]:
+        """Write the pending reads as one object; returns its key (None if nothing to write)."""
+        with self._lock:
+            entries, self._pending = self._pending, {}
+        if not entries:
+            return None
+        key = log_key(self.ns_prefix, time.time() if now is None else now)
+        try:
+            self.store.put(key, encode(entries), if_absent=True)
+        except StoreError as e:
+            self.failed_flushes += 1
+            logger.warning("objectcache: access log flush failed (%s); %d reads kept", e, len(entries))
+            with self._lock:  # newer reads win; beyond the limit the oldest are dropped
+                merged = {**entries, **self._pending}
+                self._pending = dict(sorted(merged.items(), key=lambda kv: kv[1])[-self.limit:])
+            return None
+        self.flushed_keys += len(entries)
+        return key
+
+
+def read(store, ns_prefix: str) -> tuple[dict[str, float], list[str]]:
+    """Merge every log of a namespace: content -> last read, and the log keys read."""
+    keys = [o.key for o in store.list(f"{ns_prefix}{layout.ACCESS_DIR}/") if o.key.endswith(".log")]
+    merged: dict[str, float] = {}
+    read_keys = []
+    for key, body in zip(keys, store.get_many(keys)) if keys else ():
+        if body is None or isinstance(body, StoreError):
+            continue
+        read_keys.append(key)
+        for c, t in parse(body).items():
+            if t > merged.get(c, 0.0):
+                merged[c] = t
+    return merged, read_keys
+
+
+# ---- server side: one log per live backend, one flusher thread per process --------------
+
+_logs: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_logs_lock = threading.Lock()
+
+
+def log_for(backend) -> Optional[AccessLog]:
+    """The backend's log (made on first use), or None when the log is off or not ready."""
+    if getattr(backend, "keys", None) is None or interval_s() <= 0:
+        return None
+    with _logs_lock:
+        log = _logs.get(backend)
+        if log is None or log.ns_prefix != backend.keys.namespace_prefix:
+            log = _logs[backend] = AccessLog(backend.store, backend.keys.namespace_prefix)
+    _flusher.start()
+    return log
+
+
+def record_hits(result, self, keys, *args, **kwargs):
+    """AFTER hook on batch_get_v1 (list of bools) and batch_get (list of tensors or None)."""
+    try:
+        hits = []
+        for k, r in zip(keys, result or ()):
+            if r is None or r is False:
+                break  # SGLang uses only the leading run of hits
+            hits.append(k)
+        if hits:
+            log = log_for(self)
+            if log is not None:
+                log.record(self.keys.object_key(k) for k in hits)
+    except Exception:  # noqa: BLE001 - bookkeeping must never fail a read
+        logger.exception("objectcache: access log record failed")
+    return None
+
+
+def flush_on_close(self, *args, **kwargs):
+    """BEFORE hook on ObjectCacheStorage.close: a clean shutdown loses no reads."""
+    log = _logs.get(self)
+    if log is not None:
+        log.flush()
+    return None
+
+
+class _Flusher:
+    def __init__(self):
+        self._thread: Optional[threading.Thread] = None
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="objectcache-access-log", daemon=True)
+                self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(max(0.05, interval_s()))
+            self._wake.clear()
+            with _logs_lock:
+                logs = list(_logs.values())
+            for log in logs:
+                try:
+                    log.flush()
+                except Exception:  # noqa: BLE001
+                    logger.exception("objectcache: access log flush failed")
+
+
+_flusher = _Flusher()
