@@ -167,6 +167,15 @@ def register() -> None:
         HookType.AROUND,
     )
 
+    # --- objectcache-inspect: tree endpoint, access log, metrics (list: inspect/hooks.py) ---
+    try:
+        from sglang_objectcache.inspect import hooks as inspect_hooks
+
+        inspect_hooks.register(HookRegistry)
+    except Exception:  # noqa: BLE001 - optional features; caching must work without them
+        logger.exception("objectcache: inspection hooks not registered")
+    # --- end objectcache-inspect ---
+
     from sglang_objectcache.cpu import compat
 
     if compat.needed():
