@@ -25,6 +25,7 @@ setup(
         "sglang==0.5.23",
         "boto3>=1.36",
         "xxhash>=3.4",
+        "rich>=13",  # objectcache-inspect's terminal output and progress bars
     ],
     extras_require={
         "fast": ["obstore>=0.8"],
