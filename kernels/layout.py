@@ -71,7 +71,7 @@ def component_block(staging: torch.Tensor, g: PageGeometry, c: int, layer: int =
     (layer 0 of a one-layer buffer is that layer)."""
     start = layer * g.layer_bytes + g.component_offset(c)
     block = staging[:, start:start + g.component_bytes(c)]
-    return block.unflatten(1, (g.tokens, g.row_bytes[c]))
+    return block.view(block.shape[0], g.tokens, g.row_bytes[c])  # view: unflatten is slow
 
 
 def check_pools(pools: Sequence[torch.Tensor], g: PageGeometry) -> list[torch.Tensor]:

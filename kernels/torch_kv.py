@@ -29,7 +29,7 @@ def move(staging: torch.Tensor, pools: Sequence[Sequence[torch.Tensor]], slots: 
         return
     slot = slots.to(torch.int64).view(n, g.tokens)
     num_slots = min(r.shape[0] * r.shape[1] for layer in pools for r in layer)
-    if slot.device.type == "cpu" and (int(slot.min()) < 0 or int(slot.max()) >= num_slots):
+    if slot.device.type == "cpu" and not 0 <= int(slot.min()) <= int(slot.max()) < num_slots:
         # torch would wrap a negative index around to the end of the pool
         raise IndexError(f"token slot out of range [0, {num_slots})")
     split = {}  # page size -> index tuple into [num_pages, page, row]
