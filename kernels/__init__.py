@@ -24,7 +24,8 @@ fp32, fp8 stored as uint8 or float8, ...).
   row `slots[n * tokens + t]`. Any order, not necessarily contiguous. Slots must be in
   `[0, num_slots)`: the GPU kernel does not check (the CPU path does). Scatter with a slot
   listed twice leaves either row's bytes there.
-- Nothing else in the pools is touched.
+- `geometry`: the page object's (all its layers); one-layer calls use its `layer_bytes`.
+- Nothing else in the pools or the staging buffer is touched.
 
 HiCache host pools fit the same calls through per-layer views, slots = host indices:
 layer_first `(kv_buffer[0, l], kv_buffer[1, l])`; page_first and page_first_direct
@@ -72,23 +73,18 @@ def resolve_backend(device: torch.device, backend: str = "auto") -> str:
     return backend
 
 
-def _move(staging, pools_per_layer, slots, g, gather, backend):
+def _run(staging, pools_per_layer, slots, g: PageGeometry, gather: bool, backend: str):
+    layout.staging_rows(staging, len(pools_per_layer) * g.layer_bytes)
+    slots = layout.check_slots(slots, staging.shape[0], g)
+    if slots.device != staging.device:
+        raise ValueError(f"slots on {slots.device}, staging on {staging.device}")
     pools = [layout.check_pools(p, g) for p in pools_per_layer]
-    if backend == "triton":
+    if resolve_backend(staging.device, backend) == "triton":
         from . import triton_kv  # imports triton; the torch path never needs it
 
         triton_kv.move(staging, pools, slots, g, gather)
     else:
         torch_kv.move(staging, pools, slots, g, gather)
-
-
-def _run(staging, pools_per_layer, slots, g: PageGeometry, gather: bool, backend: str):
-    span = len(pools_per_layer) * g.layer_bytes
-    layout.staging_rows(staging, span)
-    slots = layout.check_slots(slots, staging.shape[0], g)
-    if slots.device != staging.device:
-        raise ValueError(f"slots on {slots.device}, staging on {staging.device}")
-    _move(staging, pools_per_layer, slots, g, gather, resolve_backend(staging.device, backend))
     return staging
 
 
@@ -131,4 +127,5 @@ def gather_all_layers(pools_per_layer: Sequence[Sequence[torch.Tensor]], slots: 
 
 def _check_layers(pools_per_layer, g: PageGeometry) -> None:
     if len(pools_per_layer) != g.num_layers:
-        raise ValueError(f"geometry has {g.num_layers} layers, got pools for {len(pools_per_layer)}")
+        raise ValueError(f"geometry has {g.num_layers} layers, got pools for "
+                         f"{len(pools_per_layer)}")

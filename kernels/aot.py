@@ -25,7 +25,8 @@ def ptx(launch: triton_kv.Launch, arch: int = 90) -> str:
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     kwargs = dict(launch.consts, num_warps=launch.num_warps)
     bound, specialization, options = binder(*launch.args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization,
+                                                          options)
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                           options=options.__dict__).asm["ptx"]
 

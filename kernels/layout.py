@@ -77,7 +77,8 @@ def component_block(staging: torch.Tensor, g: PageGeometry, c: int, layer: int =
 def check_pools(pools: Sequence[torch.Tensor], g: PageGeometry) -> list[torch.Tensor]:
     """Pool buffers of one layer, one per component, as `pool_rows` views."""
     if len(pools) != g.num_components:
-        raise ValueError(f"{g.kind} needs {g.num_components} pool buffers per layer, got {len(pools)}")
+        raise ValueError(f"{g.kind} needs {g.num_components} pool buffers per layer, "
+                         f"got {len(pools)}")
     return [pool_rows(p, g.row_bytes[c], g.tokens) for c, p in enumerate(pools)]
 
 

@@ -13,9 +13,10 @@ every address, stride and row size allows), and where everything is 16-byte alig
 kernel says so with `tl.multiple_of`, so loads and stores compile to 16-byte vectors.
 
 Pool slot s is at `s * stride` (flat pools) or `(s // page) * page_stride + (s % page) *
-stride` (paged pools, `layout`). Pool buffers are reached by address: two scalar arguments for one layer, or a table of
-`[layers, components]` addresses in device memory for all layers (one launch for the
-whole model; the table is cached by the addresses it holds, so it is uploaded once).
+stride` (paged pools, see `layout`). Pool buffers are reached by address: two scalar
+arguments for one layer, or a table of `[layers, components]` addresses in device memory
+for all layers (one launch for the whole model; the table is cached by the addresses it
+holds, so it is uploaded once).
 
 Rows are split into column chunks of a power-of-two number of words that divides every
 row (no column masks), unless that chunk would be under 64 bytes; then one masked chunk
@@ -55,7 +56,8 @@ class Tuning:
 
 GPU_TUNING = Tuning()
 # the interpreter pays per program, not per byte: few, big programs
-INTERPRETER_TUNING = Tuning(tile_bytes=1 << 20, max_chunk_bytes=1 << 16, num_warps=1, min_programs=1)
+INTERPRETER_TUNING = Tuning(tile_bytes=1 << 20, max_chunk_bytes=1 << 16, num_warps=1,
+                            min_programs=1)
 
 
 def _kv_move(

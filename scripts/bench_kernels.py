@@ -298,7 +298,8 @@ def plot(result: dict, path: Path) -> None:
     for op in ops:
         rs = [r for r in rows if r["op"] == op]
         style = "--" if op.endswith("_random") else "-"
-        top.plot([r["pages"] for r in rs], [r["gbps"] for r in rs], style, marker="o", ms=3, label=op)
+        top.plot([r["pages"] for r in rs], [r["gbps"] for r in rs], style, marker="o", ms=3,
+                 label=op)
         bottom.plot([r["pages"] for r in rs], [r["ratio"] for r in rs], style, marker="o", ms=3,
                     label=op)
     bottom.axhline(0.8, color="red", lw=1, ls=":", label="target 0.8 (GPU, >= 64 pages)")
@@ -311,7 +312,8 @@ def plot(result: dict, path: Path) -> None:
     bottom.set_xscale("log", base=2)
     env = result["environment"]
     where = env.get("gpu") or f"{env.get('cpu')}, {env['cpu_threads']} threads"
-    top.set_title(f"KV scatter/gather, {result['backend']} backend on {result['device']} ({where})\n"
+    top.set_title(f"KV scatter/gather, {result['backend']} backend on {result['device']} "
+                  f"({where})\n"
                   f"best of reps; load average {result['load_average']['start'][0]:.1f} at start",
                   fontsize=10)
     top.legend(fontsize=7)

@@ -121,7 +121,8 @@ def assert_pools_equal(got, want):
             assert torch.equal(u8(a), u8(b)), f"layer {i} component {c} differs"
 
 
-MATRIX = [(kind, dtype, tokens) for kind in ("mha", "mla") for dtype in DTYPES for tokens in PAGE_SIZES]
+MATRIX = [(kind, dtype, tokens)
+          for kind in ("mha", "mla") for dtype in DTYPES for tokens in PAGE_SIZES]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -131,8 +132,10 @@ def test_one_layer(kind, dtype, tokens, backend):
     g, layer = case.geometry, 1
 
     # gather into a sentinel-filled staging buffer wider than a layer: the extra columns stay
-    wide = torch.full((case.slots.numel() // tokens, g.layer_bytes + 32), SENTINEL, dtype=torch.uint8)
-    got = gather_layer(case.pools[layer], case.slots, g, out=wide[:, :g.layer_bytes], backend=backend)
+    n = case.slots.numel() // tokens
+    wide = torch.full((n, g.layer_bytes + 32), SENTINEL, dtype=torch.uint8)
+    got = gather_layer(case.pools[layer], case.slots, g, out=wide[:, :g.layer_bytes],
+                       backend=backend)
     want = ref_gather([case.pools[layer]], case.slots, g)
     assert got.data_ptr() == wide.data_ptr()
     assert torch.equal(wide[:, :g.layer_bytes], want)
@@ -230,7 +233,8 @@ def test_paged_host_pool(kind, backend):
             for c, b in enumerate(bufs):
                 start = i * g.layer_bytes + g.component_offset(c)
                 page_slots = slots[p * tokens:(p + 1) * tokens].tolist()
-                want[p, start:start + g.component_bytes(c)] = torch.cat([row(b, i, s) for s in page_slots])
+                want[p, start:start + g.component_bytes(c)] = torch.cat(
+                    [row(b, i, s) for s in page_slots])
     assert torch.equal(gather_all_layers(per_layer(bufs), slots, g, backend=backend), want)
     assert torch.equal(gather_layer(per_layer(bufs)[1], slots, g, backend=backend),
                        want[:, g.layer_bytes:2 * g.layer_bytes])
