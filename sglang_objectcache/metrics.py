@@ -16,6 +16,7 @@ the last export, the GET latency histogram by its per-bucket deltas. Series:
     objectcache_pages_skipped_existing_total        pages not PUT: known to exist
     objectcache_requests_total{op}                  get, put, head
     objectcache_checksum_failures_total
+    objectcache_corrupt_deleted_total               corrupt objects deleted on read (then rewritten)
     objectcache_store_errors_total{op,kind}         op read|write; kind: StoreError.KINDS
     objectcache_get_latency_seconds                 histogram, one observation per GET
     objectcache_scheduler_queue_depth               queued transfers (TransferScheduler), live sum
@@ -48,6 +49,7 @@ _DIRECT = {
     "pages_deduped": "pages_deduped",
     "pages_skipped_existing": "pages_skipped_existing",
     "checksum_failures": "checksum_failures",
+    "corrupt_deleted": "corrupt_deleted",
 }
 _REQUESTS = {"get_requests": "get", "put_requests": "put", "head_requests": "head"}
 
@@ -71,6 +73,7 @@ class Metrics:
             "pages_deduped": c("pages_deduped", "Conditional PUTs that found the page already stored"),
             "pages_skipped_existing": c("pages_skipped_existing", "Pages not written: known to exist"),
             "checksum_failures": c("checksum_failures", "Objects rejected by a header or layer checksum"),
+            "corrupt_deleted": c("corrupt_deleted", "Corrupt objects the backend deleted on read"),
         }
         self.misses = c("storage_misses", "Pages missed, by reason", ("reason",))
         self.requests = c("requests", "Object-store requests", ("op",))

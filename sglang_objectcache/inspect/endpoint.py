@@ -130,8 +130,14 @@ def decorate(tree: dict, tokenizer, redact: bool) -> dict:
     return tree
 
 
+def _json(data, status_code: int = 200):
+    import orjson
+    from starlette.responses import Response
+
+    return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
+
+
 async def tree_endpoint(request: Request):
-    from fastapi.responses import ORJSONResponse
     from sglang.srt.entrypoints import http_server
     from sglang.srt.managers.io_struct import DumperControlReqInput
     from sglang.srt.runtime_context import get_serving
@@ -139,22 +145,22 @@ async def tree_endpoint(request: Request):
     state = http_server.get_global_state()
     tm = getattr(state, "tokenizer_manager", None)
     if tm is None:
-        return ORJSONResponse({"error": "server is not ready"}, status_code=503)
+        return _json({"error": "server is not ready"}, 503)
     tokenizer = getattr(tm, "tokenizer", None)
     serving = get_serving()
     redact = bool(serving.api_key) and not serving.admin_api_key
     try:
         body = parse_params(request.query_params, tokenizer)
     except ValueError as e:
-        return ORJSONResponse({"error": str(e)}, status_code=400)
+        return _json({"error": str(e)}, 400)
     if redact:
         body["preview_tokens"] = 0
     results = await tm.dumper_control(DumperControlReqInput(method=METHOD, body=body))
     errors = [r.error for r in results if not r.success]
     if errors:
-        return ORJSONResponse({"error": errors}, status_code=500)
+        return _json({"error": errors}, 500)
     trees = [decorate(t, tokenizer, redact) for r in results for t in r.response]
-    return ORJSONResponse({"version": 1, "trees": trees})
+    return _json({"version": 1, "trees": trees})
 
 
 def _mark_admin_optional(fn):

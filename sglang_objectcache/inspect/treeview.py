@@ -167,19 +167,28 @@ class _RustSource:
         state = _rust_ids[core]
         self.root = core.root_node_handle(None)
         live = {i for i in state.live if _alive(core, i)} | {self.root}
-        # Every handle up to the highest one returned is minted; past it, probe a little
-        # (nodes made since the hook last saw a result) but never mark unminted ids scanned.
+        # Every handle up to the highest one returned is minted: scan those once, at most
+        # `probe_budget` per call, resuming where the last call stopped.
         frontier = max(state.max_seen, self.root, max(live))
-        i, misses, probes = state.scanned_upto + 1, 0, 0
-        while probes < probe_budget and (i <= frontier or misses < PROBE_GAP):
+        i = state.scanned_upto + 1
+        while i <= frontier and i - state.scanned_upto <= probe_budget:
             if _alive(core, i):
                 live.add(i)
-                frontier, misses = max(frontier, i), 0
-            else:
-                misses += 1
-            i, probes = i + 1, probes + 1
-        state.scanned_upto = min(i - 1, frontier)
-        self.complete = state.scanned_upto >= frontier
+            i += 1
+        state.scanned_upto = i - 1
+        self.complete = i > frontier
+        if self.complete:
+            # Past it, nodes made since the hooks last saw a result (or without the hooks):
+            # probe until PROBE_GAP handles in a row are not (yet) minted.
+            misses = 0
+            while misses < PROBE_GAP:
+                if _alive(core, i):
+                    live.add(i)
+                    state.scanned_upto = state.max_seen = i
+                    misses = 0
+                else:
+                    misses += 1
+                i += 1
         state.live = live
         self.nodes: dict[int, _Node] = {self.root: _Node(self.root, None, 0, 0)}
         others = sorted(live - {self.root})

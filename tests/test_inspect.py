@@ -1,0 +1,491 @@
+"""objectcache-inspect without a server: bucket layout, summary, verify, gc and the access
+log against a real SeaweedFS; the tree snapshot on SGLang's real Rust tree core and on real
+Python tree nodes; the Prometheus exporter in multiprocess mode; the endpoint's auth."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from array import array
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sglang_objectcache import objformat
+from sglang_objectcache.config import ObjectCacheConfig
+from sglang_objectcache.inspect import accesslog, bucket, cli, gc, layout, treeview, verify
+from sglang_objectcache.keys import KeyScheme, Namespace
+from sglang_objectcache.store import make_store
+
+PREFIX = "objectcache"
+GEOM = objformat.PageGeometry("mha", num_layers=2, tokens=4, row_bytes=(16, 16), dtype="bfloat16")
+
+
+def scheme(model: str = "tiny", geometry: objformat.PageGeometry = GEOM) -> KeyScheme:
+    return KeyScheme(PREFIX, Namespace(model=model, geometry=geometry, kv_shard="tp0of1", layers="0-2"))
+
+
+def page(ks: KeyScheme, page_hash: str, geometry: objformat.PageGeometry = GEOM, seed: int = 0) -> tuple[str, bytes]:
+    g = geometry
+    obj = bytearray(g.object_bytes)
+    obj[g.header_bytes:] = bytes((seed + i) % 251 for i in range(g.payload_bytes))
+    objformat.seal(g, ks.content_digest(page_hash), memoryview(obj))
+    return ks.object_key(page_hash), bytes(obj)
+
+
+def describe(store, ks: KeyScheme) -> None:
+    store.put(ks.namespace_file, json.dumps(ks.namespace.describe()).encode(), if_absent=False)
+
+
+@pytest.fixture
+def store(s3_config):
+    st = make_store(ObjectCacheConfig.from_dict(s3_config))
+    yield st
+    st.close()
+
+
+def all_keys(store) -> set[str]:
+    return {o.key for o in store.list("")}
+
+
+# ---- layout -------------------------------------------------------------------------------
+
+
+def test_classify_only_our_layout_is_ours():
+    ks = scheme()
+    key, _ = page(ks, "h0")
+    ns = ks.namespace.digest
+    content = key.rsplit("/", 1)[-1]
+    assert layout.classify(key, PREFIX) == layout.Parsed(layout.PAGE, ns, content[:2], content)
+    assert layout.classify(key, PREFIX).shard_ok
+    assert not layout.classify(f"{PREFIX}/{ns}/zz/{content}", PREFIX).kind == layout.PAGE  # shard not hex
+    assert not layout.classify(f"{PREFIX}/{ns}/00/{content}", PREFIX).shard_ok
+    assert layout.classify(ks.namespace_file, PREFIX).kind == layout.NAMESPACE
+    assert layout.classify(f"{PREFIX}/{ns}/_access/h-1-2-x.log", PREFIX).kind == layout.ACCESS_LOG
+    for other in (f"elsewhere/{ns}/{content[:2]}/{content}", f"{PREFIX}/notes.txt", f"{PREFIX}/{ns}/README",
+                  f"{PREFIX}/{ns.upper()}/{content[:2]}/{content}", f"{PREFIX}x/{ns}/_namespace.json",
+                  f"{PREFIX}/{ns}/{content[:2]}/{content}.bak"):
+        assert layout.classify(other, PREFIX).kind == layout.OTHER, other
+
+
+# ---- store summary ------------------------------------------------------------------------
+
+
+def test_store_summary_counts_namespaces_bytes_ages_and_cost(store):
+    a, b = scheme("model-a"), scheme("model-b")
+    pages_a = [page(a, f"a{i}") for i in range(5)]
+    pages_b = [page(b, f"b{i}") for i in range(2)]
+    store.put_many(pages_a + pages_b)
+    describe(store, a)
+    describe(store, b)
+    store.put(f"{PREFIX}/notes.txt", b"someone else's")
+    store.put("outside/x", b"not under the prefix")
+    log = accesslog.AccessLog(store, a.namespace_prefix)
+    log.record([pages_a[0][0], pages_a[1][0]])
+    assert log.flush() is not None
+
+    s = bucket.scan(store, PREFIX)
+    access = {d: accesslog.read(store, layout.namespace_prefix(PREFIX, d))[0] for d in s.namespaces}
+    summary = bucket.summarize(s, access, price_gb_month=100.0)
+    rows = {r["namespace"]: r for r in summary["namespaces"]}
+    ra, rb = rows[a.namespace.digest], rows[b.namespace.digest]
+    assert (ra["model"], ra["pages"], ra["bytes"], ra["tokens"]) == ("model-a", 5, 5 * GEOM.object_bytes, 20)
+    assert (rb["model"], rb["pages"], rb["bytes"]) == ("model-b", 2, 2 * GEOM.object_bytes)
+    assert ra["problem"] is None and ra["page_tokens"] == 4 and ra["dtype"] == "bfloat16"
+    assert ra["written_age"]["<1h"] == 5 and sum(ra["written_age"].values()) == 5
+    assert ra["access_logs"] == 1 and ra["pages_read_since_write"] == 2
+    assert summary["other_objects"] == 1  # notes.txt; "outside/x" is not even listed
+    assert summary["total_bytes"] == 7 * GEOM.object_bytes
+    assert summary["usd_per_month"] == pytest.approx(7 * GEOM.object_bytes / 1e9 * 100.0, abs=1e-4)
+
+
+def test_namespace_description_is_checked_against_its_digest(store):
+    ks = scheme()
+    store.put_many([page(ks, "h0")])
+    wrong = {**ks.namespace.describe(), "model": "someone-else"}
+    store.put(ks.namespace_file, json.dumps(wrong).encode())
+    s = bucket.scan(store, PREFIX)
+    assert "describes namespace" in s.namespaces[ks.namespace.digest].description_error
+    assert s.namespaces[ks.namespace.digest].geometry is None
+
+
+# ---- verify -------------------------------------------------------------------------------
+
+
+def test_verify_finds_planted_problems_and_repair_deletes_exactly_them(store):
+    ks = scheme()
+    good = [page(ks, f"g{i}", seed=i) for i in range(6)]
+    store.put_many(good)
+    describe(store, ks)
+    corrupt_key, body = page(ks, "corrupt")
+    body = bytearray(body)
+    body[GEOM.layer_offset(1) + 3] ^= 0xFF  # one payload byte of layer 1
+    truncated_key, body2 = page(ks, "truncated")
+    misplaced_key = ks.object_key("somewhere-else")  # another page's intact bytes under this key
+    content = good[0][0].rsplit("/", 1)[-1]
+    wrong_shard = f"{ks.namespace_prefix}00/{content}" if not content.startswith("00") else \
+        f"{ks.namespace_prefix}01/{content}"
+    other_geom = objformat.PageGeometry("mha", 2, 8, (16, 16), "bfloat16")
+    orphan_key, orphan = page(ks, "orphan", geometry=other_geom)  # sound, but not this namespace's shape
+    store.put_many([(corrupt_key, bytes(body)), (truncated_key, body2[:-10]), (misplaced_key, good[1][1]),
+                    (wrong_shard, good[0][1]), (orphan_key, orphan)])
+    # A namespace without a description is checked against the objects' own headers only.
+    lone = scheme("no-description")
+    lone_pages = [page(lone, "l0"), page(lone, "l1")]
+    store.put_many(lone_pages)
+    foreign = [f"{PREFIX}/notes.txt", f"{PREFIX}/{ks.namespace.digest}/README", "elsewhere/obj"]
+    store.put_many([(k, b"not ours") for k in foreign])
+    before = all_keys(store)
+
+    s = bucket.scan(store, PREFIX)
+    report = verify.verify(store, s, batch=3)
+    found = {f.key: f.problem for f in report.findings}
+    assert found == {corrupt_key: "corrupt", truncated_key: "corrupt", misplaced_key: "misplaced",
+                     wrong_shard: "misplaced", orphan_key: "orphaned"}
+    assert report.checked == 6 + 5 + 2 and report.ok == 6 + 2
+    assert list(report.unverified_namespaces) == [lone.namespace.digest]
+    assert "layer 1 checksum" in next(f.detail for f in report.findings if f.key == corrupt_key)
+
+    assert verify.repair(store, report, PREFIX) == 5
+    assert all_keys(store) == before - set(found)
+    again = verify.verify(store, bucket.scan(store, PREFIX))
+    assert again.findings == () and again.ok == 8
+
+
+def test_repair_refuses_anything_but_page_objects(store):
+    bad = verify.Report(1, 0, 0, (verify.Finding(f"{PREFIX}/notes.txt", "corrupt", "x"),))
+    store.put(f"{PREFIX}/notes.txt", b"keep me")
+    with pytest.raises(ValueError, match="refusing"):
+        verify.repair(store, bad, PREFIX)
+    assert store.get(f"{PREFIX}/notes.txt") == b"keep me"
+
+
+def test_verify_cli_exit_status_and_json(store, s3_config, capsys):
+    ks = scheme()
+    good = [page(ks, f"g{i}") for i in range(3)]
+    key, body = page(ks, "bad")
+    store.put_many(good + [(key, body[:-1] + bytes([body[-1] ^ 1]))])
+    describe(store, ks)
+    cfg = json.dumps(s3_config)
+    assert cli.main(["verify", "--config", cfg, "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["by_problem"] == {"corrupt": 1, "misplaced": 0, "orphaned": 0} and out["ok"] == 3
+    assert cli.main(["verify", "--config", cfg, "--repair", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["repaired"] == 1
+    assert store.get(key) is None and all(store.get(k) is not None for k, _ in good)
+
+
+# ---- access log and gc --------------------------------------------------------------------
+
+
+def test_access_log_flush_read_and_parse(store):
+    ks = scheme()
+    log = accesslog.AccessLog(store, ks.namespace_prefix)
+    assert log.flush() is None  # nothing pending, nothing written
+    k1, k2 = ks.object_key("a"), ks.object_key("b")
+    log.record([k1, k2], now=100.0)
+    log.record([k1], now=200.0)
+    key1 = log.flush()
+    log.record([k2], now=150.0)
+    key2 = log.flush()
+    assert key1 != key2 and layout.classify(key1, PREFIX).kind == layout.ACCESS_LOG
+    reads, logs = accesslog.read(store, ks.namespace_prefix)
+    c1, c2 = k1.rsplit("/", 1)[-1], k2.rsplit("/", 1)[-1]
+    assert reads == {c1: 200.0, c2: 150.0} and sorted(logs) == sorted([key1, key2])
+    assert accesslog.parse(b"junk\n" + c1.encode() + b"\tnope\n" + c2.encode() + b"\t7\n") == {c2: 7.0}
+
+
+def test_gc_plan_ttl_then_capacity_least_recently_used_first():
+    pages = [gc.Page(k, 10, t) for k, t in (("a", 500), ("b", 400), ("c", 300), ("d", 0), ("e", 0), ("f", 10))]
+    p = gc.plan(pages, gc.Policy(ttl_s=800, max_bytes=10), now=1000)
+    assert [(v.key, v.reason) for v in p.victims] == [("d", "ttl"), ("e", "ttl"), ("f", "ttl"),
+                                                     ("c", "capacity"), ("b", "capacity")]
+    assert (p.freed_bytes, p.kept_bytes) == (50, 10)
+    assert gc.plan(pages, gc.Policy(max_bytes=60), now=1000).victims == ()
+    assert [v.key for v in gc.plan(pages, gc.Policy(ttl_s=600), now=1000).victims] == ["d", "e", "f", "c"]
+    with pytest.raises(ValueError):
+        gc.Policy()
+
+
+def test_gc_cli_deletes_exactly_the_least_recently_used_and_compacts_logs(store, s3_config, capsys):
+    ks = scheme()
+    pages = [page(ks, f"p{i}", seed=i) for i in range(6)]
+    store.put_many(pages)
+    describe(store, ks)
+    now = time.time()
+    # Reads make the order total: p0 newest ... p5 oldest (all after their writes).
+    log = accesslog.AccessLog(store, ks.namespace_prefix)
+    for i, (key, _) in enumerate(pages):
+        log.record([key], now=now + 60 - i)
+    log.flush()
+    foreign = [(f"{PREFIX}/notes.txt", b"x"), ("elsewhere/y", b"y")]
+    store.put_many(foreign)
+    cfg = json.dumps(s3_config)
+    cap = str(2 * GEOM.object_bytes)
+
+    before = all_keys(store)
+    assert cli.main(["gc", "--config", cfg, "--max-bytes", cap, "--json"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert dry["dry_run"] and dry["deleted"] is None and all_keys(store) == before
+    assert [v["key"] for v in dry["victims"]] == [k for k, _ in reversed(pages[2:])]
+
+    assert cli.main(["gc", "--config", cfg, "--max-bytes", cap, "--delete", "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["deleted"] == 4
+    after = all_keys(store)
+    assert {k for k in after if layout.classify(k, PREFIX).kind == layout.PAGE} == {pages[0][0], pages[1][0]}
+    assert {k for k, _ in foreign} <= after and ks.namespace_file in after
+    # The merged log now holds only the survivors' reads.
+    reads, logs = accesslog.read(store, ks.namespace_prefix)
+    assert len(logs) == 1 and set(reads) == {pages[0][0].rsplit("/", 1)[-1], pages[1][0].rsplit("/", 1)[-1]}
+
+
+def test_size_and_duration_parsing():
+    assert cli.parse_size("10GiB") == 10 * 2**30 and cli.parse_size("500MB") == 500 * 10**6
+    assert cli.parse_size("1234") == 1234 and cli.parse_duration("7d") == 7 * 86400
+    assert cli.parse_duration("90") == 90 and cli.parse_duration("30m") == 1800
+
+
+# ---- tree snapshot ------------------------------------------------------------------------
+
+
+def rust_core(page_size: int = 4):
+    from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+    from sglang.srt.mem_cache.rust_tree_core.adapter import RustUnifiedTreeCore
+    from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
+
+    core = RustUnifiedTreeCore(CacheInitParams(disable=False, req_to_token_pool=None, token_to_kv_pool_allocator=None,
+                                               page_size=page_size, tree_components=(ComponentType.FULL,)))
+    core.set_hicache_enabled()
+    return core
+
+
+def insert_host(core, tokens: list[int], page_size: int = 4):
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+
+    hashes = treeview._page_hashes(tokens, page_size)
+    return core.insert_host(core.root_node_handle(None), RadixKey(array("q", tokens)),
+                            torch.arange(len(tokens), dtype=torch.int64), hashes)
+
+
+def insert_device(core, tokens: list[int]):
+    from sglang.srt.mem_cache.base_prefix_cache import InsertParams
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+
+    step = core.begin_insert(InsertParams(key=RadixKey(array("q", tokens)),
+                                          value=torch.arange(len(tokens), dtype=torch.int64)))
+    while step.result is None:
+        step = core.resume_insert()
+    core.end_insert()
+    return step.result
+
+
+class FakeBackend:
+    """What the snapshot reads from ObjectCacheStorage: keys, known, store, cfg."""
+
+    def __init__(self, ks, store, known=()):
+        self.keys, self.store, self.known = ks, store, set(known)
+        self.cfg = SimpleNamespace(bucket="b", endpoint_url="http://x")
+
+
+def test_snapshot_of_the_rust_core_spans_parents_tiers_and_prefix(store):
+    core = rust_core()
+    a = list(range(16))
+    b = list(range(8)) + [50, 51, 52, 53]
+    insert_host(core, a)
+    insert_host(core, b)
+    insert_device(core, [7, 7, 7, 7, 7, 7, 7, 7])  # device-only: no token ids from the Rust core
+    ks = scheme()
+    hashes_a = treeview._page_hashes(a, 4)
+    store.put_many([page(ks, h) for h in hashes_a[:3]])  # the first three pages of `a` are stored
+    backend = FakeBackend(ks, store, known=[ks.object_key(hashes_a[0])])
+    tc = SimpleNamespace(tree_core=core, page_size=4)
+
+    snap = treeview.snapshot(tc, backend, treeview.Query())
+    assert snap["core"] == "rust" and snap["complete"] and "hit_count" in snap["fields_unavailable"]
+    assert snap["totals"] == {"nodes": 4, "tokens": 28, "device_tokens": 8, "host_tokens": 20}
+    nodes = {(n["start"], n["end"], tuple(n["preview_ids"] or ())): n for n in snap["nodes"]}
+    shared = nodes[(0, 8, tuple(range(8)))]
+    tail_a = nodes[(8, 16, tuple(range(8, 16)))]
+    tail_b = nodes[(8, 12, (50, 51, 52, 53))]
+    assert tail_a["parent"] == tail_b["parent"] == shared["id"] and shared["children"] == 2
+    assert shared["host"] and not shared["device"] and shared["store"] == {"pages": 2, "known": 1}
+    assert shared["object_keys"] == [ks.object_key(h) for h in hashes_a[:2]]
+    dev = next(n for n in snap["nodes"] if n["device"])
+    assert not dev["tokens_known"] and dev["preview_ids"] is None
+
+    q = treeview.snapshot(tc, backend, treeview.Query.from_dict({"prefix_ids": a + [99], "store": "head"}))
+    assert [n["id"] for n in q["nodes"]] == [shared["id"], tail_a["id"]]
+    assert q["query"]["pages"] == 4 and q["query"]["tree_tokens"] == 16 and q["query"]["host_tokens"] == 16
+    assert q["query"]["store_pages_known"] == 1 and q["query"]["store_pages_present"] == 3
+    assert q["nodes"][0]["store"]["present"] == 2 and q["nodes"][1]["store"]["present"] == 1
+
+    cut = treeview.snapshot(tc, backend, treeview.Query.from_dict({"max_nodes": 2}))
+    assert len(cut["nodes"]) == 2 and cut["truncated"] == "max_nodes=2"
+    shallow = treeview.snapshot(tc, backend, treeview.Query.from_dict({"max_depth": 1}))
+    assert {n["depth"] for n in shallow["nodes"]} == {1}
+    small = treeview.snapshot(tc, backend, treeview.Query.from_dict({"max_bytes": 600}))
+    assert small["truncated"] == "max_bytes=600" and len(json.dumps(small["nodes"])) <= 600
+
+
+def test_rust_handle_scan_is_incremental_and_sees_new_nodes():
+    core = rust_core()
+    handles = [insert_host(core, [i] * 8).inserted_host_node for i in range(12)]
+    treeview.note_ids(core, *handles)  # what the plugin's hook on insert_host does
+    tc = SimpleNamespace(tree_core=core, page_size=4)
+    first = treeview.snapshot(tc, None, probe_budget=5)
+    assert not first["complete"] and first["totals"]["nodes"] == 4  # handles 0 (root) to 4
+    for _ in range(10):
+        snap = treeview.snapshot(tc, None, probe_budget=5)
+        if snap["complete"]:
+            break
+    assert snap["complete"] and snap["totals"]["nodes"] == 12
+    insert_host(core, [99] * 8)  # not noted: found by probing past the highest known handle
+    assert treeview.snapshot(tc, None)["totals"]["nodes"] == 13
+    core.reset()  # /flush_cache: every old handle dies, the new root has a new one
+    empty = treeview.snapshot(tc, None)
+    assert empty["totals"]["nodes"] == 0 and empty["roots"] == [core.root_node_handle(None)]
+
+
+def test_snapshot_reads_real_python_tree_nodes():
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+    from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
+    from sglang.srt.mem_cache.unified_cache.unified_tree_core import UnifiedTreeNode
+
+    comps = (ComponentType.FULL,)
+
+    def node(parent, tokens, device, host):
+        n = UnifiedTreeNode(comps)
+        n.key = RadixKey(array("q", tokens))
+        n.parent = parent
+        if parent is not None:
+            parent.children[tokens[0]] = n
+        data = n.component_data[ComponentType.FULL]
+        data.value = torch.arange(len(tokens)) if device else None
+        data.host_value = torch.arange(len(tokens)) if host else None
+        return n
+
+    root = node(None, [], True, False)
+    a = node(root, [1, 2, 3, 4], True, True)
+    b = node(a, [5, 6, 7, 8], False, True)
+    a.hit_count, a.component_data[ComponentType.FULL].lock_ref = 3, 1
+    core = SimpleNamespace(root_node=root, _node_arena={n.id: n for n in (root, a, b)})
+    snap = treeview.snapshot(SimpleNamespace(tree_core=core, page_size=4), None,
+                             treeview.Query.from_dict({"prefix_ids": [1, 2, 3, 4, 5, 6, 7, 8]}))
+    assert snap["core"] == "python" and snap["fields_unavailable"] == []
+    na, nb = snap["nodes"]
+    assert (na["id"], na["start"], na["end"], na["device"], na["host"]) == (a.id, 0, 4, True, True)
+    assert (nb["parent"], nb["start"], nb["end"], nb["device"], nb["host"]) == (a.id, 4, 8, False, True)
+    assert na["hit_count"] == 3 and na["lock_ref"] == 1 and nb["preview_ids"] == [5, 6, 7, 8]
+    assert snap["query"]["device_tokens"] == 4 and snap["query"]["host_tokens"] == 8
+
+
+# ---- endpoint: parameters and auth ----------------------------------------------------------
+
+
+def test_endpoint_parameters_are_validated_and_capped():
+    from sglang_objectcache.inspect import endpoint
+
+    class Tok:
+        def encode(self, text):
+            return [len(w) for w in text.split()]
+
+    assert endpoint.parse_params({"prefix": "ab c", "max_nodes": "7", "keys": "false"}, Tok()) == \
+        {"prefix_ids": [2, 1], "max_nodes": 7, "keys": False}
+    assert endpoint.parse_params({"prefix_ids": "1,2,3"})["prefix_ids"] == [1, 2, 3]
+    for bad in ({"max_nodes": "x"}, {"store": "all"}, {"prefix_ids": "1,a"}):
+        with pytest.raises(ValueError):
+            endpoint.parse_params(bad)
+    q = treeview.Query.from_dict({"max_nodes": 10**9, "max_bytes": 10**12, "preview_tokens": 10**6})
+    assert (q.max_nodes, q.max_bytes, q.preview_tokens) == (treeview.MAX_NODES_CAP, treeview.MAX_BYTES_CAP,
+                                                            treeview.PREVIEW_TOKENS_CAP)
+
+
+def test_endpoint_follows_sglang_admin_key_convention():
+    """SGLang's own auth middleware, our route: with --admin-api-key the key is required."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from sglang.srt.utils.auth import add_api_key_middleware
+
+    from sglang_objectcache.inspect import endpoint
+
+    app = FastAPI()
+    app.add_api_route(endpoint.ROUTE, endpoint.tree_endpoint, methods=["GET"])
+    add_api_key_middleware(app, api_key="user-key", admin_api_key="admin-key")
+    with TestClient(app) as c:
+        assert c.get(endpoint.ROUTE).status_code == 401
+        assert c.get(endpoint.ROUTE, headers={"Authorization": "Bearer user-key"}).status_code == 401
+        # Past auth, this bare app has no SGLang behind it: 503 "not ready", not 401.
+        assert c.get(endpoint.ROUTE, headers={"Authorization": "Bearer admin-key"}).status_code == 503
+        # Read-only: no other method is routed.
+        assert c.post(endpoint.ROUTE, headers={"Authorization": "Bearer user-key"}).status_code == 405
+
+
+def test_previews_are_decoded_or_withheld():
+    from sglang_objectcache.inspect import endpoint
+
+    class Tok:
+        def decode(self, ids):
+            return "-".join(map(str, ids))
+
+    tree = {"nodes": [{"preview_ids": [1, 2]}, {"preview_ids": None}]}
+    assert [n["preview"] for n in endpoint.decorate(json.loads(json.dumps(tree)), Tok(), False)["nodes"]] == ["1-2", None]
+    hidden = endpoint.decorate(json.loads(json.dumps(tree)), Tok(), True)
+    assert [n["preview"] for n in hidden["nodes"]] == [None, None] and "admin-api-key" in hidden["redacted"]
+
+
+# ---- metrics ------------------------------------------------------------------------------
+
+_METRICS_SCRIPT = r"""
+import json, sys
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from sglang_objectcache import metrics
+from sglang_objectcache.stats import Stats
+
+class Backend:
+    def __init__(self):
+        self.stats = Stats()
+
+class Linker:
+    queue_depth = 5
+
+b, l = Backend(), Linker()
+exp = metrics.Exporter(metrics.Metrics(), instances=lambda: [b, l])
+b.stats.inc("pages_hit", 4); b.stats.inc("bytes_read", 4096); b.stats.miss("corrupt", 2)
+b.stats.inc("store_errors_timeout"); b.stats.inc("write_errors_server", 3); b.stats.inc("get_requests", 6)
+b.stats.inc("checksum_failures"); b.stats.inc("brand_new_counter", 2)
+b.stats.observe_get(0.003, 4); b.stats.observe_get(0.2, 2)
+exp.export()
+b.stats.inc("pages_hit", 1); b.stats.observe_get(0.003, 1)
+exp.export(); exp.export()  # a repeated export adds nothing
+reg = CollectorRegistry(); multiprocess.MultiProcessCollector(reg)
+print(generate_latest(reg).decode())
+"""
+
+
+def test_metrics_exporter_in_prometheus_multiprocess_mode(tmp_path):
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _METRICS_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    samples = {}
+    for line in out.splitlines():
+        if line.startswith("objectcache_"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    assert samples["objectcache_storage_hits_total"] == 5
+    assert samples["objectcache_bytes_read_total"] == 4096
+    assert samples['objectcache_storage_misses_total{reason="corrupt"}'] == 2
+    assert samples['objectcache_store_errors_total{kind="timeout",op="read"}'] == 1
+    assert samples['objectcache_store_errors_total{kind="server",op="write"}'] == 3
+    assert samples['objectcache_requests_total{op="get"}'] == 6
+    assert samples["objectcache_checksum_failures_total"] == 1
+    assert samples['objectcache_counter_total{name="brand_new_counter"}'] == 2
+    assert samples['objectcache_get_latency_seconds_bucket{le="0.005"}'] == 5
+    assert samples['objectcache_get_latency_seconds_bucket{le="0.25"}'] == 7
+    assert samples["objectcache_get_latency_seconds_count"] == 7
+    assert samples["objectcache_get_latency_seconds_sum"] == pytest.approx(0.003 * 5 + 0.2 * 2)
+    assert samples["objectcache_scheduler_queue_depth"] == 5
