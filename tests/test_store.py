@@ -283,3 +283,49 @@ def test_nixl_without_nixl_says_what_is_missing(s3, bucket):
     assert "pip install nixl" in msg and "libcuobjclient.so.1" in msg and "transport: obstore or boto3" in msg
     assert s3.secret_key not in msg
     import sglang_objectcache.store.nixl  # noqa: F401 - the module itself imports without nixl
+
+
+def test_concurrency_is_the_users_or_the_transports_default(s3, bucket, transport):
+    from sglang_objectcache.store import boto, obstore_
+
+    default = {"boto3": boto, "obstore": obstore_}[transport].DEFAULT_CONCURRENCY
+    with make_store(config(s3, bucket, transport)) as st:
+        assert st.max_concurrency == default
+    with make_store(config(s3, bucket, transport, max_concurrency=7)) as st:
+        assert st.max_concurrency == 7
+
+
+# --- credentials from the AWS chain ---------------------------------------------------------
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-role probe here
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    return monkeypatch
+
+
+def chain_config(s3, bucket, transport) -> ObjectCacheConfig:
+    raw = s3.config(bucket, transport=transport)
+    del raw["access_key_id"], raw["secret_access_key"]
+    return ObjectCacheConfig.from_dict(raw)
+
+
+def test_credentials_from_the_aws_chain(s3, bucket, transport, aws_env):
+    aws_env.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+    aws_env.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    with make_store(chain_config(s3, bucket, transport)) as st:
+        st.check()
+        assert st.put("chain/k", b"from env") is True
+        assert bytes(st.get("chain/k")) == b"from env"
+
+
+def test_no_credentials_anywhere_is_an_auth_error(s3, bucket, transport, aws_env):
+    with pytest.raises(StoreError) as e:
+        with make_store(chain_config(s3, bucket, transport)) as st:
+            st.check()
+    assert e.value.kind == "auth"
+    assert "no credentials found" in str(e.value) and "access_key_id" in str(e.value)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store.base import StoreError
@@ -36,6 +36,19 @@ _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimi
                    "TooManyRequests", "RequestThrottled", "ServiceUnavailable"}
 # Conditional PUT lost to another writer: the object exists (or is being created).
 EXISTS_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
+
+
+_CONFIG_CONCURRENCY = ObjectCacheConfig.__dataclass_fields__["max_concurrency"].default
+
+
+def concurrency(cfg: ObjectCacheConfig, override: Optional[int], transport_default: int) -> int:
+    """Requests in flight: an explicit override, else the user's `max_concurrency` if they
+    changed it, else the transport's own measured default (see bench_transports.py)."""
+    if override:
+        return override
+    if cfg.max_concurrency != _CONFIG_CONCURRENCY:
+        return cfg.max_concurrency
+    return transport_default
 
 
 def kind_for(status: int, code: str) -> str:

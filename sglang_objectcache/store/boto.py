@@ -5,9 +5,9 @@ from the config, else the standard AWS chain). Retries and timeouts are botocore
 (`retry_mode`, `total_max_attempts = retries + 1`). Checksums are `when_required`: older
 servers reject the newer flexible checksums, and our objects carry their own xxh3 sums.
 
-Costs ~3.6 ms of client CPU per small GET (measured, 2 cores): per-request Python work, not
-bytes, is its ceiling, so the batch calls run on a thread pool of `max_concurrency` and a
-batch of one runs inline.
+Costs ~2-3 ms of client CPU per 256 KiB request (bench_transports.py; obstore ~0.6-0.9 ms):
+per-request Python work, not bytes, is its ceiling, so the batch calls run on a thread pool
+of `max_concurrency` and a batch of one runs inline.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
 from sglang_objectcache.store.base import Buffer, GetResult, ObjectInfo, ObjectStore, StoreError
 
-# Chosen from benchmarks/results/transports.json (scripts/bench_transports.py).
+# From benchmarks/results/transports.json: ~2.2 ms of client CPU per request caps boto3 at
+# ~450 req/s per core, which 16 threads keep busy even at 35 ms of store latency; at 64,
+# 8 MiB PUTs queued past the 60 s socket timeout on this box while throughput did not rise.
 DEFAULT_CONCURRENCY = 16
 
 T = TypeVar("T")
@@ -120,7 +122,7 @@ class Boto3Store(ObjectStore):
     def __init__(self, cfg: ObjectCacheConfig, max_concurrency: Optional[int] = None):
         self.cfg = cfg
         self.bucket = cfg.bucket
-        self.max_concurrency = max_concurrency or cfg.max_concurrency
+        self.max_concurrency = C.concurrency(cfg, max_concurrency, DEFAULT_CONCURRENCY)
         self._redact = C.Redactor.of(cfg)
         self._client = make_client(cfg, connect_s=cfg.connect_timeout_s, read_s=cfg.read_timeout_s,
                                    attempts=cfg.retries + 1, pool=self.max_concurrency)
@@ -183,11 +185,13 @@ class Boto3Store(ObjectStore):
 
     def _get(self, key: str, start: int = 0, end: int = 0) -> GetResult:
         try:
-            if end:
-                r = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")
-            else:
-                r = self._client.get_object(Bucket=self.bucket, Key=key)
-            return r["Body"].read()
+            if not end:
+                return self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            r = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+            body = r["Body"].read()
+            if r["ResponseMetadata"]["HTTPStatusCode"] == 200:  # a server that ignores Range
+                return memoryview(body)[start:end]
+            return body
         except bx.ClientError as e:
             status, code = _status_code(e)
             if status == 404 and code != "NoSuchBucket":
