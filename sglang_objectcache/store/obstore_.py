@@ -3,9 +3,11 @@
 On this 2-core box (benchmarks/results/transports.json) it spends ~3x less client CPU per
 256 KiB request than boto3 (0.6-0.9 ms vs 2.1-2.7 ms), GETs them 1.3-2x faster in a batch
 and ~3x faster one at a time, because HTTP, signing and range splitting run in Rust
-without the GIL. Large objects and PUTs are bound by the server, not the client. Each batch is one `asyncio.gather` on a private event loop in a daemon
-thread, bounded by a semaphore of `max_concurrency`; results are `obstore.Bytes` (buffer
-protocol, zero-copy from Rust), never copied into `bytes`.
+without the GIL. Large objects and PUTs are bound by the server, not the client.
+
+Each batch is one `asyncio.gather` on a private event loop in a daemon thread, bounded by
+a semaphore of `max_concurrency`; results are `obstore.Bytes` (buffer protocol, zero-copy
+from Rust), never copied into `bytes`.
 
 Semantics kept equal to `Boto3Store`:
 - `list(prefix)` is a string prefix, as in S3. object_store lists directories, so we list
@@ -130,7 +132,7 @@ class ObstoreStore(ObjectStore):
             starts.append(start)
             ends.append(end)
         # object_store coalesces and splits each key's ranges itself (zero-copy slices).
-        results = self._run([self._ranges(key, *v) for key, v in by_key.items()])
+        results = self._run([self._ranges(key, starts, ends) for key, (_, starts, ends) in by_key.items()])
         for (slots, _, _), r in zip(by_key.values(), results):
             if r is None or isinstance(r, StoreError):
                 for slot in slots:
@@ -185,7 +187,7 @@ class ObstoreStore(ObjectStore):
             except Exception as e:  # noqa: BLE001 - one bad object must not hide the others
                 return self._error("GET", key, e)
 
-    async def _ranges(self, key: str, slots, starts, ends):
+    async def _ranges(self, key: str, starts: list[int], ends: list[int]):
         async with self._sem:
             try:
                 return await obstore.get_ranges_async(self._store, key, starts=starts, ends=ends,
