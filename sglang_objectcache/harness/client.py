@@ -27,7 +27,7 @@ class Completion:
     output_ids: tuple[int, ...]
     prompt_tokens: int
     cached_tokens: int
-    # None when the server gives no per-tier split (no --enable-cache-report, or no HiCache).
+    # None when the server gives no per-tier split of a hit (no --enable-cache-report).
     device: int | None
     host: int | None
     storage: int | None
@@ -82,13 +82,16 @@ class Client:
             raise RequestError("stream ended without a finish_reason")
         if meta["finish_reason"].get("type") == "abort":
             raise RequestError(f"aborted: {meta['finish_reason']}")
+        cached = int(meta.get("cached_tokens", 0))
         details = meta.get("cached_tokens_details") or {}
-        tier = (lambda k: details.get(k)) if details else (lambda k: None)
+        if not details and cached == 0:
+            details = {"device": 0, "host": 0, "storage": 0}  # SGLang omits the split for a miss
+        tier = details.get
         return Completion(
             text=last.get("text", ""),
             output_ids=tuple(last.get("output_ids") or ()),
             prompt_tokens=int(meta.get("prompt_tokens", 0)),
-            cached_tokens=int(meta.get("cached_tokens", 0)),
+            cached_tokens=cached,
             device=tier("device"),
             host=tier("host"),
             storage=tier("storage"),

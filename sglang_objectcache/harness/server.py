@@ -96,6 +96,7 @@ class SGLangServer:
     python: str = sys.executable
     proc: subprocess.Popen | None = None
     returncode: int | None = None
+    ready: bool = False
 
     @property
     def url(self) -> str:
@@ -124,7 +125,8 @@ class SGLangServer:
         return self
 
     def start(self, timeout_s: float = 300.0, warmup_text: str | None = None) -> "SGLangServer":
-        if self.proc is not None:
+        """Spawn (unless spawned already) and wait until ready; stop it if that fails."""
+        if self.ready and self.alive():
             return self
         self.spawn()
         try:
@@ -132,6 +134,7 @@ class SGLangServer:
         except BaseException:
             self.stop()
             raise
+        self.ready = True
         return self
 
     def _wait_ready(self, timeout_s: float, warmup_text: str | None) -> None:
@@ -143,10 +146,11 @@ class SGLangServer:
                 raise TimeoutError(f"{self.name}: /health not ready after {timeout_s:.0f}s (log: {self.log_path})")
             time.sleep(0.5)
         # The first long prompt on CPU costs seconds of lazy init; pay it here, not in a test.
+        # Its own cache salt keeps its pages apart from every prefix a test sends.
         text = warmup_text or " ".join(["warm"] * 300)
         while True:
             try:
-                client.generate(text, max_new_tokens=2)
+                client.generate(text, max_new_tokens=2, cache_salt="objectcache-harness-warmup")
                 return
             except RequestError:
                 self._raise_if_exited()
@@ -157,13 +161,6 @@ class SGLangServer:
     def _raise_if_exited(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             raise ServerExited(self.proc.returncode, last_error_line(self.log_text()), self.log_path)
-
-    def wait_exit(self, timeout_s: float = 300.0) -> int:
-        """For launches expected to fail: wait for the launcher to exit, return its code."""
-        try:
-            return self.proc.wait(timeout_s)
-        finally:
-            self.stop()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -190,6 +187,7 @@ class SGLangServer:
             pass
         self.returncode = self.proc.returncode
         self.proc = None
+        self.ready = False
 
     def pids(self) -> list[int]:
         """The launcher and every descendant (scheduler, detokenizer...)."""

@@ -1,0 +1,134 @@
+"""Helpers for the end-to-end tests: the L3 tier under test, prompts, waiting for write-back.
+
+`OBJECTCACHE_E2E_BACKEND` picks the L3 tier: `objectcache` (default: our backend on a
+SeaweedFS bucket) or `file` (SGLang's built-in file backend in a directory, the baseline).
+Both expose the same view (`server_args`, `keys`, `read`, `write`), so one test body checks
+either; where SGLang's file backend cannot pass (it has no checksums), the test says so.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from sglang_objectcache.harness.client import Completion
+from sglang_objectcache.harness.server import cpu_args, file_args, objectcache_args
+from sglang_objectcache.harness.workloads import words
+
+BACKEND = os.environ.get("OBJECTCACHE_E2E_BACKEND", "objectcache")
+PAGE = 64
+MAX_NEW = 16  # greedy tokens compared between runs: long enough that a wrong KV shows
+
+
+class L3(ABC):
+    """The storage tier one or more servers share (a bucket or a directory)."""
+
+    @abstractmethod
+    def server_args(self, **overrides) -> list[str]: ...
+
+    @abstractmethod
+    def keys(self) -> set[str]: ...
+
+    @abstractmethod
+    def read(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def write(self, key: str, data: bytes) -> None: ...
+
+
+class BucketL3(L3):
+    def __init__(self, s3, bucket: str, endpoint: str | None = None, **extra):
+        self.s3, self.bucket, self.endpoint, self.extra = s3, bucket, endpoint, extra
+        self._client = s3.client()
+
+    def config(self, **overrides) -> dict:
+        cfg = self.s3.config(self.bucket, **{**self.extra, **overrides})
+        if self.endpoint:
+            cfg["endpoint_url"] = self.endpoint
+        return cfg
+
+    def server_args(self, **overrides) -> list[str]:
+        return objectcache_args(self.config(**overrides))
+
+    def keys(self) -> set[str]:
+        out = set()
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            out.update(o["Key"] for o in page.get("Contents", []))
+        return out
+
+    def read(self, key: str) -> bytes:
+        return self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def write(self, key: str, data: bytes) -> None:
+        self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+
+class FileL3(L3):
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def server_args(self, **overrides) -> list[str]:
+        return file_args(str(self.path))
+
+    def keys(self) -> set[str]:
+        return {str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file()}
+
+    def read(self, key: str) -> bytes:
+        return (self.path / key).read_bytes()
+
+    def write(self, key: str, data: bytes) -> None:
+        (self.path / key).write_bytes(data)
+
+
+def prompts(n: int, seed: str, min_tokens: int = 330, max_tokens: int = 460) -> list[str]:
+    """Distinct prompts whose cacheable pages exceed SGLang's 256-token storage-prefetch threshold."""
+    rng = random.Random(seed)
+    # A unique head word sequence keeps prompts from sharing a first page by chance.
+    return [f"{seed} {i} " + words(rng, rng.randint(min_tokens, max_tokens)) for i in range(n)]
+
+
+def full_pages(c: Completion) -> int:
+    """Prompt tokens a cache can serve: whole pages, never the last prompt token."""
+    return (c.prompt_tokens - 1) // PAGE * PAGE
+
+
+def wait_for_writes(l3: L3, before: set[str], timeout_s: float = 60.0, quiet_s: float = 1.5) -> set[str]:
+    """Wait until new keys appeared and none arrived for `quiet_s`; return the new keys."""
+    deadline = time.monotonic() + timeout_s
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        new = l3.keys() - before
+        if new != last:
+            last, since = new, time.monotonic()
+        elif new and time.monotonic() - since >= quiet_s:
+            return new
+        time.sleep(0.25)
+    raise TimeoutError(f"write-back to L3 did not settle in {timeout_s}s ({len(last or ())} new keys)")
+
+
+def wait_quiet(l3: L3, quiet_s: float = 1.5, timeout_s: float = 60.0) -> None:
+    """Wait until no key has appeared for `quiet_s` (a new server's warm-up write-back)."""
+    deadline = time.monotonic() + timeout_s
+    last, since = l3.keys(), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"L3 still changing after {timeout_s}s")
+        time.sleep(0.25)
+        now = l3.keys()
+        if now != last:
+            last, since = now, time.monotonic()
+
+
+def launch_on(sglang_server, l3: L3, name: str):
+    """A CPU server whose L3 tier is `l3`, returned once its warm-up write-back is done."""
+    srv = sglang_server(cpu_args() + l3.server_args(), name=name)
+    wait_quiet(l3)
+    return srv
+
+
+def outputs(completions: list[Completion]) -> list[tuple[str, tuple[int, ...]]]:
+    return [c.output for c in completions]

@@ -1,0 +1,183 @@
+"""Store faults under a live server: every request completes, answers equal the no-cache
+reference, and the server stays healthy. The server reaches its own SeaweedFS through the
+fault proxy, so a test can make the store slow, flaky, stalled, paused or dead."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from e2e_support import BACKEND, MAX_NEW, BucketL3, full_pages, launch_on, outputs, prompts, wait_for_writes
+
+from sglang_objectcache.harness.proxy import FaultProxy, Faults
+from sglang_objectcache.s3server import SeaweedFS
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(BACKEND != "objectcache", reason="store faults need the S3 backend (objectcache)"),
+]
+
+BUCKET = "faults"
+# Short timeouts: a stalled store must cost a request seconds, not minutes, and SGLang's
+# /flush_cache gives its storage threads 10 s to stop before it kills the scheduler.
+TIMEOUTS = {"connect_timeout_s": 1.0, "read_timeout_s": 2.0, "retries": 1, "negative_ttl_s": 1.0}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    srv = SeaweedFS(str(tmp_path_factory.mktemp("fault-store")), buckets=(BUCKET,))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(store):
+    with FaultProxy(store.s3_port, seed=7) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def l3(store, proxy):
+    return BucketL3(store, BUCKET, endpoint=proxy.endpoint, **TIMEOUTS)
+
+
+@pytest.fixture(scope="module")
+def server(sglang_server, l3):
+    return launch_on(sglang_server, l3, "faults")
+
+
+@pytest.fixture(autouse=True)
+def stays_healthy(server, proxy, store):
+    yield
+    proxy.clear()
+    if store.proc is not None:
+        store.resume()
+    assert server.alive() and server.client.healthy(), server.log_tail()
+
+
+def send(server, texts):
+    return [server.client.generate(t, max_new_tokens=MAX_NEW) for t in texts]
+
+
+def flush(server, proxy):
+    """Flush with the store healthy: SGLang joins its storage threads for at most 10 s."""
+    proxy.clear()
+    time.sleep(1.5)
+    server.client.flush_cache()
+
+
+def under_fault(server, l3, proxy, reference, faults: Faults, tag: str):
+    """Writes, then reads, with `faults` on. Returns the faults injected in each phase."""
+    writes = prompts(3, f"{tag}-w")
+    before = dict(proxy.injected)
+    proxy.set(faults)
+    wrote = send(server, writes)
+    proxy.clear()
+    injected_writing = sum(proxy.injected.values()) - sum(before.values())
+
+    reads = prompts(3, f"{tag}-r")
+    clean_before = l3.keys()
+    send(server, reads)
+    wait_for_writes(l3, clean_before)
+    flush(server, proxy)
+    before = dict(proxy.injected)
+    proxy.set(faults)
+    read = send(server, reads)
+    proxy.clear()
+    injected_reading = sum(proxy.injected.values()) - sum(before.values())
+
+    assert outputs(wrote) == reference.outputs(writes)
+    assert outputs(read) == reference.outputs(reads)
+    return injected_writing, injected_reading, read
+
+
+def test_slowdown_503(server, l3, proxy, reference):
+    w, r, _ = under_fault(server, l3, proxy, reference, Faults(slowdown=0.5), "slowdown")
+    assert w > 0 and r > 0
+
+
+def test_connection_resets(server, l3, proxy, reference):
+    w, r, _ = under_fault(server, l3, proxy, reference, Faults(reset=0.3), "reset")
+    assert w > 0 and r > 0
+
+
+def test_slow_store(server, l3, proxy, reference):
+    w, r, read = under_fault(server, l3, proxy, reference, Faults(latency_s=0.3), "latency")
+    assert w > 0 and r > 0
+    # Slow is not broken: under the read timeout, pages still come from storage.
+    assert all(c.storage == full_pages(c) for c in read)
+
+
+def test_stalled_store(server, l3, proxy, reference):
+    w, r, read = under_fault(server, l3, proxy, reference, Faults(stall=True), "stall")
+    assert w > 0 and r > 0
+    assert all(c.storage == 0 for c in read)  # a stalled store times out into misses
+
+
+def test_store_paused(server, l3, proxy, store, reference):
+    texts = prompts(3, "paused")
+    before = l3.keys()
+    send(server, texts)
+    wait_for_writes(l3, before)
+    flush(server, proxy)
+    store.pause()
+    try:
+        during = send(server, texts + prompts(2, "paused-new"))
+    finally:
+        store.resume()
+    assert outputs(during) == reference.outputs(texts + prompts(2, "paused-new"))
+    time.sleep(TIMEOUTS["negative_ttl_s"] + 1)
+    flush(server, proxy)
+    after = send(server, texts)
+    assert all(c.storage == full_pages(c) for c in after), [c.storage for c in after]
+
+
+def test_store_killed_mid_run_and_restarted(server, l3, proxy, store, reference):
+    early = prompts(2, "killed-early")
+    before = l3.keys()
+    send(server, early)
+    wait_for_writes(l3, before)
+    flush(server, proxy)
+
+    stream = early + prompts(8, "killed-stream")
+    done: list = []
+    errors: list = []
+
+    def client_loop():
+        for text in stream:
+            try:
+                done.append(server.client.generate(text, max_new_tokens=MAX_NEW))
+            except Exception as e:  # noqa: BLE001 - counted, asserted below
+                errors.append(e)
+
+    worker = threading.Thread(target=client_loop)
+    worker.start()
+    _wait_until(lambda: len(done) >= 2 or errors, 120)
+    os.killpg(store.proc.pid, signal.SIGKILL)  # no shutdown: the store just dies
+    store.proc.wait()
+    store.proc = None
+    _wait_until(lambda: len(done) >= 6 or errors or not worker.is_alive(), 120)
+    store.start()  # same data dir, same S3 port
+    worker.join(300)
+    assert not errors, errors[:3]
+    assert len(done) == len(stream)
+    assert outputs(done) == reference.outputs(stream)
+    # The objects written before the kill survived, and the backend reconnects.
+    time.sleep(TIMEOUTS["negative_ttl_s"] + 1)
+    flush(server, proxy)
+    again = send(server, early)
+    assert all(c.storage == full_pages(c) for c in again), [c.storage for c in again]
+
+
+def _wait_until(cond, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.1)

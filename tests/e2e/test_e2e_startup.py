@@ -1,0 +1,52 @@
+"""A misconfigured store stops the server at startup with one clear error line, not later
+with a stream of misses."""
+
+from __future__ import annotations
+
+import pytest
+from e2e_support import BACKEND
+
+from sglang_objectcache.harness.server import ServerExited, cpu_args, objectcache_args
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(BACKEND != "objectcache", reason="startup checks are objectcache's"),
+]
+
+
+@pytest.fixture(scope="module")
+def failed_launches(sglang_server, s3):
+    """Both misconfigured servers at once: each spends most of a minute importing before it fails."""
+    bucket = "startup-checks"
+    s3.create_bucket(bucket)
+    configs = {
+        "wrong-credentials": s3.config(bucket, secret_access_key="not-the-secret"),
+        "missing-bucket": s3.config("no-such-bucket-objectcache"),
+    }
+    servers = {name: sglang_server(cpu_args() + objectcache_args(cfg), name=name, start=False)
+               for name, cfg in configs.items()}
+    out = {}
+    for name, srv in servers.items():
+        with pytest.raises(ServerExited) as e:
+            srv.start(timeout_s=300)  # returns only if the server came up
+            pytest.fail(f"{name}: the server came up; log tail:\n{srv.log_tail()}")
+        print(f"\n{name}: exit {e.value.returncode}: {e.value.error_line}")
+        out[name] = e.value
+    return bucket, out
+
+
+def test_wrong_credentials_is_a_clear_startup_error(failed_launches, s3):
+    bucket, out = failed_launches
+    err = out["wrong-credentials"]
+    line = err.error_line
+    assert err.returncode != 0
+    assert "objectcache" in line and (bucket in line or s3.endpoint in line), line
+    assert any(w in line.lower() for w in ("credential", "access denied", "signature", "403")), line
+    assert "not-the-secret" not in line  # the secret is never logged
+
+
+def test_missing_bucket_is_a_clear_startup_error(failed_launches):
+    err = failed_launches[1]["missing-bucket"]
+    assert err.returncode != 0
+    assert "no-such-bucket-objectcache" in err.error_line, err.error_line
+    assert any(w in err.error_line.lower() for w in ("does not exist", "no such bucket", "not found")), err
