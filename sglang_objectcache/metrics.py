@@ -108,20 +108,22 @@ class Exporter:
         self._last: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
     def export(self) -> None:
-        depth = 0
+        depth, seen = 0, set()
         for inst in self.instances():
             depth += queue_depth(inst)
             stats = getattr(inst, "stats", None)
-            if stats is None or not hasattr(stats, "snapshot"):
+            # Keyed by the Stats object: two instances sharing one are counted once.
+            if stats is None or not hasattr(stats, "snapshot") or id(stats) in seen:
                 continue
+            seen.add(id(stats))
             snap = stats.snapshot()
-            prev = self._last.get(inst) or {"counters": {}, "get_latency": {"counts": [], "sum": 0.0}}
+            prev = self._last.get(stats) or {"counters": {}, "get_latency": {"counts": [], "sum": 0.0}}
             for name, value in snap["counters"].items():
                 d = value - prev["counters"].get(name, 0)
                 if d > 0:
                     self.metrics.counter(name).inc(d)
             self._replay_latency(snap["get_latency"], prev["get_latency"])
-            self._last[inst] = snap
+            self._last[stats] = snap
         self.metrics.queue_depth.set(depth)
 
     def _replay_latency(self, now: dict, before: dict) -> None:

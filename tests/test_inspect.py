@@ -199,6 +199,18 @@ def test_access_log_flush_read_and_parse(store):
     assert accesslog.parse(b"junk\n" + c1.encode() + b"\tnope\n" + c2.encode() + b"\t7\n") == {c2: 7.0}
 
 
+def test_pages_read_together_age_from_the_prefix_tail(store):
+    """A cap must trim a prefix from its end: its head page is what makes the rest reachable."""
+    ks = scheme()
+    chain = [ks.object_key(f"chain{i}") for i in range(4)]
+    log = accesslog.AccessLog(store, ks.namespace_prefix)
+    log.record(chain, now=1000.0)  # one batch_get_v1, pages in prefix order
+    log.flush()
+    reads, _ = accesslog.read(store, ks.namespace_prefix)
+    pages = [gc.Page(k, 10, reads[k.rsplit("/", 1)[-1]]) for k in sorted(chain)]  # key order is random
+    assert [v.key for v in gc.plan(pages, gc.Policy(max_bytes=20), now=1001.0).victims] == chain[:1:-1]
+
+
 def test_gc_plan_ttl_then_capacity_least_recently_used_first():
     pages = [gc.Page(k, 10, t) for k, t in (("a", 500), ("b", 400), ("c", 300), ("d", 0), ("e", 0), ("f", 10))]
     p = gc.plan(pages, gc.Policy(ttl_s=800, max_bytes=10), now=1000)
@@ -454,6 +466,7 @@ class Linker:
     queue_depth = 5
 
 b, l = Backend(), Linker()
+l.stats = b.stats  # one Stats seen through two instances is counted once
 exp = metrics.Exporter(metrics.Metrics(), instances=lambda: [b, l])
 b.stats.inc("pages_hit", 4); b.stats.inc("bytes_read", 4096); b.stats.miss("corrupt", 2)
 b.stats.inc("store_errors_timeout"); b.stats.inc("write_errors_server", 3); b.stats.inc("get_requests", 6)

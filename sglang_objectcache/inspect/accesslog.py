@@ -49,7 +49,7 @@ def max_keys() -> int:
 
 
 def encode(entries: dict[str, float]) -> bytes:
-    return "".join(f"{c}\t{t:.3f}\n" for c, t in sorted(entries.items())).encode()
+    return "".join(f"{c}\t{t:.6f}\n" for c, t in sorted(entries.items())).encode()
 
 
 def parse(body) -> dict[str, float]:
@@ -83,10 +83,13 @@ class AccessLog:
         self.failed_flushes = 0
 
     def record(self, object_keys: Iterable[str], now: Optional[float] = None) -> None:
+        """Pages read together, in prefix order. Each page is stamped a microsecond earlier
+        than the one before it, so among pages used together a capacity cap deletes the
+        tail of a prefix first (a deleted head page would make the rest unreachable)."""
         now = time.time() if now is None else now
         with self._lock:
-            for k in object_keys:
-                self._pending[k.rsplit("/", 1)[-1]] = now
+            for i, k in enumerate(object_keys):
+                self._pending[k.rsplit("/", 1)[-1]] = now - i * 1e-6
             full = len(self._pending) >= self.limit
         if full:
             _flusher.wake()

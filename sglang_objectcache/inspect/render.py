@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -19,6 +20,13 @@ def size(n: Optional[float]) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def duration(s: float) -> str:
+    for unit, secs in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= secs:
+            return f"{s / secs:g}{unit}"
+    return f"{s:g}s"
 
 
 def ago(ts: Optional[float], now: Optional[float] = None) -> str:
@@ -55,7 +63,7 @@ def _preview(node: dict, width: int = 48) -> str:
     return repr(p if len(p) <= width else p[: width - 1] + "…")
 
 
-def _node_label(n: dict, show_keys: bool) -> Group:
+def _node_label(n: dict, show_keys: bool, ns_prefix: str = "") -> Group:
     line = Text()
     line.append(f"#{n['id']} ", style="bold")
     line.append(f"[{n['start']}, {n['end']}) {n['pages']}p  ", style="cyan")
@@ -71,9 +79,10 @@ def _node_label(n: dict, show_keys: bool) -> Group:
                      f"last access #{n['last_access']:.0f}", style="magenta")
     parts = [line, tiers]
     if show_keys and n.get("object_keys"):
-        keys = n["object_keys"]
-        more = f" (+{len(keys) - 2} more)" if len(keys) > 2 else ""
-        parts.append(Text("   keys " + ", ".join(keys[:2]) + more, style="dim"))
+        # Relative to the namespace prefix in the header; --json has the full keys.
+        keys = [k[len(ns_prefix):] if ns_prefix and k.startswith(ns_prefix) else k for k in n["object_keys"]]
+        more = f" +{len(keys) - 2} more" if len(keys) > 2 else ""
+        parts.append(Text("   keys " + " ".join(keys[:2]) + more, style="dim"))
     return Group(*parts)
 
 
@@ -94,7 +103,7 @@ def tree(reply: dict, show_keys: bool = True) -> list:
         where = {r: root.add(Text(f"root #{r}", style="dim")) for r in t["roots"]}
         for n in t["nodes"]:
             parent = where.get(n["parent"], root)
-            where[n["id"]] = parent.add(_node_label(n, show_keys))
+            where[n["id"]] = parent.add(_node_label(n, show_keys, (st or {}).get("namespace_prefix", "")))
         out.append(root)
         notes = []
         if t.get("query"):
@@ -124,22 +133,27 @@ def tree(reply: dict, show_keys: bool = True) -> list:
 
 def store(summary: dict) -> list:
     buckets = summary["age_buckets"]
-    t = Table(title=f"objectcache objects under {summary['prefix']}", title_justify="left")
-    for col in ("namespace", "model", "shard", "layers", "page", "pages", "size", "$/month"):
-        t.add_column(col, justify="right" if col in ("pages", "size", "$/month", "page") else "left")
-    ages = Table(title="age since write / since last use (pages)", title_justify="left")
-    ages.add_column("namespace")
+    t = Table(title=f"objectcache objects under {summary['prefix']}", title_justify="left", box=box.SIMPLE_HEAD,
+              pad_edge=False)
+    t.add_column("namespace", no_wrap=True, min_width=16)
+    t.add_column("model", no_wrap=True, overflow="ellipsis", max_width=40)
+    for col in ("shard", "page"):
+        t.add_column(col, no_wrap=True)
+    for col in ("pages", "size", "$/month"):
+        t.add_column(col, justify="right", no_wrap=True)
+    ages = Table(title="pages by age since write / since last use", title_justify="left", box=box.SIMPLE_HEAD)
+    ages.add_column("namespace", no_wrap=True)
     for b in buckets:
         ages.add_column(b, justify="right")
     for ns in summary["namespaces"]:
-        page = f"{ns['page_tokens']} tok {ns['dtype']}" if ns["page_tokens"] else "?"
-        t.add_row(ns["namespace"], str(ns["model"]), str(ns["kv_shard"]), str(ns["layers"]), page,
+        page = f"{ns['page_tokens']}x{ns['dtype']}" if ns["page_tokens"] else "?"
+        t.add_row(ns["namespace"], str(ns["model"]), f"{ns['kv_shard']} L{ns['layers']}", page,
                   str(ns["pages"]), size(ns["bytes"]), f"{ns['usd_per_month']:.4f}")
         ages.add_row(ns["namespace"] + " written", *(str(ns["written_age"][b]) for b in buckets))
         if "idle_age" in ns:
             ages.add_row(ns["namespace"] + " used", *(str(ns["idle_age"][b]) for b in buckets))
     t.add_section()
-    t.add_row("total", "", "", "", "", str(summary["total_pages"]), size(summary["total_bytes"]),
+    t.add_row("total", "", "", "", str(summary["total_pages"]), size(summary["total_bytes"]),
               f"{summary['usd_per_month']:.4f}")
     notes = []
     for ns in summary["namespaces"]:
@@ -164,10 +178,10 @@ def verify(report, repaired: Optional[int] = None) -> list:
         head.append(f", {n} {p}", style="red" if n else "dim")
     out = [head]
     if report.findings:
-        t = Table(title="findings", title_justify="left")
-        t.add_column("problem")
-        t.add_column("key")
-        t.add_column("detail")
+        t = Table(title="findings", title_justify="left", box=box.SIMPLE_HEAD)
+        t.add_column("problem", no_wrap=True)
+        t.add_column("key", no_wrap=True, min_width=max(len(f.key) for f in report.findings))
+        t.add_column("detail", overflow="fold")
         for f in report.findings:
             t.add_row(f.problem, f.key, f.detail)
         out.append(t)
@@ -192,14 +206,14 @@ def gc(plan, policy, applied: Optional[int] = None, compacted: Optional[list] = 
         by[v.reason][1] += v.size
     rules = []
     if policy.ttl_s is not None:
-        rules.append(f"TTL {policy.ttl_s:.0f}s")
+        rules.append(f"TTL {duration(policy.ttl_s)}")
     if policy.max_bytes is not None:
         rules.append(f"cap {size(policy.max_bytes)}")
     head = Text(f"gc ({', '.join(rules)}): {plan.pages} pages, {size(plan.bytes)}; "
                 f"delete {len(plan.victims)} ({size(plan.freed_bytes)}), keep {size(plan.kept_bytes)}",
                 style="bold")
     out = [head]
-    t = Table(title_justify="left")
+    t = Table(box=box.SIMPLE_HEAD)
     t.add_column("reason")
     t.add_column("pages", justify="right")
     t.add_column("size", justify="right")

@@ -25,6 +25,7 @@ Contract of `snapshot(tree_cache, backend, query)`:
 
 from __future__ import annotations
 
+import gc
 import json
 import weakref
 from dataclasses import dataclass
@@ -228,6 +229,18 @@ def _source(core, probe_budget: int):
 
 
 def snapshot(tree_cache, backend=None, query: Query = Query(), probe_budget: int = PROBE_BUDGET) -> dict:
+    # Many short-lived, acyclic objects: without this a full collection of the scheduler's
+    # heap lands inside the pause about one call in three (measured: +300 ms at 20k nodes).
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _snapshot(tree_cache, backend, query, probe_budget)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _snapshot(tree_cache, backend, query: Query, probe_budget: int) -> dict:
     core = getattr(tree_cache, "tree_core", None)
     if core is None:
         raise TypeError(f"{type(tree_cache).__name__} has no tree core (objectcache-inspect needs "
