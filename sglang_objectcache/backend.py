@@ -34,6 +34,7 @@ from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.hostpool import HostPages
 from sglang_objectcache.keys import KeyScheme, Namespace, make_namespace
 from sglang_objectcache.known import KnownKeys
+from sglang_objectcache.scrub import scrub
 from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import StoreError, make_store
 
@@ -137,17 +138,10 @@ class ObjectCacheStorage(HiCacheStorage):
                     logger.info("objectcache: store reachable again")
                     self._down_reason = ""
 
-    def _drop_corrupt(self, name: str, err: Exception) -> None:
-        """A corrupt or truncated object is a miss, and is deleted: its key would otherwise
-        block the correct bytes forever (writes are If-None-Match), and it is never useful."""
-        self.known.discard(name)
-        logger.warning("objectcache: object %s is unusable (%s): a miss; deleting it so the page "
-                       "can be stored again", name, err)
-        try:
-            self.store.delete_many([name])
-            self.stats.inc("corrupt_deleted")
-        except StoreError:
-            pass
+    def _scrub(self, names, keys, blobs) -> None:
+        digests = [self.keys.content_digest(k) for k in keys]
+        deleted = scrub(self.store, self.pages.geometry, names, digests, blobs, self.known.discard)
+        self.stats.inc("corrupt_deleted", len(deleted))
 
     # ---- HiCacheStorage: existence -----------------------------------------------------
 
@@ -228,6 +222,8 @@ class ObjectCacheStorage(HiCacheStorage):
             reason = self._load_page(self.pages, key, name, blob, slot)
             if reason:
                 self.stats.miss(reason, len(keys) - i)
+                if reason == "corrupt":  # the rest of the run is suspect: check it all now
+                    self._scrub(names[i + 1 :], keys[i + 1 :], blobs[i + 1 :])
                 break
             out[i] = True
             nbytes += g.object_bytes
@@ -251,7 +247,8 @@ class ObjectCacheStorage(HiCacheStorage):
                              verify=self.cfg.verify_checksums)
         except objformat.FormatError as e:
             self.stats.inc("checksum_failures")
-            self._drop_corrupt(name, e)
+            logger.warning("objectcache: object %s is unusable (%s): a miss", name, e)
+            self._scrub([name], [key], [blob])
             return "corrupt"
         buf = torch.frombuffer(blob, dtype=torch.uint8)
         pages.write_page(slot, buf[pages.geometry.header_bytes :])

@@ -76,7 +76,7 @@ class ObjectCacheConfig:
     tenant_salt: str = ""  # separates deployments that must never share pages
     model_id: str = ""  # overrides SGLang's served model name in the namespace
     transport: str = "auto"  # auto | obstore | boto3 | nixl
-    max_concurrency: int = 32
+    max_concurrency: int = 0  # 0: the transport's measured default (obstore 64, boto3 16)
     connect_timeout_s: float = 2.0
     read_timeout_s: float = 10.0
     retries: int = 2
@@ -98,7 +98,7 @@ class ObjectCacheConfig:
             "addressing_style": self.addressing_style in ("path", "virtual"),
             "transport": self.transport in ("auto", "obstore", "boto3", "nixl"),
             "retry_mode": self.retry_mode in ("standard", "adaptive", "legacy"),
-            "max_concurrency": self.max_concurrency >= 1,
+            "max_concurrency": self.max_concurrency >= 0,
             "connect_timeout_s": self.connect_timeout_s > 0,
             "read_timeout_s": self.read_timeout_s > 0,
             "retries": self.retries >= 0,

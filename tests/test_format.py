@@ -96,7 +96,7 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="^bucketz: unknown"):
         ObjectCacheConfig.from_dict({"bucket": "b", "bucketz": 1})
     with pytest.raises(ConfigError, match="^max_concurrency"):
-        ObjectCacheConfig.from_dict({"bucket": "b", "max_concurrency": 0})
+        ObjectCacheConfig.from_dict({"bucket": "b", "max_concurrency": -1})
     with pytest.raises(ConfigError, match="^read_timeout_s: expected a number"):
         ObjectCacheConfig.from_dict({"bucket": "b", "read_timeout_s": "fast"})
     with pytest.raises(ConfigError, match="^scheduler.policy"):

@@ -57,7 +57,7 @@ class Rig:
             store=self.store, geometry=self.g, device_layers=self.dst,
             content_digest=self.keys.content_digest, counter=self.counter,
             scheduler=Scheduler(SchedulerConfig()), tier=self.tier, timeline=self.timeline,
-            stats=self.stats, window_layers=window, on_corrupt=lambda n, e: self.corrupt.append(n))
+            stats=self.stats, window_layers=window, on_corrupt=lambda names, hashes: self.corrupt.extend(names))
 
     def slots(self, pages) -> torch.Tensor:
         return torch.tensor([p * PAGE + t for p in pages for t in range(PAGE)], dtype=torch.int64)
@@ -148,7 +148,7 @@ def test_corrupt_layer_fails_the_batch_and_is_reported(rig, s3, bucket):
     deadline = time.monotonic() + 5
     while not rig.corrupt and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert rig.corrupt == [names[1]]  # the linker deletes it (its e2e test checks that)
+    assert rig.corrupt == names  # the whole batch is suspect; the linker scrubs it (e2e test)
     assert rig.stats.counters["checksum_failures"] == 1
 
 

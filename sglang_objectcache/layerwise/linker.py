@@ -50,6 +50,7 @@ from sglang_objectcache.layerwise.loader import LayerwiseLoader
 from sglang_objectcache.layerwise.timeline import Timeline
 from sglang_objectcache.objformat import PageGeometry
 from sglang_objectcache.sched import Scheduler
+from sglang_objectcache.scrub import scrub
 from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import StoreError, make_store
 
@@ -108,7 +109,7 @@ class ObjectCacheLinker(UnifiedCacheLinker):
             store=self.store, geometry=self.geometry, device_layers=self.device_layers,
             content_digest=self.keys.content_digest, counter=self.layer_done_counter,
             scheduler=self.sched, tier=self.tier, timeline=self.timeline, stats=self.stats,
-            window_layers=lw.window_layers, io_threads=min(32, self.cfg.max_concurrency),
+            window_layers=lw.window_layers, io_threads=min(32, self.store.max_concurrency),
             on_store_error=self._note_store_error, on_corrupt=self._drop_corrupt,
         )
         self.pools = {PoolName.KV: kvcache}
@@ -123,6 +124,8 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self._down_until = 0.0
         self._epoch = 0
         self._last_wait: tuple[int, int, float] = (-1, -1, 0.0)
+        # JSON + Chrome trace of the last batches (layerwise.trace_path or OBJECTCACHE_TRACE).
+        self._trace_path = lw.trace_path or os.environ.get("OBJECTCACHE_TRACE", "")
         self._encode_pool = None  # GPU offloads wait for their D2H copy off the scheduler thread
         runtime.register(self)
         logger.info("objectcache: layerwise linker ready; namespace %s = %s; host tier %d MiB",
@@ -195,6 +198,11 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         rids = self._batch_rids.pop(counter_index, [])
         if not ok:
             self.stats.inc("layerwise_requests_recomputed", len(rids))
+        if self._trace_path:  # a debugging aid: bounded (last 256 batches), rewritten per batch
+            try:
+                self.timeline.save(self._trace_path)
+            except OSError as e:
+                logger.warning("objectcache: cannot write the layerwise trace: %s", e)
         return ok
 
     def suppress(self, rid: str) -> None:
@@ -213,16 +221,14 @@ class ObjectCacheLinker(UnifiedCacheLinker):
             self.loader.observe_layer_pace(t0 - last_end)
         self._last_wait = (index, layer, t1)
 
-    def _drop_corrupt(self, name: str, err: Exception) -> None:
-        """Same policy as page mode: a corrupt object is deleted so the page can be stored again."""
-        self.known.discard(name)
-        self.tier.discard(name)
-        logger.warning("objectcache: object %s is unusable (%s); deleting it", name, err)
-        try:
-            self.store.delete_many([name])
-            self.stats.inc("corrupt_deleted")
-        except StoreError:
-            pass
+    def _drop_corrupt(self, names: list[str], hashes: list[str]) -> None:
+        """A batch met a corrupt object: re-read its pages, delete every unusable one (same
+        policy as page mode, `scrub`), so the recompute can store them again."""
+        for name in names:
+            self.tier.discard(name)
+        digests = [self.keys.content_digest(h) for h in hashes]
+        deleted = scrub(self.store, self.geometry, names, digests, on_deleted=self.known.discard)
+        self.stats.inc("corrupt_deleted", len(deleted))
 
     def _note_store_error(self, err: StoreError) -> None:
         first = time.monotonic() >= self._down_until
@@ -324,9 +330,8 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self.reset()
         self.loader.close()
         self.store.close()
-        path = self.cfg.layerwise.trace_path or os.environ.get("OBJECTCACHE_TRACE", "")
-        if path:
-            self.timeline.save(path)
+        if self._trace_path:
+            self.timeline.save(self._trace_path)
 
     def save_trace(self, path: str) -> tuple[str, str]:
         return self.timeline.save(path)

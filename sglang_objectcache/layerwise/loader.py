@@ -81,7 +81,8 @@ class LayerwiseLoader:
         self.window = max(1, window_layers)
         self.layer_s = layer_s
         self.on_store_error = on_store_error or (lambda err: None)
-        self.on_corrupt = on_corrupt or (lambda name, err: None)  # called on a pool thread
+        # on_corrupt(names, hashes): every page of a batch that met a corrupt object; on a pool thread
+        self.on_corrupt = on_corrupt or (lambda names, hashes: None)
         self.device = device_layers[0][0].device
         self._cuda = self.device.type == "cuda"
         self._copy_stream = torch.cuda.Stream(self.device) if self._cuda else None
@@ -353,7 +354,9 @@ class LayerwiseLoader:
     def _corrupt(self, index: int, name: str, err: FormatError) -> None:
         self.stats.inc("checksum_failures")
         self.stats.miss("corrupt")
-        self._pool.submit(self.on_corrupt, name, err)
+        b = self._batches.get(index)
+        if b is not None and b.failed is None:
+            self._pool.submit(self.on_corrupt, list(b.names), list(b.hashes))
         self._fail(index, FormatError(f"{name}: {err}"))
 
     def _fail(self, index: int, err: BaseException) -> None:

@@ -38,17 +38,10 @@ _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimi
 EXISTS_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
 
 
-_CONFIG_CONCURRENCY = ObjectCacheConfig.__dataclass_fields__["max_concurrency"].default
-
-
 def concurrency(cfg: ObjectCacheConfig, override: Optional[int], transport_default: int) -> int:
-    """Requests in flight: an explicit override, else the user's `max_concurrency` if they
-    changed it, else the transport's own measured default (see bench_transports.py)."""
-    if override:
-        return override
-    if cfg.max_concurrency != _CONFIG_CONCURRENCY:
-        return cfg.max_concurrency
-    return transport_default
+    """Requests in flight: an explicit override, else the user's `max_concurrency` if set
+    (non-zero), else the transport's own measured default (see bench_transports.py)."""
+    return override or cfg.max_concurrency or transport_default
 
 
 def kind_for(status: int, code: str) -> str:

@@ -234,10 +234,24 @@ class ObstoreStore(ObjectStore):
                     create_bucket)
 
     def close(self) -> None:
-        if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+        if not self._loop.is_running():
+            return
+
+        async def cancel_all():
+            # Requests still in flight end with CancelledError in their callers' threads;
+            # stopping the loop under them would leave those threads waiting forever.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(timeout=10)
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
 
 
 def _probe(store: S3Store, connect_s: float) -> C.Probe:
