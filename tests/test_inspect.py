@@ -86,7 +86,7 @@ def test_store_summary_counts_namespaces_bytes_ages_and_cost(store):
     store.put("outside/x", b"not under the prefix")
     log = accesslog.AccessLog(store, a.namespace_prefix)
     log.record([pages_a[0][0], pages_a[1][0]])
-    assert log.flush() is not None
+    assert log.flush()
 
     s = bucket.scan(store, PREFIX)
     access = {d: accesslog.read(store, layout.namespace_prefix(PREFIX, d))[0] for d in s.namespaces}
@@ -182,20 +182,26 @@ def test_verify_cli_exit_status_and_json(store, s3_config, capsys):
 # ---- access log and gc --------------------------------------------------------------------
 
 
-def test_access_log_flush_read_and_parse(store):
+def test_access_log_is_one_object_per_server_rewritten_with_its_reads(store):
     ks = scheme()
     log = accesslog.AccessLog(store, ks.namespace_prefix)
-    assert log.flush() is None  # nothing pending, nothing written
-    k1, k2 = ks.object_key("a"), ks.object_key("b")
+    assert log.flush() and store.get(log.key) == b""  # written empty at startup
+    assert not log.flush()  # no reads since: no request
+    k1, k2, k3 = ks.object_key("a"), ks.object_key("b"), ks.object_key("c")
+    c1, c2, c3 = (k.rsplit("/", 1)[-1] for k in (k1, k2, k3))
     log.record([k1, k2], now=100.0)
     log.record([k1], now=200.0)
-    key1 = log.flush()
+    assert log.flush()
     log.record([k2], now=150.0)
-    key2 = log.flush()
-    assert key1 != key2 and layout.classify(key1, PREFIX).kind == layout.ACCESS_LOG
+    assert log.flush()
+    assert layout.classify(log.key, PREFIX).kind == layout.ACCESS_LOG
+    other = accesslog.AccessLog(store, ks.namespace_prefix, limit=2)  # another server
+    other.record([k3], now=50.0)
+    other.record([k2], now=300.0)
+    other.record([k1], now=60.0)
+    other.flush()  # over its limit: forgets its oldest read (k3)
     reads, logs = accesslog.read(store, ks.namespace_prefix)
-    c1, c2 = k1.rsplit("/", 1)[-1], k2.rsplit("/", 1)[-1]
-    assert reads == {c1: 200.0, c2: 150.0} and sorted(logs) == sorted([key1, key2])
+    assert reads == {c1: 200.0, c2: 300.0} and sorted(logs) == sorted([log.key, other.key])
     assert accesslog.parse(b"junk\n" + c1.encode() + b"\tnope\n" + c2.encode() + b"\t7\n") == {c2: 7.0}
 
 

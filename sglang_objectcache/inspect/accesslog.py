@@ -1,22 +1,26 @@
-"""When each page object was last read: a cheap append-only log kept in the bucket, for GC.
+"""When each page object was last read: a cheap log kept in the bucket, for GC.
 
 S3 keeps no access time, only LastModified (the write time). Writing metadata on every hit
-would cost one request per page read. Instead each server keeps the pages it served in a
-small in-memory map (object content id -> last read time) and every `interval_s` writes it
-as one new object `{prefix}/{ns}/_access/{host}-{pid}-{ms}-{rand}.log`, one line per page:
-`{content}\t{unix seconds}`. GC takes a page's last use as the latest of its LastModified
-and every logged read, and compacts the logs it merged into one.
+would cost one request per page read. Instead each server process keeps, per namespace, a
+map of the pages it has served (object content id -> last read, unix seconds) and rewrites
+it every `interval_s` (only when there were reads) as ONE object of its own,
+`{prefix}/{ns}/_access/{host}-{pid}-{start ms}-{rand}.log`, a line `{content}\t{seconds}` per
+page. The object is written (empty) when the backend attaches, so the set of keys in the
+bucket changes only when a server starts, never in the middle of serving. GC takes a page's
+last use as the latest of its LastModified and every log's read, then folds the logs it
+read into one; a live server simply writes its own log again on its next flush.
 
-Trade-offs (stated in docs/inspect.md): one PUT per server per interval while it has hits;
-reads after the last flush are lost if the server is killed (a clean close flushes), so GC
-may see a page as older than it is, never as younger; at most `max_keys` pages are kept
-between flushes (a full map is flushed early, not trimmed). Settings, by environment:
-`OBJECTCACHE_ACCESS_LOG_INTERVAL_S` (default 60; 0 turns the log off) and
+Trade-offs (also in docs/inspect.md): one PUT per server per interval while it has reads,
+of up to `max_keys` lines (~45 bytes each); reads after the last flush are lost if the
+server is killed (a clean close flushes), so GC may see a page as older than it is, never
+as younger; beyond `max_keys` pages a server forgets its oldest reads. Settings, by
+environment: `OBJECTCACHE_ACCESS_LOG_INTERVAL_S` (default 60; 0 turns the log off) and
 `OBJECTCACHE_ACCESS_LOG_MAX_KEYS` (default 100000).
 
-Server side, `record_hits` is hooked (inspect/hooks.py) after ObjectCacheStorage's
-`batch_get_v1`/`batch_get`, so the backend itself knows nothing of the log. Another reader
-of page objects (the layerwise path) calls `log_for(backend).record(object_keys)`.
+Server side (inspect/hooks.py): `start_log` after ObjectCacheStorage.register_mem_pool_host,
+`record_hits` after its `batch_get_v1`/`batch_get`, `flush_on_close` before its `close`, so
+the backend itself knows nothing of the log. Another reader of page objects (the layerwise
+path) calls `log_for(backend).record(object_keys)`.
 """
 
 from __future__ import annotations
@@ -72,14 +76,16 @@ def log_key(ns_prefix: str, now: float, tag: str = "") -> str:
 
 
 class AccessLog:
-    """Pending reads of one namespace; `flush` writes them as one log object."""
+    """The reads of one namespace by this process, and the one object that holds them."""
 
-    def __init__(self, store, ns_prefix: str, limit: Optional[int] = None):
+    def __init__(self, store, ns_prefix: str, limit: Optional[int] = None, now: Optional[float] = None):
         self.store, self.ns_prefix = store, ns_prefix
         self.limit = max_keys() if limit is None else limit
-        self._pending: dict[str, float] = {}
+        self.key = log_key(ns_prefix, time.time() if now is None else now)
+        self._reads: dict[str, float] = {}
+        self._dirty = True  # the first flush writes the (empty) object
         self._lock = threading.Lock()
-        self.flushed_keys = 0
+        self.flushes = 0
         self.failed_flushes = 0
 
     def record(self, object_keys: Iterable[str], now: Optional[float] = None) -> None:
@@ -89,33 +95,34 @@ class AccessLog:
         now = time.time() if now is None else now
         with self._lock:
             for i, k in enumerate(object_keys):
-                self._pending[k.rsplit("/", 1)[-1]] = now - i * 1e-6
-            full = len(self._pending) >= self.limit
-        if full:
-            _flusher.wake()
+                self._reads[k.rsplit("/", 1)[-1]] = now - i * 1e-6
+            self._dirty = True
+            over = len(self._reads) > 2 * self.limit
+        if over:
+            _flusher.wake()  # trims; the hot path never sorts
 
-    def pending(self) -> int:
+    def reads(self) -> dict[str, float]:
         with self._lock:
-            return len(self._pending)
+            return dict(self._reads)
 
-    def flush(self, now: Optional[float] = None) -> Optional[str]:
-        """Write the pending reads as one object; returns its key (None if nothing to write)."""
+    def flush(self) -> bool:
+        """Rewrite the log object if there were reads since the last flush. True if written."""
         with self._lock:
-            entries, self._pending = self._pending, {}
-        if not entries:
-            return None
-        key = log_key(self.ns_prefix, time.time() if now is None else now)
+            if not self._dirty:
+                return False
+            if len(self._reads) > self.limit:  # forget the oldest reads
+                self._reads = dict(sorted(self._reads.items(), key=lambda kv: kv[1])[-self.limit:])
+            body, self._dirty = encode(self._reads), False
         try:
-            self.store.put(key, encode(entries), if_absent=True)
+            self.store.put(self.key, body, if_absent=False)
         except StoreError as e:
+            with self._lock:
+                self._dirty = True
             self.failed_flushes += 1
-            logger.warning("objectcache: access log flush failed (%s); %d reads kept", e, len(entries))
-            with self._lock:  # newer reads win; beyond the limit the oldest are dropped
-                merged = {**entries, **self._pending}
-                self._pending = dict(sorted(merged.items(), key=lambda kv: kv[1])[-self.limit:])
-            return None
-        self.flushed_keys += len(entries)
-        return key
+            logger.warning("objectcache: access log %s not written (%s); will retry", self.key, e)
+            return False
+        self.flushes += 1
+        return True
 
 
 def read(store, ns_prefix: str) -> tuple[dict[str, float], list[str]]:
@@ -149,6 +156,17 @@ def log_for(backend) -> Optional[AccessLog]:
             log = _logs[backend] = AccessLog(backend.store, backend.keys.namespace_prefix)
     _flusher.start()
     return log
+
+
+def start_log(result, self, *args, **kwargs):
+    """AFTER hook on register_mem_pool_host: write this server's (empty) log at startup."""
+    try:
+        log = log_for(self)
+        if log is not None:
+            log.flush()
+    except Exception:  # noqa: BLE001 - never fail an attach over bookkeeping
+        logger.exception("objectcache: access log not started")
+    return None
 
 
 def record_hits(result, self, keys, *args, **kwargs):

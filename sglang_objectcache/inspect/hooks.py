@@ -8,7 +8,7 @@ registered only in the process that needs it, so no process imports more than it
     scheduler    rust_tree_core.adapter.RustUnifiedTreeCore.{match_prefix, AFTER    node handles
                  begin_insert, resume_insert, insert_host}                          (treeview)
     scheduler    sglang_objectcache.backend.ObjectCacheStorage.            AFTER    access log
-                 {batch_get_v1, batch_get}
+                 {register_mem_pool_host, batch_get_v1, batch_get}
     scheduler    sglang_objectcache.backend.ObjectCacheStorage.close       BEFORE   access log
     scheduler    managers.cache_controller.HiCacheController.              AFTER    metrics
                  attach_storage_backend
@@ -52,6 +52,7 @@ def register(registry) -> None:
                           endpoint.scheduler_dispatch, HookType.AROUND)
         for method in ("match_prefix", "begin_insert", "resume_insert", "insert_host"):
             registry.register(f"{RUST_CORE}.{method}", note_handles, HookType.AFTER)
+        registry.register(f"{BACKEND}.register_mem_pool_host", accesslog.start_log, HookType.AFTER)
         registry.register(f"{BACKEND}.batch_get_v1", accesslog.record_hits, HookType.AFTER)
         registry.register(f"{BACKEND}.batch_get", accesslog.record_hits, HookType.AFTER)
         registry.register(f"{BACKEND}.close", accesslog.flush_on_close, HookType.BEFORE)
