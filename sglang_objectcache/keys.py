@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import cached_property
+from functools import cached_property
 
 import xxhash
 
@@ -39,7 +41,7 @@ class Namespace:
         d["geometry"]["row_bytes"] = list(self.geometry.row_bytes)
         return d
 
-    @property
+    @cached_property  # every object key uses it; a frozen dataclass, so it never changes
     def digest(self) -> str:
         return xxhash.xxh3_64_hexdigest(json.dumps(self.describe(), sort_keys=True).encode())
 

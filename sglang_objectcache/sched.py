@@ -39,10 +39,14 @@ Rate and concurrency (every policy)
 
 Read policies (`SchedulerConfig.policy`)
 - "deadline": earliest `deadline` first; ties by `priority` (smaller first), `arrival`,
-  then submission order. Starvation bound: once a transfer has waited `starvation_ms`, no
-  transfer submitted after it starts before it (waited-out transfers go in submission
-  order, EDF among those submitted together). So its wait is at most `starvation_ms` plus
-  the time to start what was queued before it.
+  then submission order. Starvation bound: once a transfer is `starvation_ms` late (that
+  long past both its submission and its deadline), no transfer submitted after it starts
+  before it (waited-out transfers go in submission order, EDF among those submitted
+  together). So it starts at most `starvation_ms` after its deadline plus the time to start
+  what was queued before it, however much more urgent work keeps arriving. The clock starts
+  at the deadline, not at submission: a transfer that is not due yet is not starving, and
+  counting its wait from submission would, in a long bandwidth-bound burst, turn EDF into
+  round-robin (every transfer ages out and submission order takes over).
 - "fair": equal bandwidth per request with queued reads, by start-time fair queuing on bytes
   (each request is a flow; the transfer with the smallest start tag goes next).
 - "fifo": request arrival order, then layer order.
@@ -124,12 +128,18 @@ class TokenBucket:
 class _Entry:
     __slots__ = ("t", "key", "qtime", "seq", "live")
 
+
     def __init__(self, t: Transfer, key: tuple, qtime: float, seq: int):
         self.t, self.key, self.qtime, self.seq, self.live = t, key, qtime, seq, True
 
+    @property
+    def due(self) -> float:
+        """When the starvation clock starts: submitted and due."""
+        return max(self.qtime, self.t.deadline)
+
 
 class _Queue:
-    """Queued entries by policy key, and by (queue time, policy key) for the age bound."""
+    """Queued entries by policy key, and by (due time, policy key) for the starvation bound."""
 
     def __init__(self) -> None:
         self._by_key: list = []
@@ -141,7 +151,7 @@ class _Queue:
     def push(self, e: _Entry) -> None:
         n = next(self._pushes)
         heapq.heappush(self._by_key, (e.key, n, e))
-        heapq.heappush(self._by_age, (e.qtime, e.key, n, e))
+        heapq.heappush(self._by_age, (e.due, e.key, n, e))
         self.count += 1
         self.nbytes += e.t.nbytes
 
@@ -165,7 +175,7 @@ class _Queue:
         if old is None:
             return None, False
         best = self._top(self._by_key)
-        e = old if now - old.qtime >= max_wait else best
+        e = old if now - old.due >= max_wait else best
         self.kill(e)
         return e, e is not best
 

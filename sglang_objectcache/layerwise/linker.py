@@ -102,13 +102,13 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self.known = KnownKeys(self.cfg.exists_cache_entries)
         self.tier = HostTier(lw.host_cache_mb << 20)
         self.timeline = Timeline()
-        self.sched = Scheduler(self.cfg.scheduler)
+        self.scheduler = Scheduler(self.cfg.scheduler)  # owned by the loader's I/O thread
         self.layer_done_counter = LayerReadyCounter(
             self.geometry.num_layers, lw.layer_timeout_s, on_finish=self._stop_batch, on_wait=self._on_wait)
         self.loader = LayerwiseLoader(
             store=self.store, geometry=self.geometry, device_layers=self.device_layers,
             content_digest=self.keys.content_digest, counter=self.layer_done_counter,
-            scheduler=self.sched, tier=self.tier, timeline=self.timeline, stats=self.stats,
+            scheduler=self.scheduler, tier=self.tier, timeline=self.timeline, stats=self.stats,
             window_layers=lw.window_layers, io_threads=min(32, self.store.max_concurrency),
             on_store_error=self._note_store_error, on_corrupt=self._drop_corrupt,
         )
@@ -127,7 +127,9 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         # JSON + Chrome trace of the last batches (layerwise.trace_path or OBJECTCACHE_TRACE).
         self._trace_path = lw.trace_path or os.environ.get("OBJECTCACHE_TRACE", "")
         self._encode_pool = None  # GPU offloads wait for their D2H copy off the scheduler thread
+        self._batch_names: dict[int, list[str]] = {}
         runtime.register(self)
+        _start_observers(self)
         logger.info("objectcache: layerwise linker ready; namespace %s = %s; host tier %d MiB",
                     ns.digest, ns.describe(), lw.host_cache_mb)
 
@@ -190,14 +192,19 @@ class ObjectCacheLinker(UnifiedCacheLinker):
             ready = torch.cuda.Event()
             ready.record()
         self._batch_rids[index] = rids
+        self._batch_names[index] = names
         self.loader.load(index, rids, hashes, names, slots, ready)
         return index
 
     def finish_layer_wise_loading(self, counter_index: int) -> bool:
         ok = self.layer_done_counter.finish(counter_index)
         rids = self._batch_rids.pop(counter_index, [])
+        names = self._batch_names.pop(counter_index, [])
         if not ok:
             self.stats.inc("layerwise_requests_recomputed", len(rids))
+        else:
+            self.stats.inc("pages_hit", len(names))
+            _record_access(self, names)
         if self._trace_path:  # a debugging aid: bounded (last 256 batches), rewritten per batch
             try:
                 self.timeline.save(self._trace_path)
@@ -322,6 +329,7 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self._pending.clear()
         self.layer_done_counter.reset()
         self._batch_rids.clear()
+        self._batch_names.clear()
         self.tier.clear()
         while not self._offload_results.empty():
             self._offload_results.get_nowait()
@@ -335,6 +343,32 @@ class ObjectCacheLinker(UnifiedCacheLinker):
 
     def save_trace(self, path: str) -> tuple[str, str]:
         return self.timeline.save(path)
+
+
+def _start_observers(linker) -> None:
+    """The access log (for `objectcache-inspect gc`) and the Prometheus exporter, as the
+    page-mode backend gets them through its attach hooks."""
+    try:
+        from sglang_objectcache import metrics
+        from sglang_objectcache.inspect import accesslog
+
+        log = accesslog.log_for(linker)
+        if log is not None:
+            log.flush()
+        metrics.start_exporter()
+    except Exception:  # noqa: BLE001 - observability never blocks serving
+        logger.exception("objectcache: access log / metrics not started")
+
+
+def _record_access(linker, names: list[str]) -> None:
+    try:
+        from sglang_objectcache.inspect import accesslog
+
+        log = accesslog.log_for(linker)
+        if log is not None:
+            log.record(names)
+    except Exception:  # noqa: BLE001
+        logger.exception("objectcache: access log record failed")
 
 
 def _tp_rank_size(params) -> tuple[int, int]:

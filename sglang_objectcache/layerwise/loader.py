@@ -61,6 +61,7 @@ class _Batch:
     next_layer: int = 0  # first layer not yet submitted
     done_layers: int = 0
     events: list = field(default_factory=list)  # CUDA events of enqueued scatters
+    counter: object = None  # whose layers this batch completes
     failed: Optional[BaseException] = None
     stopped: bool = False
 
@@ -87,6 +88,7 @@ class LayerwiseLoader:
         self._cuda = self.device.type == "cuda"
         self._copy_stream = torch.cuda.Stream(self.device) if self._cuda else None
         self._batches: dict[int, _Batch] = {}
+        self._observed_rate = 0.0  # EWMA of bytes/s over completed reads
         self._free: list[torch.Tensor] = []  # staging buffers to reuse
         self._in_copy: list = []  # (staging, CUDA event) still being read by an H2D copy
         self._inbox: "queue.Queue" = queue.Queue()
@@ -98,9 +100,11 @@ class LayerwiseLoader:
     # ---- API (any thread) --------------------------------------------------------------
 
     def load(self, index: int, rids: list[str], hashes: list[str], names: list[str],
-             slots: torch.Tensor, ready_event=None) -> None:
-        """Start batch `index`. On GPU, `ready_event` marks when the slots are free to write."""
-        self._inbox.put(("load", index, rids, hashes, names, slots, ready_event, time.perf_counter()))
+             slots: torch.Tensor, ready_event=None, counter=None) -> None:
+        """Start batch `index`. On GPU, `ready_event` marks when the slots are free to write.
+        `counter` overrides the loader's own (several independent forwards share one link)."""
+        self._inbox.put(("load", index, rids, hashes, names, slots, ready_event, counter or self.counter,
+                         time.perf_counter()))
 
     def stop(self, index: int) -> None:
         """Stop batch `index`; returns once nothing will write its slots any more."""
@@ -118,6 +122,24 @@ class LayerwiseLoader:
             self._inbox.put(("quit",))
             self._thread.join(timeout=30)
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _projected_start(self, store_pages: int) -> float:
+        """When this batch's forward can really start consuming: after the bytes of the
+        batches ahead of it, at the link's rate. Deadlines from this order the scheduler
+        the way the link will actually serve the requests (see sched.plan_starts)."""
+        now = time.monotonic()
+        rate = self._rate()
+        if rate <= 0:
+            return now
+        g = self.g
+        ahead = sum(sum(o is None for o in b.host_objs) * (g.num_layers - b.done_layers) * g.layer_bytes
+                    for b in self._batches.values() if b.failed is None and not b.stopped)
+        return now + ahead / rate
+
+    def _rate(self) -> float:
+        """Bytes/s: the configured cap, else the observed read throughput."""
+        cap = self.sched.cfg.bandwidth_mbps * 1e6 / 8
+        return cap or self._observed_rate
 
     def observe_layer_pace(self, seconds: float) -> None:
         """Feed the forward's measured time per layer (deadline estimates)."""
@@ -151,6 +173,7 @@ class LayerwiseLoader:
             wake_at = decision.wake_at
 
     def _run_transfer(self, t: Transfer) -> None:
+        started = time.perf_counter()
         try:
             if t.kind == WRITE:
                 results = self.store.put_many(t.payload[1], if_absent=True)
@@ -158,7 +181,7 @@ class LayerwiseLoader:
                 results = self.store.get_ranges(t.payload[3])
         except Exception as e:  # noqa: BLE001 - transports should not raise; be safe
             results = [StoreError("client", f"{type(e).__name__}: {e}")] * len(t.payload[-1])
-        self._inbox.put(("result", t, results, time.perf_counter()))
+        self._inbox.put(("result", t, results, time.perf_counter(), started))
 
     def _handle(self, msg) -> None:
         kind = msg[0]
@@ -184,30 +207,30 @@ class LayerwiseLoader:
             self.sched.submit([Transfer("writes", -1, nbytes, kind=WRITE, payload=(on_done, items))],
                               time.monotonic())
         elif kind == "result":
-            _, t, results, t_arrived = msg
+            _, t, results, t_arrived, t_started = msg
             self.sched.done(t, time.monotonic())
             if t.kind == WRITE:
                 t.payload[0](results)
                 return
             try:
-                self._on_fetched(t, results, t_arrived)
+                self._on_fetched(t, results, t_arrived, t_started)
             except Exception as e:  # noqa: BLE001 - fail the batch, keep the thread
                 logger.exception("objectcache: layerwise result handling failed")
                 self._fail(t.payload[0], e)
 
     # ---- batches -------------------------------------------------------------------------
 
-    def _start(self, index, rids, hashes, names, slots, ready_event, t0) -> None:
+    def _start(self, index, rids, hashes, names, slots, ready_event, counter, t0) -> None:
         n = len(names)
         if ready_event is not None:
             self._copy_stream.wait_event(ready_event)
         host_objs = [self.tier.get(name) for name in names]
         want_tier = self.tier.capacity > 0
-        b = _Batch(index, rids, hashes, names, slots, deadline0=time.monotonic(),
-                   host_objs=host_objs,
+        b = _Batch(index, rids, hashes, names, slots, deadline0=self._projected_start(n - sum(
+                   o is not None for o in host_objs)), host_objs=host_objs,
                    tier_bufs=[bytearray(self.g.object_bytes) if (o is None and want_tier) else None
                               for o in host_objs],
-                   headers=[None] * n)
+                   headers=[None] * n, counter=counter)
         self._batches[index] = b
         n_host = sum(o is not None for o in host_objs)
         self.timeline.begin(index, rids, n - n_host, n_host, self.g.num_layers, t0)
@@ -263,7 +286,7 @@ class LayerwiseLoader:
         rows = max(n, PAGES_PER_TRANSFER)
         return torch.empty((rows, self.g.layer_bytes), dtype=torch.uint8, pin_memory=self._cuda)[:n]
 
-    def _on_fetched(self, t: Transfer, results, t_arrived: float) -> None:
+    def _on_fetched(self, t: Transfer, results, t_arrived: float, t_started: float) -> None:
         index, layer, group, ranges = t.payload
         b = self._batches.get(index)
         if b is None or b.stopped or b.failed is not None:
@@ -292,6 +315,10 @@ class LayerwiseLoader:
                 mv = mv[g.header_bytes :]
             self._stage(b, layer, i, mv)
         self.timeline.mark(index, layer, "arrived", t_arrived)
+        took = t_arrived - t_started
+        if took > 0:
+            rate = t.nbytes / took
+            self._observed_rate = rate if not self._observed_rate else 0.8 * self._observed_rate + 0.2 * rate
         self._advance(b)
 
     def _stage(self, b: _Batch, layer: int, i: int, data) -> None:
@@ -339,7 +366,7 @@ class LayerwiseLoader:
             self._free.append(staging)
         b.done_layers += 1
         self.timeline.mark(b.index, layer, "scattered", time.perf_counter())
-        self.counter.complete(b.index, layer, event)
+        b.counter.complete(b.index, layer, event)
 
     def _free_after(self, staging: torch.Tensor, event) -> None:
         # Pinned host memory: reuse it only once the H2D copy has read it.
@@ -368,4 +395,4 @@ class LayerwiseLoader:
         self.stats.inc("layerwise_batches_failed")
         logger.warning("objectcache: layerwise load %d failed (%s: %s); its requests recompute",
                        index, type(err).__name__, err)
-        self.counter.fail(index, err)
+        b.counter.fail(index, err)
