@@ -42,6 +42,10 @@ def _port_is_free(port: int) -> bool:
             return False
 
 
+class _PortTaken(Exception):
+    pass
+
+
 def weed_binary() -> str:
     found = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
     if not os.path.exists(found):
@@ -79,10 +83,21 @@ class SeaweedFS:
             raise ValueError(f"invalid S3 bucket name(s) {bad}: 3 to 63 characters")
         data = Path(self.data_dir)
         data.mkdir(parents=True, exist_ok=True)
-        if not self.s3_port:
-            self.s3_port = free_port()
-        elif not _port_is_free(self.s3_port):
+        pick_s3_port = not self.s3_port
+        if not pick_s3_port and not _port_is_free(self.s3_port):
             raise RuntimeError(f"port {self.s3_port} is already in use on 127.0.0.1")
+        # A free port can be taken (e.g. as another connection's ephemeral port) before weed
+        # binds it; weed then exits at once. Pick fresh ports and try again.
+        for attempt in range(3):
+            if pick_s3_port:
+                self.s3_port = free_port()
+            try:
+                return self._start_once(data, timeout_s)
+            except _PortTaken:
+                if attempt == 2:
+                    raise RuntimeError(f"SeaweedFS could not bind its ports; see {data}/weed.log") from None
+
+    def _start_once(self, data: Path, timeout_s: float) -> "SeaweedFS":
         identities = {"identities": [{
             "name": "objectcache",
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
@@ -99,7 +114,9 @@ class SeaweedFS:
         if self.buckets:
             args.append("-bucket=" + ",".join(self.buckets))
         (data / "data").mkdir(exist_ok=True)
-        log = open(self.log_path or data / "weed.log", "ab")
+        log_path = Path(self.log_path or data / "weed.log")
+        log_start = log_path.stat().st_size if log_path.exists() else 0
+        log = open(log_path, "ab")
         # Own process group: stop() kills weed's children too, even if a test fails.
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -107,6 +124,10 @@ class SeaweedFS:
             self._wait_ready(timeout_s)
         except BaseException:
             self.stop()
+            with open(log_path, "rb") as f:
+                f.seek(log_start)
+                if b"address already in use" in f.read():
+                    raise _PortTaken() from None
             raise
         return self
 

@@ -88,7 +88,8 @@ class LayerwiseLoader:
         self._cuda = self.device.type == "cuda"
         self._copy_stream = torch.cuda.Stream(self.device) if self._cuda else None
         self._batches: dict[int, _Batch] = {}
-        self._observed_rate = 0.0  # EWMA of bytes/s over completed reads
+        self._observed_rate = 0.0  # EWMA of the link's bytes/s, from completed reads
+        self._planned_rate = 0.0  # the rate the current deadlines were projected with
         self._free: list[torch.Tensor] = []  # staging buffers to reuse
         self._in_copy: list = []  # (staging, CUDA event) still being read by an H2D copy
         self._inbox: "queue.Queue" = queue.Queue()
@@ -135,6 +136,26 @@ class LayerwiseLoader:
         ahead = sum(sum(o is None for o in b.host_objs) * (g.num_layers - b.done_layers) * g.layer_bytes
                     for b in self._batches.values() if b.failed is None and not b.stopped)
         return now + ahead / rate
+
+    def _maybe_replan(self) -> None:
+        """Re-project every live batch's start when the rate estimate moved: a burst that
+        arrived before any transfer finished was planned blind (all due at once, which EDF
+        serves layer by layer round-robin), and the link's real rate orders it."""
+        rate = self._rate()
+        if rate <= 0 or len(self._batches) < 2:
+            return
+        if self._planned_rate and abs(rate - self._planned_rate) < 0.25 * self._planned_rate:
+            return
+        self._planned_rate = rate
+        now, ahead, g = time.monotonic(), 0.0, self.g
+        for index in sorted(self._batches):
+            b = self._batches[index]
+            if b.failed is not None or b.stopped:
+                continue
+            d0 = now + ahead / rate
+            b.deadline0 = d0
+            self.sched.update_deadlines(f"b{index}", lambda t, d0=d0: d0 + t.layer * self.layer_s)
+            ahead += sum(o is None for o in b.host_objs) * (g.num_layers - b.done_layers) * g.layer_bytes
 
     def _rate(self) -> float:
         """Bytes/s: the configured cap, else the observed read throughput."""
@@ -268,7 +289,7 @@ class LayerwiseLoader:
                 start, end = (0, g.layer_range(0)[1]) if layer == 0 else g.layer_range(layer)
                 ranges = [(b.names[i], start, end) for i in group]
                 transfers.append(Transfer(f"b{b.index}", layer, len(group) * (end - start),
-                                          deadline=deadline, kind=READ,
+                                          deadline=deadline, kind=READ, arrival=b.index,
                                           payload=(b.index, layer, group, ranges)))
             if transfers:
                 self.timeline.mark(b.index, layer, "issued", time.perf_counter())
@@ -317,8 +338,9 @@ class LayerwiseLoader:
         self.timeline.mark(index, layer, "arrived", t_arrived)
         took = t_arrived - t_started
         if took > 0:
-            rate = t.nbytes / took
+            rate = t.nbytes / took * min(len(self.sched._inflight) + 1, self.sched.cfg.max_inflight)
             self._observed_rate = rate if not self._observed_rate else 0.8 * self._observed_rate + 0.2 * rate
+            self._maybe_replan()
         self._advance(b)
 
     def _stage(self, b: _Batch, layer: int, i: int, data) -> None:
