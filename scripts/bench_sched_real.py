@@ -45,6 +45,7 @@ def main() -> None:
             ("burst of 8, 80 Mbit/s", base, 80.0),
             ("burst of 16, 80 Mbit/s", replace(base, requests=16), 80.0),
             ("burst of 16, 160 Mbit/s", replace(base, requests=16), 160.0),
+            ("burst of 32, 160 Mbit/s", replace(base, requests=32), 160.0),
             ("poisson 2/s x 16, 80 Mbit/s", replace(base, requests=16, arrival="poisson", rate_per_s=2.0), 80.0),
             ("burst of 8, uncapped (loopback)", base, 0.0),
         ]

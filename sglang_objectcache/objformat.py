@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import xxhash
@@ -57,7 +58,8 @@ class FormatError(ValueError):
 @dataclass(frozen=True)
 class PageGeometry:
     """Shape of one page object. `row_bytes[c]` is the bytes of one token of component c
-    in one layer (heads x head_dim x itemsize)."""
+    in one layer (heads x head_dim x itemsize). Derived sizes are cached: they sit on the
+    per-page, per-layer path of every read and write."""
 
     kind: str  # "mha" or "mla"
     num_layers: int
@@ -76,27 +78,27 @@ class PageGeometry:
         if self.num_layers <= 0 or self.tokens <= 0:
             raise ValueError("num_layers and tokens must be positive")
 
-    @property
+    @cached_property
     def num_components(self) -> int:
         return len(self.row_bytes)
 
     def component_bytes(self, c: int) -> int:
         return self.tokens * self.row_bytes[c]
 
-    @property
+    @cached_property
     def layer_bytes(self) -> int:
         return self.tokens * sum(self.row_bytes)
 
-    @property
+    @cached_property
     def payload_bytes(self) -> int:
         return self.num_layers * self.layer_bytes
 
-    @property
+    @cached_property
     def header_bytes(self) -> int:
         raw = _FIXED.size + self.num_layers * _ENTRY.size + _TAIL.size
         return -(-raw // ALIGN) * ALIGN
 
-    @property
+    @cached_property
     def object_bytes(self) -> int:
         return self.header_bytes + self.payload_bytes
 
@@ -152,18 +154,22 @@ def seal(geometry: PageGeometry, key_digest: bytes, obj: memoryview) -> None:
     obj[: g.header_bytes] = encode_header(g, key_digest, sums)
 
 
-def decode_header(buf, expected: PageGeometry, key_digest: bytes) -> Header:
-    """Parse and check the header at the start of `buf` against what the reader expects."""
-    mv = memoryview(buf).cast("B")
+def _unpack_fixed(mv: memoryview) -> tuple:
+    """The fixed header fields after magic and version (kind ... key_digest)."""
     if len(mv) < _FIXED.size:
         raise FormatError(f"truncated header: {len(mv)} bytes")
-    (magic, version, kind, dtype, layers, comps, tokens, header_bytes, rb0, rb1, payload, digest) = (
-        _FIXED.unpack_from(mv, 0)
-    )
+    magic, version, *fields = _FIXED.unpack_from(mv, 0)
     if magic != MAGIC:
         raise FormatError("bad magic")
     if version != VERSION:
         raise FormatError(f"format version {version}, expected {VERSION}")
+    return tuple(fields)
+
+
+def decode_header(buf, expected: PageGeometry, key_digest: bytes) -> Header:
+    """Parse and check the header at the start of `buf` against what the reader expects."""
+    mv = memoryview(buf).cast("B")
+    kind, dtype, layers, comps, tokens, header_bytes, rb0, rb1, payload, digest = _unpack_fixed(mv)
     g = expected
     rb = tuple(g.row_bytes) + (0,) * (2 - g.num_components)
     got = (kind, dtype, layers, comps, tokens, header_bytes, rb0, rb1, payload)
@@ -194,16 +200,7 @@ def peek_header(buf) -> tuple[PageGeometry, bytes]:
     For tools that know neither (a bucket verifier): pass the result back to `decode` to
     check the object against its own claims. Raises FormatError if it cannot be parsed.
     """
-    mv = memoryview(buf).cast("B")
-    if len(mv) < _FIXED.size:
-        raise FormatError(f"truncated header: {len(mv)} bytes")
-    (magic, version, kind, dtype, layers, comps, tokens, _hb, rb0, rb1, _payload, digest) = (
-        _FIXED.unpack_from(mv, 0)
-    )
-    if magic != MAGIC:
-        raise FormatError("bad magic")
-    if version != VERSION:
-        raise FormatError(f"format version {version}, expected {VERSION}")
+    kind, dtype, layers, comps, tokens, _hb, rb0, rb1, _payload, digest = _unpack_fixed(memoryview(buf).cast("B"))
     kinds = {v: k for k, v in KIND_CODES.items()}
     dtypes = {v: k for k, v in DTYPE_CODES.items()}
     try:
