@@ -5,6 +5,7 @@
 - `tiny_model` (session): a local tiny Llama directory (`OBJECTCACHE_TINY_MODEL_DIR` to reuse one).
 - `sglang_server` (module): a launcher, `sglang_server(args, name=...) -> SGLangServer`; every
   server it started is stopped at the end of the module, whether the tests passed or not.
+  Logs go to a temporary directory, or under `OBJECTCACHE_E2E_LOG_DIR` if set.
 - `fault_proxy`: a `FaultProxy` in front of the session's `s3` fixture (defined by the caller).
 """
 
@@ -26,8 +27,11 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def sglang_server(tiny_model, tmp_path_factory):
-    pool = ServerPool(tiny_model, str(tmp_path_factory.mktemp("sglang-logs")))
+def sglang_server(tiny_model, tmp_path_factory, request):
+    # OBJECTCACHE_E2E_LOG_DIR keeps the server logs where CI can collect them.
+    keep = os.environ.get("OBJECTCACHE_E2E_LOG_DIR")
+    where = os.path.join(keep, request.module.__name__) if keep else str(tmp_path_factory.mktemp("sglang-logs"))
+    pool = ServerPool(tiny_model, where)
     try:
         yield pool.launch
     finally:

@@ -3,7 +3,8 @@
 Contract: `FaultProxy(upstream_port).start()` listens on 127.0.0.1 and forwards every HTTP/1.1
 request to the upstream unchanged (keep-alive is kept: one upstream connection per client
 connection, responses framed by Content-Length, chunked encoding or end of stream). While
-`faults` is set, each request (optionally only those of some methods) may instead get:
+`faults` is set, each request (optionally only those of some methods, or whose target
+contains some text, such as one object key) may instead get:
 - `slowdown`: a fraction answered `503 SlowDown` with the XML error body S3 sends;
 - `reset`: a fraction whose response is cut halfway and the connection reset (TCP RST);
 - `latency_s`: a delay before forwarding;
@@ -43,9 +44,11 @@ class Faults:
     stall: bool = False
     # Methods the faults apply to (e.g. frozenset({"GET"})); None means every method.
     methods: frozenset[str] | None = None
+    # Only requests whose target (path and query) contains this text; "" means all.
+    target: str = ""
 
-    def applies(self, method: str) -> bool:
-        return self.methods is None or method in self.methods
+    def applies(self, method: str, target: str = "") -> bool:
+        return (self.methods is None or method in self.methods) and self.target in target
 
 
 NO_FAULTS = Faults()
@@ -223,13 +226,13 @@ class FaultProxy:
                 if head is None:
                     return
                 start, headers = head
-                method = start.split(b" ", 1)[0].decode("latin-1")
+                method, target = start.decode("latin-1").split(" ")[:2]
                 if (_header(headers, "expect") or "").lower() == "100-continue":
                     headers = [(k, v) for k, v in headers if k.lower() != "expect"]
                     client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
                 body = _read_body(reader, headers, until_eof=False)
                 self._count(self.seen, method)
-                if not self._handle(client, upstream, method, _serialize(start, headers) + body):
+                if not self._handle(client, upstream, method, target, _serialize(start, headers) + body):
                     return
         except (_Closed, OSError, ValueError):
             return
@@ -242,11 +245,11 @@ class FaultProxy:
                     except OSError:
                         pass
 
-    def _handle(self, client: socket.socket, upstream: list, method: str, request: bytes) -> bool:
+    def _handle(self, client: socket.socket, upstream: list, method: str, target: str, request: bytes) -> bool:
         """Answer one request; False when the client connection must end."""
         faults = self.faults
         kind = None
-        if faults.applies(method):
+        if faults.applies(method, target):
             if faults.stall:
                 self._count(self.injected, "stall")
                 if not self._hold(client):

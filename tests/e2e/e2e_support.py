@@ -132,3 +132,12 @@ def launch_on(sglang_server, l3: L3, name: str):
 
 def outputs(completions: list[Completion]) -> list[tuple[str, tuple[int, ...]]]:
     return [c.output for c in completions]
+
+
+def differences(completions: list[Completion], expected: list[tuple[str, tuple[int, ...]]]) -> list[str]:
+    """One line per answer that differs from `expected`, with where its prefix came from."""
+    return [
+        f"#{i}: prompt {c.prompt_tokens} tokens, cached device/host/storage {c.device}/{c.host}/{c.storage}: "
+        f"got {c.output_ids} expected {want[1]}"
+        for i, (c, want) in enumerate(zip(completions, expected)) if c.output != want
+    ]

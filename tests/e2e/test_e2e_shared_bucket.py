@@ -6,7 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from e2e_support import MAX_NEW, full_pages, launch_on, prompts, wait_for_writes
+from e2e_support import MAX_NEW, differences, full_pages, launch_on, prompts, wait_for_writes
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def restarted(sglang_server, l3):
 def test_restart_serves_earlier_prefixes_from_storage(restarted, reference):
     done = [restarted.client.generate(t, max_new_tokens=MAX_NEW) for t in EARLY]
     assert [(c.device, c.host, c.storage) for c in done] == [(0, 0, full_pages(c)) for c in done]
-    assert [c.output for c in done] == reference.outputs(EARLY)
+    assert not differences(done, reference.outputs(EARLY))
 
 
 def test_two_servers_share_pages_and_store_them_once(restarted, sglang_server, l3, reference):
@@ -54,4 +54,4 @@ def test_two_servers_share_pages_and_store_them_once(restarted, sglang_server, l
     with ThreadPoolExecutor(2) as pool:
         x, y = pool.map(lambda c: c.generate(both, max_new_tokens=MAX_NEW), (one, two))
     assert len(wait_for_writes(l3, before)) == len(written)
-    assert [a.output, b.output, x.output, y.output] == reference.outputs([text, text, both, both])
+    assert not differences([a, b, x, y], reference.outputs([text, text, both, both]))

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from e2e_support import BACKEND, MAX_NEW, full_pages, launch_on, outputs, prompts, wait_for_writes
+from e2e_support import BACKEND, MAX_NEW, differences, full_pages, launch_on, prompts, wait_for_writes
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +47,7 @@ def test_flush_then_resend_is_served_from_storage(main, l3, reference):
     main.client.flush_cache()
     again = send(main, texts)
     assert tiers(again) == [(0, 0, full_pages(c)) for c in again], main.log_tail()
-    assert outputs(again) == outputs(first) == reference.outputs(texts)
+    assert not differences(first + again, reference.outputs(texts * 2))
 
 
 def test_greedy_outputs_identical_without_cache_with_cache_and_after_storage_hit(main, l3, reference):
@@ -57,8 +57,8 @@ def test_greedy_outputs_identical_without_cache_with_cache_and_after_storage_hit
     main.client.flush_cache()
     hit = send(main, texts)
     assert all(c.storage == full_pages(c) > 256 for c in hit), tiers(hit)
-    assert outputs(first) == ref
-    assert outputs(hit) == ref
+    assert not differences(first, ref), "the populate pass changed answers"
+    assert not differences(hit, ref), "the storage-hit pass changed answers"
 
 
 def test_cache_salt_isolates_tenants(main, l3, reference):
@@ -74,7 +74,7 @@ def test_cache_salt_isolates_tenants(main, l3, reference):
     main.client.flush_cache()
     [a2] = send(main, [text], salt="tenant-a")
     assert a2.storage == full_pages(a2)
-    assert [a.output, b.output, plain.output, a2.output] == reference.outputs([text] * 4)
+    assert not differences([a, b, plain, a2], reference.outputs([text] * 4))
 
 
 def _corrupt(data: bytes) -> bytes:
@@ -100,7 +100,7 @@ def test_damaged_objects_are_misses_not_wrong_answers(main, l3, reference, damag
     hit_bad, hit_good = send(main, [bad, good])
     assert hit_bad.storage < full_pages(hit_bad), "a damaged object was served as a hit"
     assert hit_good.storage == full_pages(hit_good), "undamaged objects must still hit"
-    assert outputs([hit_bad, hit_good]) == reference.outputs([bad, good])
+    assert not differences([hit_bad, hit_good], reference.outputs([bad, good]))
     assert main.client.healthy()
 
 
