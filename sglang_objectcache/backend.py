@@ -24,8 +24,10 @@ import logging
 import threading
 import time
 import warnings
+from contextlib import closing
 from typing import Any, List, Optional
 
+import numpy as np
 import torch
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig
 
@@ -35,6 +37,7 @@ from sglang_objectcache.hostpool import HostPages
 from sglang_objectcache.keys import KeyScheme, Namespace, make_namespace
 from sglang_objectcache.known import KnownKeys
 from sglang_objectcache.scrub import scrub
+from sglang_objectcache.staging import StagingArena
 from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import StoreError, make_store
 
@@ -60,6 +63,7 @@ class ObjectCacheStorage(HiCacheStorage):
         self.cfg = ObjectCacheConfig.from_dict(storage_config.extra_config)
         self.stats = Stats()
         self.known = KnownKeys(self.cfg.exists_cache_entries)
+        self._staging = StagingArena()
         self.store = make_store(self.cfg)
         try:
             self.store.check(create_bucket=self.cfg.create_bucket)
@@ -162,17 +166,18 @@ class ObjectCacheStorage(HiCacheStorage):
         if n == len(names) or self._store_down():
             return n
         rest = names[n:]
-        results = self.store.exists_many(rest)
         self.stats.inc("head_requests", len(rest))
-        for name, r in zip(rest, results):
-            if isinstance(r, StoreError):
-                self._note_failure(r)
-                self.stats.inc("store_errors_" + r.kind)
-                return n
-            if not r:
-                return n
-            self.known.add(name)
-            n += 1
+        # Only the leading run matters: stop (and cancel the HEADs in flight) at its end.
+        with closing(_in_order(self.store.iter_exists(rest))) as answers:
+            for name, (_, r) in zip(rest, answers):
+                if isinstance(r, StoreError):
+                    self._note_failure(r)
+                    self.stats.inc("store_errors_" + r.kind)
+                    return n
+                if not r:
+                    return n
+                self.known.add(name)
+                n += 1
         self._note_success()
         return n
 
@@ -211,22 +216,31 @@ class ObjectCacheStorage(HiCacheStorage):
             return [False] * len(keys)
         g = self.pages.geometry
         names = [self.keys.object_key(k) for k in keys]
-        t0 = time.perf_counter()
-        blobs = self.store.get_many(names)
-        elapsed = time.perf_counter() - t0
-        self.stats.inc("get_requests", len(names))
-        self.stats.observe_get(elapsed, len(names))
         out = [False] * len(keys)
         nbytes = 0
-        for i, (key, name, blob, slot) in enumerate(zip(keys, names, blobs, slots)):
-            reason = self._load_page(self.pages, key, name, blob, slot)
-            if reason:
+        corrupt, suspect = False, {}
+        t0 = time.perf_counter()
+        # Each page is verified and copied into the host pool as soon as it and every page
+        # before it have landed, while the rest are still in flight.
+        with closing(_in_order(self.store.iter_get(names))) as landed:
+            for i, blob in landed:
+                if corrupt:  # the rest of the batch is suspect: check it all, load none
+                    suspect[i] = blob
+                    continue
+                reason = self._load_page(self.pages, keys[i], names[i], blob, slots[i])
+                if not reason:
+                    out[i] = True
+                    nbytes += g.object_bytes
+                    continue
                 self.stats.miss(reason, len(keys) - i)
-                if reason == "corrupt":  # the rest of the run is suspect: check it all now
-                    self._scrub(names[i + 1 :], keys[i + 1 :], blobs[i + 1 :])
-                break
-            out[i] = True
-            nbytes += g.object_bytes
+                if reason != "corrupt":
+                    break  # only the leading run counts: cancel the rest
+                corrupt = True
+        elapsed = time.perf_counter() - t0
+        if suspect:
+            self._scrub([names[i] for i in suspect], [keys[i] for i in suspect], list(suspect.values()))
+        self.stats.inc("get_requests", len(names))
+        self.stats.observe_get(elapsed, len(names))
         hits = sum(out)
         self.stats.inc("pages_hit", hits)
         self.stats.inc("bytes_read", nbytes)
@@ -250,8 +264,8 @@ class ObjectCacheStorage(HiCacheStorage):
             logger.warning("objectcache: object %s is unusable (%s): a miss", name, e)
             self._scrub([name], [key], [blob])
             return "corrupt"
-        buf = torch.frombuffer(blob, dtype=torch.uint8)
-        pages.write_page(slot, buf[pages.geometry.header_bytes :])
+        # Straight from the GET's buffer into the host pool: the only copy on this side.
+        pages.write_page(slot, memoryview(blob).cast("B")[pages.geometry.header_bytes:])
         self.known.add(name)
         self._note_success()
         return ""
@@ -272,10 +286,13 @@ class ObjectCacheStorage(HiCacheStorage):
         if self._store_down():
             return [False] * len(keys)
         t0 = time.perf_counter()
-        items = [(name, self._encode_page(self.pages, key, slots[i])) for i, key, name in todo]
-        results = self.store.put_many(items, if_absent=True)
+        g = self.pages.geometry
+        with self._staging.rows(len(todo), g.object_bytes) as staging:
+            objs = self._encode_pages(self.pages, [key for _, key, _ in todo], [slots[i] for i, _, _ in todo],
+                                      staging)
+            results = self.store.put_many([(name, obj) for (_, _, name), obj in zip(todo, objs)], if_absent=True)
         elapsed = time.perf_counter() - t0
-        self.stats.inc("put_requests", len(items))
+        self.stats.inc("put_requests", len(todo))
         written = 0
         for (i, _, name), r in zip(todo, results):
             if isinstance(r, StoreError):
@@ -288,7 +305,6 @@ class ObjectCacheStorage(HiCacheStorage):
                 written += 1
             else:
                 self.stats.inc("pages_deduped")
-        g = self.pages.geometry
         self.stats.inc("pages_written", written)
         self.stats.inc("bytes_written", written * g.object_bytes)
         self.stats.record_backup(written, written * g.object_bytes, elapsed)
@@ -296,11 +312,19 @@ class ObjectCacheStorage(HiCacheStorage):
 
     def _encode_page(self, pages: HostPages, key: str, slot: int) -> memoryview:
         g = pages.geometry
-        obj = torch.empty(g.object_bytes, dtype=torch.uint8)
-        pages.read_page(slot, obj[g.header_bytes :])
-        mv = memoryview(obj.numpy())
-        objformat.seal(g, self.keys.content_digest(key), mv)
-        return mv
+        return self._encode_pages(pages, [key], [slot], np.empty((1, g.object_bytes), dtype=np.uint8))[0]
+
+    def _encode_pages(self, pages: HostPages, keys: List[str], slots: List[int], staging: np.ndarray) -> list[memoryview]:
+        """Seal one object per (key, slot) into the rows of `staging`: one copy from the
+        host pool per component, one xxh3 per layer. PUTs send straight from these rows."""
+        g = pages.geometry
+        out = []
+        for row, key, slot in zip(staging, keys, slots):
+            pages.read_page(slot, row[g.header_bytes:])
+            mv = memoryview(row)
+            objformat.seal(g, self.keys.content_digest(key), mv)
+            out.append(mv)
+        return out
 
     # ---- HiCacheStorage: legacy flat-page API ------------------------------------------
     # Used only when SGLang does not select the v1 path (e.g. `dynamic` without
@@ -371,6 +395,22 @@ class ObjectCacheStorage(HiCacheStorage):
             self.store.close()
         except Exception:  # noqa: BLE001
             logger.exception("objectcache: close failed")
+
+
+def _in_order(results):
+    """(index, result) pairs from an any-order stream, yielded in index order, each as soon
+    as every lower index has arrived. Closing it closes `results`, which cancels the
+    requests still in flight."""
+    early: dict[int, Any] = {}
+    nxt = 0
+    try:
+        for i, r in results:
+            early[i] = r
+            while nxt in early:
+                yield nxt, early.pop(nxt)
+                nxt += 1
+    finally:
+        results.close()
 
 
 def _safe(cfg: ObjectCacheConfig) -> str:

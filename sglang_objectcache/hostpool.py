@@ -3,9 +3,17 @@
 SGLang's host pool (L2) keeps KV in one of three layouts; the object payload is always
 layer-major (`objformat`). For every layout, one component (K, V or the MLA latent) of one
 page is a strided uint8 view of shape [layers, tokens, row_bytes], and so is the matching
-slice of an object's payload. Moving a page is therefore one strided `copy_` per component
+slice of an object's payload. Moving a page is therefore one strided copy per component
 straight between the network buffer and the pool: no staging copy, and the same code for
 every layout. A page written under `page_first` reads back under `layer_first`.
+
+`read_page`/`write_page` take the payload as any buffer (a torch tensor, a numpy array, a
+memoryview, the bytes a GET returned) and copy with numpy on the calling thread, with the
+GIL released. torch's `copy_` splits each copy over its OpenMP threads, and on cores shared
+with SGLang's scheduler (and, here, the S3 server) every copy waits for the slowest thread:
+an 8 MiB page moved at 0.4-0.6 GB/s that way and at ~5 GB/s with numpy on this 2-core box
+(scripts/bench_storage.py). A host page is a few long runs of contiguous rows, so strided
+copies also beat an indexed gather (`sglang_objectcache.kernels`: ~2.6 GB/s on one thread).
 
     layout             component tensor            page p (slot s = p * P) as [L, P, row]
     layer_first        [L, slots, H, D]            X[:, s:s+P]
@@ -16,6 +24,7 @@ MLA buffers have H = 1 and D = kv_cache_dim.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from sglang_objectcache.objformat import PageGeometry
@@ -46,6 +55,7 @@ class HostPages:
         else:
             kind, comps = "mha", [pool.k_buffer, pool.v_buffer]
         self._bytes = [self._as_rows(t) for t in comps]
+        self._arrays = [x.numpy() for x in self._bytes]
         self.geometry = PageGeometry(
             kind=kind,
             num_layers=self.num_layers,
@@ -92,14 +102,36 @@ class HostPages:
                  "page_first_direct": (n, 1, L, P, row)}[self.layout]
         # Reuse page_views by presenting the flat page as a one-page pool of this layout.
         page._bytes = [u8.reshape(shape)[c] for c in range(n)]
+        page._arrays = [x.numpy() for x in page._bytes]
         return page
 
-    def read_page(self, slot: int, payload: torch.Tensor) -> None:
-        """Host page -> payload bytes."""
-        for dst, src in zip(self.payload_views(payload), self.page_views(slot)):
-            dst.copy_(src)
+    def _page_arrays(self, slot: int) -> list[np.ndarray]:
+        """`page_views` as numpy views (no torch dispatch per page)."""
+        P = self.page_size
+        if self.layout == "layer_first":
+            return [x[:, slot : slot + P] for x in self._arrays]
+        if self.layout == "page_first":
+            return [x[slot : slot + P].transpose(1, 0, 2) for x in self._arrays]
+        return [x[slot // P] for x in self._arrays]
 
-    def write_page(self, slot: int, payload: torch.Tensor) -> None:
-        """Payload bytes -> host page."""
-        for dst, src in zip(self.page_views(slot), self.payload_views(payload)):
-            dst.copy_(src)
+    def _payload_arrays(self, payload) -> list[np.ndarray]:
+        """`payload_views` as numpy views over any buffer of payload_bytes."""
+        g = self.geometry
+        if isinstance(payload, torch.Tensor):
+            payload = payload.view(-1).numpy()
+        size = memoryview(payload).nbytes
+        if size != g.payload_bytes:
+            raise ValueError(f"payload is {size} bytes, expected {g.payload_bytes}")
+        # Built straight on the buffer: a view, never a copy (read_page writes through it).
+        return [np.ndarray((g.num_layers, g.tokens, row), np.uint8, payload, g.component_offset(c),
+                           (g.layer_bytes, row, 1)) for c, row in enumerate(g.row_bytes)]
+
+    def read_page(self, slot: int, payload) -> None:
+        """Host page -> payload bytes (a writable buffer of payload_bytes)."""
+        for dst, src in zip(self._payload_arrays(payload), self._page_arrays(slot)):
+            np.copyto(dst, src)
+
+    def write_page(self, slot: int, payload) -> None:
+        """Payload bytes (any buffer of payload_bytes) -> host page."""
+        for dst, src in zip(self._page_arrays(slot), self._payload_arrays(payload)):
+            np.copyto(dst, src)

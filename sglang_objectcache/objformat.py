@@ -22,9 +22,9 @@ size, checksum) raises `FormatError` with the reason. Callers turn that into a c
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Sequence
 
 import xxhash
@@ -78,27 +78,27 @@ class PageGeometry:
         if self.num_layers <= 0 or self.tokens <= 0:
             raise ValueError("num_layers and tokens must be positive")
 
-    @cached_property
+    @functools.cached_property
     def num_components(self) -> int:
         return len(self.row_bytes)
 
     def component_bytes(self, c: int) -> int:
         return self.tokens * self.row_bytes[c]
 
-    @cached_property
+    @functools.cached_property
     def layer_bytes(self) -> int:
         return self.tokens * sum(self.row_bytes)
 
-    @cached_property
+    @functools.cached_property
     def payload_bytes(self) -> int:
         return self.num_layers * self.layer_bytes
 
-    @cached_property
+    @functools.cached_property
     def header_bytes(self) -> int:
         raw = _FIXED.size + self.num_layers * _ENTRY.size + _TAIL.size
         return -(-raw // ALIGN) * ALIGN
 
-    @cached_property
+    @functools.cached_property
     def object_bytes(self) -> int:
         return self.header_bytes + self.payload_bytes
 
@@ -127,6 +127,9 @@ def checksum(buf) -> int:
     return xxhash.xxh3_64_intdigest(buf)
 
 
+_xxh3 = xxhash.xxh3_64_intdigest  # the per-layer loops call it directly
+
+
 def encode_header(geometry: PageGeometry, key_digest: bytes, checksums: Sequence[int]) -> bytes:
     g = geometry
     if len(key_digest) != 16:
@@ -150,7 +153,8 @@ def encode_header(geometry: PageGeometry, key_digest: bytes, checksums: Sequence
 def seal(geometry: PageGeometry, key_digest: bytes, obj: memoryview) -> None:
     """Fill in the header of `obj` (object_bytes long) whose payload is already written."""
     g = geometry
-    sums = [checksum(obj[s:e]) for s, e in map(g.layer_range, range(g.num_layers))]
+    size = g.layer_bytes
+    sums = [_xxh3(obj[s : s + size]) for s in _table(g)[1]]
     obj[: g.header_bytes] = encode_header(g, key_digest, sums)
 
 
@@ -185,13 +189,20 @@ def decode_header(buf, expected: PageGeometry, key_digest: bytes) -> Header:
     (stored,) = _TAIL.unpack_from(mv, table_end)
     if stored != checksum(mv[:table_end]):
         raise FormatError("header checksum mismatch")
-    sums = []
-    for layer in range(layers):
-        off, length, cs = _ENTRY.unpack_from(mv, _FIXED.size + layer * _ENTRY.size)
-        if (off, off + length) != g.layer_range(layer):
-            raise FormatError(f"layer {layer} range mismatch")
-        sums.append(cs)
-    return Header(g, digest, tuple(sums))
+    table, starts = _table(g)
+    entries = table.unpack_from(mv, _FIXED.size)  # (offset, length, xxh3) per layer, flat
+    if entries[0::3] != starts or entries[1::3] != (g.layer_bytes,) * layers:
+        for layer in range(layers):
+            off, length = entries[3 * layer : 3 * layer + 2]
+            if (off, off + length) != g.layer_range(layer):
+                raise FormatError(f"layer {layer} range mismatch")
+    return Header(g, digest, entries[2::3])
+
+
+@functools.lru_cache(maxsize=64)
+def _table(g: PageGeometry) -> tuple[struct.Struct, tuple[int, ...]]:
+    """The layer table's struct and the layer offsets it must hold: one unpack per header."""
+    return struct.Struct("<" + "QQQ" * g.num_layers), tuple(map(g.layer_offset, range(g.num_layers)))
 
 
 def peek_header(buf) -> tuple[PageGeometry, bytes]:
@@ -225,7 +236,8 @@ def decode(buf, expected: PageGeometry, key_digest: bytes, verify: bool = True) 
         raise FormatError(f"object is {len(mv)} bytes, expected {expected.object_bytes}")
     header = decode_header(mv, expected, key_digest)
     if verify:
-        for layer in range(expected.num_layers):
-            s, e = expected.layer_range(layer)
-            verify_layer(header, layer, mv[s:e])
+        size = expected.layer_bytes
+        for layer, (start, cs) in enumerate(zip(_table(expected)[1], header.checksums)):
+            if _xxh3(mv[start : start + size]) != cs:
+                raise FormatError(f"layer {layer} checksum mismatch")
     return header

@@ -9,6 +9,11 @@ return one result per input, in input order. A per-item failure is returned as a
 `StoreError` in that slot, never raised, so one bad object cannot hide the others:
 - `get_many(keys)`: the object's bytes (any buffer: bytes, memoryview, obstore.Bytes),
   `None` if the key does not exist, or a `StoreError`.
+- `iter_get(keys)` / `iter_exists(keys)`: the same requests as `get_many` / `exists_many`
+  (as many in flight as `max_concurrency`), but each result is yielded as `(index, result)` as soon as it
+  arrives, in completion order, so a caller can work on one while the rest are in flight.
+  Every index is yielded once. A caller that stops early (breaks out, or closes the
+  iterator) cancels the requests still in flight. The defaults wait for the whole batch.
 - `get_ranges(reqs)`: for each (key, start, end) the bytes of [start, end); `None` if the
   key does not exist. Adjacent ranges of one key may be coalesced into one request; that
   is the transport's business.
@@ -77,6 +82,12 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    def iter_get(self, keys: Sequence[str]) -> Iterator[tuple[int, GetResult]]:
+        yield from enumerate(self.get_many(keys))
+
+    def iter_exists(self, keys: Sequence[str]) -> Iterator[tuple[int, Union[bool, StoreError]]]:
+        yield from enumerate(self.exists_many(keys))
 
     def get(self, key: str) -> Optional[Buffer]:
         (r,) = self.get_many([key])

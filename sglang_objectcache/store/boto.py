@@ -12,7 +12,7 @@ of `max_concurrency` and a batch of one runs inline.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Callable, Iterator, Optional, Sequence, TypeVar, Union
 
 import boto3
@@ -139,8 +139,26 @@ class Boto3Store(ObjectStore):
             return [fn(x) for x in items]
         return list(self._pool.map(fn, items))
 
+    def _iter(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[int, R]]:
+        if len(items) <= 1:
+            yield from enumerate(map(fn, items))
+            return
+        futures = {self._pool.submit(fn, x): i for i, x in enumerate(items)}
+        try:
+            for f in as_completed(futures):
+                yield futures[f], f.result()
+        finally:
+            for f in futures:  # a caller that stopped early: drop what has not started
+                f.cancel()
+
     def get_many(self, keys: Sequence[str]) -> list[GetResult]:
         return self._map(self._get, keys)
+
+    def iter_get(self, keys: Sequence[str]) -> Iterator[tuple[int, GetResult]]:
+        return self._iter(self._get, keys)
+
+    def iter_exists(self, keys: Sequence[str]) -> Iterator[tuple[int, Union[bool, StoreError]]]:
+        return self._iter(self._exists, keys)
 
     def get_ranges(self, reqs: Sequence[tuple[str, int, int]]) -> list[GetResult]:
         spans, bad = C.plan_ranges(reqs)

@@ -7,7 +7,8 @@ without the GIL. Large objects and PUTs are bound by the server, not the client.
 
 Each batch is one `asyncio.gather` on a private event loop in a daemon thread, bounded by
 a semaphore of `max_concurrency`; results are `obstore.Bytes` (buffer protocol, zero-copy
-from Rust), never copied into `bytes`.
+from Rust), never copied into `bytes`. `iter_get`/`iter_exists` hand each result to the
+calling thread through a queue as it lands, so the caller's copies overlap the transfers.
 
 Semantics kept equal to `Boto3Store`:
 - `list(prefix)` is a string prefix, as in S3. object_store lists directories, so we list
@@ -23,6 +24,7 @@ keys in `keys.py` are.
 from __future__ import annotations
 
 import asyncio
+import queue
 import re
 import threading
 from datetime import timedelta
@@ -115,6 +117,29 @@ class ObstoreStore(ObjectStore):
 
         return asyncio.run_coroutine_threadsafe(gather(), self._loop).result()
 
+    def _iter(self, request, items):
+        """Yield (index, request(item)) as each completes; closing the generator cancels the rest."""
+        done: queue.SimpleQueue = queue.SimpleQueue()
+
+        async def one(i, item):
+            done.put((i, await request(item)))
+
+        async def gather():
+            await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+
+        fut = asyncio.run_coroutine_threadsafe(gather(), self._loop)
+        # Wakes the consumer if the batch ends early (close() cancels it under us).
+        fut.add_done_callback(lambda f: done.put(None))
+        try:
+            for _ in range(len(items)):
+                got = done.get()
+                if got is None:
+                    fut.result()  # raises why the batch stopped
+                    raise StoreError("client", "batch ended without all its results")
+                yield got
+        finally:
+            fut.cancel()  # no-op once done; else cancels what is still in flight
+
     # --- batch calls --------------------------------------------------------------------
 
     def get_many(self, keys: Sequence[str]) -> list[GetResult]:
@@ -148,6 +173,12 @@ class ObstoreStore(ObjectStore):
 
     def exists_many(self, keys: Sequence[str]) -> list[Union[bool, StoreError]]:
         return self._run([self._exists(k) for k in keys])
+
+    def iter_get(self, keys: Sequence[str]) -> Iterator[tuple[int, GetResult]]:
+        return self._iter(self._get, keys)
+
+    def iter_exists(self, keys: Sequence[str]) -> Iterator[tuple[int, Union[bool, StoreError]]]:
+        return self._iter(self._exists, keys)
 
     def delete_many(self, keys: Sequence[str]) -> int:
         keys = list(keys)
