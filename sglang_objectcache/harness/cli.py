@@ -31,7 +31,8 @@ def format_table(reports: list[Report]) -> str:
             cells = (rep.workload, r.round, "yes" if r.flushed_before else "no", r.requests, r.errors,
                      "-" if r.ttft_p50_ms is None else f"{r.ttft_p50_ms:.1f}",
                      "-" if r.ttft_mean_ms is None else f"{r.ttft_mean_ms:.1f}",
-                     r.prompt_tokens, r.cached_tokens, r.device_tokens, r.host_tokens, r.storage_tokens,
+                     r.prompt_tokens, r.cached_tokens, *("-" if t is None else t for t in
+                                                         (r.device_tokens, r.host_tokens, r.storage_tokens)),
                      f"{r.hit_rate:.1%}")
             lines.append("  ".join(fmt.format(c) for c, (_, fmt) in zip(cells, COLUMNS)))
     for rep in reports:

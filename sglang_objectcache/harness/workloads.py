@@ -126,9 +126,10 @@ class RoundStats:
     ttft_mean_ms: float | None
     prompt_tokens: int
     cached_tokens: int
-    device_tokens: int
-    host_tokens: int
-    storage_tokens: int
+    # None when the server does not split hits by tier (started without --enable-cache-report).
+    device_tokens: int | None
+    host_tokens: int | None
+    storage_tokens: int | None
     hit_rate: float
     wall_s: float
     flushed_before: bool
@@ -140,13 +141,17 @@ class RoundStats:
         ttfts = [c.ttft_s * 1000 for c in done]
         prompt = sum(c.prompt_tokens for c in done)
         cached = sum(c.cached_tokens for c in done)
+        split = all(c.storage is not None for c in done)
+
+        def tier(name: str) -> int | None:
+            return sum(getattr(c, name) for c in done) if split else None
+
         return cls(
             round=idx, requests=len(results), errors=len(results) - len(done),
             ttft_p50_ms=round(statistics.median(ttfts), 1) if ttfts else None,
             ttft_mean_ms=round(statistics.fmean(ttfts), 1) if ttfts else None,
             prompt_tokens=prompt, cached_tokens=cached,
-            device_tokens=sum(c.device or 0 for c in done), host_tokens=sum(c.host or 0 for c in done),
-            storage_tokens=sum(c.storage or 0 for c in done),
+            device_tokens=tier("device"), host_tokens=tier("host"), storage_tokens=tier("storage"),
             hit_rate=round(cached / prompt, 4) if prompt else 0.0, wall_s=round(wall_s, 3), flushed_before=flushed,
             error_samples=tuple(sorted({r.error for r in results if r.error}))[:3],
         )

@@ -1,0 +1,52 @@
+"""The harness's pure parts, no server: workloads are reproducible, stats and table are right."""
+
+from __future__ import annotations
+
+import pytest
+
+from sglang_objectcache.harness import cli
+from sglang_objectcache.harness.client import Completion
+from sglang_objectcache.harness.workloads import LongDoc, MultiTurn, Report, Request, Result, RoundStats, SharedPrefix
+
+
+def _done(prompt=400, cached=384, tiers=(0, 0, 384), ttft=0.1, text="x"):
+    return Completion(text, (1, 2), prompt, cached, *tiers, ttft_s=ttft, latency_s=ttft * 2)
+
+
+def test_workloads_are_reproducible_and_reuse_what_they_claim():
+    assert SharedPrefix(seed=3).requests(0, []) == SharedPrefix(seed=3).requests(0, [])
+    assert SharedPrefix(seed=3).requests(0, []) != SharedPrefix(seed=4).requests(0, [])
+    sp = SharedPrefix(requests_per_round=3, system_tokens=50).requests(1, [])
+    system = sp[0].text.split("\nuser:")[0]
+    assert len(system.split()) == 51 and all(r.text.startswith(system) for r in sp)
+    doc0, doc1 = LongDoc(documents=1, doc_tokens=100).requests(0, []), LongDoc(documents=1, doc_tokens=100).requests(1, [])
+    assert doc0[0].text.split("\nquestion:")[0] == doc1[0].text.split("\nquestion:")[0]
+    assert doc0[0].text != doc1[0].text  # a new question about the same document
+
+    mt = MultiTurn(conversations=2, system_tokens=20, turn_tokens=5)
+    first = mt.requests(0, [])
+    second = mt.requests(1, [Result(r, _done(text=f" answer{i}")) for i, r in enumerate(first)])
+    for i, (a, b) in enumerate(zip(first, second)):
+        assert a.key == b.key and b.text.startswith(a.text + f" answer{i}\n")
+
+
+def test_round_stats_and_table():
+    req = Request("t", "k")
+    stats = RoundStats.of(1, [Result(req, _done(ttft=0.1)), Result(req, _done(ttft=0.3)),
+                              Result(req, None, "HTTP 500: boom")], wall_s=1.0, flushed=True)
+    assert (stats.requests, stats.errors, stats.ttft_p50_ms, stats.ttft_mean_ms) == (3, 1, 200.0, 200.0)
+    assert (stats.prompt_tokens, stats.cached_tokens, stats.storage_tokens, stats.hit_rate) == (800, 768, 768, 0.96)
+    no_split = RoundStats.of(0, [Result(req, _done(tiers=(None, None, None)))], 1.0, False)
+    table = cli.format_table([Report("long-doc", "u", {}, (stats, no_split))]).splitlines()
+    assert table[1].split() == ["long-doc", "1", "yes", "3", "1", "200.0", "200.0", "800", "768", "0", "0", "768",
+                                "96.0%"]
+    assert table[2].split()[9:12] == ["-", "-", "-"]  # the server gave no split: unknown, not zero
+    assert table[3] == "error in long-doc round 1: HTTP 500: boom"
+
+
+def test_cli_rejects_unknown_workloads_and_dead_servers(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--url", "http://127.0.0.1:9", "nope"])
+    assert e.value.code == 2
+    assert cli.main(["--url", "http://127.0.0.1:9", "long-doc"]) == 2
+    assert "not healthy" in capsys.readouterr().err
