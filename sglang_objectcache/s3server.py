@@ -159,7 +159,7 @@ class SeaweedFS:
         return boto3.client(
             "s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key, region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+            config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1},
                           connect_timeout=2, read_timeout=10),
         )
 
