@@ -370,7 +370,7 @@ def format_work(oc, host, B: int, P: int) -> dict:
     src, dst = host_indices(0, B, P), host_indices(B, B, P)
     t0 = time.perf_counter()
     with oc._staging.rows(B, g.object_bytes) as staging:
-        objs = oc._encode_pages(oc.pages, keys, src.tolist()[::P], staging)
+        objs = list(oc._encode_pages(oc.pages, keys, src.tolist()[::P], staging))
         encode_s = time.perf_counter() - t0
         blobs = [bytes(o) for o in objs]
     t0 = time.perf_counter()
@@ -555,10 +555,10 @@ def main() -> None:
     p.add_argument("--raw-conc-small", nargs="+", type=int, default=[16, 64, 128])
     p.add_argument("--raw-conc-big", nargs="+", type=int, default=[16, 64])
     p.add_argument("--set-batches-small", type=int, default=3)
-    p.add_argument("--set-batches-big", type=int, default=1)
+    p.add_argument("--set-batches-big", type=int, default=2)
     p.add_argument("--get-reps-small", type=int, default=5)
     p.add_argument("--get-reps-big", type=int, default=2)
-    p.add_argument("--exists-reps", type=int, default=3)
+    p.add_argument("--exists-reps", type=int, default=5)
     p.add_argument("--out", default="benchmarks/results/storage")
     p.add_argument("--verbose", action="store_true", help="print every batch")
     p.add_argument("--quick", action="store_true", help="tiny run to check the script works")

@@ -25,7 +25,7 @@ import threading
 import time
 import warnings
 from contextlib import closing
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -167,17 +167,17 @@ class ObjectCacheStorage(HiCacheStorage):
             return n
         rest = names[n:]
         self.stats.inc("head_requests", len(rest))
-        # Only the leading run matters: stop (and cancel the HEADs in flight) at its end.
-        with closing(_in_order(self.store.iter_exists(rest))) as answers:
-            for name, (_, r) in zip(rest, answers):
-                if isinstance(r, StoreError):
-                    self._note_failure(r)
-                    self.stats.inc("store_errors_" + r.kind)
-                    return n
-                if not r:
-                    return n
-                self.known.add(name)
-                n += 1
+        # Only the leading run matters: the store stops (and cancels the HEADs in flight)
+        # at its end.
+        for name, r in zip(rest, self.store.exists_prefix(rest)):
+            if isinstance(r, StoreError):
+                self._note_failure(r)
+                self.stats.inc("store_errors_" + r.kind)
+                return n
+            if not r:
+                return n
+            self.known.add(name)
+            n += 1
         self._note_success()
         return n
 
@@ -218,17 +218,25 @@ class ObjectCacheStorage(HiCacheStorage):
         names = [self.keys.object_key(k) for k in keys]
         out = [False] * len(keys)
         nbytes = 0
-        corrupt, suspect = False, {}
+        corrupt = False
+
+        def checked(landed):
+            # Verified the moment it lands, in any order: that writes nothing to the pool.
+            try:
+                for i, blob in landed:
+                    yield i, (blob, self._check_page(g, keys[i], names[i], blob))
+            finally:
+                landed.close()
+
         t0 = time.perf_counter()
-        # Each page is verified and copied into the host pool as soon as it and every page
-        # before it have landed, while the rest are still in flight.
-        with closing(_in_order(self.store.iter_get(names))) as landed:
-            for i, blob in landed:
-                if corrupt:  # the rest of the batch is suspect: check it all, load none
-                    suspect[i] = blob
+        # Copied into the host pool in page order, each as soon as it and every page
+        # before it are in, while the rest are still in flight; nothing past a miss.
+        with closing(_in_order(checked(self.store.iter_get(names)))) as landed:
+            for i, (blob, reason) in landed:
+                if corrupt:  # the rest of the batch is suspect: let every page be checked
                     continue
-                reason = self._load_page(self.pages, keys[i], names[i], blob, slots[i])
                 if not reason:
+                    self._copy_page(self.pages, names[i], blob, slots[i])
                     out[i] = True
                     nbytes += g.object_bytes
                     continue
@@ -237,8 +245,6 @@ class ObjectCacheStorage(HiCacheStorage):
                     break  # only the leading run counts: cancel the rest
                 corrupt = True
         elapsed = time.perf_counter() - t0
-        if suspect:
-            self._scrub([names[i] for i in suspect], [keys[i] for i in suspect], list(suspect.values()))
         self.stats.inc("get_requests", len(names))
         self.stats.observe_get(elapsed, len(names))
         hits = sum(out)
@@ -249,6 +255,13 @@ class ObjectCacheStorage(HiCacheStorage):
 
     def _load_page(self, pages: HostPages, key: str, name: str, blob, slot: int) -> str:
         """Verify one GET result and copy it into `pages` at `slot`. Returns a miss reason or ''."""
+        reason = self._check_page(pages.geometry, key, name, blob)
+        if not reason:
+            self._copy_page(pages, name, blob, slot)
+        return reason
+
+    def _check_page(self, g: objformat.PageGeometry, key: str, name: str, blob) -> str:
+        """Why a GET result cannot be used ('' if it can); an unusable object is deleted."""
         if isinstance(blob, StoreError):
             self._note_failure(blob)
             self.stats.inc("store_errors_" + blob.kind)
@@ -257,18 +270,19 @@ class ObjectCacheStorage(HiCacheStorage):
             self.known.discard(name)
             return "not_found"
         try:
-            objformat.decode(blob, pages.geometry, self.keys.content_digest(key),
-                             verify=self.cfg.verify_checksums)
+            objformat.decode(blob, g, self.keys.content_digest(key), verify=self.cfg.verify_checksums)
         except objformat.FormatError as e:
             self.stats.inc("checksum_failures")
             logger.warning("objectcache: object %s is unusable (%s): a miss", name, e)
             self._scrub([name], [key], [blob])
             return "corrupt"
+        return ""
+
+    def _copy_page(self, pages: HostPages, name: str, blob, slot: int) -> None:
         # Straight from the GET's buffer into the host pool: the only copy on this side.
         pages.write_page(slot, memoryview(blob).cast("B")[pages.geometry.header_bytes:])
         self.known.add(name)
         self._note_success()
-        return ""
 
     def _batch_set(self, keys: List[str], slots: List[int]) -> List[bool]:
         if self.pages is None:
@@ -288,9 +302,10 @@ class ObjectCacheStorage(HiCacheStorage):
         t0 = time.perf_counter()
         g = self.pages.geometry
         with self._staging.rows(len(todo), g.object_bytes) as staging:
-            objs = self._encode_pages(self.pages, [key for _, key, _ in todo], [slots[i] for i, _, _ in todo],
-                                      staging)
-            results = self.store.put_many([(name, obj) for (_, _, name), obj in zip(todo, objs)], if_absent=True)
+            # Each page is sealed while the ones before it upload.
+            sealed = self._encode_pages(self.pages, [key for _, key, _ in todo], [slots[i] for i, _, _ in todo],
+                                        staging)
+            results = self.store.put_iter(zip([name for _, _, name in todo], sealed), if_absent=True)
         elapsed = time.perf_counter() - t0
         self.stats.inc("put_requests", len(todo))
         written = 0
@@ -312,19 +327,18 @@ class ObjectCacheStorage(HiCacheStorage):
 
     def _encode_page(self, pages: HostPages, key: str, slot: int) -> memoryview:
         g = pages.geometry
-        return self._encode_pages(pages, [key], [slot], np.empty((1, g.object_bytes), dtype=np.uint8))[0]
+        return next(self._encode_pages(pages, [key], [slot], np.empty((1, g.object_bytes), dtype=np.uint8)))
 
-    def _encode_pages(self, pages: HostPages, keys: List[str], slots: List[int], staging: np.ndarray) -> list[memoryview]:
-        """Seal one object per (key, slot) into the rows of `staging`: one copy from the
-        host pool per component, one xxh3 per layer. PUTs send straight from these rows."""
+    def _encode_pages(self, pages: HostPages, keys: List[str], slots: List[int],
+                      staging: np.ndarray) -> Iterator[memoryview]:
+        """Seal one object per (key, slot) into the rows of `staging`, lazily: one copy from
+        the host pool per component, one xxh3 per layer. PUTs send straight from the rows."""
         g = pages.geometry
-        out = []
         for row, key, slot in zip(staging, keys, slots):
             pages.read_page(slot, row[g.header_bytes:])
             mv = memoryview(row)
             objformat.seal(g, self.keys.content_digest(key), mv)
-            out.append(mv)
-        return out
+            yield mv
 
     # ---- HiCacheStorage: legacy flat-page API ------------------------------------------
     # Used only when SGLang does not select the v1 path (e.g. `dynamic` without

@@ -9,11 +9,15 @@ return one result per input, in input order. A per-item failure is returned as a
 `StoreError` in that slot, never raised, so one bad object cannot hide the others:
 - `get_many(keys)`: the object's bytes (any buffer: bytes, memoryview, obstore.Bytes),
   `None` if the key does not exist, or a `StoreError`.
-- `iter_get(keys)` / `iter_exists(keys)`: the same requests as `get_many` / `exists_many`
-  (as many in flight as `max_concurrency`), but each result is yielded as `(index, result)` as soon as it
-  arrives, in completion order, so a caller can work on one while the rest are in flight.
-  Every index is yielded once. A caller that stops early (breaks out, or closes the
-  iterator) cancels the requests still in flight. The defaults wait for the whole batch.
+- `iter_get(keys)`: the same GETs as `get_many` (as many in flight as `max_concurrency`),
+  but each result is yielded as `(index, result)` as soon as it arrives, in completion
+  order, so a caller can work on one while the rest are in flight. Every index is yielded
+  once. A caller that stops early (breaks out, or closes the iterator) cancels the
+  requests still in flight. The default waits for the whole batch.
+- `put_iter(items)`: `put_many` over an iterable, each PUT started as soon as its item is
+  produced (the caller seals page i + 1 while page i uploads); results in input order.
+- `exists_prefix(keys)`: `exists_many` for a leading run: the answers in order up to and
+  including the first one that is not True; the HEADs past it may be cancelled unanswered.
 - `get_ranges(reqs)`: for each (key, start, end) the bytes of [start, end); `None` if the
   key does not exist. Adjacent ranges of one key may be coalesced into one request; that
   is the transport's business.
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -86,8 +90,13 @@ class ObjectStore(ABC):
     def iter_get(self, keys: Sequence[str]) -> Iterator[tuple[int, GetResult]]:
         yield from enumerate(self.get_many(keys))
 
-    def iter_exists(self, keys: Sequence[str]) -> Iterator[tuple[int, Union[bool, StoreError]]]:
-        yield from enumerate(self.exists_many(keys))
+    def put_iter(self, items: Iterable[tuple[str, Buffer]], if_absent: bool = True) -> list[Union[bool, StoreError]]:
+        return self.put_many(list(items), if_absent)
+
+    def exists_prefix(self, keys: Sequence[str]) -> list[Union[bool, StoreError]]:
+        answers = self.exists_many(keys)
+        end = next((i for i, r in enumerate(answers) if r is not True), len(answers) - 1)
+        return answers[: end + 1]
 
     def get(self, key: str) -> Optional[Buffer]:
         (r,) = self.get_many([key])

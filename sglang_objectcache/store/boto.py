@@ -13,7 +13,7 @@ of `max_concurrency` and a batch of one runs inline.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Callable, Iterator, Optional, Sequence, TypeVar, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
 import boto3
 from botocore import exceptions as bx
@@ -157,8 +157,20 @@ class Boto3Store(ObjectStore):
     def iter_get(self, keys: Sequence[str]) -> Iterator[tuple[int, GetResult]]:
         return self._iter(self._get, keys)
 
-    def iter_exists(self, keys: Sequence[str]) -> Iterator[tuple[int, Union[bool, StoreError]]]:
-        return self._iter(self._exists, keys)
+    def exists_prefix(self, keys: Sequence[str]) -> list[Union[bool, StoreError]]:
+        if len(keys) <= 1:
+            return [self._exists(k) for k in keys]
+        futures = [self._pool.submit(self._exists, k) for k in keys]
+        out = []
+        try:
+            for f in futures:
+                out.append(f.result())
+                if out[-1] is not True:
+                    break
+        finally:
+            for f in futures:  # HEADs not started yet are dropped
+                f.cancel()
+        return out
 
     def get_ranges(self, reqs: Sequence[tuple[str, int, int]]) -> list[GetResult]:
         spans, bad = C.plan_ranges(reqs)
@@ -175,6 +187,16 @@ class Boto3Store(ObjectStore):
 
     def put_many(self, items: Sequence[tuple[str, Buffer]], if_absent: bool = True) -> list[Union[bool, StoreError]]:
         return self._map(lambda kv: self._put(kv[0], kv[1], if_absent), items)
+
+    def put_iter(self, items: Iterable[tuple[str, Buffer]], if_absent: bool = True) -> list[Union[bool, StoreError]]:
+        futures = []
+        try:
+            for key, data in items:
+                futures.append(self._pool.submit(self._put, key, data, if_absent))
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:  # only if we got here by an exception: drop what has not started
+                f.cancel()
 
     def exists_many(self, keys: Sequence[str]) -> list[Union[bool, StoreError]]:
         return self._map(self._exists, keys)

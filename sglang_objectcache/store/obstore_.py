@@ -7,8 +7,8 @@ without the GIL. Large objects and PUTs are bound by the server, not the client.
 
 Each batch is one `asyncio.gather` on a private event loop in a daemon thread, bounded by
 a semaphore of `max_concurrency`; results are `obstore.Bytes` (buffer protocol, zero-copy
-from Rust), never copied into `bytes`. `iter_get`/`iter_exists` hand each result to the
-calling thread through a queue as it lands, so the caller's copies overlap the transfers.
+from Rust), never copied into `bytes`. `iter_get` hands each result to the calling thread
+through a queue as it lands, so the caller's copies overlap the transfers.
 
 Semantics kept equal to `Boto3Store`:
 - `list(prefix)` is a string prefix, as in S3. object_store lists directories, so we list
@@ -28,7 +28,7 @@ import queue
 import re
 import threading
 from datetime import timedelta
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import obstore
@@ -174,11 +174,37 @@ class ObstoreStore(ObjectStore):
     def exists_many(self, keys: Sequence[str]) -> list[Union[bool, StoreError]]:
         return self._run([self._exists(k) for k in keys])
 
+    def put_iter(self, items: Iterable[tuple[str, Buffer]], if_absent: bool = True) -> list[Union[bool, StoreError]]:
+        mode = "create" if if_absent else "overwrite"
+        futures = []
+        try:
+            for key, data in items:  # each PUT is on the loop before the next item is made
+                futures.append(asyncio.run_coroutine_threadsafe(self._put(key, data, mode), self._loop))
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:  # only if we got here by an exception: no-op once done
+                f.cancel()
+
     def iter_get(self, keys: Sequence[str]) -> Iterator[tuple[int, GetResult]]:
         return self._iter(self._get, keys)
 
-    def iter_exists(self, keys: Sequence[str]) -> Iterator[tuple[int, Union[bool, StoreError]]]:
-        return self._iter(self._exists, keys)
+    def exists_prefix(self, keys: Sequence[str]) -> list[Union[bool, StoreError]]:
+        async def leading_run():
+            # All HEADs start at once; answers are taken in order, and the first that is
+            # not True cancels the rest. One hand-off to the caller, not one per key.
+            tasks = [asyncio.ensure_future(self._exists(k)) for k in keys]
+            out = []
+            try:
+                for t in tasks:
+                    out.append(await t)
+                    if out[-1] is not True:
+                        break
+            finally:
+                for t in tasks:
+                    t.cancel()
+            return out
+
+        return asyncio.run_coroutine_threadsafe(leading_run(), self._loop).result()
 
     def delete_many(self, keys: Sequence[str]) -> int:
         keys = list(keys)
