@@ -21,9 +21,11 @@ other host slots (the first read is checked byte for byte against the source pag
 asks `batch_exists` for it `--exists-reps` times. objectcache's `batch_exists` is timed
 twice: `cold` (its known-keys cache cleared first, so every key costs a HEAD, as for a
 fresh server) and `warm` (the keys were just read: no request is made); the in-tree
-backends have no such cache and are always cold. Systems take turns batch by batch, in an
-order that rotates each run (this machine is shared and its load moves); every ratio is
-taken inside one run, then summarized as the median and range over runs.
+backends have no such cache and are always cold. Systems take turns batch by batch, in a
+random order each round (this machine is shared and its load moves), and each timed
+`batch_set` starts after `--settle-s` of idle time, so no system inherits the server's
+work on another's PUTs. Every ratio is taken inside one run, then summarized as the
+median and range over runs.
 
 Also measured: xxh3 throughput on one page and objectcache's format work per batch (seal,
 verify, host-pool copies) without the network.
@@ -41,6 +43,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import sys
@@ -314,12 +317,17 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
         keys = page_hashes(warm)
         sysm.set(keys, src[: warm * P]), sysm.get(keys, dst[: warm * P]), sysm.exists(keys, True)
 
-    # A lane is one system (raw: one per concurrency). Lanes alternate batch by batch, in
-    # an order that rotates each run, so a change in this shared machine's load lands on
-    # all of them alike.
+    # A lane is one system (raw: one per concurrency). Lanes take turns batch by batch, in
+    # a fresh random order each round, so a change in this shared machine's load lands on
+    # all of them alike, and no lane always follows the same one (the server still works
+    # off a batch of PUTs after answering them; see --settle-s).
     lanes = [("raw", c) for c in concs if "raw" in args.systems] + \
         [(name, None) for name in SYSTEMS[1:] if name in args.systems]
-    order = lanes[run % len(lanes):] + lanes[:run % len(lanes)]
+    rng = random.Random(run)
+
+    def rounds(n):
+        for _ in range(n):
+            yield rng.sample(lanes, len(lanes))
 
     def put(lane, keys):
         name, conc = lane
@@ -337,15 +345,16 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
         return {"conc": lane[1]} if lane[1] else {}
 
     read_keys = {}
-    for _ in range(set_batches):
+    for order in rounds(set_batches):
         for lane in order:
+            time.sleep(args.settle_s)
             keys = [f"raw/{uuid.uuid4().hex}" for _ in range(B)] if lane[0] == "raw" else page_hashes(B)
             read_keys.setdefault(lane, keys)
             n, t = timer(lambda: put(lane, keys))
             if n != B:
                 raise RuntimeError(f"{lane}: batch_set stored {n} of {B} pages")
             record(lane[0], "set", n, t, **conc_of(lane))
-    for rep in range(get_reps):
+    for rep, order in enumerate(rounds(get_reps)):
         for lane in order:
             check = rep == 0 and lane[0] != "raw"
             if check:
@@ -356,7 +365,7 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
             if check:
                 check_pages(host, 0, B, B, P)
             record(lane[0], "get", n, t, **conc_of(lane))
-    for _ in range(args.exists_reps):
+    for order in rounds(args.exists_reps):
         for lane in order:
             name, conc = lane
             if name == "raw":
@@ -602,6 +611,7 @@ def main() -> None:
     p.add_argument("--get-reps-small", type=int, default=5)
     p.add_argument("--get-reps-big", type=int, default=3)
     p.add_argument("--exists-reps", type=int, default=5)
+    p.add_argument("--settle-s", type=float, default=1.0, help="idle time before each timed batch_set")
     p.add_argument("--out", default="benchmarks/results/storage")
     p.add_argument("--verbose", action="store_true", help="print every batch")
     p.add_argument("--quick", action="store_true", help="tiny run to check the script works")
@@ -610,6 +620,7 @@ def main() -> None:
         args.page_tokens, args.batch, args.runs = [2, 16], 16, 1
         args.raw_conc_small = args.raw_conc_big = [16]
         args.set_batches_small = args.get_reps_small = args.get_reps_big = args.exists_reps = 1
+        args.settle_s = 0.1
     shape = Shape(args.layers, args.kv_heads, args.head_dim)
     nice = f"nice -n {os.nice(0)} " if os.nice(0) else ""
     out = {"command": nice + " ".join([".venv/bin/python", *sys.argv]),

@@ -5,7 +5,8 @@ Contract with SGLang 0.5.23's HiCacheController (managers/cache_controller.py):
   One object per page, layer-major (`objformat`), independent of the host layout.
 - `batch_exists(keys)` returns the length of the leading run of pages present.
 - `batch_get_v1(keys, host_indices)` copies each page straight from the network buffer into
-  its host-pool slots and returns one bool per page; only the leading run of True counts.
+  its host-pool slots, in page order as the pages land, and returns one bool per page; only
+  the leading run of True counts, and nothing is written past a miss.
 - `batch_set_v1(keys, host_indices)` writes pages that are not known to exist, with a
   conditional PUT (If-None-Match: *), so two servers writing one prefix store it once; it
   returns one bool per page and SGLang treats any False as a failed backup.
@@ -23,7 +24,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import warnings
 from contextlib import closing
 from typing import Any, Iterator, List, Optional
 
@@ -42,8 +42,6 @@ from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import StoreError, make_store
 
 logger = logging.getLogger(__name__)
-# GET buffers are read-only; torch views of them are only ever read from.
-warnings.filterwarnings("ignore", message="The given buffer is not writable")
 
 
 def namespace_for(cfg: ObjectCacheConfig, sc: HiCacheStorageConfig, pages: HostPages, pool) -> Namespace:

@@ -14,16 +14,16 @@ return one result per input, in input order. A per-item failure is returned as a
   order, so a caller can work on one while the rest are in flight. Every index is yielded
   once. A caller that stops early (breaks out, or closes the iterator) cancels the
   requests still in flight. The default waits for the whole batch.
-- `put_iter(items)`: `put_many` over an iterable, each PUT started as soon as its item is
-  produced (the caller seals page i + 1 while page i uploads); results in input order.
-- `exists_prefix(keys)`: `exists_many` for a leading run: the answers in order up to and
-  including the first one that is not True; the HEADs past it may be cancelled unanswered.
 - `get_ranges(reqs)`: for each (key, start, end) the bytes of [start, end); `None` if the
   key does not exist. Adjacent ranges of one key may be coalesced into one request; that
   is the transport's business.
 - `put_many(items)`: True if written, False if the key already existed (with
   `if_absent=True` a conditional PUT, `If-None-Match: *`, so two writers store once).
+- `put_iter(items)`: `put_many` over an iterable, each PUT started as soon as its item is
+  produced (the caller seals page i + 1 while page i uploads); results in input order.
 - `exists_many(keys)`: True/False per key (HEAD), or a `StoreError`.
+- `exists_prefix(keys)`: `exists_many` for a leading run: the answers in order up to and
+  including the first one that is not True; the HEADs past it may be cancelled unanswered.
 - `delete_many(keys)`: deletes what exists; returns how many keys it was asked to delete
   that are now gone.
 - `list(prefix)`: every object under `prefix`, as `ObjectInfo`, paginated lazily.

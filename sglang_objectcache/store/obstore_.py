@@ -8,7 +8,9 @@ without the GIL. Large objects and PUTs are bound by the server, not the client.
 Each batch is one `asyncio.gather` on a private event loop in a daemon thread, bounded by
 a semaphore of `max_concurrency`; results are `obstore.Bytes` (buffer protocol, zero-copy
 from Rust), never copied into `bytes`. `iter_get` hands each result to the calling thread
-through a queue as it lands, so the caller's copies overlap the transfers.
+through a queue as it lands, so the caller's copies overlap the transfers; `put_iter` puts
+each PUT on the loop as soon as the caller has sealed it; `exists_prefix` awaits the HEADs
+in order on the loop and cancels the rest at the first miss, so the caller wakes once.
 
 Semantics kept equal to `Boto3Store`:
 - `list(prefix)` is a string prefix, as in S3. object_store lists directories, so we list
