@@ -79,6 +79,19 @@ def stored(capsys, server, text: str) -> dict:
         tree(capsys, server, text)), what="write-back of the prompt's pages")
 
 
+def settled_metrics(server) -> dict[str, float]:
+    """Metrics once the exporter has caught up: two reads three export intervals apart agree
+    (the exporter runs every 0.5 s here, and a test can finish well within that)."""
+    last = metrics(server)
+    for _ in range(40):
+        time.sleep(1.5)
+        now = metrics(server)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("the metrics never settled")
+
+
 def metrics(server) -> dict[str, float]:
     out = {}
     for line in requests.get(server.url + "/metrics", timeout=30).text.splitlines():
@@ -129,7 +142,7 @@ def test_metrics_move_on_hits_and_on_a_corrupt_object_that_verify_then_finds(ser
     server.client.generate(bad_text, max_new_tokens=2)
     stored(capsys, server, hit_text)
     bad_keys = stored(capsys, server, bad_text)["query"]["object_keys"]
-    before = metrics(server)
+    before = settled_metrics(server)
     server.client.flush_cache()
 
     assert server.client.generate(hit_text, max_new_tokens=2).storage == PAGES * PAGE
