@@ -32,12 +32,21 @@ class LayerwiseConfig:
     host_cache_mb: int = 1024
     # Pages fetched per ranged-GET group and layers fetched ahead of the forward.
     window_layers: int = 4
+    # Consecutive layers of a page read by one ranged GET. 1 (the paper's pipeline) makes
+    # the first layer arrive soonest; more cuts the request count by that factor, for
+    # stores where each request costs more than its bytes (small layers, CPU-bound servers).
+    layers_per_get: int = 1
     # A layer not ready after this long makes the request fall back to recompute.
     layer_timeout_s: float = 5.0
     # A failed or late load re-queues its requests for a full recompute (needs
     # --disable-overlap-schedule); off, SGLang aborts them with HTTP 503.
     recompute_on_failure: bool = True
     trace_path: str = ""
+
+    def __post_init__(self) -> None:
+        for key in ("window_layers", "layers_per_get"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)!r}")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ class Rig:
     """A source pool whose pages are in the bucket, and a destination pool to load into."""
 
     def __init__(self, s3_config: dict, *, host_mb: int = 0, timeout_s: float = 5.0, window: int = 4,
-                 layers: int = 3):
+                 layers: int = 3, per_get: int = 1):
         self.cfg = ObjectCacheConfig.from_dict(s3_config)
         self.src_dev, _ = make_pools("mha", page_size=PAGE, host=False)
         self.dst_dev, _ = make_pools("mha", page_size=PAGE, host=False)
@@ -57,7 +57,7 @@ class Rig:
             store=self.store, geometry=self.g, device_layers=self.dst,
             content_digest=self.keys.content_digest, counter=self.counter,
             scheduler=Scheduler(SchedulerConfig()), tier=self.tier, timeline=self.timeline,
-            stats=self.stats, window_layers=window, on_corrupt=lambda names, hashes: self.corrupt.extend(names))
+            stats=self.stats, window_layers=window, layers_per_get=per_get, on_corrupt=lambda names, hashes: self.corrupt.extend(names))
 
     def slots(self, pages) -> torch.Tensor:
         return torch.tensor([p * PAGE + t for p in pages for t in range(PAGE)], dtype=torch.int64)
@@ -119,6 +119,38 @@ def test_loads_every_layer_into_the_right_slots(rig):
     assert rig.same([1, 2, 3, 4, 5, 6], [30, 9, 17, 40, 2, 11])
     assert rig.untouched([0, 1, 3, 10, 12, 31, 41])
     assert rig.stats.counters["layerwise_pages_store"] == 6
+
+
+@pytest.mark.parametrize("per_get, window", [(2, 1), (3, 4)])
+def test_layers_per_get_reads_groups_of_layers_with_fewer_requests(s3_config, per_get, window):
+    rig = Rig(s3_config, per_get=per_get, window=window)
+    try:
+        layers = rig.g.num_layers
+        keys = hashes(5, f"g{per_get}")
+        rig.put(keys, [1, 2, 3, 4, 5])
+        assert rig.load(keys, [22, 8, 31, 14, 3])[1]
+        assert rig.same([1, 2, 3, 4, 5], [22, 8, 31, 14, 3])
+        assert rig.untouched([0, 1, 2, 4, 9, 30, 32])
+        groups = -(-layers // per_get)
+        assert groups < layers
+        assert rig.stats.counters["get_requests"] == 5 * groups
+    finally:
+        rig.close()
+
+
+def test_a_corrupt_layer_inside_a_group_still_fails_the_batch(s3_config, s3, bucket):
+    rig = Rig(s3_config, per_get=2)
+    try:
+        keys = hashes(2, "cg")
+        names = rig.put(keys, [1, 2])
+        c = s3.client()
+        body = bytearray(c.get_object(Bucket=bucket, Key=names[0])["Body"].read())
+        body[rig.g.layer_range(1)[0] + 5] ^= 0x01  # layer 1: the second layer of the first group
+        c.put_object(Bucket=bucket, Key=names[0], Body=bytes(body))
+        assert rig.load(keys, [10, 11])[1] is False
+        assert rig.stats.counters["checksum_failures"] == 1
+    finally:
+        rig.close()
 
 
 def test_host_tier_serves_repeats_without_the_store(s3_config):

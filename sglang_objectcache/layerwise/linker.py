@@ -109,7 +109,7 @@ class ObjectCacheLinker(UnifiedCacheLinker):
             store=self.store, geometry=self.geometry, device_layers=self.device_layers,
             content_digest=self.keys.content_digest, counter=self.layer_done_counter,
             scheduler=self.scheduler, tier=self.tier, timeline=self.timeline, stats=self.stats,
-            window_layers=lw.window_layers, io_threads=min(32, self.store.max_concurrency),
+            window_layers=lw.window_layers, layers_per_get=lw.layers_per_get, io_threads=min(32, self.store.max_concurrency),
             on_store_error=self._note_store_error, on_corrupt=self._drop_corrupt,
         )
         self.pools = {PoolName.KV: kvcache}

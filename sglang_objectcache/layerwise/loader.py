@@ -10,8 +10,11 @@ scatters the layer into the device KV pool (one kernel launch per layer) and mar
 layer ready on the counter. Pages found in the host tier skip the store entirely.
 
 At most `window_layers` layers of a batch are staged at once (memory is window x pages x
-layer bytes). Deadlines for the scheduler: the forward starts when the batch does, and
-layer l is consumed after the estimated compute of layers < l (`layer_s`, an EWMA of the
+layer bytes). With `layers_per_get` = k > 1, one ranged GET reads k consecutive layers of a
+page (still one contiguous range, the format being layer-major): k times fewer requests,
+each layer still verified, scattered and released on its own as soon as its group is in.
+Deadlines for the scheduler: the forward starts when the batch does, and layer l is
+consumed after the estimated compute of layers < l (`layer_s`, an EWMA of the
 forward's observed per-layer pace).
 
 Failure: a missing page, a checksum or size mismatch, a store error or a stop request
@@ -69,7 +72,8 @@ class _Batch:
 class LayerwiseLoader:
     def __init__(self, *, store, geometry: PageGeometry, device_layers, content_digest: Callable,
                  counter, scheduler: Scheduler, tier, timeline, stats, window_layers: int = 4,
-                 io_threads: int = 8, layer_s: float = 0.002, on_store_error=None, on_corrupt=None):
+                 layers_per_get: int = 1, io_threads: int = 8, layer_s: float = 0.002, on_store_error=None,
+                 on_corrupt=None):
         self.store = store
         self.g = geometry
         self.layers = device_layers  # [(k_buffer[l], v_buffer[l])] or [(kv_buffer[l],)]
@@ -79,7 +83,8 @@ class LayerwiseLoader:
         self.tier = tier
         self.timeline = timeline
         self.stats = stats
-        self.window = max(1, window_layers)
+        self.per_get = min(max(1, layers_per_get), geometry.num_layers)
+        self.window = max(1, window_layers, self.per_get)  # a whole group is staged at once
         self.layer_s = layer_s
         self.on_store_error = on_store_error or (lambda err: None)
         # on_corrupt(names, hashes): every page of a batch that met a corrupt object; on a pool thread
@@ -272,27 +277,34 @@ class LayerwiseLoader:
         g = self.g
         store_pages = [i for i, o in enumerate(b.host_objs) if o is None]
         now = time.monotonic()
-        while b.next_layer < min(g.num_layers, b.done_layers + self.window):
-            layer = b.next_layer
-            b.next_layer += 1
-            b.staged[layer] = self._staging(len(b.names))
-            b.arrived[layer] = set()
-            b.verified[layer] = 0
-            for i, obj in enumerate(b.host_objs):  # DRAM hits: copy in now
-                if obj is not None:
-                    s, e = g.layer_range(layer)
-                    self._stage(b, layer, i, obj[s:e])
-            deadline = b.deadline0 + layer * self.layer_s
+        while b.next_layer < g.num_layers:
+            layers = range(b.next_layer, min(g.num_layers, b.next_layer + self.per_get))
+            if layers[-1] >= b.done_layers + self.window:
+                break  # window >= per_get: an empty window always takes a whole group
+            b.next_layer = layers[-1] + 1
+            for layer in layers:
+                b.staged[layer] = self._staging(len(b.names))
+                b.arrived[layer] = set()
+                b.verified[layer] = 0
+                for i, obj in enumerate(b.host_objs):  # DRAM hits: copy in now
+                    if obj is not None:
+                        s, e = g.layer_range(layer)
+                        self._stage(b, layer, i, obj[s:e])
+            # Layer 0's range starts at 0: it carries the header with every checksum.
+            start = 0 if layers[0] == 0 else g.layer_range(layers[0])[0]
+            end = g.layer_range(layers[-1])[1]
+            deadline = b.deadline0 + layers[0] * self.layer_s
             transfers = []
             for k in range(0, len(store_pages), PAGES_PER_TRANSFER):
                 group = store_pages[k : k + PAGES_PER_TRANSFER]
-                start, end = (0, g.layer_range(0)[1]) if layer == 0 else g.layer_range(layer)
                 ranges = [(b.names[i], start, end) for i in group]
-                transfers.append(Transfer(f"b{b.index}", layer, len(group) * (end - start),
+                transfers.append(Transfer(f"b{b.index}", layers[0], len(group) * (end - start),
                                           deadline=deadline, kind=READ, arrival=b.index,
-                                          payload=(b.index, layer, group, ranges)))
+                                          payload=(b.index, layers, group, ranges)))
             if transfers:
-                self.timeline.mark(b.index, layer, "issued", time.perf_counter())
+                now_pc = time.perf_counter()
+                for layer in layers:
+                    self.timeline.mark(b.index, layer, "issued", now_pc)
                 self.sched.submit(transfers, now)
 
     def _staging(self, n: int) -> torch.Tensor:
@@ -308,7 +320,7 @@ class LayerwiseLoader:
         return torch.empty((rows, self.g.layer_bytes), dtype=torch.uint8, pin_memory=self._cuda)[:n]
 
     def _on_fetched(self, t: Transfer, results, t_arrived: float, t_started: float) -> None:
-        index, layer, group, ranges = t.payload
+        index, layers, group, ranges = t.payload
         b = self._batches.get(index)
         if b is None or b.stopped or b.failed is not None:
             return
@@ -328,14 +340,16 @@ class LayerwiseLoader:
             self.stats.inc("bytes_read", mv.nbytes)
             if b.tier_bufs[i] is not None:
                 b.tier_bufs[i][start:end] = mv
-            if layer == 0:
+            if start == 0:
                 try:
                     b.headers[i] = objformat.decode_header(mv[: g.header_bytes], g, self.digest(b.hashes[i]))
                 except FormatError as e:
                     return self._corrupt(index, name, e)
-                mv = mv[g.header_bytes :]
-            self._stage(b, layer, i, mv)
-        self.timeline.mark(index, layer, "arrived", t_arrived)
+            for layer in layers:
+                s, e = g.layer_range(layer)
+                self._stage(b, layer, i, mv[s - start : e - start])
+        for layer in layers:
+            self.timeline.mark(index, layer, "arrived", t_arrived)
         took = t_arrived - t_started
         if took > 0:
             rate = t.nbytes / took * min(len(self.sched._inflight) + 1, self.sched.cfg.max_inflight)
