@@ -58,6 +58,8 @@ os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
 
 import torch  # noqa: E402
 
+from benchutil import pct, server_cpu_s  # noqa: E402
+
 from sglang_objectcache import objformat  # noqa: E402
 from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
 
@@ -78,16 +80,6 @@ class Shape:
     @property
     def token_bytes(self) -> int:
         return 2 * self.layers * self.kv_heads * self.head_dim * getattr(torch, self.dtype).itemsize
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
-
-
-def server_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def storage_config(extra: dict):

@@ -29,6 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
+from benchutil import pct, server_cpu_s
+
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.s3server import SeaweedFS
 from sglang_objectcache.store.base import StoreError
@@ -37,17 +39,6 @@ from sglang_objectcache.store.obstore_ import ObstoreStore
 
 TRANSPORTS = {"boto3": Boto3Store, "obstore": ObstoreStore}
 MiB = 1 << 20
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
-
-
-def server_cpu_s(pid: int) -> float:
-    # utime + stime of weed (fields 14, 15 of /proc/pid/stat, in clock ticks)
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def check(results, what: str) -> None:

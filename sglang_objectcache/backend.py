@@ -39,7 +39,7 @@ from sglang_objectcache.known import KnownKeys
 from sglang_objectcache.scrub import scrub
 from sglang_objectcache.staging import StagingArena
 from sglang_objectcache.stats import Stats
-from sglang_objectcache.store import StoreError, make_store
+from sglang_objectcache.store import StoreError, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +62,7 @@ class ObjectCacheStorage(HiCacheStorage):
         self.stats = Stats()
         self.known = KnownKeys(self.cfg.exists_cache_entries)
         self._staging = StagingArena()
-        self.store = make_store(self.cfg)
-        try:
-            self.store.check(create_bucket=self.cfg.create_bucket)
-        except StoreError as e:
-            self.store.close()
-            raise RuntimeError(f"objectcache: {e}") from None
+        self.store = open_store(self.cfg)
         self._down_until = 0.0
         self._down_reason = ""
         self._state_lock = threading.Lock()

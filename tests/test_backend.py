@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import pytest
@@ -220,6 +221,14 @@ def test_bad_settings_fail_at_startup_with_a_clear_message(s3, bucket, problem):
     with pytest.raises(RuntimeError, match=match) as err:
         ObjectCacheStorage(storage_config(cfg), host)
     assert "definitely-wrong" not in str(err.value)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nixl") is not None, reason="nixl is installed here")
+def test_a_transport_that_cannot_load_fails_at_startup_with_one_line(s3_config):
+    # No nixl package (or cuObject) here: the server must refuse to start, saying why.
+    _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
+    with pytest.raises(RuntimeError, match="^objectcache: transport 'nixl' needs"):
+        ObjectCacheStorage(storage_config({**s3_config, "transport": "nixl"}), host)
 
 
 def test_bad_config_names_the_key(s3_config):

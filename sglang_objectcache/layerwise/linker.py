@@ -52,7 +52,7 @@ from sglang_objectcache.objformat import PageGeometry
 from sglang_objectcache.sched import Scheduler
 from sglang_objectcache.scrub import scrub
 from sglang_objectcache.stats import Stats
-from sglang_objectcache.store import StoreError, make_store
+from sglang_objectcache.store import StoreError, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +92,7 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         )
         self.keys = KeyScheme(self.cfg.key_prefix, ns)
         self.offload_owner = not is_mla or tp_rank == 0
-        self.store = make_store(self.cfg)
-        try:
-            self.store.check(create_bucket=self.cfg.create_bucket)
-        except StoreError as e:
-            self.store.close()
-            raise RuntimeError(f"objectcache: {e}") from None
+        self.store = open_store(self.cfg)
         self.stats = Stats()
         self.known = KnownKeys(self.cfg.exists_cache_entries)
         self.tier = HostTier(lw.host_cache_mb << 20)

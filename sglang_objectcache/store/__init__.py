@@ -17,7 +17,7 @@ import importlib.util
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store.base import Buffer, GetResult, ObjectInfo, ObjectStore, StoreError
 
-__all__ = ["Buffer", "GetResult", "ObjectInfo", "ObjectStore", "StoreError", "make_store", "resolve_transport"]
+__all__ = ["Buffer", "GetResult", "ObjectInfo", "ObjectStore", "StoreError", "make_store", "open_store", "resolve_transport"]
 
 
 def resolve_transport(cfg: ObjectCacheConfig) -> str:
@@ -43,3 +43,18 @@ def make_store(cfg: ObjectCacheConfig) -> ObjectStore:
     from sglang_objectcache.store.boto import Boto3Store
 
     return Boto3Store(cfg)
+
+
+def open_store(cfg: ObjectCacheConfig) -> ObjectStore:
+    """`make_store`, then check endpoint, credentials and bucket. A server must not start
+    on a store it cannot use: any failure is a RuntimeError with one readable line."""
+    try:
+        store = make_store(cfg)
+    except StoreError as e:
+        raise RuntimeError(f"objectcache: {e}") from None
+    try:
+        store.check(create_bucket=cfg.create_bucket)
+    except StoreError as e:
+        store.close()
+        raise RuntimeError(f"objectcache: {e}") from None
+    return store

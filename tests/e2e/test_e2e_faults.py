@@ -83,27 +83,27 @@ def assert_reference(completions, texts, reference):
     assert not bad, "answers changed:\n" + "\n".join(bad)
 
 
+def faulted_send(server, proxy, reference, faults: Faults, texts):
+    """Send `texts` with `faults` on; the answers must equal the reference. Returns the
+    completions and how many faults the proxy injected meanwhile."""
+    before = sum(proxy.injected.values())
+    proxy.set(faults)
+    done = send(server, texts)
+    recover(proxy)
+    assert_reference(done, texts, reference)
+    return done, sum(proxy.injected.values()) - before
+
+
 def under_fault(server, l3, proxy, reference, faults: Faults, tag: str):
     """Writes, then reads, with `faults` on. Returns the faults injected in each phase."""
-    writes = prompts(3, f"{tag}-w")
-    before = dict(proxy.injected)
-    proxy.set(faults)
-    wrote = send(server, writes)
-    recover(proxy)
-    injected_writing = sum(proxy.injected.values()) - sum(before.values())
-    assert_reference(wrote, writes, reference)
+    _, injected_writing = faulted_send(server, proxy, reference, faults, prompts(3, f"{tag}-w"))
 
     reads = prompts(3, f"{tag}-r")
     clean_before = l3.keys()
     send(server, reads)
     wait_for_writes(l3, clean_before)
     flush(server, proxy)
-    before = dict(proxy.injected)
-    proxy.set(faults)
-    read = send(server, reads)
-    recover(proxy)
-    injected_reading = sum(proxy.injected.values()) - sum(before.values())
-    assert_reference(read, reads, reference)
+    read, injected_reading = faulted_send(server, proxy, reference, faults, reads)
     return injected_writing, injected_reading, read
 
 
