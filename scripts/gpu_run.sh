@@ -2,7 +2,7 @@
 # GPU tests and benchmarks, on a machine with an NVIDIA GPU and PyTorch + Triton already
 # installed (how this project's GPU results were made, on a lent H100; CI has no GPU).
 #
-#   bash scripts/gpu_run.sh tests kernels ttft     # any subset, in that order
+#   bash scripts/gpu_run.sh tests kernels ttft ttft8b     # any subset, in that order
 #
 # Results go to $OUT (default benchmarks/results/): gpu_tests.txt, kernels_cuda.{json,png},
 # ttft_gpu.{json,png}, ttft_gpu_trace.json. The machine needs no registry: the S3 server
@@ -42,7 +42,10 @@ for step in "$@"; do
       $PY scripts/bench_kernels.py --device cuda --sweep --budget 0.3 --out "$OUT/kernels_cuda.json" || status=1 ;;
     ttft)
       $PY scripts/bench_ttft_gpu.py ${TTFT_ARGS:-} --out "$OUT/ttft_gpu.json" || status=1 ;;
-    *) echo "unknown step $step (tests, kernels, ttft)"; exit 2 ;;
+    ttft8b)  # Llama-3-8B's shape: 4x the KV bytes per token, ~8x the compute
+      $PY scripts/bench_ttft_gpu.py --model 8b --contexts 4096 16384 65536 --reps 2 \
+        --out "$OUT/ttft_gpu_8b.json" || status=1 ;;
+    *) echo "unknown step $step (tests, kernels, ttft, ttft8b)"; exit 2 ;;
   esac
 done
 exit $status

@@ -123,11 +123,19 @@ class Header:
     checksums: tuple[int, ...]
 
 
+_GIL_FREE_BYTES = 1 << 16
+
+
 def checksum(buf) -> int:
+    # xxhash's one-shot function holds the GIL while it hashes; its hasher object releases
+    # it (same XXH3 value), so big layers hash in parallel on the loader's and backend's
+    # threads. Small inputs keep the cheaper one-shot call.
+    if memoryview(buf).nbytes >= _GIL_FREE_BYTES:
+        return xxhash.xxh3_64(buf).intdigest()
     return xxhash.xxh3_64_intdigest(buf)
 
 
-_xxh3 = xxhash.xxh3_64_intdigest  # the per-layer loops call it directly
+_xxh3 = checksum
 
 
 def encode_header(geometry: PageGeometry, key_digest: bytes, checksums: Sequence[int]) -> bytes:

@@ -7,7 +7,10 @@ pages of every request in one forward) becomes, per layer, a few transfers of ra
 thread pool; results come back to the I/O thread, which verifies each layer's checksum,
 copies it into that layer's staging rows and, once every page of the layer is in,
 scatters the layer into the device KV pool (one kernel launch per layer) and marks the
-layer ready on the counter. Pages found in the host tier skip the store entirely.
+layer ready on the counter. Pages found in the host tier skip the store entirely (they were
+verified when they entered it). The bulk work per page, copying each layer into its pinned
+staging row and hashing it, runs on the pool threads (memcpy and xxhash release the GIL),
+so it scales with cores; the I/O thread only compares checksums and launches scatters.
 
 At most `window_layers` layers of a batch are staged at once (memory is window x pages x
 layer bytes). With `layers_per_get` = k > 1, one ranged GET reads k consecutive layers of a
@@ -35,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from sglang_objectcache import kernels, objformat
@@ -56,11 +60,12 @@ class _Batch:
     slots: torch.Tensor
     deadline0: float
     host_objs: list  # the host-tier object of each page, or None: fetch from the store
-    tier_bufs: list  # store pages being assembled for the host tier, or None
+    tier_bufs: list  # store pages being assembled for the host tier (numpy), or None
     headers: list = field(default_factory=list)
     staged: dict = field(default_factory=dict)  # layer -> uint8 [N, layer_bytes]
     arrived: dict = field(default_factory=dict)  # layer -> set of page indices in staging
-    verified: dict = field(default_factory=dict)  # layer -> count
+    sums: dict = field(default_factory=dict)  # layer -> {page: checksum of its staged row}
+    pending: int = 0  # pool jobs that may still write this batch's staging rows
     next_layer: int = 0  # first layer not yet submitted
     done_layers: int = 0
     events: list = field(default_factory=list)  # CUDA events of enqueued scatters
@@ -206,8 +211,57 @@ class LayerwiseLoader:
             else:
                 results = self.store.get_ranges(t.payload[3])
         except Exception as e:  # noqa: BLE001 - transports should not raise; be safe
-            results = [StoreError("client", f"{type(e).__name__}: {e}")] * len(t.payload[-1])
-        self._inbox.put(("result", t, results, time.perf_counter(), started))
+            n = len(t.payload[1] if t.kind == WRITE else t.payload[3])
+            results = [StoreError("client", f"{type(e).__name__}: {e}")] * n
+        arrived = time.perf_counter()
+        prepared = None
+        if t.kind == READ:
+            try:
+                prepared = self._prepare(t, results)
+            except Exception as e:  # noqa: BLE001 - fail the batch, keep the thread
+                prepared = e
+        self._inbox.put(("result", t, results, prepared, arrived, started))
+
+    def _prepare(self, t: Transfer, results) -> list:
+        """On a pool thread: per page, (header or FormatError, {layer: checksum}) after
+        copying each layer into its staging row; None where the I/O thread must judge the
+        result (error, missing, wrong size). The staging rows are this transfer's alone."""
+        _, layers, group, ranges, staged, b = t.payload
+        g, out = self.g, []
+        for i, (_, start, end), r in zip(group, ranges, results):
+            if r is None or isinstance(r, StoreError) or memoryview(r).nbytes != end - start:
+                out.append(None)
+                continue
+            mv = memoryview(r).cast("B")
+            if b.tier_bufs[i] is not None:
+                b.tier_bufs[i][start:end] = mv
+            header = None
+            if start == 0:
+                try:
+                    header = objformat.decode_header(mv[: g.header_bytes], g, self.digest(b.hashes[i]))
+                except FormatError as e:
+                    header = e
+            sums = {}
+            for layer in layers:
+                s, e = g.layer_range(layer)
+                row = staged[layer][i].numpy()
+                row[:] = mv[s - start : e - start]
+                sums[layer] = objformat.checksum(row)  # of the bytes that will be scattered
+            out.append((header, sums))
+        return out
+
+    def _copy_host(self, index: int, layers, pages: list, staged: dict, objs: list) -> None:
+        """On a pool thread: host-tier pages' layers into their staging rows."""
+        err = None
+        try:
+            for layer in layers:
+                s, e = self.g.layer_range(layer)
+                rows = staged[layer].numpy()
+                for i in pages:
+                    rows[i] = objs[i][s:e]
+        except Exception as ex:  # noqa: BLE001
+            err = ex
+        self._inbox.put(("host", index, layers, pages, err))
 
     def _handle(self, msg) -> None:
         kind = msg[0]
@@ -221,8 +275,8 @@ class LayerwiseLoader:
                 self.sched.cancel(f"b{index}")
                 for ev in b.events:  # GPU copies already enqueued must land first
                     ev.synchronize()
-                for t in b.staged.values():
-                    self._free.append(t)
+                if b.pending == 0:  # else a pool thread may still write them: let them go
+                    self._free.extend(b.staged.values())
                 b.staged.clear()
                 self.timeline.end(index, b.failed is None and b.done_layers == self.g.num_layers,
                                   time.perf_counter())
@@ -233,16 +287,29 @@ class LayerwiseLoader:
             self.sched.submit([Transfer("writes", -1, nbytes, kind=WRITE, payload=(on_done, items))],
                               time.monotonic())
         elif kind == "result":
-            _, t, results, t_arrived, t_started = msg
+            _, t, results, prepared, t_arrived, t_started = msg
             self.sched.done(t, time.monotonic())
             if t.kind == WRITE:
                 t.payload[0](results)
                 return
             try:
-                self._on_fetched(t, results, t_arrived, t_started)
+                self._on_fetched(t, results, prepared, t_arrived, t_started)
             except Exception as e:  # noqa: BLE001 - fail the batch, keep the thread
                 logger.exception("objectcache: layerwise result handling failed")
                 self._fail(t.payload[0], e)
+        elif kind == "host":
+            _, index, layers, pages, err = msg
+            b = self._batches.get(index)
+            if b is None:
+                return
+            b.pending -= 1
+            if b.stopped or b.failed is not None:
+                return
+            if err is not None:
+                return self._fail(index, err)
+            for layer in layers:
+                b.arrived[layer].update(pages)
+            self._advance(b)
 
     # ---- batches -------------------------------------------------------------------------
 
@@ -254,7 +321,7 @@ class LayerwiseLoader:
         want_tier = self.tier.capacity > 0
         b = _Batch(index, rids, hashes, names, slots, deadline0=self._projected_start(n - sum(
                    o is not None for o in host_objs)), host_objs=host_objs,
-                   tier_bufs=[bytearray(self.g.object_bytes) if (o is None and want_tier) else None
+                   tier_bufs=[np.empty(self.g.object_bytes, np.uint8) if (o is None and want_tier) else None
                               for o in host_objs],
                    headers=[None] * n, counter=counter)
         self._batches[index] = b
@@ -282,14 +349,15 @@ class LayerwiseLoader:
             if layers[-1] >= b.done_layers + self.window:
                 break  # window >= per_get: an empty window always takes a whole group
             b.next_layer = layers[-1] + 1
+            staged = {}
             for layer in layers:
-                b.staged[layer] = self._staging(len(b.names))
+                b.staged[layer] = staged[layer] = self._staging(len(b.names))
                 b.arrived[layer] = set()
-                b.verified[layer] = 0
-                for i, obj in enumerate(b.host_objs):  # DRAM hits: copy in now
-                    if obj is not None:
-                        s, e = g.layer_range(layer)
-                        self._stage(b, layer, i, obj[s:e])
+                b.sums[layer] = {}
+            host_pages = [i for i, o in enumerate(b.host_objs) if o is not None]
+            if host_pages:  # DRAM hits: copied in on the pool too, off this thread
+                b.pending += 1
+                self._pool.submit(self._copy_host, b.index, layers, host_pages, staged, b.host_objs)
             # Layer 0's range starts at 0: it carries the header with every checksum.
             start = 0 if layers[0] == 0 else g.layer_range(layers[0])[0]
             end = g.layer_range(layers[-1])[1]
@@ -300,7 +368,8 @@ class LayerwiseLoader:
                 ranges = [(b.names[i], start, end) for i in group]
                 transfers.append(Transfer(f"b{b.index}", layers[0], len(group) * (end - start),
                                           deadline=deadline, kind=READ, arrival=b.index,
-                                          payload=(b.index, layers, group, ranges)))
+                                          payload=(b.index, layers, group, ranges, staged, b)))
+            b.pending += len(transfers)  # a cancelled one never comes back: buffers let go
             if transfers:
                 now_pc = time.perf_counter()
                 for layer in layers:
@@ -319,14 +388,18 @@ class LayerwiseLoader:
         rows = max(n, PAGES_PER_TRANSFER)
         return torch.empty((rows, self.g.layer_bytes), dtype=torch.uint8, pin_memory=self._cuda)[:n]
 
-    def _on_fetched(self, t: Transfer, results, t_arrived: float, t_started: float) -> None:
-        index, layers, group, ranges = t.payload
+    def _on_fetched(self, t: Transfer, results, prepared, t_arrived: float, t_started: float) -> None:
+        index, layers, group, ranges = t.payload[:4]
         b = self._batches.get(index)
-        if b is None or b.stopped or b.failed is not None:
+        if b is None:
             return
-        g = self.g
+        b.pending -= 1
+        if b.stopped or b.failed is not None:
+            return
+        if isinstance(prepared, BaseException):
+            return self._fail(index, prepared)
         self.stats.inc("get_requests", len(ranges))
-        for i, (name, start, end), r in zip(group, ranges, results):
+        for i, (name, start, end), r, prep in zip(group, ranges, results, prepared):
             if isinstance(r, StoreError):
                 self.stats.inc("store_errors_" + r.kind)
                 self.on_store_error(r)
@@ -334,20 +407,18 @@ class LayerwiseLoader:
             if r is None:
                 self.stats.miss("not_found")
                 return self._fail(index, KeyError(f"{name}: object missing"))
-            mv = memoryview(r).cast("B")
-            if mv.nbytes != end - start:
-                return self._corrupt(index, name, FormatError(f"{mv.nbytes} bytes for a {end - start}-byte range"))
-            self.stats.inc("bytes_read", mv.nbytes)
-            if b.tier_bufs[i] is not None:
-                b.tier_bufs[i][start:end] = mv
-            if start == 0:
-                try:
-                    b.headers[i] = objformat.decode_header(mv[: g.header_bytes], g, self.digest(b.hashes[i]))
-                except FormatError as e:
-                    return self._corrupt(index, name, e)
+            nbytes = memoryview(r).nbytes
+            if prep is None:
+                return self._corrupt(index, name, FormatError(f"{nbytes} bytes for a {end - start}-byte range"))
+            self.stats.inc("bytes_read", nbytes)
+            header, sums = prep
+            if isinstance(header, FormatError):
+                return self._corrupt(index, name, header)
+            if header is not None:
+                b.headers[i] = header
             for layer in layers:
-                s, e = g.layer_range(layer)
-                self._stage(b, layer, i, mv[s - start : e - start])
+                b.sums[layer][i] = sums[layer]
+                b.arrived[layer].add(i)
         for layer in layers:
             self.timeline.mark(index, layer, "arrived", t_arrived)
         took = t_arrived - t_started
@@ -356,10 +427,6 @@ class LayerwiseLoader:
             self._observed_rate = rate if not self._observed_rate else 0.8 * self._observed_rate + 0.2 * rate
             self._maybe_replan()
         self._advance(b)
-
-    def _stage(self, b: _Batch, layer: int, i: int, data) -> None:
-        b.staged[layer][i].numpy()[:] = memoryview(data).cast("B")
-        b.arrived[layer].add(i)
 
     def _advance(self, b: _Batch) -> None:
         """Verify and scatter every layer whose pages have all arrived; refill the window."""
@@ -370,14 +437,10 @@ class LayerwiseLoader:
             for layer in sorted(b.staged):
                 if len(b.arrived[layer]) < n or any(h is None for h in b.headers):
                     continue
-                staging = b.staged[layer]
-                for i in range(n):
-                    try:
-                        objformat.verify_layer(b.headers[i], layer, staging[i].numpy())
-                    except FormatError as e:
-                        if b.host_objs[i] is not None:
-                            self.tier.discard(b.names[i])
-                        return self._corrupt(b.index, b.names[i], e)
+                sums = b.sums[layer]
+                for i in sums:  # store pages (host-tier pages were verified on entry)
+                    if sums[i] != b.headers[i].checksums[layer]:
+                        return self._corrupt(b.index, b.names[i], FormatError(f"layer {layer} checksum mismatch"))
                 self._scatter(b, layer, b.staged.pop(layer))
                 progressed = True
             if b.done_layers == self.g.num_layers:
