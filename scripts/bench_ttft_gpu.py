@@ -22,6 +22,9 @@ request to the first token on the host (argmax of the last position, synchronize
     layerwise        objectcache layerwise mode: ranged GETs of layer l of every page while
                      layers < l compute; the forward waits on the counter per layer
     layerwise_g4     the same, 4 layers per ranged GET (`layers_per_get`)
+    layerwise_gall   every layer of a page in one GET (`layers_per_get` = layers): page
+                     mode's request count, but each layer is scattered and computed as soon
+                     as its page objects are in
     layerwise_host   layerwise mode, prefix in objectcache's own host tier (repeat hit)
 
 Also measured in the same run: the store's raw read rate (every object of the prefix, one
@@ -69,7 +72,7 @@ from sglang_objectcache.sched import Scheduler  # noqa: E402
 from sglang_objectcache.stats import Stats  # noqa: E402
 from sglang_objectcache.store import open_store  # noqa: E402
 
-MODES = ("recompute", "dram", "page", "layerwise", "layerwise_g4", "layerwise_host")
+MODES = ("recompute", "dram", "page", "layerwise", "layerwise_g4", "layerwise_gall", "layerwise_host")
 
 
 @dataclass(frozen=True)
@@ -362,6 +365,7 @@ def main(argv=None) -> None:
         host_mb = (max(a.contexts) // a.page) * b.g.object_bytes // (1 << 20) + 64
         loaders = {"layerwise": make_loader(b, store, per_get=1, host_mb=0, stats=stats),
                    "layerwise_g4": make_loader(b, store, per_get=4, host_mb=0, stats=stats),
+                   "layerwise_gall": make_loader(b, store, per_get=b.g.num_layers, host_mb=0, stats=Stats()),
                    "layerwise_host": make_loader(b, store, per_get=1, host_mb=host_mb, stats=Stats())}
         for ctx in a.contexts:
             out["ceilings"][str(ctx)] = c = b.ceilings(ctx)
