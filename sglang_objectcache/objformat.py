@@ -27,6 +27,7 @@ import struct
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import xxhash
 
 MAGIC = b"OCKV"
@@ -135,9 +136,6 @@ def checksum(buf) -> int:
     return xxhash.xxh3_64_intdigest(buf)
 
 
-_xxh3 = checksum
-
-
 def encode_header(geometry: PageGeometry, key_digest: bytes, checksums: Sequence[int]) -> bytes:
     g = geometry
     if len(key_digest) != 16:
@@ -162,8 +160,18 @@ def seal(geometry: PageGeometry, key_digest: bytes, obj: memoryview) -> None:
     """Fill in the header of `obj` (object_bytes long) whose payload is already written."""
     g = geometry
     size = g.layer_bytes
-    sums = [_xxh3(obj[s : s + size]) for s in _table(g)[1]]
+    sums = [checksum(obj[s : s + size]) for s in _table(g)[1]]
     obj[: g.header_bytes] = encode_header(g, key_digest, sums)
+
+
+def sealed(geometry: PageGeometry, key_digest: bytes, payload) -> memoryview:
+    """A new object: `payload` (one page's payload_bytes, any buffer) behind its header."""
+    g = geometry
+    obj = np.empty(g.object_bytes, np.uint8)
+    obj[g.header_bytes :] = np.frombuffer(payload, np.uint8)
+    mv = memoryview(obj)
+    seal(g, key_digest, mv)
+    return mv
 
 
 def _unpack_fixed(mv: memoryview) -> tuple:
@@ -233,7 +241,12 @@ def verify_layer(header: Header, layer: int, data) -> None:
     """Check one layer's bytes (exactly its range) against the header's checksum."""
     if len(data) != header.geometry.layer_bytes:
         raise FormatError(f"layer {layer}: {len(data)} bytes, expected {header.geometry.layer_bytes}")
-    if checksum(data) != header.checksums[layer]:
+    check_layer_sum(header, layer, checksum(data))
+
+
+def check_layer_sum(header: Header, layer: int, digest: int) -> None:
+    """Check a layer's xxh3, computed elsewhere (the loader hashes on its pool threads)."""
+    if digest != header.checksums[layer]:
         raise FormatError(f"layer {layer} checksum mismatch")
 
 
@@ -246,6 +259,6 @@ def decode(buf, expected: PageGeometry, key_digest: bytes, verify: bool = True) 
     if verify:
         size = expected.layer_bytes
         for layer, (start, cs) in enumerate(zip(_table(expected)[1], header.checksums)):
-            if _xxh3(mv[start : start + size]) != cs:
+            if checksum(mv[start : start + size]) != cs:
                 raise FormatError(f"layer {layer} checksum mismatch")
     return header

@@ -190,13 +190,8 @@ class GpuRig:
 
     def put(self, hashes, pages) -> None:
         payload = kernels.gather_all_layers(self.src, self.slots(pages), self.g)
-        items = []
-        for h, row in zip(hashes, payload):
-            obj = torch.empty(self.g.object_bytes, dtype=torch.uint8)
-            obj[self.g.header_bytes:] = row
-            mv = memoryview(obj.numpy())
-            objformat.seal(self.g, self.keys.content_digest(h), mv)
-            items.append((self.keys.object_key(h), mv))
+        items = [(self.keys.object_key(h), objformat.sealed(self.g, self.keys.content_digest(h), row.numpy()))
+                 for h, row in zip(hashes, payload)]
         assert self.store.put_many(items) == [True] * len(items)
 
     def forward(self, hashes, pages, block_copy_s: float = 0.0):

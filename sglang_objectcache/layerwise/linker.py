@@ -286,10 +286,7 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         g = self.geometry
         items = []
         for row, h, name in zip(payload, hashes, names):
-            obj = torch.empty(g.object_bytes, dtype=torch.uint8)
-            obj[g.header_bytes:] = row
-            mv = memoryview(obj.numpy())
-            objformat.seal(g, self.keys.content_digest(h), mv)
+            mv = objformat.sealed(g, self.keys.content_digest(h), row.numpy())
             self.tier.put(name, mv)
             items.append((name, mv))
 

@@ -228,6 +228,7 @@ class LayerwiseLoader:
         result (error, missing, wrong size). The staging rows are this transfer's alone."""
         _, layers, group, ranges, staged, b = t.payload
         g, out = self.g, []
+        rows = {layer: staged[layer].numpy() for layer in layers}  # views, made once per transfer
         for i, (_, start, end), r in zip(group, ranges, results):
             if r is None or isinstance(r, StoreError) or memoryview(r).nbytes != end - start:
                 out.append(None)
@@ -244,7 +245,7 @@ class LayerwiseLoader:
             sums = {}
             for layer in layers:
                 s, e = g.layer_range(layer)
-                row = staged[layer][i].numpy()
+                row = rows[layer][i]
                 row[:] = mv[s - start : e - start]
                 sums[layer] = objformat.checksum(row)  # of the bytes that will be scattered
             out.append((header, sums))
@@ -299,11 +300,8 @@ class LayerwiseLoader:
                 self._fail(t.payload[0], e)
         elif kind == "host":
             _, index, layers, pages, err = msg
-            b = self._batches.get(index)
+            b = self._settle(index)
             if b is None:
-                return
-            b.pending -= 1
-            if b.stopped or b.failed is not None:
                 return
             if err is not None:
                 return self._fail(index, err)
@@ -390,11 +388,8 @@ class LayerwiseLoader:
 
     def _on_fetched(self, t: Transfer, results, prepared, t_arrived: float, t_started: float) -> None:
         index, layers, group, ranges = t.payload[:4]
-        b = self._batches.get(index)
+        b = self._settle(index)
         if b is None:
-            return
-        b.pending -= 1
-        if b.stopped or b.failed is not None:
             return
         if isinstance(prepared, BaseException):
             return self._fail(index, prepared)
@@ -428,6 +423,14 @@ class LayerwiseLoader:
             self._maybe_replan()
         self._advance(b)
 
+    def _settle(self, index: int) -> Optional[_Batch]:
+        """A pool job of batch `index` came back: count it; the batch if still live."""
+        b = self._batches.get(index)
+        if b is None:
+            return None
+        b.pending -= 1
+        return None if b.stopped or b.failed is not None else b
+
     def _advance(self, b: _Batch) -> None:
         """Verify and scatter every layer whose pages have all arrived; refill the window."""
         n = len(b.names)
@@ -437,10 +440,11 @@ class LayerwiseLoader:
             for layer in sorted(b.staged):
                 if len(b.arrived[layer]) < n or any(h is None for h in b.headers):
                     continue
-                sums = b.sums[layer]
-                for i in sums:  # store pages (host-tier pages were verified on entry)
-                    if sums[i] != b.headers[i].checksums[layer]:
-                        return self._corrupt(b.index, b.names[i], FormatError(f"layer {layer} checksum mismatch"))
+                for i, digest in b.sums[layer].items():  # store pages (host-tier ones were verified on entry)
+                    try:
+                        objformat.check_layer_sum(b.headers[i], layer, digest)
+                    except FormatError as e:
+                        return self._corrupt(b.index, b.names[i], e)
                 self._scatter(b, layer, b.staged.pop(layer))
                 progressed = True
             if b.done_layers == self.g.num_layers:
