@@ -26,6 +26,8 @@ request to the first token on the host (argmax of the last position, synchronize
                      mode's request count, but each layer is scattered and computed as soon
                      as its page objects are in
     layerwise_host   layerwise mode, prefix in objectcache's own host tier (repeat hit)
+    *_thread         the same with `fetch: thread`: GETs, copies and hashes on a thread pool
+                     of this process instead of the fetch worker process (the default)
 
 Also measured in the same run: the store's raw read rate (every object of the prefix, one
 parallel batch, no GPU) and pinned H2D bandwidth, the two ceilings of the hit modes. All
@@ -63,6 +65,7 @@ from sglang_objectcache import kernels, objformat  # noqa: E402
 from sglang_objectcache.config import ObjectCacheConfig, SchedulerConfig  # noqa: E402
 from sglang_objectcache.keys import KeyScheme, make_namespace  # noqa: E402
 from sglang_objectcache.layerwise.counter import LayerReadyCounter  # noqa: E402
+from sglang_objectcache.layerwise.fetch import ProcessFetch  # noqa: E402
 from sglang_objectcache.layerwise.hosttier import HostTier  # noqa: E402
 from sglang_objectcache.layerwise.loader import LayerwiseLoader  # noqa: E402
 from sglang_objectcache.layerwise.timeline import Timeline, overlapped_layers  # noqa: E402
@@ -72,7 +75,8 @@ from sglang_objectcache.sched import Scheduler  # noqa: E402
 from sglang_objectcache.stats import Stats  # noqa: E402
 from sglang_objectcache.store import open_store  # noqa: E402
 
-MODES = ("recompute", "dram", "page", "layerwise", "layerwise_g4", "layerwise_gall", "layerwise_host")
+MODES = ("recompute", "dram", "page", "layerwise", "layerwise_thread", "layerwise_g4", "layerwise_gall",
+         "layerwise_host", "layerwise_host_thread")
 
 
 @dataclass(frozen=True)
@@ -310,7 +314,7 @@ class Bench:
         return self.model.forward(ids, ctx, prefix, new)
 
 
-def make_loader(bench, store, *, per_get: int, host_mb: int, stats):
+def make_loader(bench, store, cfg, *, per_get: int, host_mb: int, stats, fetch: str = "process"):
     timeline = Timeline(max_batches=64)
     counter = LayerReadyCounter(bench.g.num_layers, 30.0, on_finish=lambda i: loader.stop(i),
                                 on_wait=timeline.wait)
@@ -318,7 +322,9 @@ def make_loader(bench, store, *, per_get: int, host_mb: int, stats):
                              content_digest=bench.keys.content_digest, counter=counter,
                              scheduler=Scheduler(SchedulerConfig()), tier=HostTier(host_mb << 20),
                              timeline=timeline, stats=stats, window_layers=bench.a.window,
-                             layers_per_get=per_get, io_threads=bench.a.io_threads)
+                             layers_per_get=per_get, io_threads=bench.a.io_threads,
+                             fetch=ProcessFetch(cfg, bench.g, bench.a.io_threads, pinned=bench.dev.type == "cuda")
+                             if fetch == "process" else None)
     return loader, counter, timeline
 
 
@@ -357,10 +363,13 @@ def main(argv=None) -> None:
               f"{prep['put_s']:.1f}s", flush=True)
         stats = Stats()
         host_mb = (max(a.contexts) // a.page) * b.g.object_bytes // (1 << 20) + 64
-        loaders = {"layerwise": make_loader(b, store, per_get=1, host_mb=0, stats=stats),
-                   "layerwise_g4": make_loader(b, store, per_get=4, host_mb=0, stats=stats),
-                   "layerwise_gall": make_loader(b, store, per_get=b.g.num_layers, host_mb=0, stats=Stats()),
-                   "layerwise_host": make_loader(b, store, per_get=1, host_mb=host_mb, stats=Stats())}
+        kinds = {"layerwise": dict(per_get=1, host_mb=0, stats=stats),
+                 "layerwise_thread": dict(per_get=1, host_mb=0, stats=Stats(), fetch="thread"),
+                 "layerwise_g4": dict(per_get=4, host_mb=0, stats=Stats()),
+                 "layerwise_gall": dict(per_get=b.g.num_layers, host_mb=0, stats=Stats()),
+                 "layerwise_host": dict(per_get=1, host_mb=host_mb, stats=Stats()),
+                 "layerwise_host_thread": dict(per_get=1, host_mb=host_mb, stats=Stats(), fetch="thread")}
+        loaders = {m: make_loader(b, store, cfg, **kw) for m, kw in kinds.items() if m in a.modes}
         for ctx in a.contexts:
             out["ceilings"][str(ctx)] = c = b.ceilings(ctx)
             print(f"ctx {ctx}: store {c['store_gbps']:.2f} GB/s, H2D {c['h2d_gbps']:.1f} GB/s", flush=True)
@@ -385,7 +394,8 @@ def main(argv=None) -> None:
         for lo, _, _ in loaders.values():
             lo.close()
         trace = Path(a.out).with_name(Path(a.out).stem + "_trace.json")
-        trace.write_text(json.dumps(loaders["layerwise"][2].chrome_trace()))
+        if "layerwise" in loaders:
+            trace.write_text(json.dumps(loaders["layerwise"][2].chrome_trace()))
     finally:
         store.close()
         srv.stop()

@@ -36,6 +36,10 @@ class LayerwiseConfig:
     # the first layer arrive soonest; more cuts the request count by that factor, for
     # stores where each request costs more than its bytes (small layers, CPU-bound servers).
     layers_per_get: int = 1
+    # Where the GETs run: "process", a worker process writing into shared staging memory
+    # (keeps the serving process's GIL for the forward; see layerwise/fetch.py), or
+    # "thread", a thread pool in the serving process.
+    fetch: str = "process"
     # A layer not ready after this long makes the request fall back to recompute.
     layer_timeout_s: float = 5.0
     # A failed or late load re-queues its requests for a full recompute (needs
@@ -47,6 +51,8 @@ class LayerwiseConfig:
         for key in ("window_layers", "layers_per_get"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)!r}")
+        if self.fetch not in ("process", "thread"):
+            raise ConfigError(f"fetch: must be 'process' or 'thread', got {self.fetch!r}")
 
 
 @dataclass(frozen=True)

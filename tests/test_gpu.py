@@ -24,6 +24,7 @@ from sglang_objectcache import kernels, objformat
 from sglang_objectcache.config import ObjectCacheConfig, SchedulerConfig
 from sglang_objectcache.keys import KeyScheme, make_namespace
 from sglang_objectcache.layerwise.counter import LayerReadyCounter
+from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.hosttier import HostTier
 from sglang_objectcache.layerwise.loader import LayerwiseLoader
 from sglang_objectcache.layerwise.timeline import Timeline
@@ -153,7 +154,7 @@ PAGE, LAYERS, HEADS, DIM, SLOTS = 16, 4, 4, 64, 1024
 class GpuRig:
     """Source pages (CPU) sealed into the bucket; a CUDA destination pool to load into."""
 
-    def __init__(self, s3_config: dict, *, host_mb: int = 0, timeout_s: float = 10.0):
+    def __init__(self, s3_config: dict, *, host_mb: int = 0, timeout_s: float = 10.0, fetch: str = "process"):
         self.cfg = ObjectCacheConfig.from_dict(s3_config)
         self.g = PageGeometry("mha", LAYERS, PAGE, (HEADS * DIM * 2,) * 2, "bfloat16")
         gen = torch.Generator().manual_seed(5)
@@ -183,7 +184,8 @@ class GpuRig:
             store=self.store, geometry=self.g, device_layers=self.dst,
             content_digest=self.keys.content_digest, counter=self.counter,
             scheduler=Scheduler(SchedulerConfig()), tier=HostTier(host_mb << 20),
-            timeline=self.timeline, stats=self.stats, window_layers=2)
+            timeline=self.timeline, stats=self.stats, window_layers=2,
+            fetch=ProcessFetch(self.cfg, self.g, 4, pinned=True) if fetch == "process" else None)
 
     def slots(self, pages) -> torch.Tensor:
         return torch.tensor([p * PAGE + t for p in pages for t in range(PAGE)], dtype=torch.int64)
@@ -229,9 +231,9 @@ def hashes(n, tag):
     return [f"{tag}{i:063d}" for i in range(n)]
 
 
-@pytest.fixture
-def rig(s3_config):
-    r = GpuRig(s3_config, host_mb=64)
+@pytest.fixture(params=["process", "thread"])
+def rig(s3_config, request):
+    r = GpuRig(s3_config, host_mb=64, fetch=request.param)
     yield r
     r.close()
 
@@ -247,6 +249,8 @@ def test_layers_land_in_cuda_pools_and_the_forward_waits_on_events(rig):
     assert ok
     assert all(ev is not None for _, ev in rig.events)  # GPU completions are CUDA events
     assert pending >= 1  # wait_until returned while the copy was still queued: no CPU stall
+    segments = getattr(rig.loader.fetch, "_segments", {})
+    assert all(seg.pinned for seg in segments.values())  # the worker's shared staging is page-locked
     for layer, (got, want) in enumerate(zip(read, rig.want(list(range(8))))):
         assert torch.equal(got, want), f"layer {layer}"  # yet the stream-ordered reads are right
 

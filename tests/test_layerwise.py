@@ -14,6 +14,7 @@ from sglang_objectcache import kernels, objformat
 from sglang_objectcache.config import ObjectCacheConfig, SchedulerConfig
 from sglang_objectcache.keys import KeyScheme, make_namespace
 from sglang_objectcache.layerwise.counter import LayerReadyCounter
+from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.hosttier import HostTier
 from sglang_objectcache.layerwise.linker import device_pool_view
 from sglang_objectcache.layerwise.loader import LayerwiseLoader
@@ -31,7 +32,7 @@ class Rig:
     """A source pool whose pages are in the bucket, and a destination pool to load into."""
 
     def __init__(self, s3_config: dict, *, host_mb: int = 0, timeout_s: float = 5.0, window: int = 4,
-                 layers: int = 3, per_get: int = 1):
+                 layers: int = 3, per_get: int = 1, fetch: str = "process"):
         self.cfg = ObjectCacheConfig.from_dict(s3_config)
         self.src_dev, _ = make_pools("mha", page_size=PAGE, host=False)
         self.dst_dev, _ = make_pools("mha", page_size=PAGE, host=False)
@@ -57,7 +58,8 @@ class Rig:
             store=self.store, geometry=self.g, device_layers=self.dst,
             content_digest=self.keys.content_digest, counter=self.counter,
             scheduler=Scheduler(SchedulerConfig()), tier=self.tier, timeline=self.timeline,
-            stats=self.stats, window_layers=window, layers_per_get=per_get, on_corrupt=lambda names, hashes: self.corrupt.extend(names))
+            stats=self.stats, window_layers=window, layers_per_get=per_get, on_corrupt=lambda names, hashes: self.corrupt.extend(names),
+            fetch=ProcessFetch(self.cfg, self.g, 4, pinned=False) if fetch == "process" else None)
 
     def slots(self, pages) -> torch.Tensor:
         return torch.tensor([p * PAGE + t for p in pages for t in range(PAGE)], dtype=torch.int64)
@@ -99,9 +101,15 @@ def hashes(n, tag="h"):
     return [f"{tag}{i:063d}" for i in range(n)]
 
 
+@pytest.fixture(params=["process", "thread"])
+def fetch(request):
+    """Both fetchers: the worker process (the default) and the in-process thread pool."""
+    return request.param
+
+
 @pytest.fixture
-def rig(s3_config):
-    r = Rig(s3_config)
+def rig(s3_config, fetch):
+    r = Rig(s3_config, fetch=fetch)
     yield r
     r.close()
 
@@ -117,8 +125,8 @@ def test_loads_every_layer_into_the_right_slots(rig):
 
 
 @pytest.mark.parametrize("per_get, window", [(2, 1), (3, 4)])
-def test_layers_per_get_reads_groups_of_layers_with_fewer_requests(s3_config, per_get, window):
-    rig = Rig(s3_config, per_get=per_get, window=window)
+def test_layers_per_get_reads_groups_of_layers_with_fewer_requests(s3_config, per_get, window, fetch):
+    rig = Rig(s3_config, per_get=per_get, window=window, fetch=fetch)
     try:
         layers = rig.g.num_layers
         keys = hashes(5, f"g{per_get}")
@@ -133,8 +141,8 @@ def test_layers_per_get_reads_groups_of_layers_with_fewer_requests(s3_config, pe
         rig.close()
 
 
-def test_a_corrupt_layer_inside_a_group_still_fails_the_batch(s3_config, s3, bucket):
-    rig = Rig(s3_config, per_get=2)
+def test_a_corrupt_layer_inside_a_group_still_fails_the_batch(s3_config, s3, bucket, fetch):
+    rig = Rig(s3_config, per_get=2, fetch=fetch)
     try:
         keys = hashes(2, "cg")
         names = rig.put(keys, [1, 2])
@@ -148,8 +156,8 @@ def test_a_corrupt_layer_inside_a_group_still_fails_the_batch(s3_config, s3, buc
         rig.close()
 
 
-def test_host_tier_serves_repeats_without_the_store(s3_config):
-    rig = Rig(s3_config, host_mb=16)
+def test_host_tier_serves_repeats_without_the_store(s3_config, fetch):
+    rig = Rig(s3_config, host_mb=16, fetch=fetch)
     try:
         keys = hashes(4, "t")
         rig.put(keys, [1, 2, 3, 4])
@@ -185,10 +193,10 @@ def test_missing_object_fails_the_batch(rig):
     assert rig.load(keys, [10, 11, 12])[1] is False
 
 
-def test_a_stalled_store_times_out_and_never_writes_late(tmp_path):
+def test_a_stalled_store_times_out_and_never_writes_late(tmp_path, fetch):
     port = free_port()
     srv = SeaweedFS(str(tmp_path / "sw"), s3_port=port, buckets=("stall",)).start()
-    rig = Rig(srv.config("stall", read_timeout_s=30.0, retries=0), timeout_s=1.0)
+    rig = Rig(srv.config("stall", read_timeout_s=30.0, retries=0), timeout_s=1.0, fetch=fetch)
     try:
         keys = hashes(3, "s")
         rig.put(keys, [1, 2, 3])
@@ -205,9 +213,9 @@ def test_a_stalled_store_times_out_and_never_writes_late(tmp_path):
         srv.stop()
 
 
-def test_fetch_overlaps_compute(s3_config):
+def test_fetch_overlaps_compute(s3_config, fetch):
     """Later layers' bytes arrive after the forward has begun computing earlier layers."""
-    rig = Rig(s3_config, window=1)
+    rig = Rig(s3_config, window=1, fetch=fetch)
     try:
         keys = hashes(8, "o")
         rig.put(keys, list(range(1, 9)))

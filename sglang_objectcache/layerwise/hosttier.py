@@ -5,14 +5,24 @@ repeat hit of an evicted prefix would go back to the object store. Objects are k
 (header and all layers, exactly the stored bytes), so a hit is served layer by layer from
 memory through the same verify-and-scatter path as a store hit.
 
-Bounded: at most `capacity_bytes` of payload, least recently used out first. Thread-safe.
+Bounded: at most `capacity_bytes` of memory, least recently used out first. Pages fetched
+together are kept as rows of one block (the loader assembles them with one copy per layer
+and block); a block's memory returns only when its last row leaves, so a block counts in
+full while any of its rows is kept, and `used` is the memory really held. Thread-safe.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Optional
+from typing import Optional, Sequence
+
+
+class _Block:
+    __slots__ = ("nbytes", "rows")
+
+    def __init__(self, nbytes: int):
+        self.nbytes, self.rows = nbytes, 0
 
 
 class HostTier:
@@ -21,42 +31,53 @@ class HostTier:
         self.used = 0
         self.hits = 0
         self.misses = 0
-        self._objs: OrderedDict[str, memoryview] = OrderedDict()
+        self._objs: OrderedDict[str, tuple[memoryview, _Block]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Optional[memoryview]:
         with self._lock:
-            obj = self._objs.get(name)
-            if obj is None:
+            entry = self._objs.get(name)
+            if entry is None:
                 self.misses += 1
                 return None
             self._objs.move_to_end(name)
             self.hits += 1
-            return obj
+            return entry[0]
 
     def __contains__(self, name: str) -> bool:
         with self._lock:
             return name in self._objs
 
     def put(self, name: str, obj) -> None:
-        mv = memoryview(obj).cast("B")
-        if not self.capacity or mv.nbytes > self.capacity:
+        self.put_block([name], [obj], memoryview(obj).nbytes)
+
+    def put_block(self, names: Sequence[str], rows, nbytes: Optional[int] = None) -> None:
+        """Keep `rows[i]` as object `names[i]`; the rows share one allocation of `nbytes`
+        (default: `rows.nbytes`, a 2-D array)."""
+        nbytes = rows.nbytes if nbytes is None else nbytes
+        if not self.capacity or nbytes > self.capacity or not names:
             return
+        block = _Block(nbytes)
         with self._lock:
-            old = self._objs.pop(name, None)
-            if old is not None:
-                self.used -= old.nbytes
-            self._objs[name] = mv
-            self.used += mv.nbytes
+            for name, row in zip(names, rows):
+                self._drop(name)
+                self._objs[name] = (memoryview(row).cast("B"), block)
+                block.rows += 1
+            self.used += nbytes
             while self.used > self.capacity:
-                _, dropped = self._objs.popitem(last=False)
-                self.used -= dropped.nbytes
+                self._drop(next(iter(self._objs)))
+
+    def _drop(self, name: str) -> None:
+        entry = self._objs.pop(name, None)
+        if entry is not None:
+            block = entry[1]
+            block.rows -= 1
+            if block.rows == 0:
+                self.used -= block.nbytes
 
     def discard(self, name: str) -> None:
         with self._lock:
-            old = self._objs.pop(name, None)
-            if old is not None:
-                self.used -= old.nbytes
+            self._drop(name)
 
     def clear(self) -> None:
         with self._lock:

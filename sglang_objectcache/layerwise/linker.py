@@ -46,6 +46,7 @@ from sglang_objectcache.keys import KeyScheme, make_namespace
 from sglang_objectcache.known import KnownKeys
 from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.hosttier import HostTier
+from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.loader import LayerwiseLoader
 from sglang_objectcache.layerwise.timeline import Timeline
 from sglang_objectcache.objformat import PageGeometry
@@ -100,12 +101,15 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self.scheduler = Scheduler(self.cfg.scheduler)  # owned by the loader's I/O thread
         self.layer_done_counter = LayerReadyCounter(
             self.geometry.num_layers, lw.layer_timeout_s, on_finish=self._stop_batch, on_wait=self._on_wait)
+        threads = min(32, self.store.max_concurrency)
+        fetch = ProcessFetch(self.cfg, self.geometry, threads, pinned=self.device_layers[0][0].is_cuda) \
+            if lw.fetch == "process" else None
         self.loader = LayerwiseLoader(
             store=self.store, geometry=self.geometry, device_layers=self.device_layers,
             content_digest=self.keys.content_digest, counter=self.layer_done_counter,
             scheduler=self.scheduler, tier=self.tier, timeline=self.timeline, stats=self.stats,
-            window_layers=lw.window_layers, layers_per_get=lw.layers_per_get, io_threads=min(32, self.store.max_concurrency),
-            on_store_error=self._note_store_error, on_corrupt=self._drop_corrupt,
+            window_layers=lw.window_layers, layers_per_get=lw.layers_per_get, io_threads=threads,
+            on_store_error=self._note_store_error, on_corrupt=self._drop_corrupt, fetch=fetch,
         )
         self.pools = {PoolName.KV: kvcache}
         self.recompute_on_failure = lw.recompute_on_failure and bool(server_args.disable_overlap_schedule)

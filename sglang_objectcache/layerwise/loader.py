@@ -4,13 +4,13 @@ One I/O thread owns a `sched.Scheduler` and everything mutable here. A load batc
 pages of every request in one forward) becomes, per layer, a few transfers of ranged GETs
 (layer l of a page is one contiguous byte range of its object; layer 0's range starts at
 0 and so carries the header with every layer's checksum). Store calls run on a small
-thread pool; results come back to the I/O thread, which verifies each layer's checksum,
-copies it into that layer's staging rows and, once every page of the layer is in,
-scatters the layer into the device KV pool (one kernel launch per layer) and marks the
-layer ready on the counter. Pages found in the host tier skip the store entirely (they were
-verified when they entered it). The bulk work per page, copying each layer into its pinned
-staging row and hashing it, runs on the pool threads (memcpy and xxhash release the GIL),
-so it scales with cores; the I/O thread only compares checksums and launches scatters.
+fetcher (`fetch.py`: a worker process by default, or a thread pool), which lands each
+layer of each page in that layer's staging rows and hashes it; the outcomes come back to
+the I/O thread, which compares each layer's hash with its page's header and, once every
+page of the layer is in, scatters the layer into the device KV pool (one kernel launch per
+layer), copies it into the pages' host-tier objects and marks the layer ready on the
+counter. Pages found in the host tier skip the store entirely (they were verified when
+they entered it); their layers are copied into staging on a small local pool.
 
 At most `window_layers` layers of a batch are staged at once (memory is window x pages x
 layer bytes). With `layers_per_get` = k > 1, one ranged GET reads k consecutive layers of a
@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from sglang_objectcache import kernels, objformat
+from sglang_objectcache.layerwise.fetch import ThreadFetch
 from sglang_objectcache.objformat import FormatError, PageGeometry
 from sglang_objectcache.sched import READ, WRITE, Scheduler, Transfer
 from sglang_objectcache.store import StoreError
@@ -60,7 +61,9 @@ class _Batch:
     slots: torch.Tensor
     deadline0: float
     host_objs: list  # the host-tier object of each page, or None: fetch from the store
-    tier_bufs: list  # store pages being assembled for the host tier (numpy), or None
+    # Store pages being assembled for the host tier: (page indices, [pages, object_bytes]).
+    tier_blocks: list = field(default_factory=list)
+    tier_at: dict = field(default_factory=dict)  # page index -> (block, row)
     headers: list = field(default_factory=list)
     staged: dict = field(default_factory=dict)  # layer -> uint8 [N, layer_bytes]
     arrived: dict = field(default_factory=dict)  # layer -> set of page indices in staging
@@ -78,7 +81,9 @@ class LayerwiseLoader:
     def __init__(self, *, store, geometry: PageGeometry, device_layers, content_digest: Callable,
                  counter, scheduler: Scheduler, tier, timeline, stats, window_layers: int = 4,
                  layers_per_get: int = 1, io_threads: int = 8, layer_s: float = 0.002, on_store_error=None,
-                 on_corrupt=None):
+                 on_corrupt=None, fetch=None):
+        """`fetch`: a `fetch.ProcessFetch` (what the linker uses), else a ThreadFetch on
+        `store` with `io_threads` threads."""
         self.store = store
         self.g = geometry
         self.layers = device_layers  # [(k_buffer[l], v_buffer[l])] or [(kv_buffer[l],)]
@@ -103,7 +108,13 @@ class LayerwiseLoader:
         self._free: list[torch.Tensor] = []  # staging buffers to reuse
         self._in_copy: list = []  # (staging, CUDA event) still being read by an H2D copy
         self._inbox: "queue.Queue" = queue.Queue()
-        self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="objectcache-fetch")
+        self.fetch = fetch or ThreadFetch(store, geometry, io_threads, pinned=self._cuda)
+        self.fetch.on_result = lambda *res: self._inbox.put(("fetched", *res))
+        self._jobs: dict[int, Transfer] = {}  # fetch jobs out, by id
+        self._next_job = 0
+        self._draining: dict[int, _Batch] = {}  # stopped batches whose jobs may still write staging
+        # Writes and host-tier copies; few threads, as each one competes with the forward for the GIL.
+        self._pool = ThreadPoolExecutor(min(4, io_threads), thread_name_prefix="objectcache-io")
         self._thread = threading.Thread(target=self._loop, name="objectcache-io", daemon=True)
         self._running = True
         self._thread.start()
@@ -133,6 +144,7 @@ class LayerwiseLoader:
             self._inbox.put(("quit",))
             self._thread.join(timeout=30)
             self._pool.shutdown(wait=False, cancel_futures=True)
+            self.fetch.close()
 
     def _projected_start(self, store_pages: int) -> float:
         """When this batch's forward can really start consuming: after the bytes of the
@@ -200,56 +212,26 @@ class LayerwiseLoader:
                     msg = None
             decision = self.sched.next(time.monotonic())
             for t in decision.start:
-                self._pool.submit(self._run_transfer, t)
+                if t.kind == WRITE:
+                    self._pool.submit(self._run_write, t)
+                else:
+                    self._fetch(t)
             wake_at = decision.wake_at
 
-    def _run_transfer(self, t: Transfer) -> None:
-        started = time.perf_counter()
+    def _run_write(self, t: Transfer) -> None:
         try:
-            if t.kind == WRITE:
-                results = self.store.put_many(t.payload[1], if_absent=True)
-            else:
-                results = self.store.get_ranges(t.payload[3])
+            results = self.store.put_many(t.payload[1], if_absent=True)
         except Exception as e:  # noqa: BLE001 - transports should not raise; be safe
-            n = len(t.payload[1] if t.kind == WRITE else t.payload[3])
-            results = [StoreError("client", f"{type(e).__name__}: {e}")] * n
-        arrived = time.perf_counter()
-        prepared = None
-        if t.kind == READ:
-            try:
-                prepared = self._prepare(t, results)
-            except Exception as e:  # noqa: BLE001 - fail the batch, keep the thread
-                prepared = e
-        self._inbox.put(("result", t, results, prepared, arrived, started))
+            results = [StoreError("client", f"{type(e).__name__}: {e}")] * len(t.payload[1])
+        self._inbox.put(("written", t, results))
 
-    def _prepare(self, t: Transfer, results) -> list:
-        """On a pool thread: per page, (header or FormatError, {layer: checksum}) after
-        copying each layer into its staging row; None where the I/O thread must judge the
-        result (error, missing, wrong size). The staging rows are this transfer's alone."""
-        _, layers, group, ranges, staged, b = t.payload
-        g, out = self.g, []
-        rows = {layer: staged[layer].numpy() for layer in layers}  # views, made once per transfer
-        for i, (_, start, end), r in zip(group, ranges, results):
-            if r is None or isinstance(r, StoreError) or memoryview(r).nbytes != end - start:
-                out.append(None)
-                continue
-            mv = memoryview(r).cast("B")
-            if b.tier_bufs[i] is not None:
-                b.tier_bufs[i][start:end] = mv
-            header = None
-            if start == 0:
-                try:
-                    header = objformat.decode_header(mv[: g.header_bytes], g, self.digest(b.hashes[i]))
-                except FormatError as e:
-                    header = e
-            sums = {}
-            for layer in layers:
-                s, e = g.layer_range(layer)
-                row = rows[layer][i]
-                row[:] = mv[s - start : e - start]
-                sums[layer] = objformat.checksum(row)  # of the bytes that will be scattered
-            out.append((header, sums))
-        return out
+    def _fetch(self, t: Transfer) -> None:
+        index, layers, group, ranges, staged, b = t.payload
+        # A range from byte 0 carries the header, checked against the page's own key.
+        digests = [self.digest(b.hashes[i]) for i in group] if ranges[0][1] == 0 else None
+        job, self._next_job = self._next_job, self._next_job + 1
+        self._jobs[job] = t
+        self.fetch.submit(job, ranges, group, layers, staged, digests)
 
     def _copy_host(self, index: int, layers, pages: list, staged: dict, objs: list) -> None:
         """On a pool thread: host-tier pages' layers into their staging rows."""
@@ -276,9 +258,12 @@ class LayerwiseLoader:
                 self.sched.cancel(f"b{index}")
                 for ev in b.events:  # GPU copies already enqueued must land first
                     ev.synchronize()
-                if b.pending == 0:  # else a pool thread may still write them: let them go
+                if b.pending == 0:
                     self._free.extend(b.staged.values())
-                b.staged.clear()
+                    b.staged.clear()
+                else:  # a fetch may still write its staging: reuse that once it is back
+                    self._draining[index] = b
+                b.tier_blocks.clear()
                 self.timeline.end(index, b.failed is None and b.done_layers == self.g.num_layers,
                                   time.perf_counter())
             done.set()
@@ -287,14 +272,16 @@ class LayerwiseLoader:
             nbytes = sum(memoryview(d).nbytes for _, d in items)
             self.sched.submit([Transfer("writes", -1, nbytes, kind=WRITE, payload=(on_done, items))],
                               time.monotonic())
-        elif kind == "result":
-            _, t, results, prepared, t_arrived, t_started = msg
+        elif kind == "written":
+            _, t, results = msg
             self.sched.done(t, time.monotonic())
-            if t.kind == WRITE:
-                t.payload[0](results)
-                return
+            t.payload[0](results)
+        elif kind == "fetched":
+            _, job, outcomes, t_arrived, t_started = msg
+            t = self._jobs.pop(job)
+            self.sched.done(t, time.monotonic())
             try:
-                self._on_fetched(t, results, prepared, t_arrived, t_started)
+                self._on_fetched(t, outcomes, t_arrived, t_started)
             except Exception as e:  # noqa: BLE001 - fail the batch, keep the thread
                 logger.exception("objectcache: layerwise result handling failed")
                 self._fail(t.payload[0], e)
@@ -316,12 +303,16 @@ class LayerwiseLoader:
         if ready_event is not None:
             self._copy_stream.wait_event(ready_event)
         host_objs = [self.tier.get(name) for name in names]
-        want_tier = self.tier.capacity > 0
         b = _Batch(index, rids, hashes, names, slots, deadline0=self._projected_start(n - sum(
                    o is not None for o in host_objs)), host_objs=host_objs,
-                   tier_bufs=[np.empty(self.g.object_bytes, np.uint8) if (o is None and want_tier) else None
-                              for o in host_objs],
                    headers=[None] * n, counter=counter)
+        if self.tier.capacity > 0:  # blocks of a transfer's size: the tier frees memory by block
+            store_pages = [i for i, o in enumerate(host_objs) if o is None]
+            for k in range(0, len(store_pages), PAGES_PER_TRANSFER):
+                group = store_pages[k : k + PAGES_PER_TRANSFER]
+                for r, i in enumerate(group):
+                    b.tier_at[i] = (len(b.tier_blocks), r)
+                b.tier_blocks.append((np.array(group), np.empty((len(group), self.g.object_bytes), np.uint8)))
         self._batches[index] = b
         n_host = sum(o is not None for o in host_objs)
         self.timeline.begin(index, rids, n - n_host, n_host, self.g.num_layers, t0)
@@ -379,38 +370,40 @@ class LayerwiseLoader:
         if self._in_copy:
             self._free += [t for t, ev in self._in_copy if ev.query()]
             self._in_copy = [(t, ev) for t, ev in self._in_copy if not ev.query()]
-        del self._free[: max(0, len(self._free) - 4 * self.window)]
+        extra = max(0, len(self._free) - 4 * self.window)
+        for t in self._free[:extra]:
+            self.fetch.release(t)
+        del self._free[:extra]
         for k, t in enumerate(self._free):
             if t.shape[0] >= n:
                 return self._free.pop(k)[:n]
-        rows = max(n, PAGES_PER_TRANSFER)
-        return torch.empty((rows, self.g.layer_bytes), dtype=torch.uint8, pin_memory=self._cuda)[:n]
+        return self.fetch.alloc(max(n, PAGES_PER_TRANSFER))[:n]
 
-    def _on_fetched(self, t: Transfer, results, prepared, t_arrived: float, t_started: float) -> None:
+    def _on_fetched(self, t: Transfer, outcomes: list, t_arrived: float, t_started: float) -> None:
         index, layers, group, ranges = t.payload[:4]
         b = self._settle(index)
         if b is None:
             return
-        if isinstance(prepared, BaseException):
-            return self._fail(index, prepared)
         self.stats.inc("get_requests", len(ranges))
-        for i, (name, start, end), r, prep in zip(group, ranges, results, prepared):
-            if isinstance(r, StoreError):
-                self.stats.inc("store_errors_" + r.kind)
-                self.on_store_error(r)
-                return self._fail(index, r)
-            if r is None:
+        for i, (name, start, end), out in zip(group, ranges, outcomes):
+            kind = out[0]
+            if kind == "store":
+                err = StoreError(out[1], out[2])
+                self.stats.inc("store_errors_" + err.kind)
+                self.on_store_error(err)
+                return self._fail(index, err)
+            if kind == "missing":
                 self.stats.miss("not_found")
                 return self._fail(index, KeyError(f"{name}: object missing"))
-            nbytes = memoryview(r).nbytes
-            if prep is None:
-                return self._corrupt(index, name, FormatError(f"{nbytes} bytes for a {end - start}-byte range"))
-            self.stats.inc("bytes_read", nbytes)
-            header, sums = prep
-            if isinstance(header, FormatError):
-                return self._corrupt(index, name, header)
+            if kind == "corrupt":
+                return self._corrupt(index, name, FormatError(out[1]))
+            _, header, sums, raw = out
+            self.stats.inc("bytes_read", end - start)
             if header is not None:
                 b.headers[i] = header
+                if i in b.tier_at:
+                    k, r = b.tier_at[i]
+                    b.tier_blocks[k][1][r, : len(raw)] = np.frombuffer(raw, np.uint8)
             for layer in layers:
                 b.sums[layer][i] = sums[layer]
                 b.arrived[layer].add(i)
@@ -424,11 +417,14 @@ class LayerwiseLoader:
         self._advance(b)
 
     def _settle(self, index: int) -> Optional[_Batch]:
-        """A pool job of batch `index` came back: count it; the batch if still live."""
-        b = self._batches.get(index)
+        """A job of batch `index` came back: count it; the batch if still live."""
+        b = self._batches.get(index) or self._draining.get(index)
         if b is None:
             return None
         b.pending -= 1
+        if b.stopped and b.pending == 0 and self._draining.pop(index, None) is not None:
+            self._free.extend(b.staged.values())  # nothing writes them any more
+            b.staged.clear()
         return None if b.stopped or b.failed is not None else b
 
     def _advance(self, b: _Batch) -> None:
@@ -453,6 +449,11 @@ class LayerwiseLoader:
 
     def _scatter(self, b: _Batch, layer: int, staging: torch.Tensor) -> None:
         pools = self.layers[layer]
+        if b.tier_blocks:  # one strided copy per block; numpy releases the GIL for it
+            s, e = self.g.layer_range(layer)
+            rows = staging.numpy()
+            for pages, block in b.tier_blocks:
+                np.take(rows, pages, axis=0, out=block[:, s:e], mode="clip")
         event = None
         if self._cuda:
             with torch.cuda.stream(self._copy_stream):
@@ -476,9 +477,9 @@ class LayerwiseLoader:
         self._in_copy.append((staging, event))
 
     def _complete(self, b: _Batch) -> None:
-        for name, buf in zip(b.names, b.tier_bufs):
-            if buf is not None:
-                self.tier.put(name, buf)
+        for pages, block in b.tier_blocks:
+            self.tier.put_block([b.names[i] for i in pages], block)
+        b.tier_blocks.clear()
         self.stats.inc("layerwise_batches_ok")
 
     def _corrupt(self, index: int, name: str, err: FormatError) -> None:

@@ -1,0 +1,229 @@
+"""Where a layerwise load's GETs run and where their bytes land: the loader's fetchers.
+
+Contract. A fetch job is one READ transfer of the loader: ranged GETs of layers `layers`
+for the pages `group` of a batch (`ranges[j]` is page `group[j]`'s range). The fetcher
+GETs them, copies each layer of each page into that layer's staging buffer at row
+`group[j]`, hashes every staged row (xxh3, the bytes that will be scattered) and, where a
+range starts at byte 0, checks the header against the page's expected key digest. It
+reports one outcome per page, in `ranges` order, to `on_result(tid, outcomes, arrived,
+started)` (perf_counter times; CLOCK_MONOTONIC, so comparable across processes):
+
+    ("ok", header | None, {layer: xxh3}, raw header bytes | None)
+    ("store", kind, message)    a StoreError of that kind
+    ("missing",)                no such object
+    ("corrupt", message)        wrong size or a bad header
+
+It never compares a layer's hash with the header's: that needs the page's header, which
+may come in another job; the loader does it. Staging buffers come from the fetcher
+(`alloc`/`release`), so each fetcher can put them where its GETs can write.
+
+    ThreadFetch    GETs and copies on a thread pool of this process, into pinned tensors.
+    ProcessFetch   a worker process (`fetch_worker.py`) with its own store client, writing
+                   into shared memory (memfd; registered with CUDA as pinned on GPU), so
+                   the bytes never cross a pipe. Per job this process only pickles a few
+                   names and reads back a few hashes.
+
+Why a process: in the serving process every thread that runs Python for the requests (the
+obstore event loop, the copy and hash loops) competes for the GIL with the forward, and
+the forward gives the GIL up at every torch call, then waits up to the switch interval
+(5 ms) to get it back while those threads are busy. On the H100, one layer per GET at 64K
+context needed ~260 ms of wall time per layer for ~1 ms of GPU work
+(benchmarks/results/ttft_gpu.json, layerwise mode, thread fetch).
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import send_handle
+from typing import Callable, Optional
+
+import torch
+
+from sglang_objectcache.layerwise.fetch_worker import run_job
+from sglang_objectcache.objformat import PageGeometry
+
+logger = logging.getLogger(__name__)
+
+OnResult = Callable[[int, list, float, float], None]
+
+
+class ThreadFetch:
+    """Fetch on a thread pool of this process, with `store` itself."""
+
+    def __init__(self, store, geometry: PageGeometry, threads: int, pinned: bool):
+        self.store, self.g, self.pinned = store, geometry, pinned
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="objectcache-fetch")
+        self.on_result: OnResult = lambda *a: None
+
+    def alloc(self, rows: int) -> torch.Tensor:
+        return torch.empty((rows, self.g.layer_bytes), dtype=torch.uint8, pin_memory=self.pinned)
+
+    def release(self, buf: torch.Tensor) -> None:
+        pass
+
+    def submit(self, tid: int, ranges, group, layers, staged: dict, digests) -> None:
+        job = (tid, ranges, group, layers, None, digests)
+        self._pool.submit(self._run, job, {layer: staged[layer].numpy() for layer in layers})
+
+    def _run(self, job, rows) -> None:
+        self.on_result(job[0], *run_job(self.store, self.g, job, rows))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Segment:
+    """One staging buffer in shared memory: the memfd (kept to map it again in a restarted
+    worker), this process's mapping, and the tensor over it."""
+
+    def __init__(self, sid: int, rows: int, width: int, pinned: bool):
+        self.sid, self.rows, self.nbytes = sid, rows, rows * width
+        self.fd = os.memfd_create(f"objectcache-staging-{sid}", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, self.nbytes)
+        self.map = mmap.mmap(self.fd, self.nbytes)
+        self.tensor = torch.frombuffer(self.map, dtype=torch.uint8).view(rows, width)
+        self.pinned = False
+        if pinned:
+            # Page-locked, so the H2D copy is asynchronous: what pin_memory=True gives a
+            # private tensor, for memory another process writes.
+            try:
+                torch.cuda.check_error(torch.cuda.cudart().cudaHostRegister(self.tensor.data_ptr(), self.nbytes, 0))
+                self.pinned = True
+            except Exception as e:  # noqa: BLE001 - still correct, only the copy is synchronous
+                logger.warning("objectcache: cannot pin shared staging (%s); H2D copies will block", e)
+
+    def free(self) -> None:
+        if self.pinned:
+            torch.cuda.cudart().cudaHostUnregister(self.tensor.data_ptr())
+        self.tensor = None
+        try:
+            self.map.close()
+        except BufferError:  # a view is still alive somewhere; the GC unmaps it later
+            pass
+        os.close(self.fd)
+
+
+class ProcessFetch:
+    """Fetch in a worker process with its own store client (from `cfg`), into shared memory.
+
+    A worker that dies fails its in-flight jobs (their batches recompute) and is started
+    again, with every live staging segment mapped again, at the next job."""
+
+    def __init__(self, cfg, geometry: PageGeometry, threads: int, pinned: bool):
+        self.cfg, self.g, self.threads, self.pinned = cfg, geometry, threads, pinned
+        self.on_result: OnResult = lambda *a: None
+        self._segments: dict[int, _Segment] = {}  # by the tensor's data_ptr
+        self._inflight: dict[int, int] = {}  # tid -> pages, for failing them if the worker dies
+        self._lock = threading.Lock()  # one sender at a time; guards _inflight and the worker
+        self._next_sid = 0
+        self._proc: Optional[subprocess.Popen] = None
+        self._conn: Optional[Connection] = None
+        self._closed = False
+        with self._lock:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
+        # The worker must import this package from where this process did.
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "sglang_objectcache.layerwise.fetch_worker", str(child.fileno())],
+            pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=env, close_fds=True)
+        child.close()
+        self._conn = conn = Connection(parent.detach())
+        conn.send(("init", self.cfg, self.g, self.threads))
+        for seg in self._segments.values():
+            self._send_map(seg)
+        threading.Thread(target=self._read, args=(conn, self._proc), name="objectcache-fetch-reader",
+                         daemon=True).start()
+
+    def _send_map(self, seg: _Segment) -> None:
+        self._conn.send(("map", seg.sid, seg.rows, self.g.layer_bytes))
+        send_handle(self._conn, seg.fd, self._proc.pid)
+
+    def _read(self, conn: Connection, proc) -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            if msg[0] == "got":
+                _, tid, outcomes, arrived, started = msg
+                with self._lock:
+                    self._inflight.pop(tid, None)
+                self.on_result(tid, outcomes, arrived, started)
+        # The worker is gone: whatever it had not answered fails (those batches recompute).
+        with self._lock:
+            if self._proc is not proc:
+                return
+            lost, self._inflight = self._inflight, {}
+            self._proc = self._conn = None
+        if not self._closed:
+            logger.error("objectcache: the layerwise fetch worker exited (code %s); %d jobs failed; "
+                         "it restarts with the next load", proc.poll(), len(lost))
+        now = time.perf_counter()
+        for tid, n in lost.items():
+            self.on_result(tid, [("store", "client", "fetch worker exited")] * n, now, now)
+
+    def alloc(self, rows: int) -> torch.Tensor:
+        with self._lock:
+            seg = _Segment(self._next_sid, rows, self.g.layer_bytes, self.pinned)
+            self._next_sid += 1
+            self._segments[seg.tensor.data_ptr()] = seg
+            if self._conn is not None:
+                self._send_map(seg)
+        return seg.tensor
+
+    def release(self, buf: torch.Tensor) -> None:
+        with self._lock:
+            seg = self._segments.pop(buf.data_ptr(), None)
+            if seg is not None and self._conn is not None:
+                self._conn.send(("unmap", seg.sid))
+        if seg is not None:
+            seg.free()
+
+    def submit(self, tid: int, ranges, group, layers, staged: dict, digests) -> None:
+        sids = {layer: self._segments[staged[layer].data_ptr()].sid for layer in layers}
+        with self._lock:
+            try:
+                if self._conn is None and not self._closed:
+                    self._spawn()
+                self._conn.send(("get", tid, ranges, group, layers, sids, digests))
+                self._inflight[tid] = len(ranges)
+                return
+            except Exception as e:  # noqa: BLE001 - the worker cannot start or is gone
+                err = f"fetch worker unavailable: {type(e).__name__}: {e}"
+        now = time.perf_counter()
+        self.on_result(tid, [("store", "client", err)] * len(ranges), now, now)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            proc, conn = self._proc, self._conn
+            self._proc = self._conn = None
+            if conn is not None:
+                try:
+                    conn.send(("quit",))
+                except OSError:
+                    pass
+        if proc is not None:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if conn is not None:
+            conn.close()
+        for seg in self._segments.values():
+            seg.free()
+        self._segments.clear()

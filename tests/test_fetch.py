@@ -1,0 +1,145 @@
+"""The layerwise fetchers (`layerwise/fetch.py`) and the host tier's block accounting: the
+worker process's lifecycle against a real SeaweedFS, and what happens when it dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from test_layerwise import Rig, hashes
+
+from sglang_objectcache.layerwise.hosttier import HostTier
+from sglang_objectcache.s3server import SeaweedFS, free_port
+
+
+def wait_for(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return cond()
+
+
+@pytest.fixture
+def rig(s3_config):
+    r = Rig(s3_config, fetch="process")
+    yield r
+    r.close()
+
+
+def test_a_killed_worker_is_replaced_and_loads_go_on(rig):
+    keys = hashes(4, "k")
+    rig.put(keys, [1, 2, 3, 4])
+    assert rig.load(keys, [10, 11, 12, 13])[1]
+    fetch = rig.loader.fetch
+    first = fetch._proc
+    first.kill()
+    assert wait_for(lambda: fetch._proc is None)  # the reader saw it go
+    assert rig.load(keys, [20, 21, 22, 23])[1]  # a new worker, with the staging mapped again
+    assert fetch._proc is not None and fetch._proc.pid != first.pid
+    assert rig.same([1, 2, 3, 4], [20, 21, 22, 23])
+
+
+def test_a_worker_dying_mid_load_fails_the_batch_fast_and_writes_nothing(tmp_path):
+    srv = SeaweedFS(str(tmp_path / "sw"), s3_port=free_port(), buckets=("die",)).start()
+    rig = Rig(srv.config("die", read_timeout_s=30.0, retries=0), timeout_s=20.0, fetch="process")
+    try:
+        keys = hashes(3, "d")
+        rig.put(keys, [1, 2, 3])
+        srv.pause()  # the worker's GETs hang
+        killer = __import__("threading").Timer(0.5, rig.loader.fetch._proc.kill)
+        killer.start()
+        t0 = time.monotonic()
+        _, ok = rig.load(keys, [10, 11, 12])
+        assert not ok and time.monotonic() - t0 < 10  # failed by the lost jobs, not the 20 s timeout
+        assert rig.untouched([10, 11, 12])
+        srv.resume()
+        assert rig.load(keys, [20, 21, 22])[1]
+        assert rig.same([1, 2, 3], [20, 21, 22])
+    finally:
+        srv.resume()
+        rig.close()
+        srv.stop()
+
+
+def test_staging_segments_are_reused_not_leaked(rig):
+    keys = hashes(6, "r")
+    rig.put(keys, [1, 2, 3, 4, 5, 6])
+    for k in range(8):
+        assert rig.load(keys, [10 + k, 17 + k, 24 + k, 31 + k, 38 + k, 45 + k])[1]
+    fetch = rig.loader.fetch
+    # each load stages every layer once; buffers come back and are reused, not made anew
+    assert len(fetch._segments) <= rig.g.num_layers + 1
+    assert fetch._next_sid == len(fetch._segments)
+
+
+def test_the_worker_dies_with_its_server(s3_config):
+    """A server killed outright (SIGKILL: no cleanup runs) leaves no worker behind."""
+    code = (
+        "import json, sys, time\n"
+        "from sglang_objectcache.config import ObjectCacheConfig\n"
+        "from sglang_objectcache.layerwise.fetch import ProcessFetch\n"
+        "from sglang_objectcache.objformat import PageGeometry\n"
+        "f = ProcessFetch(ObjectCacheConfig.from_dict(json.loads(sys.argv[1])),\n"
+        "                 PageGeometry('mha', 2, 4, (64, 64), 'float16'), 2, pinned=False)\n"
+        "f.alloc(16)\n"
+        "print(f._proc.pid, flush=True)\n"
+        "time.sleep(60)\n")
+    server = subprocess.Popen([sys.executable, "-c", code, json.dumps(s3_config)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(server.stdout.readline())
+        os.kill(worker, 0)  # alive
+        server.kill()
+        server.wait()
+        assert wait_for(lambda: not alive(worker)), "the fetch worker outlived its server"
+    finally:
+        server.kill()
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def test_a_broken_store_config_in_the_worker_fails_loads_not_the_server(s3_config):
+    rig = Rig(dict(s3_config, secret_access_key="wrong"), fetch="process")
+    try:
+        keys = hashes(2, "w")
+        _, ok = rig.load(keys, [10, 11])
+        assert not ok and rig.untouched([10, 11])
+        assert rig.stats.counters.get("store_errors_auth", 0) >= 1
+    finally:
+        rig.close()
+
+
+def test_host_tier_counts_a_block_until_its_last_row_leaves():
+    mib = 1 << 20
+    tier = HostTier(3 * mib)
+    block = np.zeros((4, mib // 2), np.uint8)  # 2 MiB in four rows
+    tier.put_block(["a", "b", "c", "d"], block)
+    assert tier.used == 2 * mib and len(tier) == 4
+    tier.put("e", np.zeros(mib, np.uint8))  # 3 MiB: full
+    assert tier.used == 3 * mib
+    tier.put("f", np.zeros(mib // 2, np.uint8))  # over: rows of the block leave, LRU first
+    assert tier.used <= 3 * mib
+    assert "a" not in tier and "e" in tier and "f" in tier
+    assert "d" not in tier  # the block's memory came back only once every row had gone
+    assert tier.used == mib + mib // 2
+
+
+def test_host_tier_discard_and_oversized_blocks():
+    tier = HostTier(1 << 20)
+    tier.put_block(["x", "y"], np.zeros((2, 1 << 20), np.uint8))  # larger than the tier: not kept
+    assert len(tier) == 0 and tier.used == 0
+    tier.put_block(["x", "y"], np.zeros((2, 1000), np.uint8))
+    tier.discard("x")
+    assert tier.used == 2000 and tier.get("y") is not None
+    tier.discard("y")
+    assert tier.used == 0
