@@ -15,6 +15,8 @@ the median of `--reps` distinct prompts:
     layerwise        objectcache layerwise mode: prefix only in the bucket; layers stream
                      into the KV pool while the forward runs
     layerwise_dram   layerwise mode, prefix in objectcache's own host tier
+    layerwise_thread layerwise mode with `fetch: thread`: GETs, copies and hashes on threads
+                     of SGLang's scheduler process, not in the fetch worker process (default)
     layerwise_g4     layerwise mode reading 4 layers per ranged GET (`layers_per_get`: 4,
                      256 KiB per request for this model): a quarter of the requests
 
@@ -148,6 +150,13 @@ def main() -> None:
                 evict_device(srv.url, pool, seed, longest)
                 record("layerwise_dram", ctx, *ttft(srv.url, ids))
 
+        lwt = {**s3cfg, "layerwise": {"enabled": True, "host_cache_mb": 4096, "fetch": "thread"}}
+        with SGLangServer(model, base + objectcache_args(lwt), env=env, name="layerwise_thread",
+                          log_path=str(work / "layerwise_thread.log")).start() as srv:
+            for (ctx, r), seed in seeds.items():
+                flush(srv.url)
+                record("layerwise_thread", ctx, *ttft(srv.url, prompt(seed, ctx + a.suffix)))
+
         lw4 = {**s3cfg, "layerwise": {"enabled": True, "host_cache_mb": 4096, "layers_per_get": 4}}
         with SGLangServer(model, base + objectcache_args(lw4), env=env, name="layerwise_g4",
                           log_path=str(work / "layerwise_g4.log")).start() as srv:
@@ -162,6 +171,8 @@ def main() -> None:
         "layerwise_over_recompute": {c: summary["layerwise"][c] / summary["recompute"][c] for c in summary["recompute"]},
         "page_over_dram": {c: summary["page"][c] / summary["dram"][c] for c in summary["dram"]},
         "layerwise_over_page": {c: summary["layerwise"][c] / summary["page"][c] for c in summary["page"]},
+        "layerwise_over_layerwise_thread": {c: summary["layerwise"][c] / summary["layerwise_thread"][c]
+                                            for c in summary["layerwise_thread"]},
         "layerwise_g4_over_dram": {c: summary["layerwise_g4"][c] / summary["dram"][c] for c in summary["dram"]},
         "layerwise_g4_over_recompute": {c: summary["layerwise_g4"][c] / summary["recompute"][c]
                                         for c in summary["recompute"]},

@@ -152,6 +152,15 @@ class ProcessFetch:
         self._conn.send(("map", seg.sid, seg.rows, self.g.layer_bytes))
         send_handle(self._conn, seg.fd, self._proc.pid)
 
+    def _tell(self, send) -> None:
+        """Send a map or unmap; a dead worker is left to the reader, and a restarted one
+        maps every live segment anyway."""
+        if self._conn is not None:
+            try:
+                send()
+            except OSError:
+                pass
+
     def _read(self, conn: Connection, proc) -> None:
         while True:
             try:
@@ -181,15 +190,14 @@ class ProcessFetch:
             seg = _Segment(self._next_sid, rows, self.g.layer_bytes, self.pinned)
             self._next_sid += 1
             self._segments[seg.tensor.data_ptr()] = seg
-            if self._conn is not None:
-                self._send_map(seg)
+            self._tell(lambda: self._send_map(seg))
         return seg.tensor
 
     def release(self, buf: torch.Tensor) -> None:
         with self._lock:
             seg = self._segments.pop(buf.data_ptr(), None)
-            if seg is not None and self._conn is not None:
-                self._conn.send(("unmap", seg.sid))
+            if seg is not None:
+                self._tell(lambda: self._conn.send(("unmap", seg.sid)))
         if seg is not None:
             seg.free()
 

@@ -90,10 +90,11 @@ def serve(conn: Connection) -> None:
     send_lock = threading.Lock()
     bufs: dict[int, np.ndarray] = {}
 
-    def job(msg, rows) -> None:
-        if broken:
+    def job(msg, rows, reason=None) -> None:
+        reason = reason or broken
+        if reason:
             now = time.perf_counter()
-            res = ([("store", "client", broken)] * len(msg[1]), now, now)
+            res = ([("store", "client", reason)] * len(msg[1]), now, now)
         else:
             res = run_job(store, g, msg, rows)
         try:
@@ -109,7 +110,9 @@ def serve(conn: Connection) -> None:
             break
         kind = msg[0]
         if kind == "get":
-            pool.submit(job, msg[1:], {layer: bufs[sid] for layer, sid in msg[5].items()})
+            rows = {layer: bufs.get(sid) for layer, sid in msg[5].items()}
+            missing = any(r is None for r in rows.values())  # a bug: answer it, keep the worker
+            pool.submit(job, msg[1:], rows, "staging not mapped" if missing else None)
         elif kind == "map":
             _, sid, rows, width = msg
             fd = recv_handle(conn)

@@ -61,7 +61,9 @@ class _Batch:
     slots: torch.Tensor
     deadline0: float
     host_objs: list  # the host-tier object of each page, or None: fetch from the store
-    # Store pages being assembled for the host tier: (page indices, [pages, object_bytes]).
+    # Store pages being assembled for the host tier: (page indices, their staging rows as a
+    # slice where they are consecutive (no temporary copy) else an index array, the block
+    # [pages, object_bytes]).
     tier_blocks: list = field(default_factory=list)
     tier_at: dict = field(default_factory=dict)  # page index -> (block, row)
     headers: list = field(default_factory=list)
@@ -312,7 +314,8 @@ class LayerwiseLoader:
                 group = store_pages[k : k + PAGES_PER_TRANSFER]
                 for r, i in enumerate(group):
                     b.tier_at[i] = (len(b.tier_blocks), r)
-                b.tier_blocks.append((np.array(group), np.empty((len(group), self.g.object_bytes), np.uint8)))
+                rows = slice(group[0], group[-1] + 1) if group[-1] - group[0] == len(group) - 1 else np.array(group)
+                b.tier_blocks.append((group, rows, np.empty((len(group), self.g.object_bytes), np.uint8)))
         self._batches[index] = b
         n_host = sum(o is not None for o in host_objs)
         self.timeline.begin(index, rids, n - n_host, n_host, self.g.num_layers, t0)
@@ -403,7 +406,7 @@ class LayerwiseLoader:
                 b.headers[i] = header
                 if i in b.tier_at:
                     k, r = b.tier_at[i]
-                    b.tier_blocks[k][1][r, : len(raw)] = np.frombuffer(raw, np.uint8)
+                    b.tier_blocks[k][2][r, : len(raw)] = np.frombuffer(raw, np.uint8)
             for layer in layers:
                 b.sums[layer][i] = sums[layer]
                 b.arrived[layer].add(i)
@@ -451,9 +454,9 @@ class LayerwiseLoader:
         pools = self.layers[layer]
         if b.tier_blocks:  # one strided copy per block; numpy releases the GIL for it
             s, e = self.g.layer_range(layer)
-            rows = staging.numpy()
-            for pages, block in b.tier_blocks:
-                np.take(rows, pages, axis=0, out=block[:, s:e], mode="clip")
+            staged = staging.numpy()
+            for _, rows, block in b.tier_blocks:
+                block[:, s:e] = staged[rows]
         event = None
         if self._cuda:
             with torch.cuda.stream(self._copy_stream):
@@ -477,7 +480,7 @@ class LayerwiseLoader:
         self._in_copy.append((staging, event))
 
     def _complete(self, b: _Batch) -> None:
-        for pages, block in b.tier_blocks:
+        for pages, _, block in b.tier_blocks:
             self.tier.put_block([b.names[i] for i in pages], block)
         b.tier_blocks.clear()
         self.stats.inc("layerwise_batches_ok")

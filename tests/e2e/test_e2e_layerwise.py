@@ -11,6 +11,7 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 from e2e_support import BACKEND, MAX_NEW, BucketL3, full_pages, outputs, prompts, wait_for_writes
 
@@ -88,6 +89,15 @@ def test_fetch_overlaps_the_forward(server, trace):
     assert any(b["ok"] and overlapped_layers(b) for b in batches), batches[-3:]
     chrome = json.load(open(trace[:-5] + ".trace.json"))
     assert {e["tid"] for e in chrome["traceEvents"]} >= {"fetch", "scatter", "forward wait"}
+
+
+def test_store_reads_run_in_one_fetch_worker_of_the_server(server):
+    """The default `fetch: process`: SGLang's scheduler process started the worker (one per
+    scheduler; here TP=1), so its GETs and copies never hold the scheduler's GIL."""
+    tree = psutil.Process(server.proc.pid).children(recursive=True)
+    workers = [p for p in tree if "sglang_objectcache.layerwise.fetch_worker" in " ".join(p.cmdline())]
+    assert len(workers) == 1, [p.cmdline() for p in tree]
+    assert workers[0].parent().pid != server.proc.pid  # a child of the scheduler, not the launcher
 
 
 def test_host_tier_serves_repeats_without_the_store(server, l3, proxy, reference):
