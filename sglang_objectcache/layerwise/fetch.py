@@ -129,14 +129,21 @@ class ProcessFetch:
         self._conn: Optional[Connection] = None
         self._closed = False
         with self._lock:
-            self._spawn()
+            try:
+                self._spawn()
+            except Exception as e:  # noqa: BLE001 - a server without a worker still serves
+                logger.error("objectcache: cannot start the layerwise fetch worker (%s: %s); "
+                             "store hits recompute until it starts", type(e).__name__, e)
+                self._proc = self._conn = None
 
     def _spawn(self) -> None:
         parent, child = socket.socketpair()
         env = dict(os.environ)
-        # The worker must import this package from where this process did.
+        # The worker must import this package from where this process did (a source
+        # checkout on sys.path; an installed package is found anyway).
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        if os.path.basename(root) not in ("site-packages", "dist-packages"):
+            env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "sglang_objectcache.layerwise.fetch_worker", str(child.fileno())],
             pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=env, close_fds=True)
