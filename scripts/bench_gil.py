@@ -37,8 +37,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sglang_objectcache import kernels, objformat  # noqa: E402
+from sglang_objectcache import objformat  # noqa: E402
 from sglang_objectcache.config import ObjectCacheConfig, SchedulerConfig  # noqa: E402
+from sglang_objectcache.keys import KeyScheme, make_namespace  # noqa: E402
 from sglang_objectcache.layerwise.counter import LayerReadyCounter  # noqa: E402
 from sglang_objectcache.layerwise.fetch import ProcessFetch  # noqa: E402
 from sglang_objectcache.layerwise.hosttier import HostTier  # noqa: E402
@@ -70,12 +71,12 @@ def launch_loop(seconds: float) -> float:
 class Loading:
     """A loader kept busy: the same batch loaded again and again on a side thread."""
 
-    def __init__(self, store, cfg, g, pools, names, hashes_, fetch: str, threads: int):
+    def __init__(self, store, cfg, g, keys, pools, names, hashes_, fetch: str, threads: int):
         self.g, self.names, self.hashes = g, names, hashes_
         self.stats = Stats()
         self.counter = LayerReadyCounter(g.num_layers, 60.0, on_finish=lambda i: self.loader.stop(i))
         self.loader = LayerwiseLoader(
-            store=store, geometry=g, device_layers=pools, content_digest=lambda h: objformat_digest(h),
+            store=store, geometry=g, device_layers=pools, content_digest=keys.content_digest,
             counter=self.counter, scheduler=Scheduler(SchedulerConfig()), tier=HostTier(0),
             timeline=Timeline(max_batches=4), stats=self.stats, window_layers=4, io_threads=threads,
             fetch=ProcessFetch(cfg, g, threads, pinned=False) if fetch == "process" else None)
@@ -118,10 +119,6 @@ class Loading:
         self.loader.close()
 
 
-def objformat_digest(h: str) -> bytes:
-    return h.encode()[:16].ljust(16, b"\0")
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pages", type=int, default=64)
@@ -142,12 +139,13 @@ def main(argv=None) -> None:
     pools = [(torch.zeros(a.pages * a.page, a.row, dtype=torch.uint8),
               torch.zeros(a.pages * a.page, a.row, dtype=torch.uint8)) for _ in range(a.layers)]
     hashes_ = [f"g{i:063d}" for i in range(a.pages)]
-    names = [f"bench-gil/{h}" for h in hashes_]
+    keys = KeyScheme("oc", make_namespace(cfg, "bench-gil", g, is_mla=False, tp_rank=0, tp_size=1, start_layer=0))
+    names = [keys.object_key(h) for h in hashes_]
     gen = torch.Generator().manual_seed(0)
     payload = torch.randint(0, 256, (a.pages, g.payload_bytes), dtype=torch.uint8, generator=gen)
-    items = [(n, objformat.sealed(g, objformat_digest(h), row.numpy())) for n, h, row in zip(names, hashes_, payload)]
+    items = [(n, objformat.sealed(g, keys.content_digest(h), row.numpy())) for n, h, row in zip(names, hashes_, payload)]
     assert all(r is True for r in store.put_many(items, if_absent=False))
-    loads = {c: Loading(store, cfg, g, pools, names, hashes_, c, a.threads) for c in CONDITIONS if c != "idle"}
+    loads = {c: Loading(store, cfg, g, keys, pools, names, hashes_, c, a.threads) for c in CONDITIONS if c != "idle"}
     samples: dict[str, list[dict]] = {c: [] for c in CONDITIONS}
     rng = random.Random(0)
     try:

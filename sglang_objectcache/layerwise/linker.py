@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import threading
 import time
 from typing import Optional
 

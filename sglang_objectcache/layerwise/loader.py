@@ -452,11 +452,6 @@ class LayerwiseLoader:
 
     def _scatter(self, b: _Batch, layer: int, staging: torch.Tensor) -> None:
         pools = self.layers[layer]
-        if b.tier_blocks:  # one strided copy per block; numpy releases the GIL for it
-            s, e = self.g.layer_range(layer)
-            staged = staging.numpy()
-            for _, rows, block in b.tier_blocks:
-                block[:, s:e] = staged[rows]
         event = None
         if self._cuda:
             with torch.cuda.stream(self._copy_stream):
@@ -474,6 +469,13 @@ class LayerwiseLoader:
         b.done_layers += 1
         self.timeline.mark(b.index, layer, "scattered", time.perf_counter())
         b.counter.complete(b.index, layer, event)
+        # After the forward was released: the host-tier copy is not on its path. Only
+        # `_staging()`, on this thread, hands the buffer out again, so it still holds the layer.
+        if b.tier_blocks:  # one strided copy per block; numpy releases the GIL for it
+            s, e = self.g.layer_range(layer)
+            staged = staging.numpy()
+            for _, rows, block in b.tier_blocks:
+                block[:, s:e] = staged[rows]
 
     def _free_after(self, staging: torch.Tensor, event) -> None:
         # Pinned host memory: reuse it only once the H2D copy has read it.
