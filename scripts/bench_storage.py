@@ -135,6 +135,7 @@ class RawObstore:
         self.obstore, self.conc = obstore, conc
         self.store = S3Store(bucket, endpoint=srv.endpoint, access_key_id=srv.access_key,
                              secret_access_key=srv.secret_key, region="us-east-1",
+                             unsigned_payload=True,  # as objectcache's default
                              client_options={"allow_http": True, "pool_max_idle_per_host": str(conc),
                                              "timeout": "120s"})
         self.loop = asyncio.new_event_loop()

@@ -53,7 +53,8 @@ _HTTP_KIND = re.compile(r"HttpError \{\s*kind: (\w+)")
 
 def make_s3store(cfg: ObjectCacheConfig, *, connect_s: float, read_s: float, retries: int,
                  pool: int) -> S3Store:
-    kw: dict = {"region": cfg.region, "virtual_hosted_style_request": cfg.addressing_style == "virtual"}
+    kw: dict = {"region": cfg.region, "virtual_hosted_style_request": cfg.addressing_style == "virtual",
+                "unsigned_payload": not cfg.sign_payload}
     if cfg.endpoint_url:
         kw["endpoint"] = _endpoint(cfg)
     if cfg.access_key_id:
