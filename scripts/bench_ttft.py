@@ -3,8 +3,10 @@
 One run, side by side, on one machine: a real SeaweedFS and real SGLang servers on a
 random-weight Llama-style model made locally (bigger than the test model, so each layer's
 compute is real). Every prompt is a fresh prefix of `ctx` tokens plus a `suffix` of new
-tokens; TTFT is the latency of a 1-token generation. Per context length and mode we take
-the median of `--reps` distinct prompts:
+tokens; TTFT is the latency of a 1-token generation. Every server is up for the whole run
+and each round measures every mode on one prompt, one after another, after the bucket has
+gone quiet (write-through and offload PUTs are asynchronous). Ratios are per round, then
+the median over `--reps` rounds (distinct prompts):
 
     recompute        no radix/HiCache: every token computed
     dram             HiCache host (L2) hit: the prefix was evicted from the device pool to
@@ -12,13 +14,14 @@ the median of `--reps` distinct prompts:
                      baseline)
     page             objectcache page mode: prefix only in the bucket; SGLang prefetches
                      whole pages to host memory (wait_complete), then computes
-    layerwise        objectcache layerwise mode: prefix only in the bucket; layers stream
-                     into the KV pool while the forward runs
+    layerwise        objectcache layerwise mode, its defaults: prefix only in the bucket;
+                     layers stream into the KV pool while the forward runs. `layers_per_get`
+                     auto reads a whole object per GET for this model (8 layers x 64 KiB)
     layerwise_dram   layerwise mode, prefix in objectcache's own host tier
+    layerwise_g1     layerwise mode, one layer per ranged GET (64 KiB, 8x the requests)
+    layerwise_g4     layerwise mode, 4 layers per ranged GET (256 KiB)
     layerwise_thread layerwise mode with `fetch: thread`: GETs, copies and hashes on threads
-                     of SGLang's scheduler process, not in the fetch worker process (default)
-    layerwise_g4     layerwise mode reading 4 layers per ranged GET (`layers_per_get`: 4,
-                     256 KiB per request for this model): a quarter of the requests
+                     of SGLang's scheduler process, not in the fetch worker process
 
     .venv/bin/python scripts/bench_ttft.py --contexts 1024 2048 4096 8192 --reps 3
 
@@ -36,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import requests
@@ -50,6 +54,7 @@ from sglang_objectcache.tinymodel import TinyModelSpec, make_tiny_model  # noqa:
 BENCH_MODEL = TinyModelSpec(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, head_dim=64,
                             intermediate_size=1536, vocab_size=2048, max_positions=32768)
 PAGE = 64
+BUCKET = "bench-ttft"
 
 
 def ttft(url: str, ids: list[int]) -> tuple[float, dict]:
@@ -94,14 +99,40 @@ def wait_stored(s3: SeaweedFS, bucket: str, want: int, timeout_s: float = 120) -
     raise TimeoutError(f"only {n} of {want} objects stored")
 
 
+def quiesce(s3: SeaweedFS, bucket: str, still_s: float = 1.0, timeout_s: float = 120) -> None:
+    """Wait until the bucket's object count has not moved for `still_s`: write-through and
+    offload PUTs are asynchronous, and one server's backlog must not land on another's
+    measurement."""
+    c = s3.client()
+    deadline = time.monotonic() + timeout_s
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = sum(len(page.get("Contents", [])) for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket))
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= still_s:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"bucket {bucket} still changing after {timeout_s}s")
+
+
+MODES = ("recompute", "dram", "page", "layerwise", "layerwise_dram", "layerwise_g1", "layerwise_g4", "layerwise_thread")
+LAYERWISE = {"layerwise": {}, "layerwise_g1": {"layers_per_get": 1}, "layerwise_g4": {"layers_per_get": 4},
+             "layerwise_thread": {"fetch": "thread"}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     ap.add_argument("--suffix", type=int, default=256)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                    help="dram and page share one server, as do layerwise and layerwise_dram")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/ttft_cpu.json"))
     ap.add_argument("--workdir", default="")
+    ap.add_argument("--trace", action="store_true", help="keep the layerwise servers' timelines in the workdir")
     a = ap.parse_args()
+    modes = set(a.modes) | {"dram"}  # every ratio is against the DRAM hit
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-ttft-"))
     model = make_tiny_model(work / "model", BENCH_MODEL)
@@ -115,68 +146,70 @@ def main() -> None:
     def record(mode, ctx, dt, det):
         results.setdefault(mode, {}).setdefault(ctx, []).append(dt)
         details.setdefault(mode, {}).setdefault(ctx, []).append(det)
-        print(f"{mode:15s} ctx={ctx:6d} ttft={dt * 1000:8.1f} ms  {det}", flush=True)
+        print(f"{mode:16s} ctx={ctx:6d} ttft={dt * 1000:8.1f} ms  {det}", flush=True)
 
-    with SeaweedFS(str(work / "s3"), buckets=("bench-ttft",)) as s3:
-        s3cfg = {"endpoint_url": s3.endpoint, "bucket": "bench-ttft"}
-        seeds = {(ctx, r): 100 * ctx + r for ctx in a.contexts for r in range(a.reps)}
+    with SeaweedFS(str(work / "s3"), buckets=(BUCKET,)) as s3, ExitStack() as stack:
+        s3cfg = {"endpoint_url": s3.endpoint, "bucket": BUCKET}
 
-        with SGLangServer(model, base + nocache_args(), env=env, name="recompute",
-                          log_path=str(work / "recompute.log")).start() as srv:
-            ttft(srv.url, prompt(1, 512))
-            for (ctx, r), seed in seeds.items():
-                record("recompute", ctx, *ttft(srv.url, prompt(seed, ctx + a.suffix)))
+        def server(name, args, lw=None):
+            cfg = s3cfg if lw is None else {**s3cfg, "layerwise": {
+                "enabled": True, "host_cache_mb": 4096, **lw,
+                **({"trace_path": str(work / f"{name}.timeline.json")} if a.trace else {})}}
+            srv = SGLangServer(model, base + (args if args is not None else objectcache_args(cfg)), env=env,
+                               name=name, log_path=str(work / f"{name}.log"))
+            return stack.enter_context(srv.start())
+
+        # Every server is up at once (--sleep-on-idle: an idle one costs nothing), and each
+        # round measures every mode on the same prompt within a minute or two: the ratios
+        # are taken side by side, not phase against phase on a machine whose load moves.
+        servers = {}
+        if "recompute" in modes:
+            servers["recompute"] = server("recompute", nocache_args())
+        servers["page"] = server("page", None)
+        for name, lw in LAYERWISE.items():
+            if name in modes or (name == "layerwise" and "layerwise_dram" in modes):
+                servers[name] = server(name, None, lw)
+
+        def settled():
+            wait_stored(s3, BUCKET, stored)
+            quiesce(s3, BUCKET)
+            time.sleep(0.5)
 
         stored = 0
-        with SGLangServer(model, base + objectcache_args(s3cfg), env=env, name="page",
-                          log_path=str(work / "page.log")).start() as srv:
-            for (ctx, r), seed in seeds.items():
-                ids = prompt(seed, ctx + a.suffix)
-                ttft(srv.url, ids)  # populate: device, host and (write-through) the bucket
-                stored += (len(ids) - 1) // PAGE
-                evict_device(srv.url, pool, seed, longest)
-                record("dram", ctx, *ttft(srv.url, ids))
-                wait_stored(s3, "bench-ttft", stored)
-                flush(srv.url)
-                record("page", ctx, *ttft(srv.url, ids))
+        for (ctx, r) in [(c, r) for c in a.contexts for r in range(a.reps)]:
+            seed = 100 * ctx + r
+            prefix = prompt(seed, ctx)
 
-        lw = {**s3cfg, "layerwise": {"enabled": True, "host_cache_mb": 4096}}
-        with SGLangServer(model, base + objectcache_args(lw), env=env, name="layerwise",
-                          log_path=str(work / "layerwise.log")).start() as srv:
-            for (ctx, r), seed in seeds.items():
-                ids = prompt(seed, ctx + a.suffix)
-                flush(srv.url)  # empties the host tier too: the prefix is only in the bucket
-                record("layerwise", ctx, *ttft(srv.url, ids))
-                evict_device(srv.url, pool, seed, longest)
-                record("layerwise_dram", ctx, *ttft(srv.url, ids))
+            def ids(mode):  # the shared prefix, then new tokens of the mode's own
+                return prefix + prompt(1_000_003 * seed + MODES.index(mode), a.suffix)
 
-        lwt = {**s3cfg, "layerwise": {"enabled": True, "host_cache_mb": 4096, "fetch": "thread"}}
-        with SGLangServer(model, base + objectcache_args(lwt), env=env, name="layerwise_thread",
-                          log_path=str(work / "layerwise_thread.log")).start() as srv:
-            for (ctx, r), seed in seeds.items():
-                flush(srv.url)
-                record("layerwise_thread", ctx, *ttft(srv.url, prompt(seed, ctx + a.suffix)))
-
-        lw4 = {**s3cfg, "layerwise": {"enabled": True, "host_cache_mb": 4096, "layers_per_get": 4}}
-        with SGLangServer(model, base + objectcache_args(lw4), env=env, name="layerwise_g4",
-                          log_path=str(work / "layerwise_g4.log")).start() as srv:
-            for (ctx, r), seed in seeds.items():
-                flush(srv.url)
-                record("layerwise_g4", ctx, *ttft(srv.url, prompt(seed, ctx + a.suffix)))
+            if "recompute" in servers:
+                settled()
+                record("recompute", ctx, *ttft(servers["recompute"].url, ids("recompute")))
+            url = servers["page"].url
+            ttft(url, prefix)  # populate: device, host and (write-through) the bucket
+            stored += (ctx - 1) // PAGE
+            evict_device(url, pool, seed, longest)
+            settled()
+            record("dram", ctx, *ttft(url, ids("dram")))
+            if "page" in modes:
+                flush(url)
+                settled()
+                record("page", ctx, *ttft(url, ids("page")))
+            for name in LAYERWISE:
+                if name not in servers:
+                    continue
+                url = servers[name].url
+                flush(url)  # empties the host tier too: the prefix is only in the bucket
+                settled()
+                record(name, ctx, *ttft(url, ids(name)))
+                if name == "layerwise" and "layerwise_dram" in modes:
+                    evict_device(url, pool, seed, longest)
+                    settled()
+                    record("layerwise_dram", ctx, *ttft(url, ids("layerwise_dram")))
 
     summary = {m: {str(c): statistics.median(v) for c, v in sorted(per.items())} for m, per in results.items()}
-    longest_ctx = str(max(a.contexts))
-    ratios = {
-        "layerwise_over_dram_at_longest": summary["layerwise"][longest_ctx] / summary["dram"][longest_ctx],
-        "layerwise_over_recompute": {c: summary["layerwise"][c] / summary["recompute"][c] for c in summary["recompute"]},
-        "page_over_dram": {c: summary["page"][c] / summary["dram"][c] for c in summary["dram"]},
-        "layerwise_over_page": {c: summary["layerwise"][c] / summary["page"][c] for c in summary["page"]},
-        "layerwise_over_layerwise_thread": {c: summary["layerwise"][c] / summary["layerwise_thread"][c]
-                                            for c in summary["layerwise_thread"]},
-        "layerwise_g4_over_dram": {c: summary["layerwise_g4"][c] / summary["dram"][c] for c in summary["dram"]},
-        "layerwise_g4_over_recompute": {c: summary["layerwise_g4"][c] / summary["recompute"][c]
-                                        for c in summary["recompute"]},
-    }
+    ratios = paired_ratios(results)
     out = {
         "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
@@ -188,7 +221,31 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
     plot(out, a.out[:-5] + ".png")
-    print(json.dumps({"ttft_s_median": summary, "ratios": ratios}, indent=1))
+    print(json.dumps({"ttft_s_median": summary}, indent=1))
+    for name, per in ratios.items():
+        print(f"{name:34s}", "  ".join(f"{c}: {v['median']:.2f}x" for c, v in per.items()))
+
+
+# (numerator, denominator) pairs reported when both modes ran.
+RATIOS = [(m, "dram") for m in MODES if m not in ("dram", "recompute")] + \
+    [(m, "recompute") for m in MODES if m not in ("dram", "recompute")] + \
+    [("dram", "recompute"), ("layerwise", "page"), ("layerwise", "layerwise_g1"), ("layerwise", "layerwise_g4"),
+     ("layerwise", "layerwise_thread")]
+
+
+def paired_ratios(results: dict) -> dict:
+    """For each pair and context: the median over rounds of (a / b) measured in the same
+    round on the same prompt, with every round's value."""
+    out = {}
+    for num, den in RATIOS:
+        if num not in results or den not in results:
+            continue
+        per = {}
+        for ctx, xs in sorted(results[num].items()):
+            rs = [x / y for x, y in zip(xs, results[den][ctx])]
+            per[str(ctx)] = {"median": statistics.median(rs), "rounds": rs}
+        out[f"{num}_over_{den}"] = per
+    return out
 
 
 def plot(out: dict, path: str) -> None:

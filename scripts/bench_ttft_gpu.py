@@ -20,7 +20,10 @@ request to the first token on the host (argmax of the last position, synchronize
     page             objectcache page mode: every page object GET to pinned host memory and
                      verified, then loaded, then computed (SGLang's L3 prefetch path)
     layerwise        objectcache layerwise mode: ranged GETs of layer l of every page while
-                     layers < l compute; the forward waits on the counter per layer
+                     layers < l compute; the forward waits on the counter per layer. One
+                     layer per GET (`layers_per_get` 1), the paper's pipeline; objectcache's
+                     default (0, auto: GETs of >= 1 MiB) reads 8 of the 1B shape's 128 KiB
+                     layers per GET and 4 of the 8B shape's 256 KiB ones
     layerwise_g4     the same, 4 layers per ranged GET (`layers_per_get`)
     layerwise_gall   every layer of a page in one GET (`layers_per_get` = layers): page
                      mode's request count, but each layer is scattered and computed as soon

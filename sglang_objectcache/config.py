@@ -35,7 +35,8 @@ class LayerwiseConfig:
     # Consecutive layers of a page read by one ranged GET. 1 (the paper's pipeline) makes
     # the first layer arrive soonest; more cuts the request count by that factor, for
     # stores where each request costs more than its bytes (small layers, CPU-bound servers).
-    layers_per_get: int = 1
+    # 0 = auto: the fewest layers that make a GET at least 1 MiB (loader.auto_layers_per_get).
+    layers_per_get: int = 0
     # Where the GETs run: "process", a worker process writing into shared staging memory
     # (keeps the serving process's GIL for the forward; see layerwise/fetch.py), or
     # "thread", a thread pool in the serving process.
@@ -48,9 +49,10 @@ class LayerwiseConfig:
     trace_path: str = ""
 
     def __post_init__(self) -> None:
-        for key in ("window_layers", "layers_per_get"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)!r}")
+        if self.window_layers < 1:
+            raise ConfigError(f"window_layers: must be >= 1, got {self.window_layers!r}")
+        if self.layers_per_get < 0:
+            raise ConfigError(f"layers_per_get: must be >= 1, or 0 for auto; got {self.layers_per_get!r}")
         if self.fetch not in ("process", "thread"):
             raise ConfigError(f"fetch: must be 'process' or 'thread', got {self.fetch!r}")
 

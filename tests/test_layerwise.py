@@ -11,13 +11,13 @@ import torch
 from pools import make_pools
 
 from sglang_objectcache import kernels, objformat
-from sglang_objectcache.config import ObjectCacheConfig, SchedulerConfig
+from sglang_objectcache.config import ConfigError, ObjectCacheConfig, SchedulerConfig
 from sglang_objectcache.keys import KeyScheme, make_namespace
 from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.hosttier import HostTier
 from sglang_objectcache.layerwise.linker import device_pool_view
-from sglang_objectcache.layerwise.loader import LayerwiseLoader
+from sglang_objectcache.layerwise.loader import LayerwiseLoader, auto_layers_per_get
 from sglang_objectcache.layerwise.timeline import Timeline, overlapped_layers
 from sglang_objectcache.s3server import SeaweedFS, free_port
 from sglang_objectcache.sched import Scheduler
@@ -137,6 +137,34 @@ def test_layers_per_get_reads_groups_of_layers_with_fewer_requests(s3_config, pe
         groups = -(-layers // per_get)
         assert groups < layers
         assert rig.stats.counters["get_requests"] == 5 * groups
+    finally:
+        rig.close()
+
+
+def test_auto_layers_per_get_makes_gets_of_a_mebibyte_at_most_a_whole_object():
+    def geom(layers, tokens, row):
+        return objformat.PageGeometry(kind="mha", num_layers=layers, tokens=tokens, row_bytes=(row, row),
+                                      dtype="bfloat16")
+
+    assert auto_layers_per_get(geom(32, 64, 32 * 256)) == 1  # 32 KV heads x 128: 1 MiB a layer
+    assert auto_layers_per_get(geom(32, 64, 8 * 256)) == 4  # Llama-3-8B: 256 KiB a layer
+    assert auto_layers_per_get(geom(32, 64, 8 * 256 - 2)) == 5  # just short of 1 MiB at 4
+    assert auto_layers_per_get(geom(8, 64, 4 * 128)) == 8  # the CPU bench model: 64 KiB, whole object
+    assert auto_layers_per_get(geom(3, 4, 64)) == 3
+    assert ObjectCacheConfig.from_dict({"bucket": "b"}).layerwise.layers_per_get == 0  # auto is the default
+    with pytest.raises(ConfigError, match="^layerwise.layers_per_get"):
+        ObjectCacheConfig.from_dict({"bucket": "b", "layerwise": {"layers_per_get": -1}})
+
+
+def test_auto_layers_per_get_reads_a_small_page_in_one_request(s3_config):
+    rig = Rig(s3_config, per_get=0)
+    try:
+        assert rig.loader.per_get == rig.g.num_layers > 1
+        keys = hashes(4, "auto")
+        rig.put(keys, [1, 2, 3, 4])
+        assert rig.load(keys, [9, 20, 5, 33])[1]
+        assert rig.same([1, 2, 3, 4], [9, 20, 5, 33])
+        assert rig.stats.counters["get_requests"] == 4
     finally:
         rig.close()
 

@@ -128,8 +128,10 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self._batch_names: dict[int, list[str]] = {}
         runtime.register(self)
         _start_observers(self)
-        logger.info("objectcache: layerwise linker ready; namespace %s = %s; host tier %d MiB",
-                    ns.digest, ns.describe(), lw.host_cache_mb)
+        per_get = self.loader.per_get
+        logger.info("objectcache: layerwise linker ready; namespace %s = %s; host tier %d MiB; "
+                    "%d layer(s) per GET (%d KiB)%s", ns.digest, ns.describe(), lw.host_cache_mb,
+                    per_get, per_get * self.geometry.layer_bytes >> 10, "" if lw.layers_per_get else ", auto")
 
     # ---- lookup / load ---------------------------------------------------------------
 

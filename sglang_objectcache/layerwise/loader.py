@@ -12,10 +12,11 @@ layer), copies it into the pages' host-tier objects and marks the layer ready on
 counter. Pages found in the host tier skip the store entirely (they were verified when
 they entered it); their layers are copied into staging on a small local pool.
 
-At most `window_layers` layers of a batch are staged at once (memory is window x pages x
-layer bytes). With `layers_per_get` = k > 1, one ranged GET reads k consecutive layers of a
-page (still one contiguous range, the format being layer-major): k times fewer requests,
-each layer still verified, scattered and released on its own as soon as its group is in.
+At most max(`window_layers`, `layers_per_get`) layers of a batch are staged at once
+(memory is that x pages x layer bytes). With `layers_per_get` = k > 1, one ranged GET reads
+k consecutive layers of a page (still one contiguous range, the format being layer-major):
+k times fewer requests, each layer still verified, scattered and released on its own as
+soon as its group is in. The default (0) picks k by `auto_layers_per_get`.
 Deadlines for the scheduler: the forward starts when the batch does, and layer l is
 consumed after the estimated compute of layers < l (`layer_s`, an EWMA of the
 forward's observed per-layer pace).
@@ -79,10 +80,23 @@ class _Batch:
     stopped: bool = False
 
 
+# A request costs the store and the client about as much CPU as ~0.5 MiB of its bytes
+# (SeaweedFS on loopback, benchmarks/results/storage.json), and more wall time than that on
+# a remote store (first-byte latency), so a GET should be at least this big.
+AUTO_GET_BYTES = 1 << 20
+
+
+def auto_layers_per_get(g: PageGeometry) -> int:
+    """The fewest consecutive layers of a page whose byte range is at least AUTO_GET_BYTES,
+    at most all of them: 1 where a page's layer is 1 MiB already (32 KV heads x 128 at page
+    64), 4 for Llama-3-8B at page 64 (256 KiB a layer), whole objects for a small model."""
+    return max(1, min(g.num_layers, -(-AUTO_GET_BYTES // g.layer_bytes)))
+
+
 class LayerwiseLoader:
     def __init__(self, *, store, geometry: PageGeometry, device_layers, content_digest: Callable,
                  counter, scheduler: Scheduler, tier, timeline, stats, window_layers: int = 4,
-                 layers_per_get: int = 1, io_threads: int = 8, layer_s: float = 0.002, on_store_error=None,
+                 layers_per_get: int = 0, io_threads: int = 8, layer_s: float = 0.002, on_store_error=None,
                  on_corrupt=None, fetch=None):
         """`fetch`: a `fetch.ProcessFetch` (what the linker uses), else a ThreadFetch on
         `store` with `io_threads` threads."""
@@ -95,7 +109,7 @@ class LayerwiseLoader:
         self.tier = tier
         self.timeline = timeline
         self.stats = stats
-        self.per_get = min(max(1, layers_per_get), geometry.num_layers)
+        self.per_get = min(layers_per_get or auto_layers_per_get(geometry), geometry.num_layers)
         self.window = max(1, window_layers, self.per_get)  # a whole group is staged at once
         self.layer_s = layer_s
         self.on_store_error = on_store_error or (lambda err: None)

@@ -48,9 +48,11 @@ def trace(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(sglang_server, l3, trace):
-    # window_layers=1: a layer is fetched only once the previous one is in the pool, so the
-    # timeline shows fetches that finish while the forward already computes.
-    layerwise = {"enabled": True, "layer_timeout_s": 3.0, "window_layers": 1, "trace_path": trace}
+    # window_layers=1 and one layer per GET (auto would read this small model's whole
+    # object at once): a layer is fetched only once the previous one is in the pool, so
+    # the timeline shows fetches that finish while the forward already computes.
+    layerwise = {"enabled": True, "layer_timeout_s": 3.0, "window_layers": 1, "layers_per_get": 1,
+                 "trace_path": trace}
     return sglang_server(cpu_args() + l3.server_args(layerwise=layerwise), name="layerwise")
 
 
