@@ -134,7 +134,7 @@ def test_layers_per_get_reads_groups_of_layers_with_fewer_requests(s3_config, pe
         assert rig.load(keys, [22, 8, 31, 14, 3])[1]
         assert rig.same([1, 2, 3, 4, 5], [22, 8, 31, 14, 3])
         assert rig.untouched([0, 1, 2, 4, 9, 30, 32])
-        groups = -(-layers // per_get)
+        groups = 1 + -(-(layers - 1) // per_get)  # layer 0 alone, then groups of per_get
         assert groups < layers
         assert rig.stats.counters["get_requests"] == 5 * groups
     finally:
@@ -156,15 +156,18 @@ def test_auto_layers_per_get_makes_gets_of_a_mebibyte_at_most_a_whole_object():
         ObjectCacheConfig.from_dict({"bucket": "b", "layerwise": {"layers_per_get": -1}})
 
 
-def test_auto_layers_per_get_reads_a_small_page_in_one_request(s3_config):
+def test_auto_layers_per_get_reads_a_small_page_in_two_requests(s3_config):
     rig = Rig(s3_config, per_get=0)
     try:
-        assert rig.loader.per_get == rig.g.num_layers > 1
+        assert rig.loader.per_get == rig.g.num_layers > 2
         keys = hashes(4, "auto")
         rig.put(keys, [1, 2, 3, 4])
         assert rig.load(keys, [9, 20, 5, 33])[1]
         assert rig.same([1, 2, 3, 4], [9, 20, 5, 33])
-        assert rig.stats.counters["get_requests"] == 4
+        # Layer 0 alone (the forward starts on it), then the rest of the object in one GET.
+        assert rig.stats.counters["get_requests"] == 4 * 2
+        layers = rig.timeline.to_json()["batches"][-1]["layers"]
+        assert layers[1]["issued"] <= layers[0]["arrived"]  # the rest was in flight with layer 0
     finally:
         rig.close()
 

@@ -15,8 +15,10 @@ they entered it); their layers are copied into staging on a small local pool.
 At most max(`window_layers`, `layers_per_get`) layers of a batch are staged at once
 (memory is that x pages x layer bytes). With `layers_per_get` = k > 1, one ranged GET reads
 k consecutive layers of a page (still one contiguous range, the format being layer-major):
-k times fewer requests, each layer still verified, scattered and released on its own as
-soon as its group is in. The default (0) picks k by `auto_layers_per_get`.
+about k times fewer requests, each layer still verified, scattered and released on its own
+as soon as its group is in. Layer 0 is still read alone, so the forward's first wait is for
+one layer's bytes while the next group is already in flight: requests per page are
+1 + ceil((L - 1) / k). The default (0) picks k by `auto_layers_per_get`.
 Deadlines for the scheduler: the forward starts when the batch does, and layer l is
 consumed after the estimated compute of layers < l (`layer_s`, an EWMA of the
 forward's observed per-layer pace).
@@ -110,7 +112,10 @@ class LayerwiseLoader:
         self.timeline = timeline
         self.stats = stats
         self.per_get = min(layers_per_get or auto_layers_per_get(geometry), geometry.num_layers)
-        self.window = max(1, window_layers, self.per_get)  # a whole group is staged at once
+        # With groups, layer 0 is still read on its own, so the forward's first wait is for one
+        # layer's bytes; the next group is in flight with it (window: group + 1).
+        self.lead_alone = self.per_get > 1
+        self.window = max(1, window_layers, self.per_get + self.lead_alone)  # a whole group is staged at once
         self.layer_s = layer_s
         self.on_store_error = on_store_error or (lambda err: None)
         # on_corrupt(names, hashes): every page of a batch that met a corrupt object; on a pool thread
@@ -351,7 +356,8 @@ class LayerwiseLoader:
         store_pages = [i for i, o in enumerate(b.host_objs) if o is None]
         now = time.monotonic()
         while b.next_layer < g.num_layers:
-            layers = range(b.next_layer, min(g.num_layers, b.next_layer + self.per_get))
+            size = 1 if b.next_layer == 0 and self.lead_alone else self.per_get
+            layers = range(b.next_layer, min(g.num_layers, b.next_layer + size))
             if layers[-1] >= b.done_layers + self.window:
                 break  # window >= per_get: an empty window always takes a whole group
             b.next_layer = layers[-1] + 1
