@@ -78,7 +78,7 @@ class Loading:
         self.loader = LayerwiseLoader(
             store=store, geometry=g, device_layers=pools, content_digest=keys.content_digest,
             counter=self.counter, scheduler=Scheduler(SchedulerConfig()), tier=HostTier(0),
-            timeline=Timeline(max_batches=4), stats=self.stats, window_layers=4, io_threads=threads,
+            timeline=Timeline(max_batches=4), stats=self.stats, window_layers=4, layers_per_get=1, io_threads=threads,
             fetch=ProcessFetch(cfg, g, threads, pinned=False) if fetch == "process" else None)
         self.slots = torch.arange(len(names) * g.tokens)
         self.failed = 0

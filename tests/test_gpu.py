@@ -184,7 +184,7 @@ class GpuRig:
             store=self.store, geometry=self.g, device_layers=self.dst,
             content_digest=self.keys.content_digest, counter=self.counter,
             scheduler=Scheduler(SchedulerConfig()), tier=HostTier(host_mb << 20),
-            timeline=self.timeline, stats=self.stats, window_layers=2,
+            timeline=self.timeline, stats=self.stats, window_layers=2, layers_per_get=1,
             fetch=ProcessFetch(self.cfg, self.g, 4, pinned=True) if fetch == "process" else None)
 
     def slots(self, pages) -> torch.Tensor:

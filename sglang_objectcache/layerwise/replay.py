@@ -42,6 +42,9 @@ class Workload:
     arrival: str = "burst"  # burst | poisson
     rate_per_s: float = 4.0  # poisson arrivals
     seed: int = 0
+    # One layer per GET, the per-layer pipeline whose deadlines the scheduler orders (the
+    # loader's auto default would read these 64 KiB layers as whole objects).
+    layers_per_get: int = 1
 
     @property
     def geometry(self) -> PageGeometry:
@@ -93,7 +96,7 @@ def run(store_cfg: dict, w: Workload, sched: SchedulerConfig, hashes: list[list[
     loader = LayerwiseLoader(store=store, geometry=g, device_layers=pool, content_digest=keys.content_digest,
                              counter=None, scheduler=Scheduler(sched), tier=HostTier(0),
                              timeline=Timeline(), stats=stats, window_layers=LayerwiseConfig().window_layers,
-                             layer_s=w.compute_ms / 1e3)
+                             layers_per_get=w.layers_per_get, layer_s=w.compute_ms / 1e3)
     added: list[float] = [0.0] * w.requests
     failed: list[bool] = [False] * w.requests
     t_zero = time.monotonic() + 0.2
