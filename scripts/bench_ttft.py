@@ -23,7 +23,10 @@ the median over `--reps` rounds (distinct prompts):
     layerwise_thread layerwise mode with `fetch: thread`: GETs, copies and hashes on threads
                      of SGLang's scheduler process, not in the fetch worker process
 
-    .venv/bin/python scripts/bench_ttft.py --contexts 1024 2048 4096 8192 --reps 3
+    .venv/bin/python scripts/bench_ttft.py --contexts 1024 2048 4096 8192 --reps 3 \
+        --modes recompute dram page layerwise layerwise_dram layerwise_g1
+    .venv/bin/python scripts/bench_ttft.py --contexts 16384 --reps 3 --modes ... \
+        --out benchmarks/results/ttft_cpu_16k.json
 
 Writes benchmarks/results/ttft_cpu.json (with the command) and ttft_cpu.png.
 """
@@ -86,34 +89,22 @@ def evict_device(url: str, tokens: int, seed: int, chunk: int) -> None:
         ttft(url, prompt(seed * 1000 + k, min(chunk, tokens - k)))
 
 
-def wait_stored(s3: SeaweedFS, bucket: str, want: int, timeout_s: float = 120) -> None:
-    """Write-through to the bucket is asynchronous: wait until `want` page objects exist."""
-    c = s3.client()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        n = sum(1 for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-                for o in page.get("Contents", []) if not o["Key"].endswith(".json"))
-        if n >= want:
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"only {n} of {want} objects stored")
-
-
-def quiesce(s3: SeaweedFS, bucket: str, still_s: float = 1.0, timeout_s: float = 120) -> None:
-    """Wait until the bucket's object count has not moved for `still_s`: write-through and
-    offload PUTs are asynchronous, and one server's backlog must not land on another's
-    measurement."""
+def settle(s3: SeaweedFS, bucket: str, want: int, quiet_s: float = 1.0, timeout_s: float = 120) -> None:
+    """Write-through and offload PUTs are asynchronous: wait until at least `want` page
+    objects are in the bucket and none has arrived for `quiet_s`, so that no server's
+    backlog lands on another mode's measurement."""
     c = s3.client()
     deadline = time.monotonic() + timeout_s
     last, since = -1, time.monotonic()
     while time.monotonic() < deadline:
-        n = sum(len(page.get("Contents", [])) for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket))
+        n = sum(1 for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                for o in page.get("Contents", []) if not o["Key"].endswith(".json"))
         if n != last:
             last, since = n, time.monotonic()
-        elif time.monotonic() - since >= still_s:
+        elif n >= want and time.monotonic() - since >= quiet_s:
             return
         time.sleep(0.2)
-    raise TimeoutError(f"bucket {bucket} still changing after {timeout_s}s")
+    raise TimeoutError(f"bucket {bucket}: {last} of {want} objects, or still changing, after {timeout_s}s")
 
 
 MODES = ("recompute", "dram", "page", "layerwise", "layerwise_dram", "layerwise_g1", "layerwise_g4", "layerwise_thread")
@@ -130,7 +121,8 @@ def main() -> None:
                     help="dram and page share one server, as do layerwise and layerwise_dram")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/ttft_cpu.json"))
     ap.add_argument("--workdir", default="")
-    ap.add_argument("--trace", action="store_true", help="keep the layerwise servers' timelines in the workdir")
+    ap.add_argument("--trace", action="store_true",
+                    help="record the layerwise servers' per-layer timelines (their last 256 loads) in the output")
     a = ap.parse_args()
     modes = set(a.modes) | {"dram"}  # every ratio is against the DRAM hit
 
@@ -171,8 +163,7 @@ def main() -> None:
                 servers[name] = server(name, None, lw)
 
         def settled():
-            wait_stored(s3, BUCKET, stored)
-            quiesce(s3, BUCKET)
+            settle(s3, BUCKET, stored)
             time.sleep(0.5)
 
         stored = 0
@@ -217,6 +208,8 @@ def main() -> None:
         "ttft_s_median": summary, "ratios": ratios,
         "samples_s": {m: {str(c): v for c, v in per.items()} for m, per in results.items()},
         "cached_tokens": {m: {str(c): v for c, v in per.items()} for m, per in details.items()},
+        **({"timelines": {m: json.loads((work / f"{m}.timeline.json").read_text()) for m in LAYERWISE
+                          if (work / f"{m}.timeline.json").exists()}} if a.trace else {}),
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))

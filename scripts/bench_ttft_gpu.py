@@ -22,11 +22,12 @@ request to the first token on the host (argmax of the last position, synchronize
     layerwise        objectcache layerwise mode: ranged GETs of layer l of every page while
                      layers < l compute; the forward waits on the counter per layer. One
                      layer per GET (`layers_per_get` 1), the paper's pipeline; objectcache's
-                     default (0, auto: GETs of >= 1 MiB) reads 8 of the 1B shape's 128 KiB
-                     layers per GET and 4 of the 8B shape's 256 KiB ones
-    layerwise_g4     the same, 4 layers per ranged GET (`layers_per_get`)
-    layerwise_gall   every layer of a page in one GET (`layers_per_get` = layers): page
-                     mode's request count, but each layer is scattered and computed as soon
+                     default (0, auto: GETs of >= 1 MiB) reads, after layer 0 alone, 8 of the
+                     1B shape's 128 KiB layers per GET and 4 of the 8B shape's 256 KiB ones
+    layerwise_g4     the same, 4 layers per ranged GET (`layers_per_get`; layer 0 alone)
+    layerwise_gall   `layers_per_get` = layers: layer 0 alone, then the rest of the page in
+                     one GET (2 requests per page; before layer 0 was read alone, as in the
+                     committed ttft_gpu*.json, 1), each layer scattered and computed as soon
                      as its page objects are in
     layerwise_host   layerwise mode, prefix in objectcache's own host tier (repeat hit)
     *_thread         the same with `fetch: thread`: GETs, copies and hashes on a thread pool

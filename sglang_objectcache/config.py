@@ -101,8 +101,8 @@ class ObjectCacheConfig:
     verify_checksums: bool = True
     # SigV4 over the PUT body (obstore). Off by default: every object carries xxh3 sums that
     # each read checks, the body of an HTTPS PUT is covered by TLS, and over plain HTTP an
-    # unsigned GET reply is open to the same tampering, so the SHA-256 guards nothing here;
-    # it cost 0.17 ms of client CPU per 256 KiB PUT (boto3 signs over HTTP regardless).
+    # unsigned GET reply is open to the same tampering, so the SHA-256 guards nothing here
+    # but costs client CPU (benchmarks/results/storage.json; boto3 signs over HTTP regardless).
     sign_payload: bool = False
     # After a store failure, reads answer "miss" for this long instead of retrying at once.
     negative_ttl_s: float = 2.0

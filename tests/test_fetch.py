@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -51,7 +52,7 @@ def test_a_worker_dying_mid_load_fails_the_batch_fast_and_writes_nothing(tmp_pat
         keys = hashes(3, "d")
         rig.put(keys, [1, 2, 3])
         srv.pause()  # the worker's GETs hang
-        killer = __import__("threading").Timer(0.5, rig.loader.fetch._proc.kill)
+        killer = threading.Timer(0.5, rig.loader.fetch._proc.kill)
         killer.start()
         t0 = time.monotonic()
         _, ok = rig.load(keys, [10, 11, 12])

@@ -29,6 +29,7 @@ from sglang_objectcache.store import StoreError
 
 logger = logging.getLogger(__name__)
 
+
 def stage(g: PageGeometry, ranges, group, layers, rows: dict, digests, results) -> list:
     """The outcome of each page of one job (see the module docstring); `rows[layer]` is
     that layer's staging buffer as a numpy [pages, layer_bytes] array."""
