@@ -305,11 +305,14 @@ class Bench:
     def _page(self, ids, ctx, prefix, new, n):
         g = self.g
         buf = self.page_buf[:n]
-        for i, r in self.store.iter_get(self.names[:n]):
+
+        def land(i, r):  # on the transport's thread, as each page lands
             if r is None or isinstance(r, Exception):
                 raise RuntimeError(f"page mode: {self.names[i]}: {r!r}")
             objformat.decode(r, g, self.keys.content_digest(self.hashes[i]))  # every checksum
             buf[i].numpy()[:] = memoryview(r).cast("B")
+
+        self.store.get_each(self.names[:n], land)
         with on_stream(self.copy_stream):
             dev = buf.to(self.dev, non_blocking=True)
             kernels.scatter_all_layers(dev[:, g.header_bytes:], self.model.pools(), prefix, g)

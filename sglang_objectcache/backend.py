@@ -5,8 +5,9 @@ Contract with SGLang 0.5.23's HiCacheController (managers/cache_controller.py):
   One object per page, layer-major (`objformat`), independent of the host layout.
 - `batch_exists(keys)` returns the length of the leading run of pages present.
 - `batch_get_v1(keys, host_indices)` copies each page straight from the network buffer into
-  its host-pool slots, in page order as the pages land, and returns one bool per page; only
-  the leading run of True counts, and nothing is written past a miss.
+  its host-pool slots as it lands, in any order, and returns one bool per page: True for
+  the leading run of pages that hit, False from the first miss on. A page above a miss may
+  have been written into its slot (the slots are this batch's own); it is reported False.
 - `batch_set_v1(keys, host_indices)` writes pages that are not known to exist, with a
   conditional PUT (If-None-Match: *), so two servers writing one prefix store it once; it
   returns one bool per page and SGLang treats any False as a failed backup.
@@ -24,7 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import closing
 from typing import Any, Iterator, List, Optional
 
 import numpy as np
@@ -210,37 +210,41 @@ class ObjectCacheStorage(HiCacheStorage):
         g = self.pages.geometry
         names = [self.keys.object_key(k) for k in keys]
         out = [False] * len(keys)
-        nbytes = 0
-        corrupt = False
+        misses: dict[int, str] = {}
+        corrupt: list[tuple[int, Any]] = []
+        lock = threading.Lock()  # boto3 lands pages on several threads at once
 
-        def checked(landed):
-            # Verified the moment it lands, in any order: that writes nothing to the pool.
-            try:
-                for i, blob in landed:
-                    yield i, (blob, self._check_page(g, keys[i], names[i], blob))
-            finally:
-                landed.close()
+        def land(i: int, blob) -> bool:
+            # On the transport's thread as each GET lands, in any order: checked, then
+            # copied into its host slot (this batch's own) unless a lower page has missed.
+            reason = self._check_page(g, keys[i], names[i], blob)
+            with lock:
+                if reason:
+                    misses[i] = reason
+                    if reason == "corrupt":
+                        corrupt.append((i, blob))
+                below_miss = any(j < i for j in misses)
+            if reason:
+                # Only the leading run counts: cancel the GETs above a missing page. A corrupt
+                # one makes the batch suspect: let every page be checked (and scrubbed).
+                return reason == "corrupt"
+            if not below_miss:
+                self._copy_page(self.pages, names[i], blob, slots[i])
+                out[i] = True
+            return True
 
         t0 = time.perf_counter()
-        # Copied into the host pool in page order, each as soon as it and every page
-        # before it are in, while the rest are still in flight; nothing past a miss.
-        with closing(_in_order(checked(self.store.iter_get(names)))) as landed:
-            for i, (blob, reason) in landed:
-                if corrupt:  # the rest of the batch is suspect: let every page be checked
-                    continue
-                if not reason:
-                    self._copy_page(self.pages, names[i], blob, slots[i])
-                    out[i] = True
-                    nbytes += g.object_bytes
-                    continue
-                self.stats.miss(reason, len(keys) - i)
-                if reason != "corrupt":
-                    break  # only the leading run counts: cancel the rest
-                corrupt = True
+        self.store.get_each(names, land)
         elapsed = time.perf_counter() - t0
+        if corrupt:  # deleted here, not on the transport's thread that found them
+            self._scrub([names[i] for i, _ in corrupt], [keys[i] for i, _ in corrupt], [b for _, b in corrupt])
+        hits = next((i for i, ok in enumerate(out) if not ok), len(out))
+        out[hits:] = [False] * (len(out) - hits)  # pages that landed above a miss
+        if hits < len(keys):  # the first page not copied is a miss: get_each lands every lower one
+            self.stats.miss(misses[hits], len(keys) - hits)
+        nbytes = hits * g.object_bytes
         self.stats.inc("get_requests", len(names))
         self.stats.observe_get(elapsed, len(names))
-        hits = sum(out)
         self.stats.inc("pages_hit", hits)
         self.stats.inc("bytes_read", nbytes)
         self.stats.record_prefetch(hits, nbytes, elapsed)
@@ -251,10 +255,12 @@ class ObjectCacheStorage(HiCacheStorage):
         reason = self._check_page(pages.geometry, key, name, blob)
         if not reason:
             self._copy_page(pages, name, blob, slot)
+        elif reason == "corrupt":
+            self._scrub([name], [key], [blob])
         return reason
 
     def _check_page(self, g: objformat.PageGeometry, key: str, name: str, blob) -> str:
-        """Why a GET result cannot be used ('' if it can); an unusable object is deleted."""
+        """Why a GET result cannot be used ('' if it can). The caller deletes a corrupt one."""
         if isinstance(blob, StoreError):
             self._note_failure(blob)
             self.stats.inc("store_errors_" + blob.kind)
@@ -267,7 +273,6 @@ class ObjectCacheStorage(HiCacheStorage):
         except objformat.FormatError as e:
             self.stats.inc("checksum_failures")
             logger.warning("objectcache: object %s is unusable (%s): a miss", name, e)
-            self._scrub([name], [key], [blob])
             return "corrupt"
         return ""
 
@@ -402,22 +407,6 @@ class ObjectCacheStorage(HiCacheStorage):
             self.store.close()
         except Exception:  # noqa: BLE001
             logger.exception("objectcache: close failed")
-
-
-def _in_order(results):
-    """(index, result) pairs from an any-order stream, yielded in index order, each as soon
-    as every lower index has arrived. Closing it closes `results`, which cancels the
-    requests still in flight."""
-    early: dict[int, Any] = {}
-    nxt = 0
-    try:
-        for i, r in results:
-            early[i] = r
-            while nxt in early:
-                yield nxt, early.pop(nxt)
-                nxt += 1
-    finally:
-        results.close()
 
 
 def _safe(cfg: ObjectCacheConfig) -> str:

@@ -160,7 +160,8 @@ def seal(geometry: PageGeometry, key_digest: bytes, obj: memoryview) -> None:
     """Fill in the header of `obj` (object_bytes long) whose payload is already written."""
     g = geometry
     size = g.layer_bytes
-    sums = [checksum(obj[s : s + size]) for s in _table(g)[1]]
+    t = _table(g)
+    sums = [t.hash_layer(obj[s : s + size]) for s in t.starts]
     obj[: g.header_bytes] = encode_header(g, key_digest, sums)
 
 
@@ -189,36 +190,46 @@ def _unpack_fixed(mv: memoryview) -> tuple:
 def decode_header(buf, expected: PageGeometry, key_digest: bytes) -> Header:
     """Parse and check the header at the start of `buf` against what the reader expects."""
     mv = memoryview(buf).cast("B")
-    kind, dtype, layers, comps, tokens, header_bytes, rb0, rb1, payload, digest = _unpack_fixed(mv)
+    *got, digest = _unpack_fixed(mv)
     g = expected
-    rb = tuple(g.row_bytes) + (0,) * (2 - g.num_components)
-    got = (kind, dtype, layers, comps, tokens, header_bytes, rb0, rb1, payload)
-    want = (KIND_CODES[g.kind], DTYPE_CODES[g.dtype], g.num_layers, g.num_components, g.tokens,
-            g.header_bytes, rb[0], rb[1], g.payload_bytes)
-    if got != want:
-        raise FormatError(f"geometry mismatch: object {got}, expected {want}")
+    t = _table(g)
+    if tuple(got) != t.fixed:
+        raise FormatError(f"geometry mismatch: object {tuple(got)}, expected {t.fixed}")
     if digest != key_digest:
         raise FormatError("object belongs to another key")
-    table_end = _FIXED.size + layers * _ENTRY.size
+    table_end = _FIXED.size + g.num_layers * _ENTRY.size
     if len(mv) < table_end + _TAIL.size:
         raise FormatError("truncated layer table")
     (stored,) = _TAIL.unpack_from(mv, table_end)
     if stored != checksum(mv[:table_end]):
         raise FormatError("header checksum mismatch")
-    table, starts = _table(g)
-    entries = table.unpack_from(mv, _FIXED.size)  # (offset, length, xxh3) per layer, flat
-    if entries[0::3] != starts or entries[1::3] != (g.layer_bytes,) * layers:
-        for layer in range(layers):
+    entries = t.struct.unpack_from(mv, _FIXED.size)  # (offset, length, xxh3) per layer, flat
+    if entries[0::3] != t.starts or entries[1::3] != t.lengths:
+        for layer in range(g.num_layers):
             off, length = entries[3 * layer : 3 * layer + 2]
             if (off, off + length) != g.layer_range(layer):
                 raise FormatError(f"layer {layer} range mismatch")
     return Header(g, digest, entries[2::3])
 
 
+@dataclass(frozen=True)
+class _Table:
+    fixed: tuple  # the fixed header fields after magic and version, less the key digest
+    struct: struct.Struct  # the layer table: one unpack per header
+    starts: tuple[int, ...]  # the layer offsets it must hold
+    lengths: tuple[int, ...]
+    hash_layer: object  # the xxh3 for one layer's size (see checksum)
+
+
 @functools.lru_cache(maxsize=64)
-def _table(g: PageGeometry) -> tuple[struct.Struct, tuple[int, ...]]:
-    """The layer table's struct and the layer offsets it must hold: one unpack per header."""
-    return struct.Struct("<" + "QQQ" * g.num_layers), tuple(map(g.layer_offset, range(g.num_layers)))
+def _table(g: PageGeometry) -> _Table:
+    """What every header of geometry `g` must hold, computed once: decode runs per page."""
+    rb = tuple(g.row_bytes) + (0,) * (2 - g.num_components)
+    fixed = (KIND_CODES[g.kind], DTYPE_CODES[g.dtype], g.num_layers, g.num_components, g.tokens,
+             g.header_bytes, rb[0], rb[1], g.payload_bytes)
+    small = g.layer_bytes < _GIL_FREE_BYTES
+    return _Table(fixed, struct.Struct("<" + "QQQ" * g.num_layers), tuple(map(g.layer_offset, range(g.num_layers))),
+                  (g.layer_bytes,) * g.num_layers, xxhash.xxh3_64_intdigest if small else checksum)
 
 
 def peek_header(buf) -> tuple[PageGeometry, bytes]:
@@ -257,8 +268,9 @@ def decode(buf, expected: PageGeometry, key_digest: bytes, verify: bool = True) 
         raise FormatError(f"object is {len(mv)} bytes, expected {expected.object_bytes}")
     header = decode_header(mv, expected, key_digest)
     if verify:
-        size = expected.layer_bytes
-        for layer, (start, cs) in enumerate(zip(_table(expected)[1], header.checksums)):
-            if checksum(mv[start : start + size]) != cs:
+        size, t = expected.layer_bytes, _table(expected)
+        h = t.hash_layer
+        for layer, (start, cs) in enumerate(zip(t.starts, header.checksums)):
+            if h(mv[start : start + size]) != cs:
                 raise FormatError(f"layer {layer} checksum mismatch")
     return header

@@ -1,10 +1,12 @@
 """The streaming transport calls the data path uses, on both transports against a real
-SeaweedFS: `iter_get` (each GET handed over as it lands) and `exists_prefix` (HEADs that
-stop at the end of the leading run)."""
+SeaweedFS: `get_each` (each GET handed to the caller's function as it lands) and
+`exists_prefix` (HEADs that stop at the end of the leading run)."""
 
 from __future__ import annotations
 
 import random
+import threading
+import time
 
 import pytest
 
@@ -23,27 +25,59 @@ def blob(n: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-def test_iter_get_yields_every_index_once_with_its_bytes(store):
+def test_get_each_lands_every_index_once_with_its_bytes(store):
     keys = [f"s/{i}" for i in range(20)]
     bodies = [blob(1000 + i, i) for i in range(20)]
     assert store.put_many(list(zip(keys, bodies))) == [True] * 20
     asked = keys[:10] + ["s/missing"] + keys[10:]
-    got = dict(store.iter_get(asked))
-    assert sorted(got) == list(range(21))
+    got, lock = [], threading.Lock()
+
+    def land(i, r):
+        with lock:
+            got.append((i, None if r is None else bytes(r)))
+
+    store.get_each(asked, land)
+    assert sorted(i for i, _ in got) == list(range(21))
+    got = dict(got)
     assert got[10] is None
     for i, key in enumerate(asked):
         if key != "s/missing":
-            assert bytes(got[i]) == bodies[int(key.split("/")[1])]
+            assert got[i] == bodies[int(key.split("/")[1])]
 
 
-def test_iter_get_stopped_early_leaves_the_store_usable(store):
-    keys = [f"e/{i}" for i in range(16)]
+def test_get_each_stops_above_a_false_and_lands_everything_below(store):
+    keys = [f"c/{i}" for i in range(16)]
     store.put_many([(k, blob(50_000, 1)) for k in keys])
-    it = store.iter_get(keys)
-    i, first = next(it)
-    assert len(first) == 50_000
-    it.close()  # cancels what is still in flight
-    assert [len(b) for b in store.get_many(keys)] == [50_000] * 16
+    landed, lock = [], threading.Lock()
+
+    def land(i, r):
+        with lock:
+            landed.append(i)
+            return i < 4 or any(j >= 4 for j in landed[:-1])  # the first page >= 4 stops it
+
+    store.get_each(keys, land)
+    after = list(landed)
+    stop = next(i for i in after if i >= 4)
+    assert len(after) == len(set(after))
+    assert set(range(stop)) <= set(after)  # every index below the stop still landed
+    # Above it only a GET that was landing at that moment (4 in flight at most), not the rest.
+    assert len([i for i in after if i > stop]) <= 3, after
+    time.sleep(0.2)
+    assert landed == after  # nothing lands after get_each returned
+    assert [len(b) for b in store.get_many(keys)] == [50_000] * 16  # still usable
+
+
+def test_get_each_reraises_what_land_raised_and_stays_usable(store):
+    keys = [f"r/{i}" for i in range(12)]
+    store.put_many([(k, blob(10_000, 2)) for k in keys])
+
+    def land(i, r):
+        if i == 5:
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        store.get_each(keys, land)
+    assert [len(b) for b in store.get_many(keys)] == [10_000] * 12
 
 
 def test_exists_prefix_stops_at_the_first_missing_key(store):

@@ -9,11 +9,15 @@ return one result per input, in input order. A per-item failure is returned as a
 `StoreError` in that slot, never raised, so one bad object cannot hide the others:
 - `get_many(keys)`: the object's bytes (any buffer: bytes, memoryview, obstore.Bytes),
   `None` if the key does not exist, or a `StoreError`.
-- `iter_get(keys)`: the same GETs as `get_many` (as many in flight as `max_concurrency`),
-  but each result is yielded as `(index, result)` as soon as it arrives, in completion
-  order, so a caller can work on one while the rest are in flight. Every index is yielded
-  once. A caller that stops early (breaks out, or closes the iterator) cancels the
-  requests still in flight. The default waits for the whole batch.
+- `get_each(keys, land)`: the same GETs as `get_many` (as many in flight as
+  `max_concurrency`), but each result is handed to `land(index, result)` on the
+  transport's own thread(s) as soon as it arrives, in completion order, so the caller's
+  work on one object overlaps the transfers of the rest with no hand-off per object.
+  `land` must be thread-safe (boto3's pool calls it from several threads at once). If it
+  returns False, the GETs of higher indices that have not landed yet are cancelled and not
+  handed to it; lower indices still are. An exception from `land` stops the batch and is
+  re-raised. Returns only when no `land` call is running or will run, so the caller owns
+  whatever `land` wrote once it returns.
 - `get_ranges(reqs)`: for each (key, start, end) the bytes of [start, end); `None` if the
   key does not exist. Adjacent ranges of one key may be coalesced into one request; that
   is the transport's business.
@@ -36,7 +40,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Sequence, Union
+import threading
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -60,6 +65,33 @@ class ObjectInfo:
 
 
 GetResult = Union[Buffer, None, StoreError]
+
+
+class Cutoff:
+    """`get_each`'s stop point, shared by the threads that land results: `at` is the lowest
+    index whose `land` returned False (-1 once one raised); nothing above it is landed."""
+
+    def __init__(self, n: int, land: Callable[[int, GetResult], Optional[bool]]):
+        self.at = n
+        self._land = land
+        self._lock = threading.Lock()
+
+    def _stop(self, i: int) -> None:
+        with self._lock:
+            self.at = min(self.at, i)
+
+    def __call__(self, i: int, result: GetResult) -> bool:
+        """Land result i unless the batch stopped below it; False if the batch stops here."""
+        if i > self.at:
+            return False
+        try:
+            go = self._land(i, result) is not False
+        except BaseException:
+            self._stop(-1)
+            raise
+        if not go:
+            self._stop(i)
+        return go
 
 
 class ObjectStore(ABC):
@@ -87,8 +119,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
-    def iter_get(self, keys: Sequence[str]) -> Iterator[tuple[int, GetResult]]:
-        yield from enumerate(self.get_many(keys))
+    def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]]) -> None:
+        cut = Cutoff(len(keys), land)
+        for i, r in enumerate(self.get_many(keys)):
+            if not cut(i, r):
+                return
 
     def put_iter(self, items: Iterable[tuple[str, Buffer]], if_absent: bool = True) -> list[Union[bool, StoreError]]:
         return self.put_many(list(items), if_absent)

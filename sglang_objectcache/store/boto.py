@@ -12,7 +12,7 @@ of `max_concurrency` and a batch of one runs inline.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
 import boto3
@@ -22,7 +22,7 @@ from botocore.handlers import add_expect_header
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
-from sglang_objectcache.store.base import Buffer, GetResult, ObjectInfo, ObjectStore, StoreError
+from sglang_objectcache.store.base import Buffer, Cutoff, GetResult, ObjectInfo, ObjectStore, StoreError
 
 # From benchmarks/results/transports.json: ~2.2 ms of client CPU per request caps boto3 at
 # ~450 req/s per core, which 16 threads keep busy even at 35 ms of store latency; at 64,
@@ -139,23 +139,25 @@ class Boto3Store(ObjectStore):
             return [fn(x) for x in items]
         return list(self._pool.map(fn, items))
 
-    def _iter(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[int, R]]:
-        if len(items) <= 1:
-            yield from enumerate(map(fn, items))
-            return
-        futures = {self._pool.submit(fn, x): i for i, x in enumerate(items)}
-        try:
-            for f in as_completed(futures):
-                yield futures[f], f.result()
-        finally:
-            for f in futures:  # a caller that stopped early: drop what has not started
-                f.cancel()
-
     def get_many(self, keys: Sequence[str]) -> list[GetResult]:
         return self._map(self._get, keys)
 
-    def iter_get(self, keys: Sequence[str]) -> Iterator[tuple[int, GetResult]]:
-        return self._iter(self._get, keys)
+    def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]]) -> None:
+        cut = Cutoff(len(keys), land)
+        if len(keys) <= 1:
+            for i, k in enumerate(keys):
+                cut(i, self._get(k))
+            return
+
+        def one(i: int, key: str) -> None:
+            if i <= cut.at:  # else the batch stopped below it before it started
+                cut(i, self._get(key))
+
+        futures = [self._pool.submit(one, i, k) for i, k in enumerate(keys)]
+        wait(futures)  # every one, so no `land` runs after we return
+        for f in futures:
+            if f.exception() is not None:
+                raise f.exception()
 
     def exists_prefix(self, keys: Sequence[str]) -> list[Union[bool, StoreError]]:
         if len(keys) <= 1:
