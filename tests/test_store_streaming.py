@@ -103,3 +103,14 @@ def test_put_iter_writes_each_item_as_it_is_made_and_keeps_if_absent(store):
     assert made == list(range(10))
     assert store.put_iter(iter([("w/3", b"other"), ("w/new", b"new")])) == [False, True]  # if absent
     assert bytes(store.get("w/3")) == blob(30_000, 3)
+
+
+def test_put_iter_reraises_what_the_items_raised_and_stays_usable(store):
+    def items():
+        yield "x/0", blob(20_000, 0)
+        raise ValueError("sealing failed")
+
+    with pytest.raises(ValueError, match="sealing failed"):
+        store.put_iter(items())
+    assert store.put_iter(iter([("x/1", b"one")])) == [True]
+    assert bytes(store.get("x/1")) == b"one"

@@ -25,6 +25,8 @@ return one result per input, in input order. A per-item failure is returned as a
   `if_absent=True` a conditional PUT, `If-None-Match: *`, so two writers store once).
 - `put_iter(items)`: `put_many` over an iterable, each PUT started as soon as its item is
   produced (the caller seals page i + 1 while page i uploads); results in input order.
+  `items` may be drawn on the transport's own thread; an exception it raises stops the
+  batch and is re-raised.
 - `exists_many(keys)`: True/False per key (HEAD), or a `StoreError`.
 - `exists_prefix(keys)`: `exists_many` for a leading run: the answers in order up to and
   including the first one that is not True; the HEADs past it may be cancelled unanswered.
