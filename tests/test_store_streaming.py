@@ -45,7 +45,18 @@ def test_get_each_lands_every_index_once_with_its_bytes(store):
             assert got[i] == bodies[int(key.split("/")[1])]
 
 
-def test_get_each_stops_above_a_false_and_lands_everything_below(store):
+@pytest.fixture(params=["inline", "offloaded"])
+def landing(request, store):
+    """obstore lands large objects on a thread pool, small ones on its loop: test both."""
+    if request.param == "offloaded":
+        if store.name != "obstore":
+            pytest.skip("only obstore offloads landing")
+        store.OFFLOAD_BYTES = 0
+    return store
+
+
+def test_get_each_stops_above_a_false_and_lands_everything_below(landing):
+    store = landing
     keys = [f"c/{i}" for i in range(16)]
     store.put_many([(k, blob(50_000, 1)) for k in keys])
     landed, lock = [], threading.Lock()
@@ -67,7 +78,8 @@ def test_get_each_stops_above_a_false_and_lands_everything_below(store):
     assert [len(b) for b in store.get_many(keys)] == [50_000] * 16  # still usable
 
 
-def test_get_each_reraises_what_land_raised_and_stays_usable(store):
+def test_get_each_reraises_what_land_raised_and_stays_usable(landing):
+    store = landing
     keys = [f"r/{i}" for i in range(12)]
     store.put_many([(k, blob(10_000, 2)) for k in keys])
 

@@ -28,8 +28,10 @@ keys in `keys.py` are.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 from urllib.parse import urlsplit, urlunsplit
@@ -98,6 +100,8 @@ def _aws_chain(cfg: ObjectCacheConfig):
 
 class ObstoreStore(ObjectStore):
     name = "obstore"
+    # get_each lands objects this large on a small thread pool rather than on the loop
+    OFFLOAD_BYTES = 1 << 20
 
     def __init__(self, cfg: ObjectCacheConfig, max_concurrency: Optional[int] = None):
         self.cfg = cfg
@@ -107,6 +111,7 @@ class ObstoreStore(ObjectStore):
         self._store = make_s3store(cfg, connect_s=cfg.connect_timeout_s, read_s=cfg.read_timeout_s,
                                    retries=cfg.retries, pool=self.max_concurrency)
         self._sem = asyncio.Semaphore(self.max_concurrency)
+        self._land_pool: Optional[ThreadPoolExecutor] = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="objectcache-obstore", daemon=True)
         self._thread.start()
@@ -176,18 +181,23 @@ class ObstoreStore(ObjectStore):
     def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]]) -> None:
         cut = Cutoff(len(keys), land)
         tasks: list[asyncio.Future] = []
+        fetching = set(range(len(keys)))  # only these may be cancelled: never a running `land`
 
         async def one(i: int, key: str) -> None:
             r = await self._get(key)
+            fetching.discard(i)
             go = False
             try:
-                go = cut(i, r)
+                if r is not None and not isinstance(r, StoreError) and len(r) >= self.OFFLOAD_BYTES:
+                    # A large object's checks and copies (GIL released) run beside the loop.
+                    go = await self._loop.run_in_executor(self._landers(), cut, i, r)
+                else:
+                    go = cut(i, r)
             finally:
-                if not go:  # cancel what is above the stop point and has not landed
-                    me = asyncio.current_task()
-                    for t in tasks[cut.at + 1:]:
-                        if t is not me:
-                            t.cancel()
+                if not go:  # cancel the GETs above the stop point that have not landed
+                    for j in range(cut.at + 1, len(keys)):
+                        if j in fetching:
+                            tasks[j].cancel()
 
         async def run() -> None:
             tasks.extend(asyncio.ensure_future(one(i, k)) for i, k in enumerate(keys))
@@ -198,6 +208,11 @@ class ObstoreStore(ObjectStore):
                     raise r
 
         asyncio.run_coroutine_threadsafe(run(), self._loop).result()
+
+    def _landers(self) -> ThreadPoolExecutor:
+        if self._land_pool is None:
+            self._land_pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="objectcache-land")
+        return self._land_pool
 
     def exists_prefix(self, keys: Sequence[str]) -> list[Union[bool, StoreError]]:
         async def leading_run():
@@ -320,6 +335,8 @@ class ObstoreStore(ObjectStore):
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+        if self._land_pool is not None:
+            self._land_pool.shutdown()
 
 
 def _probe(store: S3Store, connect_s: float) -> C.Probe:
