@@ -40,9 +40,9 @@ Methods other than the batch ones raise `StoreError` on failure.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-import threading
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 Buffer = Union[bytes, bytearray, memoryview]

@@ -7,9 +7,10 @@ without the GIL. Large objects and PUTs are bound by the server, not the client.
 
 Each batch is one `asyncio.gather` on a private event loop in a daemon thread, bounded by
 a semaphore of `max_concurrency`; results are `obstore.Bytes` (buffer protocol, zero-copy
-from Rust), never copied into `bytes`. The caller's per-object work runs on the loop, so
-the caller's thread wakes once per batch, not once per object (on 2 cores those wakes and
-the GIL hand-offs they force cost about as much client CPU as the work itself): `get_each` runs
+from Rust), never copied into `bytes`. The caller's per-object work runs on the loop (for
+objects of `OFFLOAD_BYTES` and up, on a small pool beside it), so
+the caller's thread wakes once per batch, not once per object (on 2 cores each wake forced
+GIL hand-offs between the caller, the loop and obstore's runtime threads): `get_each` runs
 the caller's `land` as each GET lands, `put_iter` draws (seals) each item on the loop and
 starts its PUT before drawing the next, and `exists_prefix` awaits the HEADs in order and
 cancels the rest at the first miss.
