@@ -127,13 +127,20 @@ class Header:
 _GIL_FREE_BYTES = 1 << 16
 
 
+def _xxh3_gil_free(buf) -> int:
+    return xxhash.xxh3_64(buf).intdigest()
+
+
+def hasher_for(nbytes: int):
+    """The xxh3 function for inputs of `nbytes`. xxhash's one-shot function holds the GIL
+    while it hashes; its hasher object releases it (same XXH3 value), so big layers hash in
+    parallel on the loader's and backend's threads. Small inputs keep the cheaper one-shot
+    call."""
+    return _xxh3_gil_free if nbytes >= _GIL_FREE_BYTES else xxhash.xxh3_64_intdigest
+
+
 def checksum(buf) -> int:
-    # xxhash's one-shot function holds the GIL while it hashes; its hasher object releases
-    # it (same XXH3 value), so big layers hash in parallel on the loader's and backend's
-    # threads. Small inputs keep the cheaper one-shot call.
-    if memoryview(buf).nbytes >= _GIL_FREE_BYTES:
-        return xxhash.xxh3_64(buf).intdigest()
-    return xxhash.xxh3_64_intdigest(buf)
+    return hasher_for(memoryview(buf).nbytes)(buf)
 
 
 def encode_header(geometry: PageGeometry, key_digest: bytes, checksums: Sequence[int]) -> bytes:
@@ -218,7 +225,7 @@ class _Table:
     struct: struct.Struct  # the layer table: one unpack per header
     starts: tuple[int, ...]  # the layer offsets it must hold
     lengths: tuple[int, ...]
-    hash_layer: object  # the xxh3 for one layer's size (see checksum)
+    hash_layer: object  # hasher_for(one layer's bytes), looked up once
 
 
 @functools.lru_cache(maxsize=64)
@@ -227,9 +234,8 @@ def _table(g: PageGeometry) -> _Table:
     rb = tuple(g.row_bytes) + (0,) * (2 - g.num_components)
     fixed = (KIND_CODES[g.kind], DTYPE_CODES[g.dtype], g.num_layers, g.num_components, g.tokens,
              g.header_bytes, rb[0], rb[1], g.payload_bytes)
-    small = g.layer_bytes < _GIL_FREE_BYTES
     return _Table(fixed, struct.Struct("<" + "QQQ" * g.num_layers), tuple(map(g.layer_offset, range(g.num_layers))),
-                  (g.layer_bytes,) * g.num_layers, xxhash.xxh3_64_intdigest if small else checksum)
+                  (g.layer_bytes,) * g.num_layers, hasher_for(g.layer_bytes))
 
 
 def peek_header(buf) -> tuple[PageGeometry, bytes]:

@@ -13,10 +13,10 @@ counter. Pages found in the host tier skip the store entirely (they were verifie
 they entered it); their layers are copied into staging on a small local pool.
 
 At most max(`window_layers`, `layers_per_get` + 1) layers of a batch are staged at once
-(memory is that x pages x layer bytes; no + 1 at one layer per GET). With `layers_per_get` = k > 1, one ranged GET reads
-k consecutive layers of a page (still one contiguous range, the format being layer-major):
-about k times fewer requests, each layer still verified, scattered and released on its own
-as soon as its group is in. Layer 0 is still read alone, so the forward's first wait is for
+(memory is that x pages x layer bytes; no + 1 at one layer per GET). With `layers_per_get`
+= k > 1, one ranged GET reads k consecutive layers of a page (still one contiguous range,
+the format being layer-major): about k times fewer requests, each layer still verified,
+scattered and released on its own as soon as its group is in. Layer 0 is still read alone, so the forward's first wait is for
 one layer's bytes while the next group is already in flight: requests per page are
 1 + ceil((L - 1) / k). The default (0) picks k by `auto_layers_per_get`.
 Deadlines for the scheduler: the forward starts when the batch does, and layer l is
