@@ -25,10 +25,11 @@ def s3(tmp_path_factory):
 
 @pytest.fixture
 def bucket(s3):
-    """A new, empty bucket on the session's server."""
+    """A new, empty bucket on the session's server, deleted after the test."""
     name = f"t{next(_counter)}-{uuid.uuid4().hex[:10]}"
     s3.create_bucket(name)
-    return name
+    yield name
+    s3.delete_bucket(name)
 
 
 @pytest.fixture

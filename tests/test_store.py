@@ -238,6 +238,7 @@ def test_check_missing_bucket_and_create(s3, transport):
         st.check()
         assert st.put("made/it", b"ok") is True
     assert name in {b["Name"] for b in s3.client().list_buckets()["Buckets"]}
+    s3.delete_bucket(name)
 
 
 # --- a stalled server ----------------------------------------------------------------------
@@ -344,3 +345,27 @@ def test_no_credentials_anywhere_is_an_auth_error(s3, bucket, transport, aws_env
             st.check()
     assert e.value.kind == "auth"
     assert "no credentials found" in str(e.value) and "access_key_id" in str(e.value)
+
+
+# --- the local test server itself --------------------------------------------------------
+
+
+def test_the_local_server_gives_buckets_volumes_by_count_not_free_disk(tmp_path):
+    # weed gives each bucket one volume. Left to itself it allows free-disk / 256 MiB of them,
+    # and a CI disk with 24 GiB free failed every PUT from the 95th bucket on (HTTP 500).
+    # The count is ours to set, and a deleted bucket gives its volume back.
+    from sglang_objectcache.s3server import SeaweedFS
+
+    with SeaweedFS(str(tmp_path / "sw"), max_volumes=3) as srv:
+        c = srv.client()
+        names = [f"vol-{i}" for i in range(4)]
+        for n in names:
+            srv.create_bucket(n)
+        for n in names[:3]:
+            c.put_object(Bucket=n, Key="k", Body=b"x")
+        with pytest.raises(Exception, match="InternalError"):
+            c.put_object(Bucket=names[3], Key="k", Body=b"x")
+        srv.delete_bucket(names[0])
+        srv.delete_bucket(names[0])  # already gone: not an error
+        c.put_object(Bucket=names[3], Key="k", Body=b"x")
+        assert c.get_object(Bucket=names[3], Key="k")["Body"].read() == b"x"
