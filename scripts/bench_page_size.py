@@ -92,25 +92,14 @@ def main() -> None:
 
 
 def plot(out: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchutil import loglog_plot
 
     rows = out["rows"]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
     xs = [r["page_size"] for r in rows]
-    ax.plot(xs, [r["read_s"] for r in rows], marker="o", label="read (exists + get)")
-    ax.plot(xs, [r["write_s"] for r in rows], marker="s", label="write")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("SGLang --page-size (tokens per object)")
-    ax.set_ylabel(f"seconds for a {out['tokens']}-token prefix")
-    ax.set_title("One object per page: the page size sets the request count")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    loglog_plot(path, [("read (exists + get)", xs, [r["read_s"] for r in rows], "o"),
+                       ("write", xs, [r["write_s"] for r in rows], "s")],
+                "SGLang --page-size (tokens per object)", f"seconds for a {out['tokens']}-token prefix",
+                "One object per page: the page size sets the request count", size=(6.5, 4))
 
 
 if __name__ == "__main__":

@@ -242,25 +242,15 @@ def paired_ratios(results: dict) -> dict:
 
 
 def plot(out: dict, path: str) -> None:
-    import matplotlib
+    from benchutil import loglog_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines = []
     for mode, per in out["ttft_s_median"].items():
-        xs = [int(c) for c in per]
-        ax.plot(xs, [per[str(x)] * 1000 for x in xs], marker="o", label=mode)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("prefix tokens (plus %d new)" % out["suffix_tokens"])
-    ax.set_ylabel("TTFT, ms (median)")
+        xs = sorted(int(c) for c in per)
+        lines.append((mode, xs, [per[str(x)] * 1000 for x in xs], "o"))
     m = out["model"]
-    ax.set_title(f"TTFT on CPU, {m['num_layers']}-layer random Llama, page {out['page_size']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    loglog_plot(path, lines, "prefix tokens (plus %d new)" % out["suffix_tokens"], "TTFT, ms (median)",
+                f"TTFT on CPU, {m['num_layers']}-layer random Llama, page {out['page_size']}")
 
 
 if __name__ == "__main__":

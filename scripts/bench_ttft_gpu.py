@@ -428,27 +428,15 @@ def ratios(results) -> list[dict]:
 
 
 def plot(out: dict, path: Path) -> None:
-    try:
-        import matplotlib
+    from benchutil import loglog_plot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines = []
     for mode in MODES:
         pts = sorted((r["ctx"], r["ttft_s"] * 1e3) for r in out["results"] if r["mode"] == mode)
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=mode)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("context tokens (prefix; + %d new)" % out["suffix"])
-    ax.set_ylabel("TTFT (ms)")
-    ax.set_title(f"{out['device']}, {out['model']}-shaped random model, SeaweedFS on the same host")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+            lines.append((mode, *zip(*pts), "o"))
+    loglog_plot(path, lines, "context tokens (prefix; + %d new)" % out["suffix"], "TTFT (ms)",
+                f"{out['device']}, {out['model']}-shaped random model, SeaweedFS on the same host", dpi=110)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Helpers shared by the storage benchmarks (bench_storage.py, bench_transports.py)."""
+"""Helpers shared by the benchmarks: percentiles, a process's CPU time, the log-log plot."""
 
 from __future__ import annotations
 
@@ -16,3 +16,29 @@ def server_cpu_s(pid: int) -> float:
     """CPU seconds a process has used: utime + stime (fields 14, 15 of /proc/pid/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loglog_plot(path, lines, xlabel: str, ylabel: str, title: str,
+                size: tuple[float, float] = (7, 4.5), dpi: int = 120) -> None:
+    """One log-log chart, `lines` = [(label, xs, ys, marker)], saved to `path`. Does nothing
+    without matplotlib (the GPU machine has none); the JSON is the result, the plot a view."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=size)
+    for label, xs, ys, marker in lines:
+        ax.plot(xs, ys, marker=marker, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
