@@ -8,6 +8,10 @@ through every system against it:
                async API on one event loop, the same GETs/PUTs/HEADs of the same object
                sizes, no copy out of the response buffers. Every concurrency in
                `--raw-conc-*` runs; the one with the best median over all runs counts.
+  checked      the raw client plus the least work any checksummed, deduplicating cache
+               must add (the floor of this design): each GET body's xxh3 is computed and
+               checked and the body copied once into a host buffer, as it lands; PUTs are
+               conditional (If-None-Match: *). Same concurrencies as raw, best one counts.
   objectcache  `ObjectCacheStorage.batch_get_v1` / `batch_set_v1` / `batch_exists`, its
                default transport and settings (read timeout 60 s, as boto3's, so a slow
                8 MiB PUT on a loaded box is not cut)
@@ -56,6 +60,7 @@ from pathlib import Path
 
 os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchutil import pct, server_cpu_s  # noqa: E402
@@ -64,7 +69,8 @@ from sglang_objectcache import objformat  # noqa: E402
 from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
 
 MiB = 1 << 20
-SYSTEMS = ("raw", "objectcache", "seaweedfs", "file")
+SYSTEMS = ("raw", "checked", "objectcache", "seaweedfs", "file")
+CLIENTS = ("raw", "checked")  # the lanes run on RawObstore, one per concurrency
 
 
 @dataclass(frozen=True)
@@ -124,15 +130,19 @@ def page_hashes(n: int) -> list[str]:
 
 class RawObstore:
     """The ceiling: obstore's async API on one event loop, `conc` requests in flight, no
-    SGLang, no format, no copy out of the response buffer."""
+    SGLang, no format, no copy out of the response buffer.
 
-    name = "raw"
+    With `checked`, the floor of any checksummed cache instead: `get` checks each body's
+    xxh3 against `digests` and copies it into `sink` as it lands; `put` hashes each body
+    (as a writer of checksummed objects must) and is conditional."""
 
-    def __init__(self, srv: SeaweedFS, bucket: str, conc: int):
+    def __init__(self, srv: SeaweedFS, bucket: str, conc: int, checked: bool = False,
+                 digests: dict | None = None, sink: np.ndarray | None = None):
         import obstore
         from obstore.store import S3Store
 
         self.obstore, self.conc = obstore, conc
+        self.checked, self.digests, self.sink = checked, digests, sink
         self.store = S3Store(bucket, endpoint=srv.endpoint, access_key_id=srv.access_key,
                              secret_access_key=srv.secret_key, region="us-east-1",
                              unsigned_payload=True,  # as objectcache's default
@@ -154,15 +164,27 @@ class RawObstore:
 
         return asyncio.run_coroutine_threadsafe(all_(), self.loop).result()
 
-    def get(self, keys):
-        async def get(k):
+    def get(self, keys) -> list[int]:
+        """Each body's length (checked: 0 if its xxh3 does not match)."""
+        async def get(ik):
+            i, k = ik
             r = await self.obstore.get_async(self.store, k)
-            return await r.bytes_async()
+            body = await r.bytes_async()
+            if not self.checked:
+                return len(body)
+            if objformat.checksum(body) != self.digests[k]:
+                return 0
+            np.copyto(self.sink[i % len(self.sink)], np.frombuffer(body, np.uint8))
+            return len(body)
 
-        return self._gather(get, keys)
+        return self._gather(get, list(enumerate(keys)))
 
-    def put(self, items):
-        return self._gather(lambda kv: self.obstore.put_async(self.store, kv[0], kv[1]), items)
+    def put(self, items) -> int:
+        mode = "create" if self.checked else "overwrite"
+        if self.checked:
+            self.digests.update((k, objformat.checksum(v)) for k, v in items)
+        return sum(r is not None for r in
+                   self._gather(lambda kv: self.obstore.put_async(self.store, kv[0], kv[1], mode=mode), items))
 
     def head(self, keys):
         return self._gather(lambda k: self.obstore.head_async(self.store, k), keys)
@@ -291,7 +313,10 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
     # The raw client moves objectcache's object size; its bodies are the sealed pages.
     raw_bodies = [bytes(oc._encode_page(oc.pages, f"raw{i}", i * P)) for i in range(B)]
     concs = args.raw_conc_big if big else args.raw_conc_small
-    raws = {c: RawObstore(srv, "bench-raw", c) for c in concs}
+    digests: dict = {}
+    sink = np.empty((B if g.object_bytes <= MiB else 16, g.object_bytes), np.uint8)
+    raws = {(name, c): RawObstore(srv, "bench-raw", c, name == "checked", digests, sink)
+            for name in CLIENTS if name in args.systems for c in concs}
     set_batches = args.set_batches_big if big else args.set_batches_small
     get_reps = args.get_reps_big if big else args.get_reps_small
 
@@ -303,7 +328,7 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
 
     # Warm-up, not recorded: connections opened, each bucket's first volume allocated.
     warm = B if not big else min(B, 16)
-    for conc, raw in raws.items():
+    for raw in raws.values():
         keys = [f"warm/{uuid.uuid4().hex}" for _ in range(warm)]
         raw.put(list(zip(keys, raw_bodies))), raw.get(keys), raw.head(keys)
     for name, sysm in systems.items():
@@ -314,8 +339,7 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
     # a fresh random order each round, so a change in this shared machine's load lands on
     # all of them alike, and no lane always follows the same one (the server still works
     # off a batch of PUTs after answering them; see --settle-s).
-    lanes = [("raw", c) for c in concs if "raw" in args.systems] + \
-        [(name, None) for name in SYSTEMS[1:] if name in args.systems]
+    lanes = list(raws) + [(name, None) for name in SYSTEMS if name not in CLIENTS and name in args.systems]
     rng = random.Random(run)
 
     def rounds(n):
@@ -323,16 +347,14 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
             yield rng.sample(lanes, len(lanes))
 
     def put(lane, keys):
-        name, conc = lane
-        if name == "raw":
-            return sum(r is not None for r in raws[conc].put(list(zip(keys, raw_bodies))))
-        return systems[name].set(keys, src)
+        if lane in raws:
+            return raws[lane].put(list(zip(keys, raw_bodies)))
+        return systems[lane[0]].set(keys, src)
 
     def get(lane, keys):
-        name, conc = lane
-        if name == "raw":
-            return sum(len(r) == g.object_bytes for r in raws[conc].get(keys))
-        return systems[name].get(keys, dst)
+        if lane in raws:
+            return sum(n == g.object_bytes for n in raws[lane].get(keys))
+        return systems[lane[0]].get(keys, dst)
 
     def conc_of(lane):
         return {"conc": lane[1]} if lane[1] else {}
@@ -341,7 +363,7 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
     for order in rounds(set_batches):
         for lane in order:
             time.sleep(args.settle_s)
-            keys = [f"raw/{uuid.uuid4().hex}" for _ in range(B)] if lane[0] == "raw" else page_hashes(B)
+            keys = [f"raw/{uuid.uuid4().hex}" for _ in range(B)] if lane in raws else page_hashes(B)
             read_keys.setdefault(lane, keys)
             n, t = timer(lambda: put(lane, keys))
             if n != B:
@@ -349,7 +371,7 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
             record(lane[0], "set", n, t, **conc_of(lane))
     for rep, order in enumerate(rounds(get_reps)):
         for lane in order:
-            check = rep == 0 and lane[0] != "raw"
+            check = rep == 0 and lane not in raws
             if check:
                 zero_pages(host, B, B, P)
             n, t = timer(lambda: get(lane, read_keys[lane]))
@@ -361,8 +383,10 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
     for order in rounds(args.exists_reps):
         for lane in order:
             name, conc = lane
-            if name == "raw":
-                res, t = timer(lambda: raws[conc].head(read_keys[lane]))
+            if name == "checked":
+                continue  # a HEAD is a HEAD
+            if lane in raws:
+                res, t = timer(lambda: raws[lane].head(read_keys[lane]))
                 record("raw", "exists", len(res), t, conc=conc)
                 continue
             for cold in ((True, False) if name == "objectcache" else (True,)):
@@ -408,12 +432,12 @@ def format_work(oc, host, B: int, P: int) -> dict:
 # ---- summary ----------------------------------------------------------------------------
 
 
-def best_raw(rows: list[dict], op: str) -> list[dict]:
-    """The raw client tuned: its batches at the concurrency with the best median over all
+def best_conc(rows: list[dict], system: str, op: str) -> list[dict]:
+    """A raw client tuned: its batches at the concurrency with the best median over all
     runs (one choice for every run, so no run gets the luckiest of several draws)."""
     by_conc: dict[int, list[dict]] = {}
     for r in rows:
-        if r["system"] == "raw" and r["op"] == op:
+        if r["system"] == system and r["op"] == op:
             by_conc.setdefault(r["conc"], []).append(r)
     if not by_conc:
         return []
@@ -442,6 +466,12 @@ RATIOS = [
     ("exists cold: objectcache / seaweedfs", ("objectcache", "exists_cold"), ("seaweedfs", "exists_cold")),
     ("exists warm: objectcache / seaweedfs", ("objectcache", "exists_warm"), ("seaweedfs", "exists_cold")),
     ("exists cold: objectcache / raw HEADs", ("objectcache", "exists_cold"), ("raw", "exists")),
+    ("get: objectcache / checked", ("objectcache", "get"), ("checked", "get")),
+    ("set: objectcache / checked", ("objectcache", "set"), ("checked", "set")),
+    ("get: checked / raw", ("checked", "get"), ("raw", "get")),
+    ("set: checked / raw", ("checked", "set"), ("raw", "set")),
+    ("get: checked / seaweedfs", ("checked", "get"), ("seaweedfs", "get")),
+    ("set: checked / seaweedfs", ("checked", "set"), ("seaweedfs", "set")),
     ("get: seaweedfs / raw", ("seaweedfs", "get"), ("raw", "get")),
     ("set: seaweedfs / raw", ("seaweedfs", "set"), ("raw", "set")),
     ("get: objectcache / file", ("objectcache", "get"), ("file", "get")),
@@ -465,15 +495,15 @@ def summarize(geo: dict) -> dict:
     runs = sorted({r["run"] for r in rows})
 
     def select(system, op, run=None):
-        if system == "raw":
-            got = best_raw(rows, op)
+        if system in CLIENTS:
+            got = best_conc(rows, system, op)
         else:
             got = [r for r in rows if r["system"] == system and r["op"] == op]
         return [r for r in got if run is None or r["run"] == run]
 
     per_system = {}
     for system in SYSTEMS:
-        for op in ("set", "get", "exists") if system == "raw" else OPS:
+        for op in {"raw": ("set", "get", "exists"), "checked": ("set", "get")}.get(system, OPS):
             got = select(system, op)
             if got:
                 per_run = [cell(select(system, op, run), kv) for run in runs if select(system, op, run)]
@@ -504,20 +534,20 @@ def plot(out: dict, path: Path) -> None:
 
     geos = out["geometries"]
     fig, axes = plt.subplots(3, len(geos), figsize=(8 * len(geos), 14), squeeze=False, layout="constrained")
-    colors = {"raw": "0.55", "objectcache": "C0", "seaweedfs": "C3", "file": "C2"}
+    colors = {"raw": "0.55", "checked": "0.3", "objectcache": "C0", "seaweedfs": "C3", "file": "C2"}
     for j, geo in enumerate(geos):
         s = geo["summary"]["systems"]
         kv = geo["page_kv_bytes"]
         label = f"{kv / MiB:g} MiB" if kv >= MiB else f"{kv // 1024} KiB"
         ax = axes[0][j]
-        ops, width = ("get", "set"), 0.2
+        ops, width = ("get", "set"), 0.16
         for i, system in enumerate(SYSTEMS):
             xs, ys, lo, hi = [], [], [], []
             for k, op in enumerate(ops):
                 c = s.get(system, {}).get(op)
                 if c:
                     runs = [v * kv / MiB for v in c["pages_s_runs"]]
-                    xs.append(k + (i - 1.5) * width)
+                    xs.append(k + (i - (len(SYSTEMS) - 1) / 2) * width)
                     ys.append(c["MiB_s"])
                     lo.append(max(0, c["MiB_s"] - min(runs)))
                     hi.append(max(0, max(runs) - c["MiB_s"]))
