@@ -302,6 +302,25 @@ def run_geometry(args, shape: Shape, page_tokens: int, tmp: str) -> dict:
             "header_bytes": oc_g.header_bytes, "batch": B, "batches": batches, "format_work": fmt}
 
 
+def need_disk(args, page_bytes: int, big: bool, tmp: str) -> None:
+    """Stop before a run that cannot fit: every writing lane keeps every batch it wrote
+    until the run ends, and a full disk makes SeaweedFS answer HTTP 500 mid-run."""
+    concs = args.raw_conc_big if big else args.raw_conc_small
+    lanes = len(concs) * sum(c in args.systems for c in CLIENTS) + \
+        sum(s not in CLIENTS for s in args.systems)
+    sets = args.set_batches_big if big else args.set_batches_small
+    need = lanes * (sets * args.batch + warm_pages(args.batch, big)) * page_bytes
+    free = shutil.disk_usage(tmp).free
+    if need > 0.9 * free:
+        raise SystemExit(f"one run of {page_bytes / MiB:g} MiB pages writes ~{need / 2**30:.1f} GiB "
+                         f"({lanes} lanes x {sets} batches) but {tmp} has {free / 2**30:.1f} GiB free: "
+                         "use fewer --set-batches-big, --raw-conc-big or --systems")
+
+
+def warm_pages(B: int, big: bool) -> int:
+    return B if not big else min(B, 16)
+
+
 def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: str, batches: list,
              fmt: dict) -> None:
     B = args.batch
@@ -327,7 +346,7 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
     # Warm-up, not recorded: connections opened, each bucket's first volume allocated.
-    warm = B if not big else min(B, 16)
+    warm = warm_pages(B, big)
     for raw in raws.values():
         keys = [f"warm/{uuid.uuid4().hex}" for _ in range(warm)]
         raw.put(list(zip(keys, raw_bodies))), raw.get(keys), raw.head(keys)
@@ -630,7 +649,8 @@ def main() -> None:
     p.add_argument("--raw-conc-small", nargs="+", type=int, default=[16, 64, 128])
     p.add_argument("--raw-conc-big", nargs="+", type=int, default=[16, 64])
     p.add_argument("--set-batches-small", type=int, default=3)
-    p.add_argument("--set-batches-big", type=int, default=3)
+    # 2, not 3: each 8 MiB-page batch is 1 GiB, and one run's 7 writing lanes keep theirs
+    p.add_argument("--set-batches-big", type=int, default=2)
     p.add_argument("--get-reps-small", type=int, default=5)
     p.add_argument("--get-reps-big", type=int, default=3)
     p.add_argument("--exists-reps", type=int, default=5)
@@ -652,6 +672,8 @@ def main() -> None:
            "shape": asdict(shape), "layout": args.layout, "runs": args.runs,
            "loadavg_before": os.getloadavg(), "geometries": []}
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
+        for P in args.page_tokens:  # before the first run, not an hour into it
+            need_disk(args, P * shape.token_bytes, P * shape.token_bytes >= MiB, tmp)
         for P in args.page_tokens:
             geo = run_geometry(args, shape, P, tmp)
             geo["summary"] = summarize(geo)
