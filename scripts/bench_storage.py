@@ -36,7 +36,7 @@ verify, host-pool copies) without the network.
 
 Writes JSON (every batch, per-system medians, ratios, targets, the command line) and a PNG.
 
-    nice -n -10 .venv/bin/python scripts/bench_storage.py   # ~15 min on 2 cores; nice is optional
+    nice -n -10 .venv/bin/python scripts/bench_storage.py   # ~20 min on 2 cores; nice is optional
     .venv/bin/python scripts/bench_storage.py --quick        # smoke run, ~1 min
 """
 
