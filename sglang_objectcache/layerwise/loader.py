@@ -16,9 +16,10 @@ At most max(`window_layers`, `layers_per_get` + 1) layers of a batch are staged 
 (memory is that x pages x layer bytes; no + 1 at one layer per GET). With `layers_per_get`
 = k > 1, one ranged GET reads k consecutive layers of a page (still one contiguous range,
 the format being layer-major): about k times fewer requests, each layer still verified,
-scattered and released on its own as soon as its group is in. Layer 0 is still read alone, so the forward's first wait is for
-one layer's bytes while the next group is already in flight: requests per page are
-1 + ceil((L - 1) / k). The default (0) picks k by `auto_layers_per_get`.
+scattered and released on its own as soon as its group is in. Layer 0 is still read
+alone, so the forward's first wait is for one layer's bytes while the next group is
+already in flight: requests per page are 1 + ceil((L - 1) / k). The default (0) picks k
+by `auto_layers_per_get`.
 Deadlines for the scheduler: the forward starts when the batch does, and layer l is
 consumed after the estimated compute of layers < l (`layer_s`, an EWMA of the
 forward's observed per-layer pace).
