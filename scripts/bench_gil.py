@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -179,6 +180,7 @@ def main(argv=None) -> None:
             load.close()
         store.close()
         srv.stop()
+        shutil.rmtree(data, ignore_errors=True)
     med = {c: statistics.median(s["us_per_op"] for s in samples[c]) for c in CONDITIONS}
     out = {
         "command": "python scripts/bench_gil.py " + " ".join(sys.argv[1:] if argv is None else argv),

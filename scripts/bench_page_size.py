@@ -51,7 +51,7 @@ def main() -> None:
     from sglang_objectcache.backend import ObjectCacheStorage
 
     rows = []
-    with SeaweedFS(tempfile.mkdtemp(prefix="page-size-"), buckets=("page-size",)) as s3:
+    with tempfile.TemporaryDirectory(prefix="page-size-") as tmp, SeaweedFS(tmp, buckets=("page-size",)) as s3:
         for page in (1, 4, 16, 64, 256):
             host = pools(page)
             host.kv_buffer.view(torch.uint8).copy_(

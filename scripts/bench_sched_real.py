@@ -50,7 +50,7 @@ def main() -> None:
             ("burst of 8, uncapped (loopback)", base, 0.0),
         ]
     results = []
-    with SeaweedFS(tempfile.mkdtemp(prefix="sched-real-"), buckets=("sched-real",)) as s3:
+    with tempfile.TemporaryDirectory(prefix="sched-real-") as tmp, SeaweedFS(tmp, buckets=("sched-real",)) as s3:
         cfg = s3.config("sched-real")
         for name, w, cap in cases:
             res = compare(cfg, w, cap, repeats=a.repeats)

@@ -2,7 +2,7 @@
 
 For each page size (the same model shape, `--batch`-page batches, one pair of real SGLang
 0.5.23 KV pools: `MHATokenToKVPoolHost`, layout `--layout`), each of `--runs` runs starts
-one `weed mini` (loopback, temp dir, deleted after the run) and moves the same pages
+one local SeaweedFS (loopback, temp dir, deleted after the run) and moves the same pages
 through every system against it:
   raw          the ceiling: a tuned parallel S3 client, no SGLang, no format: obstore's
                async API on one event loop, the same GETs/PUTs/HEADs of the same object

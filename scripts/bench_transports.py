@@ -1,6 +1,6 @@
 """Raw transport ceiling: GET/PUT throughput and latency of boto3 vs obstore on a local SeaweedFS.
 
-Starts its own `weed mini` (loopback, temp dir), then for each object size, transport and
+Starts its own SeaweedFS (loopback, temp dir), then for each object size, transport and
 concurrency level times batch calls of `--batch` objects through the real `ObjectStore`
 transports (the same code objectcache runs):
   - GET: `get_many` of `--batch` existing objects; PUT: `put_many(if_absent=True)` of

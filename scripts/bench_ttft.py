@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -211,6 +212,8 @@ def main() -> None:
         **({"timelines": {m: json.loads((work / f"{m}.timeline.json").read_text()) for m in LAYERWISE
                           if (work / f"{m}.timeline.json").exists()}} if a.trace else {}),
     }
+    if not a.workdir:  # otherwise each run leaves ~1.5 GB of objects behind
+        shutil.rmtree(work, ignore_errors=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
     plot(out, a.out[:-5] + ".png")

@@ -52,6 +52,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -406,6 +407,8 @@ def main(argv=None) -> None:
     finally:
         store.close()
         srv.stop()
+        if not a.data_dir:
+            shutil.rmtree(data, ignore_errors=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
     plot(out, Path(a.out).with_suffix(".png"))
     for r in out["ratios"]:

