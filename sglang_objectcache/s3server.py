@@ -143,9 +143,9 @@ class SeaweedFS:
         log_path = Path(self.log_path or data / "weed.log")
         log_start = log_path.stat().st_size if log_path.exists() else 0
         log = open(log_path, "ab")
-        # Own process group: stop() kills weed's children too, even if a test fails.
         # One volume per new bucket, as `weed mini` does (the default grows 7 at a time).
         env = {**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}
+        # Own process group: stop() kills weed's children too, even if a test fails.
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         log.close()
         try:
