@@ -169,9 +169,10 @@ class SeaweedFS:
             try:
                 urllib.request.urlopen(self.endpoint + "/healthz", timeout=1).read()
                 # The gateway answers before the volume server has joined the master; a PUT
-                # then would find nowhere to write.
+                # then would find nowhere to write. (Max, not Free: a restarted server whose
+                # volume slots are all in use is ready too.)
                 status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{master_port}/dir/status", timeout=1))
-                if status["Topology"]["Free"] > 0:
+                if status["Topology"]["Max"] > 0:
                     for b in self.buckets:
                         self.create_bucket(b)
                     return

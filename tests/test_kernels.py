@@ -8,7 +8,6 @@ bytes are random, NaN payloads included, so any float conversion on the way fail
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

@@ -369,6 +369,10 @@ def test_the_local_server_gives_buckets_volumes_by_count_not_free_disk(tmp_path)
         srv.delete_bucket(names[0])  # already gone: not an error
         c.put_object(Bucket=names[3], Key="k", Body=b"x")
         assert c.get_object(Bucket=names[3], Key="k")["Body"].read() == b"x"
+        # Every slot is in use now; a restart must still come up and serve what it holds.
+        srv.stop()
+        srv.start(timeout_s=30)
+        assert srv.client().get_object(Bucket=names[3], Key="k")["Body"].read() == b"x"
 
 
 def test_the_local_server_refuses_to_start_on_a_disk_it_would_not_write_to(tmp_path, monkeypatch):
