@@ -2,7 +2,8 @@
 
 Contract: `generate` streams one request and returns a `Completion` with the time to the
 first streamed chunk (TTFT), the greedy output (text and token ids) and SGLang's own
-cached-token report split by tier (device = GPU/L1, host = L2, storage = L3). It raises
+cached-token report split by tier (device = GPU/L1, host = L2, storage = L3) and, when
+asked (`top_logprobs=k`), each output step's top-k token logprobs. It raises
 `RequestError` for anything that is not a complete answer (HTTP error, error event,
 dropped stream, timeout), so callers count errors instead of guessing. Thread-safe: each
 call opens its own connection, so many threads can share one `Client`.
@@ -33,6 +34,8 @@ class Completion:
     storage: int | None
     ttft_s: float
     latency_s: float
+    # Per output token, the top-k (token id, logprob) pairs, best first; () unless asked for.
+    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
 
     @property
     def output(self) -> tuple[str, tuple[int, ...]]:
@@ -45,12 +48,15 @@ class Client:
     url: str
     timeout_s: float = 120.0
 
-    def generate(self, text: str, max_new_tokens: int = 8, cache_salt: str | None = None) -> Completion:
+    def generate(self, text: str, max_new_tokens: int = 8, cache_salt: str | None = None,
+                 top_logprobs: int = 0) -> Completion:
         body = {
             "text": text,
             "stream": True,
             "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0.0},
         }
+        if top_logprobs:
+            body.update(return_logprob=True, top_logprobs_num=top_logprobs)
         if cache_salt is not None:
             body["cache_salt"] = cache_salt
         start = time.perf_counter()
@@ -97,6 +103,8 @@ class Client:
             storage=tier("storage"),
             ttft_s=ttft,
             latency_s=latency,
+            top_logprobs=tuple(tuple((int(t), float(lp)) for lp, t, *_ in step)
+                               for step in meta.get("output_top_logprobs") or ()),
         )
 
     def flush_cache(self, wait_s: float = 30.0) -> None:

@@ -8,6 +8,7 @@ import uuid
 import pytest
 from e2e_support import BACKEND, MAX_NEW, BucketL3, FileL3
 
+from sglang_objectcache.harness.client import Completion
 from sglang_objectcache.harness.server import ServerPool, cpu_args, nocache_args
 
 
@@ -21,17 +22,21 @@ class Reference:
     def __init__(self, pool: ServerPool):
         self._pool = pool
         self._server = None
-        self._memo: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self._memo: dict[str, Completion] = {}
 
     def outputs(self, texts: list[str]) -> list[tuple[str, tuple[int, ...]]]:
+        return [c.output for c in self.completions(texts)]
+
+    def completions(self, texts: list[str]) -> list[Completion]:
+        """The reference answers, with their top-2 logprobs (to tell a near-tie from a real change)."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
         if missing:
             if self._server is None:
                 self._server = self._pool.launch(cpu_args() + nocache_args(), name="reference")
             for t in missing:
-                c = self._server.client.generate(t, max_new_tokens=MAX_NEW)
+                c = self._server.client.generate(t, max_new_tokens=MAX_NEW, top_logprobs=2)
                 assert c.cached_tokens == 0, "the reference must compute every token"
-                self._memo[t] = c.output
+                self._memo[t] = c
         return [self._memo[t] for t in texts]
 
 

@@ -62,7 +62,7 @@ def stays_healthy(server, proxy, store):
 
 
 def send(server, texts):
-    return [server.client.generate(t, max_new_tokens=MAX_NEW) for t in texts]
+    return [server.client.generate(t, max_new_tokens=MAX_NEW, top_logprobs=2) for t in texts]
 
 
 def recover(proxy):
@@ -79,7 +79,7 @@ def flush(server, proxy):
 
 
 def assert_reference(completions, texts, reference):
-    bad = differences(completions, reference.outputs(texts))
+    bad = differences(completions, reference.completions(texts))
     assert not bad, "answers changed:\n" + "\n".join(bad)
 
 
@@ -161,7 +161,7 @@ def test_store_killed_mid_run_and_restarted(server, l3, proxy, store, reference)
     def client_loop():
         for text in stream:
             try:
-                done.append(server.client.generate(text, max_new_tokens=MAX_NEW))
+                done.append(server.client.generate(text, max_new_tokens=MAX_NEW, top_logprobs=2))
             except Exception as e:  # noqa: BLE001 - counted, asserted below
                 errors.append(e)
 

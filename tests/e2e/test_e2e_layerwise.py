@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
-from e2e_support import BACKEND, MAX_NEW, BucketL3, full_pages, outputs, prompts, wait_for_writes
+from e2e_support import BACKEND, MAX_NEW, BucketL3, differences, full_pages, outputs, prompts, wait_for_writes
 
 from sglang_objectcache.harness.proxy import FaultProxy, Faults
 from sglang_objectcache.harness.server import cpu_args
@@ -64,7 +64,7 @@ def healthy_after(server, proxy):
 
 
 def send(server, texts):
-    return [server.client.generate(t, max_new_tokens=MAX_NEW) for t in texts]
+    return [server.client.generate(t, max_new_tokens=MAX_NEW, top_logprobs=2) for t in texts]
 
 
 def populate(server, l3, texts):
@@ -82,7 +82,8 @@ def test_store_hits_stream_in_and_match_the_reference(server, l3, reference):
     hit = send(server, texts)
     # SGLang reports an external-linker hit as "host"; device stays 0 after the flush.
     assert [(c.device, c.host) for c in hit] == [(0, full_pages(c)) for c in hit], server.log_tail()
-    assert outputs(hit) == outputs(first) == reference.outputs(texts)
+    assert outputs(hit) == outputs(first)
+    assert not differences(first, reference.completions(texts))
 
 
 def test_fetch_overlaps_the_forward(server, trace):
@@ -112,7 +113,8 @@ def test_host_tier_serves_repeats_without_the_store(server, l3, proxy, reference
     again = send(server, texts)
     assert all(c.device == 0 and c.host == full_pages(c) for c in again), [(c.device, c.host) for c in again]
     assert proxy.seen.get("GET", 0) == gets, "a host-tier hit must not touch the store"
-    assert outputs(again) == outputs(first) == reference.outputs(texts)
+    assert outputs(again) == outputs(first)
+    assert not differences(first, reference.completions(texts))
 
 
 def test_concurrent_requests_with_shared_prefixes(server, l3, reference):
@@ -121,9 +123,9 @@ def test_concurrent_requests_with_shared_prefixes(server, l3, reference):
     populate(server, l3, texts)
     server.client.flush_cache()
     with ThreadPoolExecutor(8) as pool:
-        hit = list(pool.map(lambda t: server.client.generate(t, max_new_tokens=MAX_NEW), texts))
+        hit = list(pool.map(lambda t: server.client.generate(t, max_new_tokens=MAX_NEW, top_logprobs=2), texts))
     assert all(c.cached_tokens > 0 for c in hit)
-    assert outputs(hit) == reference.outputs(texts)
+    assert not differences(hit, reference.completions(texts))
 
 
 def test_a_corrupt_object_means_recompute_not_abort(server, l3, reference):
@@ -137,7 +139,7 @@ def test_a_corrupt_object_means_recompute_not_abort(server, l3, reference):
         l3.write(key, bytes(body))
     server.client.flush_cache()
     again = send(server, texts)  # each load fails at its last layer, then is recomputed
-    assert outputs(again) == reference.outputs(texts)
+    assert not differences(again, reference.completions(texts))
     assert all(c.cached_tokens == 0 for c in again), "a recomputed request reports no cache hit"
     assert "recomputing them" in server.log_text()
     # the damaged objects were deleted and the recompute stored them again, intact: hits again
@@ -147,7 +149,7 @@ def test_a_corrupt_object_means_recompute_not_abort(server, l3, reference):
     server.client.flush_cache()
     healed = send(server, texts)
     assert [c.host for c in healed] == [full_pages(c) for c in healed]
-    assert outputs(healed) == reference.outputs(texts)
+    assert not differences(healed, reference.completions(texts))
 
 
 def test_a_stalled_store_costs_time_not_answers(server, l3, proxy, reference):
@@ -158,5 +160,5 @@ def test_a_stalled_store_costs_time_not_answers(server, l3, proxy, reference):
     t0 = time.monotonic()
     again = send(server, texts)
     proxy.clear()
-    assert outputs(again) == reference.outputs(texts)
+    assert not differences(again, reference.completions(texts))
     assert time.monotonic() - t0 < 60

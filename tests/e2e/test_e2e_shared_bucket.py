@@ -24,16 +24,16 @@ def restarted(sglang_server, l3):
     first = launch_on(sglang_server, l3, "before-restart")
     before = l3.keys()
     for text in EARLY:
-        first.client.generate(text, max_new_tokens=MAX_NEW)
+        first.client.generate(text, max_new_tokens=MAX_NEW, top_logprobs=2)
     wait_for_writes(l3, before)
     first.stop()
     return launch_on(sglang_server, l3, "after-restart")
 
 
 def test_restart_serves_earlier_prefixes_from_storage(restarted, reference):
-    done = [restarted.client.generate(t, max_new_tokens=MAX_NEW) for t in EARLY]
+    done = [restarted.client.generate(t, max_new_tokens=MAX_NEW, top_logprobs=2) for t in EARLY]
     assert [(c.device, c.host, c.storage) for c in done] == [(0, 0, full_pages(c)) for c in done]
-    assert not differences(done, reference.outputs(EARLY))
+    assert not differences(done, reference.completions(EARLY))
 
 
 def test_two_servers_share_pages_and_store_them_once(restarted, sglang_server, l3, reference):
@@ -43,15 +43,15 @@ def test_two_servers_share_pages_and_store_them_once(restarted, sglang_server, l
     text, both = prompts(2, "shared", min_tokens=400, max_tokens=400)
     # Written by one server, a storage hit on the other; the hit writes nothing new.
     before = l3.keys()
-    a = one.generate(text, max_new_tokens=MAX_NEW)
+    a = one.generate(text, max_new_tokens=MAX_NEW, top_logprobs=2)
     written = wait_for_writes(l3, before)
-    b = two.generate(text, max_new_tokens=MAX_NEW)
+    b = two.generate(text, max_new_tokens=MAX_NEW, top_logprobs=2)
     assert (a.storage, b.device, b.host, b.storage) == (0, 0, 0, full_pages(b))
     time.sleep(2)
     assert l3.keys() == before | written
     # Both compute one new prefix at the same time: still one object per page, not two.
     before = l3.keys()
     with ThreadPoolExecutor(2) as pool:
-        x, y = pool.map(lambda c: c.generate(both, max_new_tokens=MAX_NEW), (one, two))
+        x, y = pool.map(lambda c: c.generate(both, max_new_tokens=MAX_NEW, top_logprobs=2), (one, two))
     assert len(wait_for_writes(l3, before)) == len(written)
-    assert not differences([a, b, x, y], reference.outputs([text, text, both, both]))
+    assert not differences([a, b, x, y], reference.completions([text, text, both, both]))

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from e2e_support import BACKEND, MAX_NEW, differences, full_pages, launch_on, prompts, wait_for_writes
+from e2e_support import BACKEND, MAX_NEW, differences, full_pages, same_answer, launch_on, prompts, wait_for_writes
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ def main(sglang_server, l3):
 
 
 def send(server, texts, salt=None):
-    return [server.client.generate(t, max_new_tokens=MAX_NEW, cache_salt=salt) for t in texts]
+    return [server.client.generate(t, max_new_tokens=MAX_NEW, cache_salt=salt, top_logprobs=2) for t in texts]
 
 
 def populate(server, l3, texts, salt=None):
@@ -47,12 +47,12 @@ def test_flush_then_resend_is_served_from_storage(main, l3, reference):
     main.client.flush_cache()
     again = send(main, texts)
     assert tiers(again) == [(0, 0, full_pages(c)) for c in again], main.log_tail()
-    assert not differences(first + again, reference.outputs(texts * 2))
+    assert not differences(first + again, reference.completions(texts * 2))
 
 
 def test_greedy_outputs_identical_without_cache_with_cache_and_after_storage_hit(main, l3, reference):
     texts = prompts(24, "parity")
-    ref = reference.outputs(texts)
+    ref = reference.completions(texts)
     first, _ = populate(main, l3, texts)
     main.client.flush_cache()
     hit = send(main, texts)
@@ -74,7 +74,7 @@ def test_cache_salt_isolates_tenants(main, l3, reference):
     main.client.flush_cache()
     [a2] = send(main, [text], salt="tenant-a")
     assert a2.storage == full_pages(a2)
-    assert not differences([a, b, plain, a2], reference.outputs([text] * 4))
+    assert not differences([a, b, plain, a2], reference.completions([text] * 4))
 
 
 def _corrupt(data: bytes) -> bytes:
@@ -100,7 +100,7 @@ def test_damaged_objects_are_misses_not_wrong_answers(main, l3, reference, damag
     hit_bad, hit_good = send(main, [bad, good])
     assert hit_bad.storage < full_pages(hit_bad), "a damaged object was served as a hit"
     assert hit_good.storage == full_pages(hit_good), "undamaged objects must still hit"
-    assert not differences([hit_bad, hit_good], reference.outputs([bad, good]))
+    assert not differences([hit_bad, hit_good], reference.completions([bad, good]))
     assert main.client.healthy()
 
 
@@ -131,12 +131,12 @@ def test_harness_cli_reports_storage_hits(main, tmp_path):
 @pytest.mark.slow
 def test_soak_concurrent_clients_no_errors_bounded_rss(main, reference):
     texts = prompts(20, "soak")
-    ref = dict(zip(texts, reference.outputs(texts)))
+    ref = dict(zip(texts, reference.completions(texts)))
     requests = [texts[i % len(texts)] for i in range(200)]
 
     def one(text):
         try:
-            return text, main.client.generate(text, max_new_tokens=MAX_NEW), ""
+            return text, main.client.generate(text, max_new_tokens=MAX_NEW, top_logprobs=2), ""
         except Exception as e:  # noqa: BLE001 - every failure is counted and shown
             return text, None, f"{type(e).__name__}: {e}"
 
@@ -149,7 +149,7 @@ def test_soak_concurrent_clients_no_errors_bounded_rss(main, reference):
     rss_end = main.rss_bytes()
     errors = [e for _, c, e in results if c is None]
     storage = sum(c.storage or 0 for _, c, _ in results if c is not None)
-    differ = sum(1 for t, c, _ in results if c is not None and c.output != ref[t])
+    differ = sum(1 for t, c, _ in results if c is not None and not same_answer(c, ref[t]))
     print(f"\nsoak: 200 requests, 32 clients, errors={len(errors)}, storage tokens={storage}, "
           f"outputs differing from reference={differ}, "
           f"RSS start={rss_start / 2**20:.0f} MiB end={rss_end / 2**20:.0f} MiB")

@@ -50,3 +50,25 @@ def test_cli_rejects_unknown_workloads_and_dead_servers(capsys):
     assert e.value.code == 2
     assert cli.main(["--url", "http://127.0.0.1:9", "long-doc"]) == 2
     assert "not healthy" in capsys.readouterr().err
+
+
+def _answer(ids, tops):
+    return Completion("", tuple(ids), 400, 0, 0, 0, 0, ttft_s=0.1, latency_s=0.2, top_logprobs=tuple(tops))
+
+
+def test_parity_forgives_only_a_flip_between_near_tied_tokens():
+    from e2e_support import TIE, differences, same_answer
+
+    tie = ((7, -6.900), (9, -6.900 - TIE / 2))
+    want = _answer([5, 7, 1], [((5, -6.8), (3, -7.0)), tie, ((1, -6.7), (2, -6.9))])
+    flipped = _answer([5, 9, 4], [((5, -6.8), (3, -7.0)), ((9, -6.900), (7, -6.900 - TIE / 2)), ((4, -6.7), (2, -6.9))])
+    assert same_answer(want, want) and same_answer(flipped, want)
+    assert not differences([flipped], [want])
+    # The same flip where the reference preferred its token clearly: a changed answer.
+    clear = _answer([5, 7, 1], [((5, -6.8), (3, -7.0)), ((7, -6.80), (9, -6.80 - 5 * TIE)), ((1, -6.7), (2, -6.9))])
+    assert not same_answer(flipped, clear)
+    assert "step 1" in differences([flipped], [clear])[0]
+    # A token outside the other side's top-2, an early stop, or no logprobs: changed.
+    assert not same_answer(_answer([5, 8, 1], [((5, -6.8), (3, -7.0)), ((8, -6.9), (9, -6.9))]), want)
+    assert not same_answer(_answer([5, 7], want.top_logprobs[:2]), want)
+    assert not same_answer(_answer([5, 9, 4], []), _answer([5, 7, 1], []))
