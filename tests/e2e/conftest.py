@@ -24,9 +24,6 @@ class Reference:
         self._server = None
         self._memo: dict[str, Completion] = {}
 
-    def outputs(self, texts: list[str]) -> list[tuple[str, tuple[int, ...]]]:
-        return [c.output for c in self.completions(texts)]
-
     def completions(self, texts: list[str]) -> list[Completion]:
         """The reference answers, with their top-2 logprobs (to tell a near-tie from a real change)."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._memo]

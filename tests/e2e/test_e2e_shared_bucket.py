@@ -24,7 +24,7 @@ def restarted(sglang_server, l3):
     first = launch_on(sglang_server, l3, "before-restart")
     before = l3.keys()
     for text in EARLY:
-        first.client.generate(text, max_new_tokens=MAX_NEW, top_logprobs=2)
+        first.client.generate(text, max_new_tokens=MAX_NEW)
     wait_for_writes(l3, before)
     first.stop()
     return launch_on(sglang_server, l3, "after-restart")

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from e2e_support import BACKEND, MAX_NEW, differences, full_pages, same_answer, launch_on, prompts, wait_for_writes
+from e2e_support import BACKEND, MAX_NEW, differences, full_pages, launch_on, prompts, same_answer, wait_for_writes
 
 pytestmark = pytest.mark.e2e
 
