@@ -5,8 +5,9 @@ For each page size (the same model shape, `--batch`-page batches, one pair of re
 one local SeaweedFS (loopback, temp dir, deleted after the run) and moves the same pages
 through every system against it:
   raw          the ceiling: a tuned parallel S3 client, no SGLang, no format: obstore's
-               async API on one event loop, the same GETs/PUTs/HEADs of the same object
-               sizes, no copy out of the response buffers. Every concurrency in
+               async API on one event loop, the same GETs (one ranged GET of the known
+               size per object, its fastest form)/PUTs/HEADs of the same object sizes,
+               no copy out of the response buffers. Every concurrency in
                `--raw-conc-*` runs; the one with the best median over all runs counts.
   checked      the raw client plus the least work any checksummed, deduplicating cache
                must add (the floor of this design): each GET body's xxh3 is computed and
@@ -164,12 +165,14 @@ class RawObstore:
 
         return asyncio.run_coroutine_threadsafe(all_(), self.loop).result()
 
-    def get(self, keys) -> list[int]:
-        """Each body's length (checked: 0 if its xxh3 does not match)."""
+    def get(self, keys, size: int) -> list[int]:
+        """Each body's length (checked: 0 if its xxh3 does not match). Each object is
+        expected to be `size` bytes and read with one ranged GET of size + 1 bytes, as
+        objectcache does: one Rust future per object instead of two (response, then body)
+        costs ~25% less client CPU per 256 KiB GET here."""
         async def get(ik):
             i, k = ik
-            r = await self.obstore.get_async(self.store, k)
-            body = await r.bytes_async()
+            body = await self.obstore.get_range_async(self.store, k, start=0, end=size + 1)
             if not self.checked:
                 return len(body)
             if objformat.checksum(body) != self.digests[k]:
@@ -349,7 +352,7 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
     warm = warm_pages(B, big)
     for raw in raws.values():
         keys = [f"warm/{uuid.uuid4().hex}" for _ in range(warm)]
-        raw.put(list(zip(keys, raw_bodies))), raw.get(keys), raw.head(keys)
+        raw.put(list(zip(keys, raw_bodies))), raw.get(keys, g.object_bytes), raw.head(keys)
     for name, sysm in systems.items():
         # objectcache keeps one staging buffer as large as the largest batch it has sealed:
         # a whole batch here, so the first timed one does not fault in 1 GiB (8 MiB pages).
@@ -375,7 +378,7 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
 
     def get(lane, keys):
         if lane in raws:
-            return sum(n == g.object_bytes for n in raws[lane].get(keys))
+            return sum(n == g.object_bytes for n in raws[lane].get(keys, g.object_bytes))
         return systems[lane[0]].get(keys, dst)
 
     def conc_of(lane):

@@ -234,7 +234,7 @@ class ObjectCacheStorage(HiCacheStorage):
             return True
 
         t0 = time.perf_counter()
-        self.store.get_each(names, land)
+        self.store.get_each(names, land, size=g.object_bytes)
         elapsed = time.perf_counter() - t0
         if corrupt:  # deleted here, not on the transport's thread that found them
             self._scrub([names[i] for i, _ in corrupt], [keys[i] for i, _ in corrupt], [b for _, b in corrupt])

@@ -93,7 +93,7 @@ class ObjectCacheConfig:
     tenant_salt: str = ""  # separates deployments that must never share pages
     model_id: str = ""  # overrides SGLang's served model name in the namespace
     transport: str = "auto"  # auto | obstore | boto3 | nixl
-    max_concurrency: int = 0  # 0: the transport's measured default (obstore 64, boto3 16)
+    max_concurrency: int = 0  # 0: the transport's measured default (obstore 128, boto3 16)
     connect_timeout_s: float = 2.0
     read_timeout_s: float = 10.0
     retries: int = 2

@@ -107,7 +107,9 @@ def test_namespaces_are_isolated(s3_config):
         assert other.batch_get_v1(keys, slots([5, 6])) == [False, False]
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "wrong_key"])
+# "empty" and "extended" check the single ranged GET of object_bytes + 1 (obstore): an empty
+# object answers 416 and one too long arrives one byte too long; both must be corrupt misses.
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "extended", "wrong_key"])
 def test_corrupt_objects_are_misses(s3_config, s3, bucket, damage):
     _, host = make_pools("mha", "page_first", torch.bfloat16, PAGE)
     fill_random(host)
@@ -121,6 +123,10 @@ def test_corrupt_objects_are_misses(s3_config, s3, bucket, damage):
         body[-7] ^= 0x40
     elif damage == "truncate":
         body = body[: len(body) // 2]
+    elif damage == "empty":
+        body = bytearray()
+    elif damage == "extended":
+        body += b"\0"
     else:  # a valid object stored under the wrong key
         body = bytearray(c.get_object(Bucket=bucket, Key=w.keys.object_key(keys[0]))["Body"].read())
     c.put_object(Bucket=bucket, Key=name, Body=bytes(body))

@@ -4,6 +4,7 @@ SeaweedFS: `get_each` (each GET handed to the caller's function as it lands) and
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -43,6 +44,24 @@ def test_get_each_lands_every_index_once_with_its_bytes(store):
     for i, key in enumerate(asked):
         if key != "s/missing":
             assert got[i] == bodies[int(key.split("/")[1])]
+
+
+def test_get_each_with_a_size_still_shows_objects_of_another_size(store):
+    # obstore reads at most size + 1 bytes in one ranged GET; boto3 reads the whole object.
+    # Either way a caller checking the length sees every object that is not `size` bytes.
+    size = 4096
+    bodies = {"z/exact": blob(size, 1), "z/short": blob(100, 2), "z/long": blob(3 * size, 3), "z/empty": b""}
+    assert store.put_many(list(bodies.items())) == [True] * 4
+    asked = list(bodies) + ["z/missing"]
+    got = {}
+
+    def land(i, r):
+        got[asked[i]] = r if r is None else bytes(r)
+
+    store.get_each(asked, land, size=size)
+    assert got["z/exact"] == bodies["z/exact"] and got["z/short"] == bodies["z/short"]
+    assert got["z/empty"] == b"" and got["z/missing"] is None
+    assert len(got["z/long"]) > size and got["z/long"] == bodies["z/long"][: len(got["z/long"])]
 
 
 @pytest.fixture(params=["inline", "offloaded"])
@@ -126,3 +145,38 @@ def test_put_iter_reraises_what_the_items_raised_and_stays_usable(store):
         store.put_iter(items())
     assert store.put_iter(iter([("x/1", b"one")])) == [True]
     assert bytes(store.get("x/1")) == b"one"
+
+
+def test_obstore_caps_bytes_in_flight_for_large_objects(s3, bucket, monkeypatch):
+    # Large objects are limited by bytes in flight (the memory a batch holds), not only by
+    # the request cap: here a budget of 3 objects against a cap of 16 requests.
+    from sglang_objectcache.store import obstore_
+
+    st = make_store(ObjectCacheConfig.from_dict(s3.config(bucket, transport="obstore", max_concurrency=16)))
+    size = 20_000
+    monkeypatch.setattr(obstore_, "GET_BYTES_IN_FLIGHT", 3 * size)
+    monkeypatch.setattr(obstore_, "PUT_BYTES_IN_FLIGHT", 2 * size)
+    active, peak = [0], {"get": 0, "put": 0}
+
+    def counting(op, fn):
+        async def wrapped(*a):
+            active[0] += 1  # on the store's one event loop: no lock needed
+            peak[op] = max(peak[op], active[0])
+            try:
+                await asyncio.sleep(0.01)  # long enough for the others to pile up
+                return await fn(*a)
+            finally:
+                active[0] -= 1
+        return wrapped
+
+    monkeypatch.setattr(st, "_put", counting("put", st._put))
+    monkeypatch.setattr(st, "_get", counting("get", st._get))
+    keys = [f"big/{i}" for i in range(12)]
+    try:
+        assert st.put_iter(((k, blob(size, i)) for i, k in enumerate(keys))) == [True] * 12
+        got = {}
+        st.get_each(keys, lambda i, r: got.__setitem__(i, len(r)), size=size)
+        assert got == {i: size for i in range(12)}
+        assert peak == {"get": 3, "put": 2}
+    finally:
+        st.close()

@@ -17,7 +17,9 @@ return one result per input, in input order. A per-item failure is returned as a
   returns False, the GETs of higher indices that have not landed yet are cancelled and not
   handed to it; lower indices still are. An exception from `land` stops the batch and is
   re-raised. Returns only when no `land` call is running or will run, so the caller owns
-  whatever `land` wrote once it returns.
+  whatever `land` wrote once it returns. With `size`, every object is expected to be
+  `size` bytes: the transport may read only its first `size + 1` bytes (so one too long
+  still arrives the wrong size, and an empty one arrives empty rather than as an error).
 - `get_ranges(reqs)`: for each (key, start, end) the bytes of [start, end); `None` if the
   key does not exist. Adjacent ranges of one key may be coalesced into one request; that
   is the transport's business.
@@ -121,7 +123,8 @@ class ObjectStore(ABC):
     @abstractmethod
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
-    def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]]) -> None:
+    def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]],
+                 size: Optional[int] = None) -> None:
         cut = Cutoff(len(keys), land)
         for i, r in enumerate(self.get_many(keys)):
             if not cut(i, r):

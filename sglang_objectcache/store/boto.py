@@ -142,7 +142,9 @@ class Boto3Store(ObjectStore):
     def get_many(self, keys: Sequence[str]) -> list[GetResult]:
         return self._map(self._get, keys)
 
-    def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]]) -> None:
+    def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]],
+                 size: Optional[int] = None) -> None:
+        # `size` is not used: a ranged GET costs boto3 the same as a whole one.
         cut = Cutoff(len(keys), land)
         if len(keys) <= 1:
             for i, k in enumerate(keys):
