@@ -35,7 +35,8 @@ median and range over runs.
 Also measured: xxh3 throughput on one page and objectcache's format work per batch (seal,
 verify, host-pool copies) without the network.
 
-Writes JSON (every batch, per-system medians, ratios, targets, the command line) and a PNG.
+Writes JSON (every batch, per-system medians, ratios, targets, the command line) and a PNG;
+`<out>.partial.json` holds the page sizes done so far while it runs.
 
     nice -n -10 .venv/bin/python scripts/bench_storage.py   # ~20 min on 2 cores; nice is optional
     .venv/bin/python scripts/bench_storage.py --quick        # smoke run, ~1 min
@@ -680,6 +681,9 @@ def main() -> None:
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
            "shape": asdict(shape), "layout": args.layout, "runs": args.runs,
            "loadavg_before": os.getloadavg(), "geometries": []}
+    base = Path(args.out)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    partial = base.with_suffix(".partial.json")
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
         for P in args.page_tokens:  # before the first run, not an hour into it
             need_disk(args, P * shape.token_bytes, P * shape.token_bytes >= MiB, tmp)
@@ -687,10 +691,11 @@ def main() -> None:
             geo = run_geometry(args, shape, P, tmp)
             geo["summary"] = summarize(geo)
             out["geometries"].append(geo)
+            # A crash in a later page size (or a full disk) keeps what is done so far.
+            partial.write_text(json.dumps(out, indent=1))
     out["loadavg_after"] = os.getloadavg()
-    base = Path(args.out)
-    base.parent.mkdir(parents=True, exist_ok=True)
     base.with_suffix(".json").write_text(json.dumps(out, indent=1))
+    partial.unlink(missing_ok=True)
     plot(out, base.with_suffix(".png"))
     print_ratios(out)
     print(f"\nwrote {base}.json and {base}.png")
