@@ -6,8 +6,9 @@ and ~3x faster one at a time, because HTTP, signing and range splitting run in R
 without the GIL. Large objects and PUTs are bound by the server, not the client.
 
 Each batch is one `asyncio.gather` on a private event loop in a daemon thread, bounded by
-a semaphore of `max_concurrency`; results are `obstore.Bytes` (buffer protocol, zero-copy
-from Rust), never copied into `bytes`. The caller's per-object work runs on the loop (for
+a semaphore of `max_concurrency` and, for large objects, by bytes in flight per batch;
+results are `obstore.Bytes` (buffer protocol, zero-copy from Rust), never copied into
+`bytes`. A GET whose size the caller knows is one ranged GET (one Rust future). The caller's per-object work runs on the loop (for
 objects of `OFFLOAD_BYTES` and up, on a small pool beside it), so
 the caller's thread wakes once per batch, not once per object (on 2 cores each wake forced
 GIL hand-offs between the caller, the loop and obstore's runtime threads): `get_each` runs
