@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sglang_objectcache.harness.server import SGLangServer, cpu_args, cpu_env, nocache_args, objectcache_args  # noqa: E402
+from sglang_objectcache.harness.settle import until_quiet  # noqa: E402
 from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
 from sglang_objectcache.tinymodel import TinyModelSpec, make_tiny_model  # noqa: E402
 
@@ -95,17 +96,13 @@ def settle(s3: SeaweedFS, bucket: str, want: int, quiet_s: float = 1.0, timeout_
     objects are in the bucket and none has arrived for `quiet_s`, so that no server's
     backlog lands on another mode's measurement."""
     c = s3.client()
-    deadline = time.monotonic() + timeout_s
-    last, since = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        n = sum(1 for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-                for o in page.get("Contents", []) if not o["Key"].endswith(".json"))
-        if n != last:
-            last, since = n, time.monotonic()
-        elif n >= want and time.monotonic() - since >= quiet_s:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"bucket {bucket}: {last} of {want} objects, or still changing, after {timeout_s}s")
+
+    def pages() -> int:
+        return sum(1 for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                   for o in page.get("Contents", []) if not o["Key"].endswith(".json"))
+
+    until_quiet(pages, ready=lambda n: n >= want, quiet_s=quiet_s, timeout_s=timeout_s, poll_s=0.2,
+                describe=lambda n: f"bucket {bucket}: {n} of {want} objects, or still changing")
 
 
 MODES = ("recompute", "dram", "page", "layerwise", "layerwise_dram", "layerwise_g1", "layerwise_g4", "layerwise_thread")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 from sglang_objectcache.harness.client import Completion
 from sglang_objectcache.harness.server import cpu_args, file_args, objectcache_args
+from sglang_objectcache.harness.settle import until_quiet
 from sglang_objectcache.harness.workloads import words
 
 BACKEND = os.environ.get("OBJECTCACHE_E2E_BACKEND", "objectcache")
@@ -98,29 +98,13 @@ def full_pages(c: Completion) -> int:
 
 def wait_for_writes(l3: L3, before: set[str], timeout_s: float = 60.0, quiet_s: float = 1.5) -> set[str]:
     """Wait until new keys appeared and none arrived for `quiet_s`; return the new keys."""
-    deadline = time.monotonic() + timeout_s
-    last, since = None, time.monotonic()
-    while time.monotonic() < deadline:
-        new = l3.keys() - before
-        if new != last:
-            last, since = new, time.monotonic()
-        elif new and time.monotonic() - since >= quiet_s:
-            return new
-        time.sleep(0.25)
-    raise TimeoutError(f"write-back to L3 did not settle in {timeout_s}s ({len(last or ())} new keys)")
+    return until_quiet(lambda: l3.keys() - before, ready=bool, quiet_s=quiet_s, timeout_s=timeout_s,
+                       describe=lambda new: f"write-back to L3 ({len(new)} new keys)")
 
 
 def wait_quiet(l3: L3, quiet_s: float = 1.5, timeout_s: float = 60.0) -> None:
     """Wait until no key has appeared for `quiet_s` (a new server's warm-up write-back)."""
-    deadline = time.monotonic() + timeout_s
-    last, since = l3.keys(), time.monotonic()
-    while time.monotonic() - since < quiet_s:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"L3 still changing after {timeout_s}s")
-        time.sleep(0.25)
-        now = l3.keys()
-        if now != last:
-            last, since = now, time.monotonic()
+    until_quiet(l3.keys, quiet_s=quiet_s, timeout_s=timeout_s, describe=lambda keys: f"L3 ({len(keys)} keys)")
 
 
 def launch_on(sglang_server, l3: L3, name: str):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from sglang_objectcache.harness import cli
 from sglang_objectcache.harness.client import Completion
+from sglang_objectcache.harness.settle import until_quiet
 from sglang_objectcache.harness.workloads import LongDoc, MultiTurn, Report, Request, Result, RoundStats, SharedPrefix
 
 
@@ -72,3 +75,24 @@ def test_parity_forgives_only_a_flip_between_near_tied_tokens():
     assert not same_answer(_answer([5, 8, 1], [((5, -6.8), (3, -7.0)), ((8, -6.9), (9, -6.9))]), want)
     assert not same_answer(_answer([5, 7], want.top_logprobs[:2]), want)
     assert not same_answer(_answer([5, 9, 4], []), _answer([5, 7, 1], []))
+
+
+def test_until_quiet_waits_for_a_ready_value_that_stopped_changing():
+    readings = iter([0] + [1] * 10 + [2, 3] + [3] * 20)  # 1 holds for 0.1 s, twice quiet_s
+    seen = []
+
+    def read():
+        seen.append(next(readings))
+        return seen[-1]
+
+    t0 = time.monotonic()
+    assert until_quiet(read, ready=lambda n: n >= 2, quiet_s=0.05, timeout_s=5, poll_s=0.01) == 3
+    assert seen[:13] == [0] + [1] * 10 + [2, 3]  # it did not stop on 1: quiet but not ready
+    assert time.monotonic() - t0 >= 0.05
+
+
+def test_until_quiet_times_out_naming_the_last_value():
+    counter = iter(range(10_000))
+    with pytest.raises(TimeoutError, match="still moving: 1?[0-9]"):
+        until_quiet(lambda: next(counter), quiet_s=1.0, timeout_s=0.1, poll_s=0.01,
+                    describe=lambda n: f"still moving: {n}")
