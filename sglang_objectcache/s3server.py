@@ -10,6 +10,7 @@ persisted under `data_dir`, so a restart keeps every object. Every listener is b
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_ACCESS_KEY = "objectcache"
@@ -88,6 +89,7 @@ class SeaweedFS:
     # hung. Hence `weed server`, which takes a size.
     min_free_mb: int = 256
     proc: subprocess.Popen | None = None
+    _sockets: tuple = field(default=(), repr=False)  # the ports weed names its sockets by
 
     @property
     def endpoint(self) -> str:
@@ -131,7 +133,8 @@ class SeaweedFS:
         s3_json = data / "s3.json"
         s3_json.write_text(json.dumps(identities))
         args = [
-            weed_binary(), "server", f"-dir={data / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            # glog writes its own log files to /tmp unless told; stderr already goes to weed.log
+            weed_binary(), "-logtostderr", "server", f"-dir={data / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-filer", "-s3", f"-s3.port={self.s3_port}", f"-s3.config={s3_json}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=256",
             f"-volume.max={self.max_volumes}", f"-volume.minFreeSpace={self.min_free_mb}MiB",
@@ -139,6 +142,7 @@ class SeaweedFS:
         ]
         ports = self._ports()
         args += [f"-{k}={v}" for k, v in ports.items()]
+        self._sockets = (self.s3_port, *ports.values())
         (data / "data").mkdir(exist_ok=True)
         log_path = Path(self.log_path or data / "weed.log")
         log_start = log_path.stat().st_size if log_path.exists() else 0
@@ -230,6 +234,20 @@ class SeaweedFS:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self.proc = None
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        # weed makes a unix socket per service in /tmp, named by its port, and a killed weed
+        # leaves them: a test run left hundreds. One named by a port we held is ours or a dead
+        # weed's (a live one would hold that port); only one made after we stopped is not.
+        stopped = time.time()
+        for port in self._sockets:
+            for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
+                try:
+                    if os.stat(path).st_ctime <= stopped:
+                        os.unlink(path)
+                except OSError:
+                    pass
 
     def config(self, bucket: str, **extra) -> dict:
         """An objectcache extra-config dict pointing at this server."""

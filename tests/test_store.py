@@ -393,3 +393,23 @@ def test_the_local_server_refuses_to_start_on_a_disk_it_would_not_write_to(tmp_p
     with srv:
         srv.create_bucket("roomy")
         srv.client().put_object(Bucket="roomy", Key="k", Body=b"x")
+
+
+def test_the_local_server_leaves_nothing_in_tmp(tmp_path):
+    # weed puts a unix socket per service in /tmp and, by default, glog files there too; a
+    # killed weed removes neither, and a test run used to leave hundreds behind.
+    import glob
+
+    from sglang_objectcache.s3server import SeaweedFS
+
+    with SeaweedFS(str(tmp_path / "sw"), buckets=("tidy-bucket",)) as srv:
+        srv.client().put_object(Bucket="tidy-bucket", Key="k", Body=b"x")
+        pid = srv.proc.pid
+
+        def ours():
+            return [p for port in srv._sockets for p in glob.glob(f"/tmp/seaweedfs-*-{port}.sock")]
+
+        assert ours(), "weed made no socket in /tmp: this test no longer checks anything"
+    assert ours() == []
+    assert glob.glob(f"/tmp/weed.*.{pid}") == []  # glog names its files after the pid
+    assert "s3api_server" in (tmp_path / "sw" / "weed.log").read_text()  # its log went to weed.log
