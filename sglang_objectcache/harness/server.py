@@ -11,9 +11,11 @@ which flags a CPU test server, a HiCache tier and a no-cache reference need.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,6 +99,7 @@ class SGLangServer:
     proc: subprocess.Popen | None = None
     returncode: int | None = None
     ready: bool = False
+    tmp_dir: str = ""  # the server's TMPDIR while it runs; removed by stop()
 
     @property
     def url(self) -> str:
@@ -118,6 +121,13 @@ class SGLangServer:
         if not self.log_path:
             self.log_path = tempfile.mkstemp(prefix=f"{self.name}-", suffix=".log")[1]
         env = {**os.environ, **self.env}
+        if "TMPDIR" not in self.env:
+            # SGLang leaves its ZMQ sockets and Prometheus files in TMPDIR after every launch
+            # (a test run left hundreds in /tmp): give it a directory of its own. torch's
+            # compile cache stays where it would have been, shared between launches.
+            env.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                           os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}"))
+            self.tmp_dir = env["TMPDIR"] = tempfile.mkdtemp(prefix=f"{self.name}-tmp-")
         with open(self.log_path, "ab") as log:
             # Own process group, so stop() reaches the scheduler and detokenizer children.
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -188,6 +198,9 @@ class SGLangServer:
         self.returncode = self.proc.returncode
         self.proc = None
         self.ready = False
+        if self.tmp_dir:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.tmp_dir = ""
 
     def pids(self) -> list[int]:
         """The launcher and every descendant (scheduler, detokenizer...)."""

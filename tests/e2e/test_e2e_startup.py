@@ -3,6 +3,8 @@ with a stream of misses."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from e2e_support import BACKEND
 
@@ -25,18 +27,19 @@ def failed_launches(sglang_server, s3):
     }
     servers = {name: sglang_server(cpu_args() + objectcache_args(cfg), name=name, start=False)
                for name, cfg in configs.items()}
-    out = {}
+    out, tmp_dirs = {}, {}
     for name, srv in servers.items():
+        tmp_dirs[name] = srv.spawn().tmp_dir
         with pytest.raises(ServerExited) as e:
             srv.start(timeout_s=300)  # returns only if the server came up
             pytest.fail(f"{name}: the server came up; log tail:\n{srv.log_tail()}")
         print(f"\n{name}: exit {e.value.returncode}: {e.value.error_line}")
         out[name] = e.value
-    return bucket, out
+    return bucket, out, tmp_dirs
 
 
 def test_wrong_credentials_is_a_clear_startup_error(failed_launches, s3):
-    bucket, out = failed_launches
+    bucket, out, _ = failed_launches
     err = out["wrong-credentials"]
     line = err.error_line
     assert err.returncode != 0
@@ -50,3 +53,11 @@ def test_missing_bucket_is_a_clear_startup_error(failed_launches):
     assert err.returncode != 0
     assert "no-such-bucket-objectcache" in err.error_line, err.error_line
     assert any(w in err.error_line.lower() for w in ("does not exist", "no such bucket", "not found")), err
+
+
+def test_a_stopped_server_leaves_no_temporary_files(failed_launches):
+    # SGLang leaves ZMQ sockets and Prometheus files in TMPDIR; the harness gives each server
+    # its own and removes it on stop, so a test run leaves nothing in the shared /tmp.
+    for name, tmp in failed_launches[2].items():
+        assert tmp, f"{name}: the server was given no TMPDIR of its own"
+        assert not os.path.exists(tmp), f"{name}: {tmp} is still there after stop()"

@@ -4,6 +4,7 @@ the harness CLI, and a bounded soak. Every check reads SGLang's own cached-token
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,11 @@ def l3(new_l3):
 @pytest.fixture(scope="module")
 def main(sglang_server, l3):
     return launch_on(sglang_server, l3, "main")
+
+
+def test_sglang_keeps_its_temporary_files_in_the_servers_own_directory(main):
+    # Its ZMQ sockets among them: they are what used to pile up in /tmp, one set per launch.
+    assert [p for p in os.listdir(main.tmp_dir) if p.startswith("tmp")], os.listdir(main.tmp_dir)
 
 
 def send(server, texts, salt=None):
