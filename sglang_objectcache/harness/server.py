@@ -79,6 +79,10 @@ def last_error_line(log_text: str) -> str:
     return found[-1] if found else ""
 
 
+class _PortTaken(Exception):
+    pass
+
+
 class ServerExited(RuntimeError):
     def __init__(self, returncode: int, error_line: str, log_path: str):
         self.returncode = returncode
@@ -138,20 +142,32 @@ class SGLangServer:
         """Spawn (unless spawned already) and wait until ready; stop it if that fails."""
         if self.ready and self.alive():
             return self
-        self.spawn()
-        try:
-            self._wait_ready(timeout_s, warmup_text)
-        except BaseException:
-            self.stop()
-            raise
-        self.ready = True
-        return self
+        pick_port = not self.port and self.proc is None
+        for attempt in range(3):
+            self.spawn()
+            try:
+                self._wait_ready(timeout_s, warmup_text)
+            except _PortTaken:
+                # The free port was taken (say, as another connection's ephemeral port)
+                # before SGLang bound it; SGLang then hangs instead of exiting. Try another.
+                self.stop()
+                if not pick_port or attempt == 2:
+                    raise RuntimeError(f"{self.name}: port {self.port} was taken (log: {self.log_path})") from None
+                self.port = 0
+                continue
+            except BaseException:
+                self.stop()
+                raise
+            self.ready = True
+            return self
 
     def _wait_ready(self, timeout_s: float, warmup_text: str | None) -> None:
         deadline = time.monotonic() + timeout_s
         client = Client(self.url, timeout_s=max(10.0, timeout_s))
         while not client.healthy(timeout_s=2):
             self._raise_if_exited()
+            if f"while attempting to bind on address ('127.0.0.1', {self.port})" in self.log_text():
+                raise _PortTaken()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name}: /health not ready after {timeout_s:.0f}s (log: {self.log_path})")
             time.sleep(0.5)

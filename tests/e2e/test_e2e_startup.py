@@ -4,11 +4,12 @@ with a stream of misses."""
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 from e2e_support import BACKEND
 
-from sglang_objectcache.harness.server import ServerExited, cpu_args, objectcache_args
+from sglang_objectcache.harness.server import ServerExited, cpu_args, nocache_args, objectcache_args
 
 pytestmark = [
     pytest.mark.e2e,
@@ -61,3 +62,24 @@ def test_a_stopped_server_leaves_no_temporary_files(failed_launches):
     for name, tmp in failed_launches[2].items():
         assert tmp, f"{name}: the server was given no TMPDIR of its own"
         assert not os.path.exists(tmp), f"{name}: {tmp} is still there after stop()"
+
+
+def test_a_launch_whose_port_is_taken_moves_to_another(sglang_server, monkeypatch):
+    # A port found free can be taken before SGLang binds it (CI once lost a launch that way:
+    # SGLang logged the bind error and hung for the full timeout). Force it: the first port
+    # the harness picks is already listening.
+    from sglang_objectcache.harness import server as harness_server
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    first = iter([taken])
+    real = harness_server.free_port
+    monkeypatch.setattr(harness_server, "free_port", lambda: next(first, None) or real())
+    try:
+        srv = sglang_server(cpu_args() + nocache_args(), name="port-taken", timeout_s=240)
+    finally:
+        squatter.close()
+    assert srv.port != taken
+    assert srv.client.healthy()
