@@ -107,6 +107,7 @@ class SeaweedFS:
         bad = [b for b in self.buckets if not 3 <= len(b) <= 63]
         if bad:
             raise ValueError(f"invalid S3 bucket name(s) {bad}: 3 to 63 characters")
+        self._remove_sockets()  # a previous run's, if it was killed without stop()
         data = Path(self.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         check_disk(data, self.min_free_mb << 20)
