@@ -1,16 +1,19 @@
 """Where objectcache's client CPU per small-page GET goes, on the live path, beside the raw
 and checked lanes of bench_storage (same SeaweedFS, same object sizes, same process).
 
-Lanes: objectcache, raw and checked as in bench_storage (one ranged GET per object), and
-`raw_get_then_body`: the raw client making each GET the way objectcache did before 91b5bc9,
-a GET and then a read of its body (two Rust futures per object).
+Lanes: objectcache, raw and checked as in bench_storage (one ranged GET per object);
+`objectcache_64`: objectcache with 64 requests in flight, its default before 91b5bc9 (128
+now); `raw_get_then_body`: the raw client making each GET the way objectcache did before
+91b5bc9, a GET and then a read of its body (two Rust futures per object).
 
 For each lane, over `--reps` batches of `--batch` pages taken in turns: the process's CPU
 per page and the CPU of the thread that runs the event loop (where every body is checked
 and landed), read with `time.thread_time` on that thread. For objectcache, the CPU spent
 inside `objformat.decode` (header check + one xxh3 per layer) and `HostPages.write_page`
-(the strided copy into SGLang's host pool) on that thread, by wrapping both. The rest of
-the process's CPU is obstore's Rust runtime (HTTP, buffers) and the caller's thread.
+(the strided copy into SGLang's host pool), by wrapping both: in all (`decode_s`) and on
+the loop's thread (`decode_on_loop_s`; pages of 1 MiB and up are landed on a pool beside
+it). The rest of the process's CPU is obstore's Rust runtime (HTTP, buffers) and the
+caller's thread.
 
     .venv/bin/python scripts/profile_get_path.py    # ~2 min; writes benchmarks/results/get_path.json
 """
@@ -25,6 +28,7 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 
@@ -38,10 +42,12 @@ from sglang_objectcache import hostpool, objformat  # noqa: E402
 from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
 
 spent: Counter = Counter()
+loop_threads: set[int] = set()  # pages of OFFLOAD_BYTES and up are landed off the loop
 
 
 def count_cpu(owner, name: str) -> None:
-    """Wrap owner.name so the CPU its calls take on their own thread adds up in `spent`."""
+    """Wrap owner.name so the CPU its calls take on their own thread adds up in `spent`
+    (and, for calls on an event-loop thread, in `spent[name + "_on_loop"]` too)."""
     fn = getattr(owner, name)
 
     def wrapped(*a, **k):
@@ -49,13 +55,17 @@ def count_cpu(owner, name: str) -> None:
         try:
             return fn(*a, **k)
         finally:
-            spent[name] += time.thread_time() - c0
+            dt = time.thread_time() - c0
+            spent[name] += dt
+            if threading.get_ident() in loop_threads:
+                spent[name + "_on_loop"] += dt
 
     setattr(owner, name, wrapped)
 
 
 def loop_cpu(loop) -> float:
     async def now():
+        loop_threads.add(threading.get_ident())
         return time.thread_time()
 
     return asyncio.run_coroutine_threadsafe(now(), loop).result()
@@ -88,7 +98,12 @@ def main() -> None:
         # The raw client as objectcache used it before 91b5bc9: a GET, then a read of its body.
         lanes["raw_get_then_body"] = bs.RawObstore(srv, "bench-raw", args.conc, ranged=False)
         lanes["checked"].put(list(zip(raw_keys, bodies)))
-        runs = {"objectcache": (lambda: oc.get(keys, dst), oc.storage.store._loop)}
+        from sglang_objectcache.backend import ObjectCacheStorage
+
+        oc64 = bs.Backend("objectcache_64", ObjectCacheStorage(bs.storage_config(
+            srv.config("bench-objectcache", read_timeout_s=60.0, max_concurrency=64)), host), P)
+        runs = {"objectcache": (lambda: oc.get(keys, dst), oc.storage.store._loop),
+                "objectcache_64": (lambda: oc64.get(keys, dst), oc64.storage.store._loop)}
         for name, lane in lanes.items():
             runs[name] = (lambda lane=lane: sum(n == g.object_bytes for n in lane.get(raw_keys, g.object_bytes)),
                           lane.loop)
@@ -107,8 +122,10 @@ def main() -> None:
         for lane in lanes.values():
             lane.close()
         oc.storage.close()
+        oc64.storage.close()
     us = 1e6 / B
-    summary = {name: {k: statistics.median(r[k] for r in rs) * us for k in rs[0] if k != "wall_s"}
+    summary = {name: {k: statistics.median(r.get(k, 0.0) for r in rs) * us
+                      for k in sorted({k for r in rs for k in r}) if k != "wall_s"}
                | {"wall_ms": statistics.median(r["wall_s"] for r in rs) * 1e3} for name, rs in rows.items()}
     out = {"command": " ".join(sys.argv), "page_tokens": P, "object_bytes": g.object_bytes, "batch": B,
            "conc": args.conc, "unit": "microseconds of CPU per page (median batch); wall_ms per batch",
@@ -127,8 +144,8 @@ def plot(summary: dict, path: str, object_bytes: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = [("decode_s", "objformat.decode (header + 32 layer xxh3)"),
-             ("write_page_s", "HostPages.write_page (copy into page_first)"),
+    parts = [("decode_s", "objformat.decode (header + 32 layer xxh3), any thread"),
+             ("write_page_s", "HostPages.write_page (copy into page_first), any thread"),
              ("loop_rest", "rest of the event-loop thread"),
              ("other", "other threads (obstore's Rust runtime, caller)")]
     names = list(summary)
@@ -138,8 +155,10 @@ def plot(summary: dict, path: str, object_bytes: int) -> None:
         vals = []
         for n in names:
             s = summary[n]
-            inside = s.get("decode_s", 0) + s.get("write_page_s", 0)
-            vals.append({"loop_rest": s["loop_cpu_s"] - inside, "other": s["cpu_s"] - s["loop_cpu_s"]}.get(key, s.get(key, 0)))
+            fmt = s.get("decode_s", 0) + s.get("write_page_s", 0)
+            on_loop = s.get("decode_on_loop_s", 0) + s.get("write_page_on_loop_s", 0)
+            vals.append({"loop_rest": s["loop_cpu_s"] - on_loop,
+                         "other": s["cpu_s"] - s["loop_cpu_s"] - (fmt - on_loop)}.get(key, s.get(key, 0)))
         ax.bar(names, vals, bottom=bottom, label=label)
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax.set_ylabel("client CPU per page (us, median batch)")

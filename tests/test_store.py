@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import random
+import signal
 import socket
 import threading
 import time

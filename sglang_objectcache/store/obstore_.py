@@ -8,10 +8,11 @@ without the GIL. Large objects and PUTs are bound by the server, not the client.
 Each batch is one `asyncio.gather` on a private event loop in a daemon thread, bounded by
 a semaphore of `max_concurrency` and, for large objects, by bytes in flight per batch;
 results are `obstore.Bytes` (buffer protocol, zero-copy from Rust), never copied into
-`bytes`. A GET whose size the caller knows is one ranged GET (one Rust future). The caller's per-object work runs on the loop (for
-objects of `OFFLOAD_BYTES` and up, on a small pool beside it), so
-the caller's thread wakes once per batch, not once per object (on 2 cores each wake forced
-GIL hand-offs between the caller, the loop and obstore's runtime threads): `get_each` runs
+`bytes`. A GET whose size the caller knows is one ranged GET (one Rust future). The
+caller's per-object work runs on the loop (for objects of `OFFLOAD_BYTES` and up, on a
+small pool beside it), so the caller's thread wakes once per batch, not once per object
+(on 2 cores each wake forced GIL hand-offs between the caller, the loop and obstore's
+runtime threads): `get_each` runs
 the caller's `land` as each GET lands, `put_iter` draws (seals) each item on the loop and
 starts its PUT before drawing the next, and `exists_prefix` awaits the HEADs in order and
 cancels the rest at the first miss.
@@ -47,14 +48,15 @@ from sglang_objectcache.store import _common as C
 from sglang_objectcache.store.base import Buffer, Cutoff, GetResult, ObjectInfo, ObjectStore, StoreError
 
 # In-flight requests cost no thread here. A remote store's latency needs many in flight
-# (~1400 req/s per core at 20-40 ms is 28-56), and on loopback (benchmarks/results/
-# storage.json) a 128-page batch of 256 KiB GETs ran 5-10% faster with all 128 in flight
-# than with 64, at less client CPU per GET.
+# (~1400 req/s per core at 20-40 ms is 28-56); 128 sends SGLang's 128-page batch in one
+# round trip. On loopback (benchmarks/results/get_path*.json) 128 was 3-6% faster than 64
+# for 256 KiB and 2 MiB pages.
 DEFAULT_CONCURRENCY = 128
-# Large objects are capped by bytes in flight instead. GET: 64 x 8 MiB beat 16 x 8 MiB by
-# ~7%, and the bound is the transient memory a batch holds (each body is freed once
-# landed). PUT: the store's disk is the bottleneck, and 16 x 8 MiB beat 64 x 8 MiB by
-# ~10% on SeaweedFS (the bodies are in the caller's staging rows either way).
+# Large objects are capped by bytes in flight instead (the raw lanes of benchmarks/results/
+# storage*.json, 8 MiB pages). GET: 64 in flight beat 16 by 4-12%, and the bound is the
+# transient memory a batch holds (each body is freed once landed). PUT: the store's disk
+# is the bottleneck, and 16 beat 64 by 20-27% (the bodies are in the caller's staging rows
+# either way).
 GET_BYTES_IN_FLIGHT = 512 << 20
 PUT_BYTES_IN_FLIGHT = 128 << 20
 
@@ -196,13 +198,6 @@ class ObstoreStore(ObjectStore):
         limit = self._bytes_limit(size, GET_BYTES_IN_FLIGHT) if size else None
 
         async def one(i: int, key: str) -> None:
-            if limit is None:
-                await land_one(i, key)
-            else:
-                async with limit:  # held until the body is landed and can be freed
-                    await land_one(i, key)
-
-        async def land_one(i: int, key: str) -> None:
             r = await self._get(key, size)
             fetching.discard(i)
             go = False
@@ -219,7 +214,8 @@ class ObstoreStore(ObjectStore):
                             tasks[j].cancel()
 
         async def run() -> None:
-            tasks.extend(asyncio.ensure_future(one(i, k)) for i, k in enumerate(keys))
+            # The byte cap is held until each body is landed and can be freed.
+            tasks.extend(asyncio.ensure_future(self._limited(limit, one(i, k))) for i, k in enumerate(keys))
             # return_exceptions: a cancelled task must not end the gather while others
             # may still call `land`.
             for r in await asyncio.gather(*tasks, return_exceptions=True):
@@ -298,8 +294,8 @@ class ObstoreStore(ObjectStore):
                 if size is None:
                     r = await obstore.get_async(self._store, key)
                     return await r.bytes_async()
-                # One Rust future, not two (the response, then its body): ~25% less client
-                # CPU per 256 KiB GET on this box, and one wake-up of the loop per object.
+                # One Rust future, not two (the response, then its body): 27-30% less client
+                # CPU per GET on this box (benchmarks/results/get_path*.json).
                 return await obstore.get_range_async(self._store, key, start=0, end=size + 1)
             except FileNotFoundError as e:
                 return self._error("GET", key, e) if "NoSuchBucket" in str(e) else None
