@@ -8,11 +8,13 @@ through every system against it:
                async API on one event loop, the same GETs (one ranged GET of the known
                size per object, its fastest form)/PUTs/HEADs of the same object sizes,
                no copy out of the response buffers. Every concurrency in
-               `--raw-conc-*` runs; the one with the best median over all runs counts.
+               `--raw-conc-*` runs twice, GETs once through obstore and once through
+               objectcache's own GET client (`store/httpget.py`, conc `http/N`): the
+               client and concurrency with the best median over all runs count.
   checked      the raw client plus the least work any checksummed, deduplicating cache
                must add (the floor of this design): each GET body's xxh3 is computed and
                checked and the body copied once into a host buffer, as it lands; PUTs are
-               conditional (If-None-Match: *). Same concurrencies as raw, best one counts.
+               conditional (If-None-Match: *). Same lanes as raw, best one counts.
   objectcache  `ObjectCacheStorage.batch_get_v1` / `batch_set_v1` / `batch_exists`, its
                default transport and settings (read timeout 60 s, as boto3's, so a slow
                8 MiB PUT on a loaded box is not cut)
@@ -173,18 +175,24 @@ class RawObstore:
         `ranged=False`, compared in scripts/profile_get_path.py)."""
         async def get(ik):
             i, k = ik
-            if self.ranged:
-                body = await self.obstore.get_range_async(self.store, k, start=0, end=size + 1)
-            else:
-                body = await (await self.obstore.get_async(self.store, k)).bytes_async()
-            if not self.checked:
+            body, release = await self._fetch(k, size)
+            try:
+                if not self.checked:
+                    return len(body)
+                if objformat.checksum(body) != self.digests[k]:
+                    return 0
+                np.copyto(self.sink[i % len(self.sink)], np.frombuffer(body, np.uint8))
                 return len(body)
-            if objformat.checksum(body) != self.digests[k]:
-                return 0
-            np.copyto(self.sink[i % len(self.sink)], np.frombuffer(body, np.uint8))
-            return len(body)
+            finally:
+                release()
 
         return self._gather(get, list(enumerate(keys)))
+
+    async def _fetch(self, k: str, size: int):
+        """(body, release): the body is valid until release()."""
+        if self.ranged:
+            return await self.obstore.get_range_async(self.store, k, start=0, end=size + 1), _nothing
+        return await (await self.obstore.get_async(self.store, k)).bytes_async(), _nothing
 
     def put(self, items) -> int:
         mode = "create" if self.checked else "overwrite"
@@ -198,6 +206,29 @@ class RawObstore:
 
     def close(self):
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def _nothing() -> None:
+    pass
+
+
+class RawHttp(RawObstore):
+    """The raw (or checked) lane with objectcache's own GET client (`store/httpget.py`):
+    each body received into its connection's reused buffer. PUTs and HEADs are obstore's."""
+
+    def __init__(self, srv: SeaweedFS, bucket: str, conc: int, checked: bool = False,
+                 digests: dict | None = None, sink: np.ndarray | None = None):
+        from sglang_objectcache.config import ObjectCacheConfig
+        from sglang_objectcache.store import httpget
+
+        super().__init__(srv, bucket, conc, checked, digests, sink)
+        self.http = httpget.HttpGet(ObjectCacheConfig.from_dict(srv.config(bucket, read_timeout_s=60.0)))
+
+    async def _fetch(self, k: str, size: int):
+        r = await self.http.get(k, size)
+        if not isinstance(r, tuple):
+            raise RuntimeError(f"raw http GET {k}: {r}")
+        return r
         self.thread.join()
 
 
@@ -343,6 +374,11 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
     sink = np.empty((B if g.object_bytes <= MiB else 16, g.object_bytes), np.uint8)
     raws = {(name, c): RawObstore(srv, "bench-raw", c, name == "checked", digests, sink)
             for name in CLIENTS if name in args.systems for c in concs}
+    # The same lanes reading with objectcache's own GET client: the ceiling (and floor) is
+    # the best client as well as the best concurrency. They read the obstore lanes' keys.
+    http_of = {(name, f"http/{c}"): (name, c) for name, c in raws}
+    raws.update({lane: RawHttp(srv, "bench-raw", int(lane[1][5:]), lane[0] == "checked",
+                               digests, sink) for lane in http_of})
     set_batches = args.set_batches_big if big else args.set_batches_small
     get_reps = args.get_reps_big if big else args.get_reps_small
 
@@ -391,6 +427,8 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
     read_keys = {}
     for order in rounds(set_batches):
         for lane in order:
+            if lane in http_of:
+                continue  # a PUT is a PUT: they read what their obstore twins wrote
             time.sleep(args.settle_s)
             keys = [f"raw/{uuid.uuid4().hex}" for _ in range(B)] if lane in raws else page_hashes(B)
             read_keys.setdefault(lane, keys)
@@ -398,6 +436,8 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
             if n != B:
                 raise RuntimeError(f"{lane}: batch_set stored {n} of {B} pages")
             record(lane[0], "set", n, t, **conc_of(lane))
+    for lane, twin in http_of.items():
+        read_keys[lane] = read_keys[twin]
     for rep, order in enumerate(rounds(get_reps)):
         for lane in order:
             check = rep == 0 and lane not in raws
@@ -412,7 +452,7 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
     for order in rounds(args.exists_reps):
         for lane in order:
             name, conc = lane
-            if name == "checked":
+            if name == "checked" or lane in http_of:
                 continue  # a HEAD is a HEAD
             if lane in raws:
                 res, t = timer(lambda: raws[lane].head(read_keys[lane]))

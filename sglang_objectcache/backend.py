@@ -221,8 +221,8 @@ class ObjectCacheStorage(HiCacheStorage):
             with lock:
                 if reason:
                     misses[i] = reason
-                    if reason == "corrupt":
-                        corrupt.append((i, blob))
+                    if reason == "corrupt":  # the transport may reuse blob's memory after land
+                        corrupt.append((i, bytes(blob)))
                 below_miss = any(j < i for j in misses)
             if reason:
                 # Only the leading run counts: cancel the GETs above a missing page. A corrupt

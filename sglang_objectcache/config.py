@@ -104,6 +104,9 @@ class ObjectCacheConfig:
     # unsigned GET reply is open to the same tampering, so the SHA-256 guards nothing here
     # but costs client CPU (benchmarks/results/storage.json; boto3 signs over HTTP regardless).
     sign_payload: bool = False
+    # obstore transport: receive whole-object GETs with objectcache's own HTTP/1.1 client
+    # where it applies (http://, static keys, path style; `store/httpget.py`), else obstore.
+    http_get: bool = True
     # After a store failure, reads answer "miss" for this long instead of retrying at once.
     negative_ttl_s: float = 2.0
     exists_cache_entries: int = 200_000

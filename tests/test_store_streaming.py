@@ -170,7 +170,7 @@ def test_obstore_caps_bytes_in_flight_for_large_objects(s3, bucket, monkeypatch)
         return wrapped
 
     monkeypatch.setattr(st, "_put", counting("put", st._put))
-    monkeypatch.setattr(st, "_get", counting("get", st._get))
+    monkeypatch.setattr(st, "_get_sized", counting("get", st._get_sized))
     keys = [f"big/{i}" for i in range(12)]
     try:
         assert st.put_iter(((k, blob(size, i)) for i, k in enumerate(keys))) == [True] * 12

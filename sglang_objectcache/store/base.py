@@ -17,7 +17,9 @@ return one result per input, in input order. A per-item failure is returned as a
   returns False, the GETs of higher indices that have not landed yet are cancelled and not
   handed to it; lower indices still are. An exception from `land` stops the batch and is
   re-raised. Returns only when no `land` call is running or will run, so the caller owns
-  whatever `land` wrote once it returns. With `size`, every object is expected to be
+  whatever `land` wrote once it returns. The result handed to `land` may be valid only
+  during the call (a transport may receive the next body into its memory): copy what you
+  keep. With `size`, every object is expected to be
   `size` bytes: the transport may read only its first `size + 1` bytes (so one too long
   still arrives the wrong size, and an empty one arrives empty rather than as an error).
 - `get_ranges(reqs)`: for each (key, start, end) the bytes of [start, end); `None` if the

@@ -8,7 +8,9 @@ without the GIL. Large objects and PUTs are bound by the server, not the client.
 Each batch is one `asyncio.gather` on a private event loop in a daemon thread, bounded by
 a semaphore of `max_concurrency` and, for large objects, by bytes in flight per batch;
 results are `obstore.Bytes` (buffer protocol, zero-copy from Rust), never copied into
-`bytes`. A GET whose size the caller knows is one ranged GET (one Rust future). The
+`bytes`. A GET whose size the caller knows is one ranged GET (one Rust future), or, where
+`httpget.applies` (plain http, static keys, path style), a GET by objectcache's own client
+that receives the body into a reused buffer, falling back to obstore for anything else. The
 caller's per-object work runs on the loop (for objects of `OFFLOAD_BYTES` and up, on a
 small pool beside it), so the caller's thread wakes once per batch, not once per object
 (on 2 cores each wake forced GIL hand-offs between the caller, the loop and obstore's
@@ -45,6 +47,7 @@ from obstore.store import S3Store
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
+from sglang_objectcache.store import httpget
 from sglang_objectcache.store.base import Buffer, Cutoff, GetResult, ObjectInfo, ObjectStore, StoreError
 
 # In-flight requests cost no thread here. A remote store's latency needs many in flight
@@ -122,6 +125,7 @@ class ObstoreStore(ObjectStore):
                                    retries=cfg.retries, pool=self.max_concurrency)
         self._sem = asyncio.Semaphore(self.max_concurrency)
         self._land_pool: Optional[ThreadPoolExecutor] = None
+        self._http = httpget.HttpGet(cfg) if httpget.applies(cfg) else None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="objectcache-obstore", daemon=True)
         self._thread.start()
@@ -198,7 +202,7 @@ class ObstoreStore(ObjectStore):
         limit = self._bytes_limit(size, GET_BYTES_IN_FLIGHT) if size else None
 
         async def one(i: int, key: str) -> None:
-            r = await self._get(key, size)
+            r, release = await self._get_sized(key, size)
             fetching.discard(i)
             go = False
             try:
@@ -208,6 +212,8 @@ class ObstoreStore(ObjectStore):
                 else:
                     go = cut(i, r)
             finally:
+                if release is not None:
+                    release()
                 if not go:  # cancel the GETs above the stop point that have not landed
                     for j in range(cut.at + 1, len(keys)):
                         if j in fetching:
@@ -304,6 +310,18 @@ class ObstoreStore(ObjectStore):
                     return b""
                 return self._error("GET", key, e)
 
+    async def _get_sized(self, key: str, size: Optional[int]) -> tuple[GetResult, Optional[Callable[[], None]]]:
+        """`_get`, through `HttpGet` where it applies: then (body, release), the body valid
+        until release(); anything HttpGet does not expect is read again by obstore."""
+        if self._http is not None and size:
+            async with self._sem:
+                r = await self._http.get(key, size)
+            if isinstance(r, tuple):
+                return r
+            if r is not httpget.FALL_BACK:
+                return self._error_of(r), None
+        return await self._get(key, size), None
+
     async def _ranges(self, key: str, starts: list[int], ends: list[int]):
         async with self._sem:
             try:
@@ -336,6 +354,9 @@ class ObstoreStore(ObjectStore):
             except Exception as e:  # noqa: BLE001
                 return self._error("HEAD", key, e)
 
+    def _error_of(self, e: StoreError) -> StoreError:
+        return StoreError(e.kind, self._redact(f"{e} (bucket {self.bucket})"))
+
     def _error(self, op: str, key: str, e: Exception) -> StoreError:
         kind, what = _classify(e)
         return StoreError(kind, self._redact(f"{op} {self.bucket}/{key}: {what}"))
@@ -361,6 +382,8 @@ class ObstoreStore(ObjectStore):
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self._http is not None:  # its sockets belong to this loop
+                self._http.close()
 
         try:
             asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(timeout=10)

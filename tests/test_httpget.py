@@ -1,0 +1,121 @@
+"""objectcache's own GET client (store/httpget.py) against a real SeaweedFS, and its fallback
+to obstore for everything it does not expect."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from sglang_objectcache.config import ObjectCacheConfig
+from sglang_objectcache.store import StoreError, httpget, make_store
+from sglang_objectcache.store.obstore_ import ObstoreStore
+
+
+def blob(n: int, seed: int) -> bytes:
+    return bytes((seed * 31 + i * 7) % 251 for i in range(n))
+
+
+def store(s3, bucket, **kw) -> ObstoreStore:
+    st = make_store(ObjectCacheConfig.from_dict(s3.config(bucket, transport="obstore", **kw)))
+    assert isinstance(st, ObstoreStore)
+    return st
+
+
+def calls(monkeypatch, st: ObstoreStore) -> dict:
+    """Count the GETs each client makes."""
+    n = {"http": 0, "obstore": 0}
+
+    def counted(name, fn):
+        async def wrapped(*a):
+            n[name] += 1
+            return await fn(*a)
+        return wrapped
+
+    if st._http is not None:
+        monkeypatch.setattr(st._http, "get", counted("http", st._http.get))
+    monkeypatch.setattr(st, "_get", counted("obstore", st._get))
+    return n
+
+
+def test_it_applies_only_where_it_can_sign_and_speak(s3, bucket):
+    base = s3.config(bucket)
+    assert httpget.applies(ObjectCacheConfig.from_dict(base))
+    for other in ({"http_get": False}, {"endpoint_url": base["endpoint_url"].replace("http:", "https:")},
+                  {"addressing_style": "virtual"}, {"session_token": "t"},
+                  {"access_key_id": "", "secret_access_key": ""}):
+        assert not httpget.applies(ObjectCacheConfig.from_dict({**base, **other})), other
+
+
+@pytest.mark.parametrize("size", [1000, 300_000, 2_500_000])  # one read, many, and landed off the loop
+def test_get_each_reads_the_same_bytes_as_obstore(s3, bucket, monkeypatch, size):
+    fast, slow = store(s3, bucket), store(s3, bucket, http_get=False)
+    keys = [f"h/{size}/{i}" for i in range(6)]
+    try:
+        assert slow.put_many([(k, blob(size, i)) for i, k in enumerate(keys)]) == [True] * 6
+        n = calls(monkeypatch, fast)
+        for _ in range(2):  # the second batch reuses the first one's connections
+            got = {}
+            fast.get_each(keys, lambda i, r: got.__setitem__(i, bytes(r)), size=size)
+            assert got == {i: blob(size, i) for i in range(6)}
+        assert n == {"http": 12, "obstore": 0}
+        assert 1 <= len(fast._http._idle) <= 6
+    finally:
+        fast.close()
+        slow.close()
+
+
+def test_anything_unexpected_is_read_again_by_obstore(s3, bucket, monkeypatch):
+    st = store(s3, bucket)
+    size = 4096
+    st.put_many([("u/ok", blob(size, 1)), ("u/long", blob(size + 1, 2)), ("u/short", blob(size - 9, 3)),
+                 ("u/empty", b"")])
+    keys = ["u/ok", "u/missing", "u/long", "u/short", "u/empty"]
+    try:
+        n = calls(monkeypatch, st)
+        got = {}
+        st.get_each(keys, lambda i, r: got.__setitem__(keys[i], r if r is None else bytes(r)), size=size)
+        # as obstore alone answers them: absent, one byte too long, short, empty
+        assert got == {"u/ok": blob(size, 1), "u/missing": None, "u/long": blob(size + 1, 2)[: size + 1],
+                       "u/short": blob(size - 9, 3), "u/empty": b""}
+        assert n == {"http": 5, "obstore": 4}
+    finally:
+        st.close()
+
+
+def test_wrong_credentials_are_an_auth_error_as_before(s3, bucket):
+    st = store(s3, bucket)
+    st.put_many([("a/1", blob(100, 1))])
+    st.close()
+    bad = ObstoreStore(ObjectCacheConfig.from_dict(s3.config(bucket, secret_access_key="wrong", transport="obstore")))
+    try:
+        got = []
+        bad.get_each(["a/1"], lambda i, r: got.append(r), size=100)
+        assert isinstance(got[0], StoreError) and got[0].kind == "auth", got
+    finally:
+        bad.close()
+
+
+def test_a_store_that_stalls_is_a_timeout_once(s3, bucket):
+    # A server that accepts and never answers: the GET ends after read_timeout_s with a
+    # timeout, not after a second wait in obstore.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(srv.accept()) for _ in range(4)], daemon=True).start()
+    cfg = {**s3.config(bucket), "endpoint_url": f"http://127.0.0.1:{srv.getsockname()[1]}", "transport": "obstore",
+           "read_timeout_s": 0.5}
+    st = ObstoreStore(ObjectCacheConfig.from_dict(cfg))
+    try:
+        got = []
+        t0 = time.monotonic()
+        st.get_each(["s/1"], lambda i, r: got.append(r), size=100)
+        took = time.monotonic() - t0
+        assert isinstance(got[0], StoreError) and got[0].kind == "timeout", got
+        assert 0.4 < took < 1.5, took
+    finally:
+        st.close()
+        srv.close()
