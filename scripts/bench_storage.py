@@ -377,8 +377,8 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
     # The same lanes reading with objectcache's own GET client: the ceiling (and floor) is
     # the best client as well as the best concurrency. They read the obstore lanes' keys.
     http_of = {(name, f"http/{c}"): (name, c) for name, c in raws}
-    raws.update({lane: RawHttp(srv, "bench-raw", int(lane[1][5:]), lane[0] == "checked",
-                               digests, sink) for lane in http_of})
+    raws.update({lane: RawHttp(srv, "bench-raw", conc, name == "checked", digests, sink)
+                 for lane, (name, conc) in http_of.items()})
     set_batches = args.set_batches_big if big else args.set_batches_small
     get_reps = args.get_reps_big if big else args.get_reps_small
 

@@ -4,7 +4,7 @@ the kernel straight into a buffer its connection reuses.
 obstore (reqwest/hyper) gathers every body into a fresh buffer: one more copy and one more
 allocation per object. On this 2-core box that made a 257 KiB GET cost 440 µs of client CPU
 against 177 µs this way, and an 8 MiB GET 3.4 ms against 2.3 ms
-(benchmarks/results/probe_http_get_*.json).
+(benchmarks/results/probe_http_get_*.json; bench_storage's `http/N` lanes measure it now).
 
 It is narrow on purpose. It handles plain http://, static credentials and path-style
 addressing (`applies`), and it signs with SigV4. Only a `200` whose Content-Length is
@@ -28,8 +28,6 @@ import hashlib
 import hmac
 from typing import Callable, Optional, Union
 from urllib.parse import quote, urlsplit
-
-import numpy as np
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store.base import StoreError
@@ -78,7 +76,7 @@ class _Conn(asyncio.BufferedProtocol):
     """One keep-alive connection, one GET at a time. The body lands in `self.body`."""
 
     def __init__(self):
-        self.body = np.empty(0, np.uint8)
+        self.body = memoryview(bytearray(0))
         self._head = bytearray(_HEAD_BYTES)
         self._head_mv = memoryview(self._head)
         self._hlen, self._pos, self._want = 0, 0, -1
@@ -91,8 +89,8 @@ class _Conn(asyncio.BufferedProtocol):
         self.transport = transport
 
     def get(self, request: bytes, size: int) -> asyncio.Future:
-        if self.body.size < size:
-            self.body = np.empty(size, np.uint8)
+        if len(self.body) < size:
+            self.body = memoryview(bytearray(size))
         self._size, self._hlen, self._pos, self._want = size, 0, 0, -1
         self.reusable = False
         self.done = asyncio.get_running_loop().create_future()
@@ -102,7 +100,7 @@ class _Conn(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint):
         if 0 <= self._pos < self._want:
             self.progress += 1
-            return memoryview(self.body)[self._pos:self._want]
+            return self.body[self._pos:self._want]
         if self._want < 0 and self._hlen < _HEAD_BYTES:
             return self._head_mv[self._hlen:]
         return self._head_mv  # bytes no GET asked for: dropped by buffer_updated
@@ -136,7 +134,7 @@ class _Conn(asyncio.BufferedProtocol):
             return False
         self._want = self._size
         extra = min(self._hlen - end - 4, self._want)
-        self.body[:extra] = np.frombuffer(self._head_mv[end + 4:end + 4 + extra], np.uint8)
+        self.body[:extra] = self._head_mv[end + 4:end + 4 + extra]
         self._pos = extra
         self.reusable = fields.get(b"connection", b"").lower() != b"close" and self._hlen - end - 4 == extra
         return True
@@ -153,7 +151,7 @@ class HttpGet:
     def __init__(self, cfg: ObjectCacheConfig):
         u = urlsplit(cfg.endpoint_url)
         self._addr = (u.hostname, u.port or 80)
-        self._signer = _Signer(cfg)
+        self._signer, self._bucket = _Signer(cfg), cfg.bucket
         self._connect_s, self._read_s = cfg.connect_timeout_s, cfg.read_timeout_s
         self._idle: list[_Conn] = []
 
@@ -169,11 +167,11 @@ class HttpGet:
                 seen = conn.progress
                 await asyncio.wait((fut,), timeout=self._read_s)
                 if not fut.done() and conn.progress == seen:
-                    return StoreError("timeout", f"GET {key}: read timed out after {self._read_s:g}s")
+                    return StoreError("timeout", f"GET {self._bucket}/{key}: read timed out after {self._read_s:g}s")
             if fut.result() is FALL_BACK:
                 return FALL_BACK
             ok = True
-            return memoryview(conn.body)[:size], lambda: self._release(conn)
+            return conn.body[:size], lambda: self._release(conn)
         finally:
             if not ok:
                 conn.transport.close()
@@ -181,14 +179,14 @@ class HttpGet:
     async def _conn(self) -> _Conn:
         while self._idle:
             conn = self._idle.pop()
-            if conn.reusable and not conn.transport.is_closing():
+            if conn.reusable:  # connection_lost clears it
                 return conn
         loop = asyncio.get_running_loop()
         _, conn = await asyncio.wait_for(loop.create_connection(_Conn, *self._addr), self._connect_s)
         return conn
 
     def _release(self, conn: _Conn) -> None:
-        if conn.reusable and not conn.transport.is_closing():
+        if conn.reusable:
             self._idle.append(conn)
         else:
             conn.transport.close()

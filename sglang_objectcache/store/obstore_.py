@@ -319,7 +319,7 @@ class ObstoreStore(ObjectStore):
             if isinstance(r, tuple):
                 return r
             if r is not httpget.FALL_BACK:
-                return self._error_of(r), None
+                return r, None
         return await self._get(key, size), None
 
     async def _ranges(self, key: str, starts: list[int], ends: list[int]):
@@ -353,9 +353,6 @@ class ObstoreStore(ObjectStore):
                 return False
             except Exception as e:  # noqa: BLE001
                 return self._error("HEAD", key, e)
-
-    def _error_of(self, e: StoreError) -> StoreError:
-        return StoreError(e.kind, self._redact(f"{e} (bucket {self.bucket})"))
 
     def _error(self, op: str, key: str, e: Exception) -> StoreError:
         kind, what = _classify(e)
