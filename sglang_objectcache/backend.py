@@ -39,7 +39,7 @@ from sglang_objectcache.known import KnownKeys
 from sglang_objectcache.scrub import scrub
 from sglang_objectcache.staging import StagingArena
 from sglang_objectcache.stats import Stats
-from sglang_objectcache.store import StoreError, open_store
+from sglang_objectcache.store import INTO, StoreError, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -213,28 +213,37 @@ class ObjectCacheStorage(HiCacheStorage):
         misses: dict[int, str] = {}
         corrupt: list[tuple[int, Any]] = []
         lock = threading.Lock()  # boto3 lands pages on several threads at once
+        given: dict[int, list] = {}
+
+        def into(i: int) -> list:
+            # The page's own slot rows, behind a buffer for the header: a GET that can
+            # scatters the object there and skips the copy.
+            given[i] = [memoryview(bytearray(g.header_bytes)), *self.pages.page_parts(slots[i])]
+            return given[i]
 
         def land(i: int, blob) -> bool:
             # On the transport's thread as each GET lands, in any order: checked, then
             # copied into its host slot (this batch's own) unless a lower page has missed.
-            reason = self._check_page(g, keys[i], names[i], blob)
+            reason = self._check_page(g, keys[i], names[i], blob, given.get(i))
             with lock:
                 if reason:
                     misses[i] = reason
                     if reason == "corrupt":  # the transport may reuse blob's memory after land
-                        corrupt.append((i, bytes(blob)))
+                        corrupt.append((i, b"".join(given[i]) if blob is INTO else bytes(blob)))
                 below_miss = any(j < i for j in misses)
             if reason:
                 # Only the leading run counts: cancel the GETs above a missing page. A corrupt
                 # one makes the batch suspect: let every page be checked (and scrubbed).
                 return reason == "corrupt"
             if not below_miss:
-                self._copy_page(self.pages, names[i], blob, slots[i])
+                if blob is not INTO:  # else it is in the slot already
+                    self.pages.write_page(slots[i], memoryview(blob).cast("B")[g.header_bytes:])
+                self._loaded(names[i])
                 out[i] = True
             return True
 
         t0 = time.perf_counter()
-        self.store.get_each(names, land, size=g.object_bytes)
+        self.store.get_each(names, land, size=g.object_bytes, into=into if self.pages.scatter_pays else None)
         elapsed = time.perf_counter() - t0
         if corrupt:  # deleted here, not on the transport's thread that found them
             self._scrub([names[i] for i, _ in corrupt], [keys[i] for i, _ in corrupt], [b for _, b in corrupt])
@@ -259,8 +268,9 @@ class ObjectCacheStorage(HiCacheStorage):
             self._scrub([name], [key], [blob])
         return reason
 
-    def _check_page(self, g: objformat.PageGeometry, key: str, name: str, blob) -> str:
-        """Why a GET result cannot be used ('' if it can). The caller deletes a corrupt one."""
+    def _check_page(self, g: objformat.PageGeometry, key: str, name: str, blob, parts=None) -> str:
+        """Why a GET result cannot be used ('' if it can): a body, or INTO (received into
+        `parts`, the header's buffer first). The caller deletes a corrupt one."""
         if isinstance(blob, StoreError):
             self._note_failure(blob)
             self.stats.inc("store_errors_" + blob.kind)
@@ -269,7 +279,12 @@ class ObjectCacheStorage(HiCacheStorage):
             self.known.discard(name)
             return "not_found"
         try:
-            objformat.decode(blob, g, self.keys.content_digest(key), verify=self.cfg.verify_checksums)
+            if blob is INTO:
+                header = objformat.decode_header(parts[0], g, self.keys.content_digest(key))
+                if self.cfg.verify_checksums:
+                    objformat.verify_parts(header, parts[1:], self.pages.parts_per_layer)
+            else:
+                objformat.decode(blob, g, self.keys.content_digest(key), verify=self.cfg.verify_checksums)
         except objformat.FormatError as e:
             self.stats.inc("checksum_failures")
             logger.warning("objectcache: object %s is unusable (%s): a miss", name, e)
@@ -279,6 +294,9 @@ class ObjectCacheStorage(HiCacheStorage):
     def _copy_page(self, pages: HostPages, name: str, blob, slot: int) -> None:
         # Straight from the GET's buffer into the host pool: the only copy on this side.
         pages.write_page(slot, memoryview(blob).cast("B")[pages.geometry.header_bytes:])
+        self._loaded(name)
+
+    def _loaded(self, name: str) -> None:
         self.known.add(name)
         self._note_success()
 

@@ -5,7 +5,9 @@ layer-major (`objformat`). For every layout, one component (K, V or the MLA late
 page is a strided uint8 view of shape [layers, tokens, row_bytes], and so is the matching
 slice of an object's payload. Moving a page is therefore one strided copy per component
 straight between the network buffer and the pool: no staging copy, and the same code for
-every layout. A page written under `page_first` reads back under `layer_first`.
+every layout. A page written under `page_first` reads back under `layer_first`. Where a
+page's rows are long (`scatter_pays`), a GET skips even that copy: `page_parts` gives the
+page's slot rows in payload order, and the GET receives the object straight into them.
 
 `read_page`/`write_page` take the payload as any buffer (a torch tensor, a numpy array, a
 memoryview, the bytes a GET returned) and copy with numpy on the calling thread, with the
@@ -24,12 +26,15 @@ MLA buffers have H = 1 and D = kv_cache_dim.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
 from sglang_objectcache.objformat import PageGeometry
 
 LAYOUTS = ("layer_first", "page_first", "page_first_direct")
+MIN_PART_BYTES = 32 << 10
 
 
 class UnsupportedPool(ValueError):
@@ -56,6 +61,7 @@ class HostPages:
             kind, comps = "mha", [pool.k_buffer, pool.v_buffer]
         self._bytes = [self._as_rows(t) for t in comps]
         self._arrays = [x.numpy() for x in self._bytes]
+        self._parts = self._part_table()
         self.geometry = PageGeometry(
             kind=kind,
             num_layers=self.num_layers,
@@ -103,6 +109,7 @@ class HostPages:
         # Reuse page_views by presenting the flat page as a one-page pool of this layout.
         page._bytes = [u8.reshape(shape)[c] for c in range(n)]
         page._arrays = [x.numpy() for x in page._bytes]
+        page._parts = page._part_table()
         return page
 
     def _page_arrays(self, slot: int) -> list[np.ndarray]:
@@ -113,6 +120,52 @@ class HostPages:
         if self.layout == "page_first":
             return [x[slot : slot + P].transpose(1, 0, 2) for x in self._arrays]
         return [x[slot // P] for x in self._arrays]
+
+    def _part_table(self):
+        """Where a page's payload lies in the pool, as (component, start, end) byte ranges
+        relative to the page's first byte in that component's buffer, in payload order,
+        with each component's bytes per slot; None if a buffer is not one contiguous block."""
+        if not all(a.flags.c_contiguous for a in self._arrays):
+            return None
+        flats = [memoryview(a.reshape(-1)) for a in self._arrays]
+        P, table = self.page_size, []
+        views = self._page_arrays(0)  # [L, P, row]: a row is contiguous, tokens may not be
+        for layer in range(self.num_layers):
+            for c, v in enumerate(views):
+                s_layer, s_tok, row = v.strides[0], v.strides[1], v.shape[2]
+                start = layer * s_layer
+                if s_tok == row:  # the page's tokens are adjacent in this layer
+                    table.append((c, start, start + P * row))
+                else:
+                    table.extend((c, t, t + row) for t in range(start, start + P * s_tok, s_tok))
+        slot_bytes = [(a.strides[1] if self.layout == "layer_first" else a.strides[0] // (
+            P if self.layout == "page_first_direct" else 1)) for a in self._arrays]
+        return flats, table, slot_bytes
+
+    @property
+    def scatter_pays(self) -> bool:
+        """Whether a GET should scatter the page straight into `page_parts` rather than
+        receive it whole and copy it. Either way the kernel or numpy writes the same cold
+        pool memory; scattering saves the read of the received copy, and costs a view, an
+        iovec and a hash update per part. On this 2-core box (scripts/profile_get_path.py)
+        scattering saved ~1 ms of client CPU per 8 MiB layer_first page (128 KiB parts) and
+        0.25 ms per 2 MiB one (32 KiB parts), and cost 30 µs per 256 KiB page (4 KiB parts);
+        page_first's 2 KiB rows lose badly."""
+        return bool(self._parts) and self.geometry.payload_bytes >= MIN_PART_BYTES * len(self._parts[1])
+
+    @property
+    def parts_per_layer(self) -> int:
+        return len(self._parts[1]) // self.num_layers if self._parts else 0
+
+    def page_parts(self, slot: int) -> Optional[list[memoryview]]:
+        """The page at `slot` as writable byte views of the pool, in payload order (layer by
+        layer, `parts_per_layer` each): a GET can scatter an object's payload straight into
+        them. None where the pool's buffers are not contiguous."""
+        if self._parts is None:
+            return None
+        flats, table, slot_bytes = self._parts
+        base = [slot * b for b in slot_bytes]
+        return [flats[c][base[c] + s:base[c] + e] for c, s, e in table]
 
     def _payload_arrays(self, payload) -> list[np.ndarray]:
         """`payload_views` as numpy views over any buffer of payload_bytes."""

@@ -267,6 +267,24 @@ def check_layer_sum(header: Header, layer: int, digest: int) -> None:
         raise FormatError(f"layer {layer} checksum mismatch")
 
 
+def verify_parts(header: Header, parts: Sequence, per_layer: int) -> None:
+    """Check every layer's checksum where the payload lies scattered in `parts` (buffers in
+    payload order, `per_layer` of them per layer, as `HostPages.page_parts` gives)."""
+    g = header.geometry
+    if per_layer == 1:
+        h = _table(g).hash_layer
+        for layer, (part, cs) in enumerate(zip(parts, header.checksums)):
+            if h(part) != cs:
+                raise FormatError(f"layer {layer} checksum mismatch")
+        return
+    for layer, cs in enumerate(header.checksums):
+        h = xxhash.xxh3_64()  # the same XXH3 as one call over the layer's bytes
+        for part in parts[layer * per_layer:(layer + 1) * per_layer]:
+            h.update(part)
+        if h.intdigest() != cs:
+            raise FormatError(f"layer {layer} checksum mismatch")
+
+
 def decode(buf, expected: PageGeometry, key_digest: bytes, verify: bool = True) -> Header:
     """Check a whole object: header, total size and (if verify) every layer's checksum."""
     mv = memoryview(buf).cast("B")

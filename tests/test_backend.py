@@ -9,6 +9,7 @@ import pytest
 import torch
 from pools import fill_random, make_pools, page_bytes
 
+from sglang_objectcache import hostpool
 from sglang_objectcache.backend import ObjectCacheStorage
 from sglang_objectcache.s3server import SeaweedFS, free_port
 
@@ -32,6 +33,24 @@ def backend_for(extra, host, kind="mha", **kw) -> ObjectCacheStorage:
     return b
 
 
+@pytest.fixture(params=["copy", "scatter"])
+def landing(request, monkeypatch):
+    """Pages received whole and copied into the pool, or scattered straight into their slots
+    by the GET (what 8 MiB layer_first pages do; forced here for the tests' small rows).
+    Yields a counter of the pages copied: it proves which path ran."""
+    monkeypatch.setattr(hostpool, "MIN_PART_BYTES", 1 << 40 if request.param == "copy" else 0)
+    copied = {"pages": 0}
+    write_page = hostpool.HostPages.write_page
+
+    def counted(self, slot, payload):
+        copied["pages"] += 1
+        return write_page(self, slot, payload)
+
+    monkeypatch.setattr(hostpool.HostPages, "write_page", counted)
+    copied["scatter"] = request.param == "scatter"
+    yield copied
+
+
 def hashes(n: int, tag: str = "p") -> list[str]:
     return [f"{tag}{i:062d}" for i in range(n)]
 
@@ -43,7 +62,7 @@ def slots(pages: list[int]) -> torch.Tensor:
 @pytest.mark.parametrize("kind,dtype", [("mha", torch.float16), ("mha", torch.bfloat16),
                                         ("mla", torch.float16), ("mla", torch.bfloat16)])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_roundtrip_every_layout(s3_config, kind, dtype, layout):
+def test_roundtrip_every_layout(s3_config, kind, dtype, layout, landing):
     _, src = make_pools(kind, layout, dtype, PAGE)
     _, dst = make_pools(kind, layout, dtype, PAGE)
     fill_random(src, seed=3)
@@ -56,6 +75,7 @@ def test_roundtrip_every_layout(s3_config, kind, dtype, layout):
     assert r.batch_get_v1(keys, slots([30, 31, 5, 6, 40, 41])) == [True] * 6
     for a, b in zip([1, 2, 3, 7, 8, 20], [30, 31, 5, 6, 40, 41]):
         assert page_bytes(src, a * PAGE) == page_bytes(dst, b * PAGE)
+    assert landing["pages"] == (0 if landing["scatter"] else 6)
     assert r.stats.counters["pages_hit"] == 6
     m = r.get_stats()
     assert m.prefetch_pgs == [6] and r.get_stats().prefetch_pgs == []  # drained per call
@@ -110,7 +130,7 @@ def test_namespaces_are_isolated(s3_config):
 # "empty" and "extended" check the single ranged GET of object_bytes + 1 (obstore): an empty
 # object answers 416 and one too long arrives one byte too long; both must be corrupt misses.
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "extended", "wrong_key"])
-def test_corrupt_objects_are_misses(s3_config, s3, bucket, damage):
+def test_corrupt_objects_are_misses(s3_config, s3, bucket, damage, landing):
     _, host = make_pools("mha", "page_first", torch.bfloat16, PAGE)
     fill_random(host)
     keys = hashes(3, damage[0])
@@ -143,6 +163,8 @@ def test_corrupt_objects_are_misses(s3_config, s3, bucket, damage):
     assert backend_for(s3_config, host).batch_set_v1(keys, slots([1, 2, 3])) == [True] * 3
     assert backend_for(s3_config, dst).batch_get_v1(keys, slots([7, 8, 9])) == [True] * 3
     assert page_bytes(dst, 8 * PAGE) == page_bytes(host, 2 * PAGE)
+    if landing["scatter"]:  # good pages were scattered; a damaged one is never copied
+        assert landing["pages"] == 0
 
 
 def test_conditional_put_dedups_across_servers(s3_config, s3, bucket):

@@ -147,3 +147,31 @@ def test_pages_move_across_layouts(kind, src_layout, dst_layout):
             assert torch.equal(va, vb)
     # a slot that was not written still holds the sentinel
     assert all(bool((v == 0xAB).all()) for v in pb.page_views(8))
+
+
+@pytest.mark.parametrize("kind", ["mha", "mla"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_page_parts_are_the_page_in_payload_order(kind, layout):
+    _, host = make_pools(kind, layout)
+    fill_random(host, seed=2)
+    pages = HostPages(host)
+    g = pages.geometry
+    payload = torch.empty(g.payload_bytes, dtype=torch.uint8)
+    pages.read_page(12, payload)
+    parts = pages.page_parts(12)
+    assert b"".join(parts) == payload.numpy().tobytes()
+    assert len(parts) == pages.parts_per_layer * g.num_layers
+    # writable views of the pool itself: what a GET scatters into them lands in the slot
+    key = b"k" * 16
+    other = objformat.sealed(g, key, bytes(reversed(payload.numpy().tobytes())))
+    got = memoryview(other)[g.header_bytes:]
+    at = 0
+    for part in parts:
+        part[:] = got[at:at + len(part)]
+        at += len(part)
+    objformat.verify_parts(objformat.decode_header(other, g, key), parts, pages.parts_per_layer)
+    pages.read_page(12, payload)
+    assert payload.numpy().tobytes() == bytes(got)
+    parts[-1][:1] = bytes([parts[-1][0] ^ 1])
+    with pytest.raises(objformat.FormatError, match=f"layer {g.num_layers - 1} checksum"):
+        objformat.verify_parts(objformat.decode_header(other, g, key), parts, pages.parts_per_layer)

@@ -3,6 +3,8 @@ to obstore for everything it does not expect."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import socket
 import threading
 import time
@@ -10,7 +12,7 @@ import time
 import pytest
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.store import StoreError, httpget, make_store
+from sglang_objectcache.store import INTO, StoreError, httpget, make_store
 from sglang_objectcache.store.obstore_ import ObstoreStore
 
 
@@ -119,3 +121,48 @@ def test_a_store_that_stalls_is_a_timeout_once(s3, bucket):
     finally:
         st.close()
         srv.close()
+
+
+def test_a_body_is_scattered_into_the_callers_parts(s3, bucket):
+    # 1,500 parts of uneven sizes (1 byte to 12 KB): more than one recvmsg_into can take,
+    # and part boundaries that fall inside reads and inside the bytes that came with the
+    # headers. The object of another size is read whole by obstore, as without parts.
+    st = store(s3, bucket)
+    size = 2_000_000
+    rng = random.Random(7)
+    cuts = sorted(rng.sample(range(1, size), 1499))
+    keys = ["p/0", "p/1", "p/short"]
+    st.put_many([("p/0", blob(size, 5)), ("p/1", blob(size, 6)), ("p/short", blob(size - 1, 7))])
+    given = {}
+
+    def into(i):
+        buf = bytearray(size)
+        given[i] = buf
+        mv = memoryview(buf)
+        return [mv[a:b] for a, b in zip([0, *cuts], [*cuts, size])]
+
+    try:
+        got = {}
+        st.get_each(keys, lambda i, r: got.__setitem__(i, r if r is INTO else bytes(r)), size=size, into=into)
+        assert got[0] is INTO and got[1] is INTO
+        assert bytes(given[0]) == blob(size, 5) and bytes(given[1]) == blob(size, 6)
+        assert got[2] == blob(size - 1, 7)
+    finally:
+        st.close()
+
+
+def test_an_idle_connection_the_server_closed_is_not_reused():
+    ours, server = socket.socketpair()
+    ours.setblocking(False)
+    loop = asyncio.new_event_loop()
+    try:
+        conn = httpget._Conn(ours, loop)
+        conn.reusable = True  # as after a complete keep-alive response
+        assert conn.alive()
+        server.sendall(b"x")  # bytes no GET asked for: the framing is lost
+        assert not conn.alive()
+        server.close()
+        assert not conn.alive()
+    finally:
+        ours.close()
+        loop.close()

@@ -22,6 +22,11 @@ return one result per input, in input order. A per-item failure is returned as a
   keep. With `size`, every object is expected to be
   `size` bytes: the transport may read only its first `size + 1` bytes (so one too long
   still arrives the wrong size, and an empty one arrives empty rather than as an error).
+  With `into` as well, `into(i)` gives writable 1-D byte buffers totalling `size` bytes, in
+  the object's order: a transport that can receives object i straight into them and hands
+  `land` the result `INTO` instead of a body. It may ignore `into` for any object (that
+  object then lands as a body, as without it), and it may have written into them whatever
+  lands, so they must be the caller's scratch until `land` says otherwise.
 - `get_ranges(reqs)`: for each (key, start, end) the bytes of [start, end); `None` if the
   key does not exist. Adjacent ranges of one key may be coalesced into one request; that
   is the transport's business.
@@ -70,7 +75,13 @@ class ObjectInfo:
     last_modified: float  # seconds since the epoch
 
 
-GetResult = Union[Buffer, None, StoreError]
+class _Into:
+    def __repr__(self) -> str:
+        return "INTO"
+
+
+INTO = _Into()  # get_each's result for an object received into the caller's buffers
+GetResult = Union[Buffer, None, StoreError, _Into]
 
 
 class Cutoff:
@@ -126,7 +137,7 @@ class ObjectStore(ABC):
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
     def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]],
-                 size: Optional[int] = None) -> None:
+                 size: Optional[int] = None, into: Optional[Callable[[int], Sequence]] = None) -> None:
         cut = Cutoff(len(keys), land)
         for i, r in enumerate(self.get_many(keys)):
             if not cut(i, r):

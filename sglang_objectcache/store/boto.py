@@ -143,8 +143,9 @@ class Boto3Store(ObjectStore):
         return self._map(self._get, keys)
 
     def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]],
-                 size: Optional[int] = None) -> None:
-        # `size` is not used: a ranged GET costs boto3 the same as a whole one.
+                 size: Optional[int] = None, into: Optional[Callable[[int], Sequence]] = None) -> None:
+        # `size` and `into` are not used: a ranged GET costs boto3 the same as a whole one,
+        # and botocore reads each body into bytes of its own.
         cut = Cutoff(len(keys), land)
         if len(keys) <= 1:
             for i, k in enumerate(keys):

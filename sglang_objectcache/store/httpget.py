@@ -1,40 +1,52 @@
 """`HttpGet`: GETs of objects of a known size over keep-alive HTTP/1.1, each body received by
-the kernel straight into a buffer its connection reuses.
+the kernel straight into its final memory: the caller's buffers, or a buffer the connection
+reuses.
 
 obstore (reqwest/hyper) gathers every body into a fresh buffer: one more copy and one more
 allocation per object. On this 2-core box that made a 257 KiB GET cost 440 µs of client CPU
 against 177 µs this way, and an 8 MiB GET 3.4 ms against 2.3 ms
 (benchmarks/results/probe_http_get_*.json; bench_storage's `http/N` lanes measure it now).
+With `parts`, the body is scattered by `recvmsg_into` across the caller's buffers, in
+order: the backend passes the host-pool rows each part of a page belongs in, so the copy out
+of a response buffer is gone too.
 
 It is narrow on purpose. It handles plain http://, static credentials and path-style
 addressing (`applies`), and it signs with SigV4. Only a `200` whose Content-Length is
-exactly the size asked for is received. Anything else returns `FALL_BACK`: another status, another
-length, chunked encoding, or a connection that fails or closes. The caller then asks
-obstore, which already classifies every failure. A miss, a corrupt object or a dead store
-therefore reads exactly as before, one request later. A read that stalls past
+exactly the size asked for is received. Anything else returns `FALL_BACK`: another status,
+another length, chunked encoding, or a connection that fails or closes. The caller then
+asks obstore, which already classifies every failure. A miss, a corrupt object or a dead
+store therefore reads exactly as before, one request later. A read that stalls past
 `read_timeout_s` is a `StoreError("timeout")` at once, so a slow store is not waited on
 twice.
 
-Contract of `get(key, size)`: on success `(body, release)`, where `body` is a memoryview of
-exactly `size` bytes, valid until `release()` is called. After that the connection reads its
-next body into the same memory.
+Contract of `get(key, size, parts=None)`:
+- without `parts`, on success `(body, release)`: `body` is a memoryview of exactly `size`
+  bytes, valid until `release()` is called. After that the connection reads its next body
+  into the same memory.
+- with `parts` (writable buffers totalling `size` bytes), on success `INTO`: the body is in
+  them. Whatever the outcome, they may have been written (a body cut short, a read that
+  timed out): they must be the caller's own scratch until it has a result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import datetime as dt
 import hashlib
 import hmac
-from typing import Callable, Optional, Union
+import itertools
+import socket
+from typing import Callable, Optional, Sequence, Union
 from urllib.parse import quote, urlsplit
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.store.base import StoreError
+from sglang_objectcache.store.base import INTO, StoreError
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 FALL_BACK = object()
 _HEAD_BYTES = 16 << 10
+_IOV_MAX = 1024  # Linux's UIO_MAXIOV: buffers per recvmsg_into
 
 
 def applies(cfg: ObjectCacheConfig) -> bool:
@@ -72,77 +84,123 @@ class _Signer:
                 f"Credential={self.access}/{scope}, SignedHeaders={signed}, Signature={sig}\r\n\r\n").encode()
 
 
-class _Conn(asyncio.BufferedProtocol):
-    """One keep-alive connection, one GET at a time. The body lands in `self.body`."""
+class _Conn:
+    """One keep-alive connection, one GET at a time, read on the loop's readiness callbacks
+    (asyncio's protocols take one buffer per read; a body scattered over host-pool rows
+    needs `recvmsg_into`'s many)."""
 
-    def __init__(self):
-        self.body = memoryview(bytearray(0))
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop):
+        self.sock, self.loop, self.fd = sock, loop, sock.fileno()
+        self.own = memoryview(bytearray(0))  # the body of a GET without parts
         self._head = bytearray(_HEAD_BYTES)
         self._head_mv = memoryview(self._head)
-        self._hlen, self._pos, self._want = 0, 0, -1
-        self.transport: Optional[asyncio.Transport] = None
         self.done: Optional[asyncio.Future] = None
         self.reusable = False
         self.progress = 0  # reads so far: a read timeout is a stall, not a slow transfer
 
-    def connection_made(self, transport):
-        self.transport = transport
+    def alive(self) -> bool:
+        """An idle connection the server has not closed (nor sent anything on)."""
+        if not self.reusable:
+            return False
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)  # b"": closed; bytes: framing lost
+            return False
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
 
-    def get(self, request: bytes, size: int) -> asyncio.Future:
-        if len(self.body) < size:
-            self.body = memoryview(bytearray(size))
-        self._size, self._hlen, self._pos, self._want = size, 0, 0, -1
+    def get(self, request: bytes, size: int, parts: Optional[Sequence]) -> asyncio.Future:
+        if parts is None:
+            if len(self.own) < size:
+                self.own = memoryview(bytearray(size))
+            parts = (self.own[:size],)
+        self._parts = parts
+        self._ends = list(itertools.accumulate(map(len, parts)))  # where each part ends in the body
+        self._size, self._hlen, self._pos, self._part = size, 0, -1, 0
         self.reusable = False
-        self.done = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
+        self.done = self.loop.create_future()
+        try:
+            sent = self.sock.send(request)  # a few hundred bytes into an idle socket's buffer
+        except OSError:
+            sent = -1
+        if sent != len(request):
+            self.done.set_result(FALL_BACK)
+        else:
+            self.loop.add_reader(self.fd, self._readable)
         return self.done
 
-    def get_buffer(self, sizehint):
-        if 0 <= self._pos < self._want:
-            self.progress += 1
-            return self.body[self._pos:self._want]
-        if self._want < 0 and self._hlen < _HEAD_BYTES:
-            return self._head_mv[self._hlen:]
-        return self._head_mv  # bytes no GET asked for: dropped by buffer_updated
-
-    def buffer_updated(self, n):
-        if self.done is None or self.done.done():
-            self.reusable = False  # unasked bytes: this connection's framing is lost
+    def _readable(self) -> None:
+        try:
+            if self._pos < 0:
+                n = self.sock.recv_into(self._head_mv[self._hlen:])
+                if n:
+                    self._headers(n)
+            else:
+                n = self.sock.recvmsg_into(self._iov())[0]
+                if n:
+                    self._advance(n)
+        except (BlockingIOError, InterruptedError):
             return
-        if self._want >= 0:
-            self._pos += n
-        elif not self._headers(n):
-            return
-        if self._pos == self._want:
-            self.done.set_result(self._want)
+        except OSError:
+            n = 0
+        self.progress += 1
+        if not n:  # closed or failed under us
+            self._finish(FALL_BACK)
+        elif self._pos == self._size:
+            self._finish(self._size)
 
-    def _headers(self, n: int) -> bool:
-        """Take `n` more header bytes; True once the body has started."""
+    def _iov(self) -> list:
+        k = self._part
+        start = self._ends[k - 1] if k else 0
+        first = self._parts[k][self._pos - start:]
+        return [first, *self._parts[k + 1:k + _IOV_MAX]]
+
+    def _advance(self, n: int) -> None:
+        self._pos += n
+        self._part = bisect.bisect_right(self._ends, self._pos, lo=self._part)
+
+    def _fill(self, data: memoryview) -> None:
+        """Body bytes that arrived with the headers, into the parts."""
+        while data:
+            k = self._part
+            start = self._ends[k - 1] if k else 0
+            take = min(len(data), self._ends[k] - self._pos)
+            self._parts[k][self._pos - start:self._pos - start + take] = data[:take]
+            data = data[take:]
+            self._advance(take)
+
+    def _headers(self, n: int) -> None:
         self._hlen += n
         end = self._head.find(b"\r\n\r\n", 0, self._hlen)
         if end < 0:
             if self._hlen == _HEAD_BYTES:
-                self.done.set_result(FALL_BACK)
-            return False
+                self._finish(FALL_BACK)
+            return
         lines = bytes(self._head[:end]).split(b"\r\n")
         fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(b":") for x in lines[1:])}
         parts = lines[0].split()
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         length = fields.get(b"content-length", b"")
         if status != 200 or not length.isdigit() or int(length) != self._size or b"transfer-encoding" in fields:
-            self.done.set_result(FALL_BACK)  # obstore reads it again and says what it is
-            return False
-        self._want = self._size
-        extra = min(self._hlen - end - 4, self._want)
-        self.body[:extra] = self._head_mv[end + 4:end + 4 + extra]
-        self._pos = extra
-        self.reusable = fields.get(b"connection", b"").lower() != b"close" and self._hlen - end - 4 == extra
-        return True
+            self._finish(FALL_BACK)  # obstore reads it again and says what it is
+            return
+        extra = self._hlen - end - 4
+        self._keep = fields.get(b"connection", b"").lower() != b"close" and extra <= self._size
+        self._pos = 0
+        self._fill(self._head_mv[end + 4:end + 4 + min(extra, self._size)])
 
-    def connection_lost(self, exc):
+    def _finish(self, result) -> None:
+        self.loop.remove_reader(self.fd)
+        if result is not FALL_BACK:
+            self.reusable = self._keep
+        if not self.done.done():
+            self.done.set_result(result)
+
+    def close(self) -> None:
         self.reusable = False
-        if self.done is not None and not self.done.done():
-            self.done.set_result(FALL_BACK)
+        self.loop.remove_reader(self.fd)
+        self.sock.close()
 
 
 class HttpGet:
@@ -155,14 +213,15 @@ class HttpGet:
         self._connect_s, self._read_s = cfg.connect_timeout_s, cfg.read_timeout_s
         self._idle: list[_Conn] = []
 
-    async def get(self, key: str, size: int) -> Union[tuple[memoryview, Callable[[], None]], StoreError, object]:
+    async def get(self, key: str, size: int, parts: Optional[Sequence] = None
+                  ) -> Union[tuple[memoryview, Callable[[], None]], StoreError, object]:
         try:
             conn = await self._conn()
         except (OSError, asyncio.TimeoutError):
             return FALL_BACK  # obstore connects again and names the failure
         ok = False
         try:
-            fut = conn.get(self._signer.request(key), size)
+            fut = conn.get(self._signer.request(key), size, parts)
             while not fut.done():  # a read timeout is time without progress, as obstore's
                 seen = conn.progress
                 await asyncio.wait((fut,), timeout=self._read_s)
@@ -171,27 +230,42 @@ class HttpGet:
             if fut.result() is FALL_BACK:
                 return FALL_BACK
             ok = True
-            return conn.body[:size], lambda: self._release(conn)
+            if parts is not None:
+                self._release(conn)
+                return INTO
+            return conn.own[:size], lambda: self._release(conn)
         finally:
             if not ok:
-                conn.transport.close()
+                conn.close()
 
     async def _conn(self) -> _Conn:
         while self._idle:
             conn = self._idle.pop()
-            if conn.reusable:  # connection_lost clears it
+            if conn.alive():
                 return conn
+            conn.close()
+        return await asyncio.wait_for(self._connect(), self._connect_s)
+
+    async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(loop.create_connection(_Conn, *self._addr), self._connect_s)
-        return conn
+        family, kind, proto, _, addr = (await loop.getaddrinfo(*self._addr, type=socket.SOCK_STREAM))[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, addr)
+        except BaseException:
+            sock.close()
+            raise
+        return _Conn(sock, loop)
 
     def _release(self, conn: _Conn) -> None:
         if conn.reusable:
             self._idle.append(conn)
         else:
-            conn.transport.close()
+            conn.close()
 
     def close(self) -> None:
         for conn in self._idle:
-            conn.transport.close()
+            conn.close()
         self._idle.clear()

@@ -48,7 +48,7 @@ from obstore.store import S3Store
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
 from sglang_objectcache.store import httpget
-from sglang_objectcache.store.base import Buffer, Cutoff, GetResult, ObjectInfo, ObjectStore, StoreError
+from sglang_objectcache.store.base import INTO, Buffer, Cutoff, GetResult, ObjectInfo, ObjectStore, StoreError
 
 # In-flight requests cost no thread here. A remote store's latency needs many in flight
 # (~1400 req/s per core at 20-40 ms is 28-56); 128 sends SGLang's 128-page batch in one
@@ -195,18 +195,24 @@ class ObstoreStore(ObjectStore):
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
 
     def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]],
-                 size: Optional[int] = None) -> None:
+                 size: Optional[int] = None, into: Optional[Callable[[int], Sequence]] = None) -> None:
         cut = Cutoff(len(keys), land)
         tasks: list[asyncio.Future] = []
         fetching = set(range(len(keys)))  # only these may be cancelled: never a running `land`
         limit = self._bytes_limit(size, GET_BYTES_IN_FLIGHT) if size else None
 
+        def heavy(r: GetResult) -> bool:
+            if r is INTO:
+                return size >= self.OFFLOAD_BYTES
+            return r is not None and not isinstance(r, StoreError) and len(r) >= self.OFFLOAD_BYTES
+
         async def one(i: int, key: str) -> None:
-            r, release = await self._get_sized(key, size)
+            # `into(i)` is asked for only where the GET can receive into it
+            r, release = await self._get_sized(key, size, into and (lambda: into(i)))
             fetching.discard(i)
             go = False
             try:
-                if r is not None and not isinstance(r, StoreError) and len(r) >= self.OFFLOAD_BYTES:
+                if heavy(r):
                     # A large object's checks and copies (GIL released) run beside the loop.
                     go = await self._loop.run_in_executor(self._landers(), cut, i, r)
                 else:
@@ -310,12 +316,14 @@ class ObstoreStore(ObjectStore):
                     return b""
                 return self._error("GET", key, e)
 
-    async def _get_sized(self, key: str, size: Optional[int]) -> tuple[GetResult, Optional[Callable[[], None]]]:
+    async def _get_sized(self, key: str, size: Optional[int], parts: Optional[Callable[[], Sequence]] = None
+                         ) -> tuple[GetResult, Optional[Callable[[], None]]]:
         """`_get`, through `HttpGet` where it applies: then (body, release), the body valid
-        until release(); anything HttpGet does not expect is read again by obstore."""
+        until release(), or (INTO, None) when received into `parts()`; anything HttpGet does
+        not expect is read again by obstore."""
         if self._http is not None and size:
             async with self._sem:
-                r = await self._http.get(key, size)
+                r = await self._http.get(key, size, parts and parts())
             if isinstance(r, tuple):
                 return r
             if r is not httpget.FALL_BACK:
