@@ -503,10 +503,14 @@ def format_work(oc, host, B: int, P: int) -> dict:
 
 def best_conc(rows: list[dict], system: str, op: str) -> list[dict]:
     """A raw client tuned: its batches at the concurrency with the best median over all
-    runs (one choice for every run, so no run gets the luckiest of several draws)."""
+    runs (one choice for every run, so no run gets the luckiest of several draws).
+    `raw_obstore`: the raw lanes on obstore alone (the ceiling before objectcache had its
+    own GET client)."""
     by_conc: dict[int, list[dict]] = {}
+    obstore_only = system == "raw_obstore"
     for r in rows:
-        if r["system"] == system and r["op"] == op:
+        if obstore_only and r["system"] == "raw" and r["op"] == op and isinstance(r["conc"], int) \
+                or r["system"] == system and r["op"] == op:
             by_conc.setdefault(r["conc"], []).append(r)
     if not by_conc:
         return []
@@ -529,6 +533,7 @@ OPS = ("set", "get", "exists_cold", "exists_warm")
 # (label, numerator, denominator): pages/s ratios, each taken within one run.
 RATIOS = [
     ("get: objectcache / raw", ("objectcache", "get"), ("raw", "get")),
+    ("get: objectcache / raw on obstore", ("objectcache", "get"), ("raw_obstore", "get")),
     ("set: objectcache / raw", ("objectcache", "set"), ("raw", "set")),
     ("get: objectcache / seaweedfs", ("objectcache", "get"), ("seaweedfs", "get")),
     ("set: objectcache / seaweedfs", ("objectcache", "set"), ("seaweedfs", "set")),
@@ -564,7 +569,7 @@ def summarize(geo: dict) -> dict:
     runs = sorted({r["run"] for r in rows})
 
     def select(system, op, run=None):
-        if system in CLIENTS:
+        if system in CLIENTS or system == "raw_obstore":
             got = best_conc(rows, system, op)
         else:
             got = [r for r in rows if r["system"] == system and r["op"] == op]
