@@ -106,6 +106,8 @@ class ObjectCacheConfig:
     sign_payload: bool = False
     # obstore transport: receive whole-object GETs with objectcache's own HTTP/1.1 client
     # where it applies (http://, static keys, path style; `store/httpget.py`), else obstore.
+    # Where the host layout keeps a page's rows long (layer_first, page_first_direct; 2 MiB
+    # pages and up), it receives each page straight into its host-pool slot.
     http_get: bool = True
     # After a store failure, reads answer "miss" for this long instead of retrying at once.
     negative_ttl_s: float = 2.0

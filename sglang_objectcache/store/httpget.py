@@ -47,6 +47,7 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 FALL_BACK = object()
 _HEAD_BYTES = 16 << 10
 _IOV_MAX = 1024  # Linux's UIO_MAXIOV: buffers per recvmsg_into
+_IOV_BYTES = 1 << 20
 
 
 def applies(cfg: ObjectCacheConfig) -> bool:
@@ -151,10 +152,14 @@ class _Conn:
             self._finish(self._size)
 
     def _iov(self) -> list:
+        # Parts for about _IOV_BYTES, not all of them: each buffer passed costs
+        # recvmsg_into an export whether it is filled or not, and a read brings only what
+        # the socket holds.
         k = self._part
         start = self._ends[k - 1] if k else 0
         first = self._parts[k][self._pos - start:]
-        return [first, *self._parts[k + 1:k + _IOV_MAX]]
+        last = bisect.bisect_left(self._ends, self._pos + _IOV_BYTES, lo=k)
+        return [first, *self._parts[k + 1:min(last + 1, k + _IOV_MAX)]]
 
     def _advance(self, n: int) -> None:
         self._pos += n
