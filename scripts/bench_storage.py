@@ -206,6 +206,7 @@ class RawObstore:
 
     def close(self):
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
 
 
 def _nothing() -> None:
@@ -229,7 +230,10 @@ class RawHttp(RawObstore):
         if not isinstance(r, tuple):
             raise RuntimeError(f"raw http GET {k}: {r}")
         return r
-        self.thread.join()
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.http.close)  # its idle sockets belong to the loop
+        super().close()
 
 
 class Backend:
