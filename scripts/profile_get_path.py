@@ -152,12 +152,12 @@ def plot(summary: dict, path: str, object_bytes: int, layout: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = [("_check_page_s", "_check_page (header + one xxh3 per layer), any thread"),
+    parts = [("_check_page_s", "ObjectCacheStorage._check_page (header + one xxh3 per layer), any thread"),
              ("write_page_s", f"HostPages.write_page (copy into {layout}), any thread"),
              ("loop_rest", "rest of the event-loop thread"),
              ("other", "other threads (obstore's Rust runtime, caller)")]
     names = list(summary)
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     bottom = [0.0] * len(names)
     for key, label in parts:
         vals = []
@@ -172,7 +172,7 @@ def plot(summary: dict, path: str, object_bytes: int, layout: str) -> None:
     ax.set_ylabel("client CPU per page (us, median batch)")
     ax.set_title(f"Where a {object_bytes / 1024:.0f} KiB GET's client CPU goes ({layout}; SeaweedFS, loopback)")
     ax.tick_params(axis="x", labelsize=7)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
