@@ -147,10 +147,10 @@ class HostPages:
         """Whether a GET should scatter the page straight into `page_parts` rather than
         receive it whole and copy it. Either way the kernel or numpy writes the same cold
         pool memory; scattering saves the read of the received copy, and costs a view, an
-        iovec and a hash update per part. On this 2-core box (scripts/profile_get_path.py)
-        scattering saved ~1 ms of client CPU per 8 MiB layer_first page (128 KiB parts) and
-        0.25 ms per 2 MiB one (32 KiB parts), and cost 30 µs per 256 KiB page (4 KiB parts);
-        page_first's 2 KiB rows lose badly."""
+        iovec and a hash update per part. On this 2-core box scattering saved 0.9 ms of
+        client CPU per 8 MiB layer_first page (128 KiB parts) and 0.3 ms per 2 MiB one
+        (32 KiB parts), and cost 56 µs more per 256 KiB page (4 KiB parts); an 8 MiB
+        page_first page (2 KiB rows) took twice as long (benchmarks/results/get_path_scatter_*)."""
         return bool(self._parts) and self.geometry.payload_bytes >= MIN_PART_BYTES * len(self._parts[1])
 
     @property
