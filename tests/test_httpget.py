@@ -151,18 +151,22 @@ def test_a_body_is_scattered_into_the_callers_parts(s3, bucket):
         st.close()
 
 
-def test_an_idle_connection_the_server_closed_is_not_reused():
-    ours, server = socket.socketpair()
-    ours.setblocking(False)
-    loop = asyncio.new_event_loop()
-    try:
-        conn = httpget._Conn(ours, loop)
+@pytest.mark.parametrize("server_does", ["close", "send"])
+def test_an_idle_connection_the_server_closed_is_not_reused(server_does):
+    async def main():
+        ours, server = socket.socketpair()
+        ours.setblocking(False)
+        conn = httpget._Conn(ours, asyncio.get_running_loop())
         conn.reusable = True  # as after a complete keep-alive response
-        assert conn.alive()
-        server.sendall(b"x")  # bytes no GET asked for: the framing is lost
-        assert not conn.alive()
+        await asyncio.sleep(0.05)
+        assert conn.reusable
+        if server_does == "close":
+            server.close()
+        else:  # bytes no GET asked for: the framing is lost
+            server.sendall(b"x")
+        await asyncio.sleep(0.05)
+        assert not conn.reusable
+        conn.close()
         server.close()
-        assert not conn.alive()
-    finally:
-        ours.close()
-        loop.close()
+
+    asyncio.run(main())
