@@ -101,6 +101,7 @@ class _Conn:
         # Watched for its whole life, as asyncio's transports do: registering per GET cost
         # ~10% more client CPU on 257 KiB GETs (selectors' Python on every GET).
         loop.add_reader(self.fd, self._readable)
+        self.watched = True
 
     def get(self, request: bytes, size: int, parts: Optional[Sequence]) -> asyncio.Future:
         if parts is None and len(self.own) < size:
@@ -115,13 +116,13 @@ class _Conn:
             sent = self.sock.send(request)  # a few hundred bytes into an idle socket's buffer
         except OSError:
             sent = -1
-        if sent != len(request):
+        if sent != len(request) or not self.watched:
             self.done.set_result(FALL_BACK)
         return self.done
 
     def _readable(self) -> None:
         if self.done is None or self.done.done():  # idle: the server closed it or lost framing
-            self.reusable = False
+            self.reusable = self.watched = False
             self.loop.remove_reader(self.fd)
             return
         try:
