@@ -67,7 +67,7 @@ os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchutil import pct, server_cpu_s  # noqa: E402
+from benchutil import pct, pin, server_cpu_s  # noqa: E402
 
 from sglang_objectcache import objformat  # noqa: E402
 from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
@@ -337,6 +337,8 @@ def run_geometry(args, shape: Shape, page_tokens: int, tmp: str) -> dict:
     for run in range(args.runs):
         run_dir = tempfile.mkdtemp(prefix=f"run{run}-", dir=tmp)
         with SeaweedFS(os.path.join(run_dir, "s3"), buckets=BUCKETS) as srv:
+            if args.pin:
+                pin(srv.proc.pid, {0})
             run_once(args, srv, host, P, big, run, run_dir, batches, fmt)
         shutil.rmtree(run_dir, ignore_errors=True)
     oc_g = fmt.pop("geometry")
@@ -669,8 +671,9 @@ def plot(out: dict, path: Path) -> None:
         ax.set_xlabel("pages/s ratio within each run: median of runs, bar = range;\n"
                       "dashed = target (green met, orange not)")
         ax.set_title(f"{label}: ratios over {out['runs']} runs")
-    fig.suptitle(f"HiCache L3 data path on one local SeaweedFS ({out['host']['cpus']} cores shared by client "
-                 f"and server)\n{out['shape']['layers']} layers x {out['shape']['kv_heads']} KV heads x "
+    cores = ("server pinned to CPU 0, client to CPU 1" if out.get("pin")
+             else f"{out['host']['cpus']} cores shared by client and server")
+    fig.suptitle(f"HiCache L3 data path on one local SeaweedFS ({cores})\n{out['shape']['layers']} layers x {out['shape']['kv_heads']} KV heads x "
                  f"{out['shape']['head_dim']} {out['shape']['dtype']}, host layout {out['layout']}")
     fig.savefig(path, dpi=100)
 
@@ -716,6 +719,9 @@ def main() -> None:
     p.add_argument("--get-reps-big", type=int, default=8)
     p.add_argument("--exists-reps", type=int, default=5)
     p.add_argument("--settle-s", type=float, default=1.0, help="idle time before each timed batch_set")
+    p.add_argument("--pin", action="store_true",
+                   help="SeaweedFS on CPU 0 and this process on CPU 1, so client and server no "
+                        "longer take CPU from each other (as with a store on another host)")
     p.add_argument("--out", default="benchmarks/results/storage")
     p.add_argument("--verbose", action="store_true", help="print every batch")
     p.add_argument("--quick", action="store_true", help="tiny run to check the script works")
@@ -725,12 +731,17 @@ def main() -> None:
         args.raw_conc_small = args.raw_conc_big = [16]
         args.set_batches_small = args.get_reps_small = args.get_reps_big = args.exists_reps = 1
         args.settle_s = 0.1
+    if args.pin:
+        if len(os.sched_getaffinity(0)) < 2:
+            p.error("--pin needs two CPUs")
+        pin(os.getpid(), {1})
     shape = Shape(args.layers, args.kv_heads, args.head_dim)
     nice = f"nice -n {os.nice(0)} " if os.nice(0) else ""
     out = {"command": nice + " ".join([".venv/bin/python", *sys.argv]),
            "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
            "shape": asdict(shape), "layout": args.layout, "runs": args.runs,
+           "pin": {"server": [0], "client": [1]} if args.pin else None,
            "loadavg_before": os.getloadavg(), "geometries": []}
     base = Path(args.out)
     base.parent.mkdir(parents=True, exist_ok=True)

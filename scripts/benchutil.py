@@ -18,6 +18,15 @@ def server_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of `pid` to `cpus`; threads it starts later inherit the mask."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # a thread that has just ended
+            pass
+
+
 def loglog_plot(path, lines, xlabel: str, ylabel: str, title: str,
                 size: tuple[float, float] = (7, 4.5), dpi: int = 120) -> None:
     """One log-log chart, `lines` = [(label, xs, ys, marker)], saved to `path`. Does nothing
