@@ -54,7 +54,6 @@ import platform
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -67,7 +66,7 @@ os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchutil import pct, pin, server_cpu_s  # noqa: E402
+from benchutil import command_line, pct, pin_client, pin_server, server_cpu_s  # noqa: E402
 
 from sglang_objectcache import objformat  # noqa: E402
 from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
@@ -338,7 +337,7 @@ def run_geometry(args, shape: Shape, page_tokens: int, tmp: str) -> dict:
         run_dir = tempfile.mkdtemp(prefix=f"run{run}-", dir=tmp)
         with SeaweedFS(os.path.join(run_dir, "s3"), buckets=BUCKETS) as srv:
             if args.pin:
-                pin(srv.proc.pid, {0})
+                pin_server(srv.proc.pid)
             run_once(args, srv, host, P, big, run, run_dir, batches, fmt)
         shutil.rmtree(run_dir, ignore_errors=True)
     oc_g = fmt.pop("geometry")
@@ -732,12 +731,9 @@ def main() -> None:
         args.set_batches_small = args.get_reps_small = args.get_reps_big = args.exists_reps = 1
         args.settle_s = 0.1
     if args.pin:
-        if len(os.sched_getaffinity(0)) < 2:
-            p.error("--pin needs two CPUs")
-        pin(os.getpid(), {1})
+        pin_client()
     shape = Shape(args.layers, args.kv_heads, args.head_dim)
-    nice = f"nice -n {os.nice(0)} " if os.nice(0) else ""
-    out = {"command": nice + " ".join([".venv/bin/python", *sys.argv]),
+    out = {"command": command_line(),
            "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
            "shape": asdict(shape), "layout": args.layout, "runs": args.runs,

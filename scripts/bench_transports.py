@@ -23,13 +23,12 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from benchutil import pct, server_cpu_s
+from benchutil import command_line, pct, server_cpu_s
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.s3server import SeaweedFS
@@ -93,8 +92,7 @@ def single(store, op: str, keys: list[str], data: bytes, n: int) -> dict:
 
 
 def run(args) -> dict:
-    nice = f"nice -n {os.nice(0)} " if os.nice(0) else ""
-    out = {"command": nice + " ".join([".venv/bin/python", *sys.argv]), "host": {
+    out = {"command": command_line(), "host": {
         "cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
         "niceness": os.nice(0)},
         "batch": args.batch, "loadavg_before": os.getloadavg(), "cells": [], "single": []}

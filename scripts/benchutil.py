@@ -1,8 +1,10 @@
-"""Helpers shared by the benchmarks: percentiles, a process's CPU time, the log-log plot."""
+"""Helpers shared by the benchmarks: percentiles, a process's CPU time, CPU pinning, the
+command line for the results file, the log-log plot."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 
@@ -16,6 +18,24 @@ def server_cpu_s(pid: int) -> float:
     """CPU seconds a process has used: utime + stime (fields 14, 15 of /proc/pid/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def command_line() -> str:
+    """How this script was run, for its results file (with its nice level, which moves timings)."""
+    nice = f"nice -n {os.nice(0)} " if os.nice(0) else ""
+    return nice + " ".join([".venv/bin/python", *sys.argv])
+
+
+def pin_client() -> None:
+    """--pin, this side: the benchmark on CPU 1 (pin_server puts the store on CPU 0), so
+    client and server stop taking CPU from each other, as with a store on another host."""
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("--pin needs two CPUs")
+    pin(os.getpid(), {1})
+
+
+def pin_server(pid: int) -> None:
+    pin(pid, {0})
 
 
 def pin(pid: int, cpus: set[int]) -> None:

@@ -10,7 +10,7 @@ buckets, and times, batch by batch in a random order each round:
 - the raw client GETting the copies (`bench-raw`, and objectcache's bucket).
 Each batch records its wall time, the client's CPU and SeaweedFS's CPU.
 
-    .venv/bin/python scripts/probe_same_objects.py [--pin] [--reps 30] --out benchmarks/results/same_objects
+    nice -n -10 .venv/bin/python scripts/probe_same_objects.py [--pin] [--reps 60] --out benchmarks/results/same_objects
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_storage as bs  # noqa: E402
-from benchutil import pin, server_cpu_s  # noqa: E402
+from benchutil import command_line, pin_client, pin_server, server_cpu_s  # noqa: E402
 
 from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
 
@@ -44,7 +44,7 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="same-objects-") as d:
         with SeaweedFS(os.path.join(d, "s3"), buckets=bs.BUCKETS) as srv:
             if args.pin:
-                pin(srv.proc.pid, {0})
+                pin_server(srv.proc.pid)
             oc = bs.make_systems(srv, host, P, os.path.join(d, "file"))["objectcache"]
             keys = bs.page_hashes(B)
             if oc.set(keys, src) != B:
@@ -124,13 +124,13 @@ def main() -> None:
     p.add_argument("--page-tokens", type=int, default=2)
     p.add_argument("--layout", default="layer_first")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--reps", type=int, default=60)
     p.add_argument("--pin", action="store_true", help="SeaweedFS on CPU 0, this process on CPU 1")
     p.add_argument("--out", default="benchmarks/results/same_objects")
     args = p.parse_args()
     if args.pin:
-        pin(os.getpid(), {1})
-    out = {"command": " ".join([".venv/bin/python", *sys.argv]), "pin": args.pin, "reps": args.reps,
+        pin_client()
+    out = {"command": command_line(), "pin": args.pin, "reps": args.reps,
            "page_kv_bytes": args.page_tokens * bs.Shape().token_bytes, "layout": args.layout,
            "loadavg_before": os.getloadavg()}
     out.update(run(args))
