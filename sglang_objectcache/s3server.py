@@ -10,6 +10,7 @@ persisted under `data_dir`, so a restart keeps every object. Every listener is b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -231,9 +232,15 @@ class SeaweedFS:
             self.proc.wait(timeout_s)
         except ProcessLookupError:
             pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        except BaseException as e:
+            # Timed out, or interrupted while waiting (a second Ctrl-C): weed has a session of
+            # its own, so nothing else would stop it, and it would keep the port.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+            if not isinstance(e, subprocess.TimeoutExpired):
+                self.proc = None
+                raise
         self.proc = None
         self._remove_sockets()
 
@@ -283,6 +290,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        # Ctrl-C reaches this process, then scripts/run.sh's EXIT trap sends SIGTERM: the
+        # second signal must not cut the stop short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         srv.stop()
 
 

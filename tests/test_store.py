@@ -421,3 +421,63 @@ def test_the_local_server_leaves_nothing_in_tmp(tmp_path):
     assert ours() == []
     assert glob.glob(f"/tmp/weed.*.{pid}") == []  # glog names its files after the pid
     assert "s3api_server" in (tmp_path / "sw" / "weed.log").read_text()  # its log went to weed.log
+
+
+def test_the_local_server_cli_stops_weed_even_when_signalled_twice(tmp_path):
+    # `bash scripts/run.sh` then Ctrl-C: the CLI gets SIGINT and starts stopping weed (its own
+    # session, so the terminal's signal never reaches it), then run.sh's EXIT trap sends
+    # SIGTERM. That second signal used to cut the stop short: the CLI died, weed ran on
+    # and kept the port, so the next run.sh could not start.
+    import subprocess
+    import sys
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sglang_objectcache.s3server", "start", "--dir", str(tmp_path / "sw"),
+         "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "ready at" in proc.stdout.readline()
+        weed = [p for p in _children(proc.pid) if "weed" in p[1]]
+        assert weed, "found no weed under the CLI: this test checks nothing"
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert not any(os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" for pid, _ in weed)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid, _ in weed if "weed" in locals() else ():
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process whose parent is `pid`."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append((int(d), open(f"/proc/{d}/cmdline").read().replace("\0", " ")))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
