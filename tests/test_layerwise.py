@@ -122,6 +122,10 @@ def test_loads_every_layer_into_the_right_slots(rig):
     assert rig.same([1, 2, 3, 4, 5, 6], [30, 9, 17, 40, 2, 11])
     assert rig.untouched([0, 1, 3, 10, 12, 31, 41])
     assert rig.stats.counters["layerwise_pages_store"] == 6
+    # The GET latency histogram (objectcache_get_latency_seconds) counts every layerwise GET,
+    # as it does in page mode: it stayed empty in this mode before.
+    assert sum(rig.stats.latency_counts) == rig.stats.counters["get_requests"] > 0
+    assert rig.stats.latency_sum > 0
 
 
 @pytest.mark.parametrize("per_get, window", [(2, 1), (3, 4)])

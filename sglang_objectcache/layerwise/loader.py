@@ -409,6 +409,7 @@ class LayerwiseLoader:
         if b is None:
             return
         self.stats.inc("get_requests", len(ranges))
+        self.stats.observe_get(t_arrived - t_started, len(ranges))  # the ranges ran together
         for i, (name, start, end), out in zip(group, ranges, outcomes):
             kind = out[0]
             if kind == "store":
