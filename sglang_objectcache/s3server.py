@@ -230,18 +230,16 @@ class SeaweedFS:
             os.killpg(self.proc.pid, signal.SIGCONT)
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout_s)
-        except ProcessLookupError:
+        except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-        except BaseException as e:
-            # Timed out, or interrupted while waiting (a second Ctrl-C): weed has a session of
-            # its own, so nothing else would stop it, and it would keep the port.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            if not isinstance(e, subprocess.TimeoutExpired):
-                self.proc = None
-                raise
-        self.proc = None
+        finally:
+            # Also when interrupted while waiting (a second Ctrl-C): weed has a session of its
+            # own, so nothing else would stop it, and it would keep the port.
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            self.proc = None
         self._remove_sockets()
 
     def _remove_sockets(self) -> None:
@@ -280,11 +278,11 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--secret-key", default=DEFAULT_SECRET_KEY)
     a = p.parse_args(argv)
     srv = SeaweedFS(a.dir, a.port, a.access_key, a.secret_key, tuple(a.bucket))
-    srv.start()
-    print(f"SeaweedFS S3 ready at {srv.endpoint} (data in {a.dir}, buckets {', '.join(a.bucket) or '-'})",
-          flush=True)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    try:
+    try:  # from before weed starts: a signal at any point must still stop it
+        srv.start()
+        print(f"SeaweedFS S3 ready at {srv.endpoint} (data in {a.dir}, buckets {', '.join(a.bucket) or '-'})",
+              flush=True)
         while srv.proc.poll() is None:
             time.sleep(1)
     except KeyboardInterrupt:

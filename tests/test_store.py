@@ -427,57 +427,38 @@ def test_the_local_server_cli_stops_weed_even_when_signalled_twice(tmp_path):
     # `bash scripts/run.sh` then Ctrl-C: the CLI gets SIGINT and starts stopping weed (its own
     # session, so the terminal's signal never reaches it), then run.sh's EXIT trap sends
     # SIGTERM. That second signal used to cut the stop short: the CLI died, weed ran on
-    # and kept the port, so the next run.sh could not start.
+    # and kept the port, so the next run.sh could not start. The SIGINT comes right after
+    # "ready at", which once landed before the CLI's try and skipped the stop altogether.
     import subprocess
     import sys
 
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sglang_objectcache.s3server", "start", "--dir", str(tmp_path / "sw"),
-         "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from sglang_objectcache.s3server import free_port
+
+    port, data = free_port(), str(tmp_path / "sw")
+    proc = subprocess.Popen([sys.executable, "-m", "sglang_objectcache.s3server", "start", "--dir", data,
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert "ready at" in proc.stdout.readline()
-        weed = [p for p in _children(proc.pid) if "weed" in p[1]]
-        assert weed, "found no weed under the CLI: this test checks nothing"
+        assert len(_running_with(data)) == 2, "the CLI and weed, both named by --dir"
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-        assert not any(os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" for pid, _ in weed)
+        assert _running_with(data) == []
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        for pid, _ in weed if "weed" in locals() else ():
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for pid in _running_with(data):
+            os.kill(pid, signal.SIGKILL)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _children(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every process whose parent is `pid`."""
+def _running_with(arg: str) -> list[int]:
+    """Live processes with `arg` in their command line (a zombie's is empty)."""
     out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = open(f"/proc/{d}/stat").read()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append((int(d), open(f"/proc/{d}/cmdline").read().replace("\0", " ")))
-            except (OSError, ValueError, IndexError):
-                pass
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if arg in open(f"/proc/{d}/cmdline").read():
+                out.append(int(d))
+        except OSError:
+            pass
     return out
-
-
-def _state(pid: int) -> str:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"
