@@ -4,18 +4,25 @@ lanes of bench_storage (same SeaweedFS, same object sizes, same process).
 Lanes, taken in turns, each `--reps` batches of `--batch` pages:
 - `objectcache`: its batch_get_v1 as it runs for this layout and page size;
 - `objectcache_copy` / `objectcache_scatter`: the same with each page forced to be received
-  whole and copied into the host pool, or scattered by the GET straight into its slot's
-  rows (`HostPages.scatter_pays` picks between them; MIN_PART_BYTES is the knob forced);
+  into the connection's buffer and copied into the host pool, or scattered by the GET
+  straight into its slot's rows (`HostPages.scatter_pays` picks between them;
+  MIN_PART_BYTES is the knob forced);
+- `objectcache_at_end`: as it runs, but each page checked (and copied) only once its whole
+  body is in (`landing.RUN_BYTES` forced up);
+- `objectcache_body`: with no receiver (`get_each` without `into`): each page received
+  whole into the connection's buffer, then checked and copied by `land` (on a thread pool
+  beside the loop for pages of 1 MiB and up), as before 2026-12's `PageLanding`;
 - `raw` / `checked`: bench_storage's lanes on objectcache's own GET client (`http/N`);
   `raw_obstore`: the raw lane on obstore.
 
 For each lane: the process's CPU per page and the CPU of the thread that runs the event loop
 (where bodies are received, checked and landed), read with `time.thread_time` on that
-thread. For objectcache, the CPU inside `ObjectCacheStorage._check_page` (header check +
-one xxh3 per layer) and `HostPages.write_page` (the copy into SGLang's host pool), by
-wrapping both: in all (`check_s`, `write_page_s`) and on the loop's thread (`*_on_loop_s`;
-pages of 1 MiB and up are landed on a pool beside it). The rest of the process's CPU is the
-GET client (and obstore's Rust runtime) and the caller's thread.
+thread. For objectcache, the CPU inside `PageLanding.received` (the header check and one
+xxh3 per layer, as the body arrives), `ObjectCacheStorage._check_page` (the same for a body
+received whole) and `HostPages.write_layers` (the copy into SGLang's host pool), by
+wrapping each (exclusive of the others): in all (`received_s`, `_check_page_s`,
+`write_layers_s`) and on the loop's thread (`*_on_loop_s`). The rest of the process's CPU
+is the GET client (and obstore's Rust runtime), the landing pool and the caller's thread.
 
     .venv/bin/python scripts/profile_get_path.py --page-tokens 2 --layout layer_first --out ...
 """
@@ -40,24 +47,36 @@ os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
 import numpy as np  # noqa: E402
 
 import bench_storage as bs  # noqa: E402
-from sglang_objectcache import backend, hostpool  # noqa: E402
+from sglang_objectcache import backend, hostpool, landing  # noqa: E402
 from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
 
 spent: Counter = Counter()
-loop_threads: set[int] = set()  # pages of OFFLOAD_BYTES and up are landed off the loop
+loop_threads: set[int] = set()  # bodies of OFFLOAD_BYTES and up are landed off the loop
+WRAPPED = ("received", "_check_page", "write_layers")
+
+
+_nested = threading.local()
 
 
 def count_cpu(owner, name: str) -> None:
     """Wrap owner.name so the CPU its calls take on their own thread adds up in `spent`
-    (and, for calls on an event-loop thread, in `spent[name + "_on_loop"]` too)."""
+    (and, for calls on an event-loop thread, in `spent[name + "_on_loop"]` too). Exclusive
+    time: a wrapped call inside another (write_layers inside received) counts only once,
+    as its own."""
     fn = getattr(owner, name)
 
     def wrapped(*a, **k):
+        outer = getattr(_nested, "inner", None)
+        _nested.inner = inner = [0.0]
         c0 = time.thread_time()
         try:
             return fn(*a, **k)
         finally:
             dt = time.thread_time() - c0
+            _nested.inner = outer
+            if outer is not None:
+                outer[0] += dt
+            dt -= inner[0]
             spent[name] += dt
             if threading.get_ident() in loop_threads:
                 spent[name + "_on_loop"] += dt
@@ -82,8 +101,9 @@ def main() -> None:
     p.add_argument("--layout", default="page_first", choices=hostpool.LAYOUTS)
     p.add_argument("--out", default="benchmarks/results/get_path.json")
     args = p.parse_args()
-    count_cpu(backend.ObjectCacheStorage, "_check_page")
-    count_cpu(hostpool.HostPages, "write_page")
+    for owner, name in ((landing.PageLanding, "received"), (backend.ObjectCacheStorage, "_check_page"),
+                        (hostpool.HostPages, "write_layers")):
+        count_cpu(owner, name)
     B, P = args.batch, args.page_tokens
     host = bs.make_host(bs.Shape(), P, 2 * B, args.layout)
     with tempfile.TemporaryDirectory(prefix="get-path-") as tmp, \
@@ -100,19 +120,30 @@ def main() -> None:
                  for name in ("raw", "checked")}
         lanes["raw_obstore"] = bs.RawObstore(srv, "bench-raw", args.conc)
         lanes["checked"].put(list(zip(raw_keys, bodies)))
-        default = hostpool.MIN_PART_BYTES
+        default, run_bytes = hostpool.MIN_PART_BYTES, landing.RUN_BYTES
 
-        def objectcache(min_part_bytes: int):
+        def objectcache(min_part_bytes: int, at_end: bool = False):
             def get():
                 hostpool.MIN_PART_BYTES = min_part_bytes
+                landing.RUN_BYTES = 1 << 40 if at_end else run_bytes
                 try:
                     return oc.get(keys, dst)
                 finally:
-                    hostpool.MIN_PART_BYTES = default
+                    hostpool.MIN_PART_BYTES, landing.RUN_BYTES = default, run_bytes
             return get, oc.storage.store._loop
 
+        store = oc.storage.store
+
+        def objectcache_body():
+            store.get_each = lambda names, land, size=None, into=None: type(store).get_each(store, names, land, size)
+            try:
+                return oc.get(keys, dst)
+            finally:
+                del store.get_each
+
         runs = {"objectcache": objectcache(default), "objectcache_copy": objectcache(1 << 40),
-                "objectcache_scatter": objectcache(0)}
+                "objectcache_scatter": objectcache(0), "objectcache_at_end": objectcache(default, True),
+                "objectcache_body": (objectcache_body, store._loop)}
         for name, lane in lanes.items():
             runs[name] = (lambda lane=lane: sum(n == g.object_bytes for n in lane.get(raw_keys, g.object_bytes)),
                           lane.loop)
@@ -152,10 +183,11 @@ def plot(summary: dict, path: str, object_bytes: int, layout: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = [("_check_page_s", "ObjectCacheStorage._check_page (header + one xxh3 per layer), any thread"),
-             ("write_page_s", f"HostPages.write_page (copy into {layout}), any thread"),
+    parts = [("check", "checking the header and each layer's xxh3 (PageLanding.received or "
+                        "_check_page)"),
+             ("write_layers_s", f"HostPages.write_layers (copy into {layout})"),
              ("loop_rest", "rest of the event-loop thread"),
-             ("other", "other threads (obstore's Rust runtime, caller)")]
+             ("other", "other threads (landing pool, obstore's Rust runtime, caller)")]
     names = list(summary)
     fig, ax = plt.subplots(figsize=(8, 4.8))
     bottom = [0.0] * len(names)
@@ -163,9 +195,10 @@ def plot(summary: dict, path: str, object_bytes: int, layout: str) -> None:
         vals = []
         for n in names:
             s = summary[n]
-            fmt = s.get("_check_page_s", 0) + s.get("write_page_s", 0)
-            on_loop = s.get("_check_page_on_loop_s", 0) + s.get("write_page_on_loop_s", 0)
-            vals.append({"loop_rest": s["loop_cpu_s"] - on_loop,
+            fmt = sum(s.get(k + "_s", 0) for k in WRAPPED)
+            on_loop = sum(s.get(k + "_on_loop_s", 0) for k in WRAPPED)
+            vals.append({"check": s.get("received_s", 0) + s.get("_check_page_s", 0),
+                         "loop_rest": s["loop_cpu_s"] - on_loop,
                          "other": s["cpu_s"] - s["loop_cpu_s"] - (fmt - on_loop)}.get(key, s.get(key, 0)))
         ax.bar(names, vals, bottom=bottom, label=label)
         bottom = [b + v for b, v in zip(bottom, vals)]

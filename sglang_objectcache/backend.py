@@ -4,8 +4,8 @@ Contract with SGLang 0.5.23's HiCacheController (managers/cache_controller.py):
 - Pages are content-addressed: SGLang's page hash chain -> `keys.KeyScheme.object_key`.
   One object per page, layer-major (`objformat`), independent of the host layout.
 - `batch_exists(keys)` returns the length of the leading run of pages present.
-- `batch_get_v1(keys, host_indices)` copies each page straight from the network buffer into
-  its host-pool slots as it lands, in any order, and returns one bool per page: True for
+- `batch_get_v1(keys, host_indices)` checks and copies each page into its host-pool slots as
+  it arrives (`landing.PageLanding`), in any order, and returns one bool per page: True for
   the leading run of pages that hit, False from the first miss on. A page above a miss may
   have been written into its slot (the slots are this batch's own); it is reported False.
 - `batch_set_v1(keys, host_indices)` writes pages that are not known to exist, with a
@@ -36,6 +36,7 @@ from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.hostpool import HostPages
 from sglang_objectcache.keys import KeyScheme, Namespace, make_namespace
 from sglang_objectcache.known import KnownKeys
+from sglang_objectcache.landing import PageLanding
 from sglang_objectcache.scrub import scrub
 from sglang_objectcache.staging import StagingArena
 from sglang_objectcache.stats import Stats
@@ -135,7 +136,7 @@ class ObjectCacheStorage(HiCacheStorage):
                     logger.info("objectcache: store reachable again")
                     self._down_reason = ""
 
-    def _scrub(self, names, keys, blobs) -> None:
+    def _scrub(self, names, keys, blobs=None) -> None:
         digests = [self.keys.content_digest(k) for k in keys]
         deleted = scrub(self.store, self.pages.geometry, names, digests, blobs, self.known.discard)
         self.stats.inc("corrupt_deleted", len(deleted))
@@ -211,14 +212,14 @@ class ObjectCacheStorage(HiCacheStorage):
         names = [self.keys.object_key(k) for k in keys]
         out = [False] * len(keys)
         misses: dict[int, str] = {}
-        corrupt: list[tuple[int, Any]] = []
+        corrupt: list[int] = []
         lock = threading.Lock()  # boto3 lands pages on several threads at once
-        given: dict[int, list] = {}
+        given: dict[int, PageLanding] = {}
 
-        def into(i: int) -> list:
-            # The page's own slot rows, behind a buffer for the header: a GET that can
-            # scatters the object there and skips the copy.
-            given[i] = [memoryview(bytearray(g.header_bytes)), *self.pages.page_parts(slots[i])]
+        def into(i: int) -> PageLanding:
+            # A GET that can streams the object through this, which checks it and puts it
+            # in its slot while it arrives; the page then lands as INTO.
+            given[i] = PageLanding(self.pages, slots[i], self.keys.content_digest(keys[i]), self.cfg.verify_checksums)
             return given[i]
 
         def land(i: int, blob) -> bool:
@@ -228,8 +229,8 @@ class ObjectCacheStorage(HiCacheStorage):
             with lock:
                 if reason:
                     misses[i] = reason
-                    if reason == "corrupt":  # the transport may reuse blob's memory after land
-                        corrupt.append((i, b"".join(given[i]) if blob is INTO else bytes(blob)))
+                    if reason == "corrupt":
+                        corrupt.append(i)
                 below_miss = any(j < i for j in misses)
             if reason:
                 # Only the leading run counts: cancel the GETs above a missing page. A corrupt
@@ -243,10 +244,10 @@ class ObjectCacheStorage(HiCacheStorage):
             return True
 
         t0 = time.perf_counter()
-        self.store.get_each(names, land, size=g.object_bytes, into=into if self.pages.scatter_pays else None)
+        self.store.get_each(names, land, size=g.object_bytes, into=into)
         elapsed = time.perf_counter() - t0
-        if corrupt:  # deleted here, not on the transport's thread that found them
-            self._scrub([names[i] for i, _ in corrupt], [keys[i] for i, _ in corrupt], [b for _, b in corrupt])
+        if corrupt:  # read again and deleted here, not on the transport's thread that found them
+            self._scrub([names[i] for i in corrupt], [keys[i] for i in corrupt])
         hits = next((i for i, ok in enumerate(out) if not ok), len(out))
         out[hits:] = [False] * (len(out) - hits)  # pages that landed above a miss
         if hits < len(keys):  # the first page not copied is a miss: get_each lands every lower one
@@ -268,9 +269,10 @@ class ObjectCacheStorage(HiCacheStorage):
             self._scrub([name], [key], [blob])
         return reason
 
-    def _check_page(self, g: objformat.PageGeometry, key: str, name: str, blob, parts=None) -> str:
-        """Why a GET result cannot be used ('' if it can): a body, or INTO (received into
-        `parts`, the header's buffer first). The caller deletes a corrupt one."""
+    def _check_page(self, g: objformat.PageGeometry, key: str, name: str, blob,
+                    landing: Optional[PageLanding] = None) -> str:
+        """Why a GET result cannot be used ('' if it can): a body, or INTO (it went through
+        `landing`). The caller deletes a corrupt one."""
         if isinstance(blob, StoreError):
             self._note_failure(blob)
             self.stats.inc("store_errors_" + blob.kind)
@@ -280,9 +282,7 @@ class ObjectCacheStorage(HiCacheStorage):
             return "not_found"
         try:
             if blob is INTO:
-                header = objformat.decode_header(parts[0], g, self.keys.content_digest(key))
-                if self.cfg.verify_checksums:
-                    objformat.verify_parts(header, parts[1:], self.pages.parts_per_layer)
+                landing.check()
             else:
                 objformat.decode(blob, g, self.keys.content_digest(key), verify=self.cfg.verify_checksums)
         except objformat.FormatError as e:

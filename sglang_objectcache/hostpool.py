@@ -186,5 +186,9 @@ class HostPages:
 
     def write_page(self, slot: int, payload) -> None:
         """Payload bytes (any buffer of payload_bytes) -> host page."""
+        self.write_layers(slot, payload, 0, self.num_layers)
+
+    def write_layers(self, slot: int, payload, first: int, last: int) -> None:
+        """Layers [first, last) of the payload (any buffer of payload_bytes) -> host page."""
         for dst, src in zip(self._page_arrays(slot), self._payload_arrays(payload)):
-            np.copyto(dst, src)
+            np.copyto(dst[first:last], src[first:last])

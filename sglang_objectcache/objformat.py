@@ -267,22 +267,23 @@ def check_layer_sum(header: Header, layer: int, digest: int) -> None:
         raise FormatError(f"layer {layer} checksum mismatch")
 
 
-def verify_parts(header: Header, parts: Sequence, per_layer: int) -> None:
-    """Check every layer's checksum where the payload lies scattered in `parts` (buffers in
-    payload order, `per_layer` of them per layer, as `HostPages.page_parts` gives)."""
-    g = header.geometry
+def verify_layers(header: Header, first: int, parts: Sequence, per_layer: int = 1) -> None:
+    """Check the checksums of layers first, first + 1, ... whose bytes lie in `parts`
+    (buffers in payload order, `per_layer` of them per layer, as `HostPages.page_parts`
+    gives; one per layer: each layer's own range)."""
+    sums = header.checksums
     if per_layer == 1:
-        h = _table(g).hash_layer
-        for layer, (part, cs) in enumerate(zip(parts, header.checksums)):
-            if h(part) != cs:
+        h = _table(header.geometry).hash_layer
+        for layer, part in enumerate(parts, first):
+            if h(part) != sums[layer]:
                 raise FormatError(f"layer {layer} checksum mismatch")
         return
-    for layer, cs in enumerate(header.checksums):
+    for k in range(len(parts) // per_layer):
         h = xxhash.xxh3_64()  # the same XXH3 as one call over the layer's bytes
-        for part in parts[layer * per_layer:(layer + 1) * per_layer]:
+        for part in parts[k * per_layer:(k + 1) * per_layer]:
             h.update(part)
-        if h.intdigest() != cs:
-            raise FormatError(f"layer {layer} checksum mismatch")
+        if h.intdigest() != sums[first + k]:
+            raise FormatError(f"layer {first + k} checksum mismatch")
 
 
 def decode(buf, expected: PageGeometry, key_digest: bytes, verify: bool = True) -> Header:
@@ -292,9 +293,6 @@ def decode(buf, expected: PageGeometry, key_digest: bytes, verify: bool = True) 
         raise FormatError(f"object is {len(mv)} bytes, expected {expected.object_bytes}")
     header = decode_header(mv, expected, key_digest)
     if verify:
-        size, t = expected.layer_bytes, _table(expected)
-        h = t.hash_layer
-        for layer, (start, cs) in enumerate(zip(t.starts, header.checksums)):
-            if h(mv[start : start + size]) != cs:
-                raise FormatError(f"layer {layer} checksum mismatch")
+        size = expected.layer_bytes
+        verify_layers(header, 0, [mv[s : s + size] for s in _table(expected).starts])
     return header

@@ -35,18 +35,19 @@ def backend_for(extra, host, kind="mha", **kw) -> ObjectCacheStorage:
 
 @pytest.fixture(params=["copy", "scatter"])
 def landing(request, monkeypatch):
-    """Pages received whole and copied into the pool, or scattered straight into their slots
-    by the GET (what 8 MiB layer_first pages do; forced here for the tests' small rows).
+    """Pages received into the connection's buffer and copied into the pool as they arrive,
+    or scattered straight into their slots by the GET (what 8 MiB layer_first pages do;
+    forced here for the tests' small rows).
     Yields a counter of the pages copied: it proves which path ran."""
     monkeypatch.setattr(hostpool, "MIN_PART_BYTES", 1 << 40 if request.param == "copy" else 0)
     copied = {"pages": 0}
-    write_page = hostpool.HostPages.write_page
+    write_layers = hostpool.HostPages.write_layers
 
-    def counted(self, slot, payload):
-        copied["pages"] += 1
-        return write_page(self, slot, payload)
+    def counted(self, slot, payload, first, last):
+        copied["pages"] += last == self.num_layers  # a page's last layers are in
+        return write_layers(self, slot, payload, first, last)
 
-    monkeypatch.setattr(hostpool.HostPages, "write_page", counted)
+    monkeypatch.setattr(hostpool.HostPages, "write_layers", counted)
     copied["scatter"] = request.param == "scatter"
     yield copied
 

@@ -169,9 +169,9 @@ def test_page_parts_are_the_page_in_payload_order(kind, layout):
     for part in parts:
         part[:] = got[at:at + len(part)]
         at += len(part)
-    objformat.verify_parts(objformat.decode_header(other, g, key), parts, pages.parts_per_layer)
+    objformat.verify_layers(objformat.decode_header(other, g, key), 0, parts, pages.parts_per_layer)
     pages.read_page(12, payload)
     assert payload.numpy().tobytes() == bytes(got)
     parts[-1][:1] = bytes([parts[-1][0] ^ 1])
     with pytest.raises(objformat.FormatError, match=f"layer {g.num_layers - 1} checksum"):
-        objformat.verify_parts(objformat.decode_header(other, g, key), parts, pages.parts_per_layer)
+        objformat.verify_layers(objformat.decode_header(other, g, key), 0, parts, pages.parts_per_layer)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.store import INTO, StoreError, httpget, make_store
+from sglang_objectcache.store import INTO, Receiver, StoreError, httpget, make_store
 from sglang_objectcache.store.obstore_ import ObstoreStore
 
 
@@ -123,30 +123,67 @@ def test_a_store_that_stalls_is_a_timeout_once(s3, bucket):
         srv.close()
 
 
-def test_a_body_is_scattered_into_the_callers_parts(s3, bucket):
-    # 1,500 parts of uneven sizes (1 byte to 12 KB): more than one recvmsg_into can take,
-    # and part boundaries that fall inside reads and inside the bytes that came with the
-    # headers. The object of another size is read whole by obstore, as without parts.
+class Taker(Receiver):
+    """Records what a GET hands it: with `cuts`, the parts to scatter into; else it copies
+    each read out of the connection's buffer as it is told of it."""
+
+    def __init__(self, size: int, cuts=None):
+        self.buf, self.ups = bytearray(size), []
+        mv = memoryview(self.buf)
+        self.parts = None if cuts is None else [mv[a:b] for a, b in zip([0, *cuts], [*cuts, size])]
+
+    def received(self, body, upto):
+        if body is not None:
+            seen = self.ups[-1] if self.ups else 0
+            self.buf[seen:upto] = body[seen:upto]
+        self.ups.append(upto)
+
+
+@pytest.mark.parametrize("how", ["parts", "own buffer"])
+def test_a_body_goes_through_the_callers_receiver(s3, bucket, how):
+    # With parts: 1,500 parts of uneven sizes (1 byte to 16 KB), more than one recvmsg_into
+    # can take, with part boundaries inside reads and inside the bytes that came with the
+    # headers. Without: the receiver is told of each read of the connection's buffer. The
+    # object of another size is read whole by obstore, as without a receiver.
     st = store(s3, bucket)
-    size = 2_000_000
+    size = 3_000_000
     rng = random.Random(7)
-    cuts = sorted(rng.sample(range(1, size), 1499))
+    cuts = sorted(rng.sample(range(1, size), 1499)) if how == "parts" else None
     keys = ["p/0", "p/1", "p/short"]
     st.put_many([("p/0", blob(size, 5)), ("p/1", blob(size, 6)), ("p/short", blob(size - 1, 7))])
     given = {}
 
     def into(i):
-        buf = bytearray(size)
-        given[i] = buf
-        mv = memoryview(buf)
-        return [mv[a:b] for a, b in zip([0, *cuts], [*cuts, size])]
+        given[i] = Taker(size, cuts)
+        return given[i]
 
     try:
         got = {}
         st.get_each(keys, lambda i, r: got.__setitem__(i, r if r is INTO else bytes(r)), size=size, into=into)
         assert got[0] is INTO and got[1] is INTO
-        assert bytes(given[0]) == blob(size, 5) and bytes(given[1]) == blob(size, 6)
+        assert bytes(given[0].buf) == blob(size, 5) and bytes(given[1].buf) == blob(size, 6)
         assert got[2] == blob(size - 1, 7)
+        for t in (given[0], given[1]):  # growing, whole at the end, and in reads of ~1 MiB at most
+            assert t.ups == sorted(t.ups) and t.ups[-1] == size and len(t.ups) >= 3
+            longest = max(map(len, t.parts)) if t.parts else 0  # a read ends at a part's end
+            assert max(b - a for a, b in zip([0, *t.ups], t.ups)) <= httpget._READ_BYTES + longest
+    finally:
+        st.close()
+
+
+def test_a_receiver_that_raises_means_the_object_is_read_again(s3, bucket):
+    st = store(s3, bucket)
+    st.put_many([("r/0", blob(100_000, 8))])
+
+    class Broken(Receiver):
+        def received(self, body, upto):
+            raise RuntimeError("a bug")
+
+    try:
+        got = []
+        st.get_each(["r/0"], lambda i, r: got.append(r if r is INTO else bytes(r)), size=100_000,
+                    into=lambda i: Broken())
+        assert got == [blob(100_000, 8)]  # obstore's body: not INTO
     finally:
         st.close()
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import importlib.util
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.store.base import INTO, Buffer, GetResult, ObjectInfo, ObjectStore, StoreError
+from sglang_objectcache.store.base import INTO, Buffer, GetResult, ObjectInfo, ObjectStore, Receiver, StoreError
 
-__all__ = ["INTO", "Buffer", "GetResult", "ObjectInfo", "ObjectStore", "StoreError", "make_store", "open_store", "resolve_transport"]
+__all__ = ["INTO", "Buffer", "GetResult", "ObjectInfo", "ObjectStore", "Receiver", "StoreError", "make_store", "open_store", "resolve_transport"]
 
 
 def resolve_transport(cfg: ObjectCacheConfig) -> str:

@@ -22,11 +22,13 @@ return one result per input, in input order. A per-item failure is returned as a
   keep. With `size`, every object is expected to be
   `size` bytes: the transport may read only its first `size + 1` bytes (so one too long
   still arrives the wrong size, and an empty one arrives empty rather than as an error).
-  With `into` as well, `into(i)` gives writable 1-D byte buffers totalling `size` bytes, in
-  the object's order: a transport that can receives object i straight into them and hands
-  `land` the result `INTO` instead of a body. It may ignore `into` for any object (that
-  object then lands as a body, as without it), and it may have written into them whatever
-  lands, so they must be the caller's scratch until `land` says otherwise.
+  With `into` as well, `into(i)` gives a `Receiver` for object i: a transport that can
+  streams the object through it as it arrives (into `receiver.parts`, or into a buffer of
+  its own), calling `receiver.received` after each read, and hands `land` the result
+  `INTO` once all `size` bytes went through. It may ignore `into` for any object (that
+  object then lands as a body, as without it), and a receiver may have been fed part of an
+  object that then lands as a body (a read cut short, read again): what a receiver writes
+  must be the caller's scratch until `land` says otherwise.
 - `get_ranges(reqs)`: for each (key, start, end) the bytes of [start, end); `None` if the
   key does not exist. Adjacent ranges of one key may be coalesced into one request; that
   is the transport's business.
@@ -80,8 +82,26 @@ class _Into:
         return "INTO"
 
 
-INTO = _Into()  # get_each's result for an object received into the caller's buffers
+INTO = _Into()  # get_each's result for an object that went whole through its Receiver
 GetResult = Union[Buffer, None, StoreError, _Into]
+
+
+class Receiver(ABC):
+    """Where one object's bytes go as they arrive (`get_each`'s `into`), so the caller can
+    check and place each part while it is still in the CPU's cache rather than after the
+    whole body is in."""
+
+    # Writable 1-D byte buffers totalling the object's size, in its order, to receive
+    # straight into; None: the transport receives into a buffer of its own.
+    parts: Optional[Sequence[memoryview]] = None
+
+    @abstractmethod
+    def received(self, body: Optional[memoryview], upto: int) -> None:
+        """Bytes [0, upto) of the object are in place: in `parts`, or at the start of
+        `body` (the transport's buffer, valid during this call only; None with `parts`).
+        Called on the transport's thread with `upto` growing, the last time at the full
+        size. Must not raise: a transport that sees an exception reads the object again
+        without the receiver."""
 
 
 class Cutoff:
@@ -137,7 +157,7 @@ class ObjectStore(ABC):
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
     def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]],
-                 size: Optional[int] = None, into: Optional[Callable[[int], Sequence]] = None) -> None:
+                 size: Optional[int] = None, into: Optional[Callable[[int], Receiver]] = None) -> None:
         cut = Cutoff(len(keys), land)
         for i, r in enumerate(self.get_many(keys)):
             if not cut(i, r):

@@ -22,7 +22,7 @@ from botocore.handlers import add_expect_header
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
-from sglang_objectcache.store.base import Buffer, Cutoff, GetResult, ObjectInfo, ObjectStore, StoreError
+from sglang_objectcache.store.base import Buffer, Cutoff, GetResult, ObjectInfo, ObjectStore, Receiver, StoreError
 
 # From benchmarks/results/transports.json: ~2.2 ms of client CPU per request caps boto3 at
 # ~450 req/s per core, which 16 threads keep busy even at 35 ms of store latency; at 64,
@@ -143,7 +143,7 @@ class Boto3Store(ObjectStore):
         return self._map(self._get, keys)
 
     def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]],
-                 size: Optional[int] = None, into: Optional[Callable[[int], Sequence]] = None) -> None:
+                 size: Optional[int] = None, into: Optional[Callable[[int], Receiver]] = None) -> None:
         # `size` and `into` are not used: a ranged GET costs boto3 the same as a whole one,
         # and botocore reads each body into bytes of its own.
         cut = Cutoff(len(keys), land)

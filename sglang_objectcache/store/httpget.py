@@ -19,13 +19,15 @@ store therefore reads exactly as before, one request later. A read that stalls p
 `read_timeout_s` is a `StoreError("timeout")` at once, so a slow store is not waited on
 twice.
 
-Contract of `get(key, size, parts=None)`:
-- without `parts`, on success `(body, release)`: `body` is a memoryview of exactly `size`
-  bytes, valid until `release()` is called. After that the connection reads its next body
-  into the same memory.
-- with `parts` (writable buffers totalling `size` bytes), on success `INTO`: the body is in
-  them. Whatever the outcome, they may have been written (a body cut short, a read that
-  timed out): they must be the caller's own scratch until it has a result.
+Contract of `get(key, size, receiver=None)`:
+- without a receiver, on success `(body, release)`: `body` is a memoryview of exactly
+  `size` bytes, valid until `release()` is called. After that the connection reads its next
+  body into the same memory.
+- with a `Receiver` (base.py), on success `INTO`: the body went through it, into its
+  `parts` or through the connection's buffer, and `received` was called after each read of
+  at most about 1 MiB, the last time with `size`. Whatever the outcome, it may have been
+  fed part of a body (one cut short, a read that timed out). If `received` raises, the
+  result is `FALL_BACK`.
 """
 
 from __future__ import annotations
@@ -37,17 +39,21 @@ import hashlib
 import hmac
 import itertools
 import socket
-from typing import Callable, Optional, Sequence, Union
+import logging
+from typing import Callable, Optional, Union
 from urllib.parse import quote, urlsplit
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.store.base import INTO, StoreError
+from sglang_objectcache.store.base import INTO, Receiver, StoreError
+
+logger = logging.getLogger(__name__)
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 FALL_BACK = object()
 _HEAD_BYTES = 16 << 10
 _IOV_MAX = 1024  # Linux's UIO_MAXIOV: buffers per recvmsg_into
-_IOV_BYTES = 1 << 20
+# At most this much per read: a receiver then works on bytes still in the CPU's cache
+_READ_BYTES = 1 << 20
 
 
 def applies(cfg: ObjectCacheConfig) -> bool:
@@ -103,10 +109,11 @@ class _Conn:
         loop.add_reader(self.fd, self._readable)
         self.watched = True
 
-    def get(self, request: bytes, size: int, parts: Optional[Sequence]) -> asyncio.Future:
+    def get(self, request: bytes, size: int, receiver: Optional[Receiver]) -> asyncio.Future:
+        parts = receiver.parts if receiver is not None else None
         if parts is None and len(self.own) < size:
             self.own = memoryview(bytearray(size))
-        self._parts = parts
+        self._receiver, self._parts = receiver, parts
         # where each part ends in the body; None: the body goes to `own`
         self._ends = None if parts is None else list(itertools.accumulate(map(len, parts)))
         self._size, self._hlen, self._pos, self._part = size, 0, -1, 0
@@ -131,32 +138,47 @@ class _Conn:
                 if n:
                     self._headers(n)
             elif self._ends is None:
-                n = self.sock.recv_into(self.own[self._pos:self._size])
+                end = self._size if self._receiver is None else min(self._size, self._pos + _READ_BYTES)
+                n = self.sock.recv_into(self.own[self._pos:end])
                 self._pos += n
+                if n:
+                    self._arrived()
             else:
                 iov = self._iov()
                 # recv_into where there is one buffer: recvmsg_into costs more per call
                 n = self.sock.recv_into(iov[0]) if len(iov) == 1 else self.sock.recvmsg_into(iov)[0]
                 if n:
                     self._advance(n)
+                    self._arrived()
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             n = 0
         self.progress += 1
+        if self.done.done():  # the receiver refused
+            return
         if not n:  # closed or failed under us
             self._finish(FALL_BACK)
         elif self._pos == self._size:
             self._finish(self._size)
 
+    def _arrived(self) -> None:
+        if self._receiver is None:
+            return
+        try:
+            self._receiver.received(self.own if self._parts is None else None, self._pos)
+        except Exception:  # noqa: BLE001 - a bug must not hang the GET: obstore reads it again
+            logger.exception("objectcache: a receiver failed; reading the object again")
+            self._finish(FALL_BACK)
+
     def _iov(self) -> list:
-        # Parts for about _IOV_BYTES, not all of them: each buffer passed costs
+        # Parts for about _READ_BYTES, not all of them: each buffer passed costs
         # recvmsg_into an export whether it is filled or not, and a read brings only what
         # the socket holds.
         k = self._part
         start = self._ends[k - 1] if k else 0
         first = self._parts[k][self._pos - start:]
-        last = bisect.bisect_left(self._ends, self._pos + _IOV_BYTES, lo=k)
+        last = bisect.bisect_left(self._ends, self._pos + _READ_BYTES, lo=k)
         return [first, *self._parts[k + 1:min(last + 1, k + _IOV_MAX)]]
 
     def _advance(self, n: int) -> None:
@@ -196,6 +218,8 @@ class _Conn:
         self._keep = fields.get(b"connection", b"").lower() != b"close" and extra <= self._size
         self._pos = 0
         self._fill(self._head_mv[end + 4:end + 4 + min(extra, self._size)])
+        if self._pos:
+            self._arrived()
 
     def _finish(self, result) -> None:
         if result is not FALL_BACK:
@@ -219,7 +243,7 @@ class HttpGet:
         self._connect_s, self._read_s = cfg.connect_timeout_s, cfg.read_timeout_s
         self._idle: list[_Conn] = []
 
-    async def get(self, key: str, size: int, parts: Optional[Sequence] = None
+    async def get(self, key: str, size: int, receiver: Optional[Receiver] = None
                   ) -> Union[tuple[memoryview, Callable[[], None]], StoreError, object]:
         try:
             conn = await self._conn()
@@ -227,7 +251,7 @@ class HttpGet:
             return FALL_BACK  # obstore connects again and names the failure
         ok = False
         try:
-            fut = conn.get(self._signer.request(key), size, parts)
+            fut = conn.get(self._signer.request(key), size, receiver)
             while not fut.done():  # a read timeout is time without progress, as obstore's
                 seen = conn.progress
                 await asyncio.wait((fut,), timeout=self._read_s)
@@ -236,7 +260,7 @@ class HttpGet:
             if fut.result() is FALL_BACK:
                 return FALL_BACK
             ok = True
-            if parts is not None:
+            if receiver is not None:
                 self._release(conn)
                 return INTO
             return conn.own[:size], lambda: self._release(conn)

@@ -10,9 +10,10 @@ a semaphore of `max_concurrency` and, for large objects, by bytes in flight per 
 results are `obstore.Bytes` (buffer protocol, zero-copy from Rust), never copied into
 `bytes`. A GET whose size the caller knows is one ranged GET (one Rust future), or, where
 `httpget.applies` (plain http, static keys, path style), a GET by objectcache's own client
-that receives the body into a reused buffer, falling back to obstore for anything else. The
-caller's per-object work runs on the loop (for objects of `OFFLOAD_BYTES` and up, on a
-small pool beside it), so the caller's thread wakes once per batch, not once per object
+that receives the body into a reused buffer, or through the caller's `Receiver` read by
+read, falling back to obstore for anything else. The caller's per-object work runs on the
+loop (for bodies of `OFFLOAD_BYTES` and up, on a small pool beside it; a receiver's work is
+done as the reads arrive), so the caller's thread wakes once per batch, not once per object
 (on 2 cores each wake forced GIL hand-offs between the caller, the loop and obstore's
 runtime threads): `get_each` runs
 the caller's `land` as each GET lands, `put_iter` draws (seals) each item on the loop and
@@ -48,7 +49,7 @@ from obstore.store import S3Store
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
 from sglang_objectcache.store import httpget
-from sglang_objectcache.store.base import INTO, Buffer, Cutoff, GetResult, ObjectInfo, ObjectStore, StoreError
+from sglang_objectcache.store.base import INTO, Buffer, Cutoff, GetResult, ObjectInfo, ObjectStore, Receiver, StoreError
 
 # In-flight requests cost no thread here. A remote store's latency needs many in flight
 # (~1400 req/s per core at 20-40 ms is 28-56); 128 sends SGLang's 128-page batch in one
@@ -113,7 +114,7 @@ def _aws_chain(cfg: ObjectCacheConfig):
 
 class ObstoreStore(ObjectStore):
     name = "obstore"
-    # get_each lands objects this large on a small thread pool rather than on the loop
+    # get_each lands bodies this large on a small thread pool rather than on the loop
     OFFLOAD_BYTES = 1 << 20
 
     def __init__(self, cfg: ObjectCacheConfig, max_concurrency: Optional[int] = None):
@@ -195,19 +196,18 @@ class ObstoreStore(ObjectStore):
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
 
     def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]],
-                 size: Optional[int] = None, into: Optional[Callable[[int], Sequence]] = None) -> None:
+                 size: Optional[int] = None, into: Optional[Callable[[int], Receiver]] = None) -> None:
         cut = Cutoff(len(keys), land)
         tasks: list[asyncio.Future] = []
         fetching = set(range(len(keys)))  # only these may be cancelled: never a running `land`
         limit = self._bytes_limit(size, GET_BYTES_IN_FLIGHT) if size else None
 
         def heavy(r: GetResult) -> bool:
-            if r is INTO:
-                return size >= self.OFFLOAD_BYTES
-            return r is not None and not isinstance(r, StoreError) and len(r) >= self.OFFLOAD_BYTES
+            # INTO: its receiver did the work while it arrived
+            return r is not None and r is not INTO and not isinstance(r, StoreError) and len(r) >= self.OFFLOAD_BYTES
 
         async def one(i: int, key: str) -> None:
-            # `into(i)` is asked for only where the GET can receive into it
+            # `into(i)` is asked for only where the GET can receive through it
             r, release = await self._get_sized(key, size, into and (lambda: into(i)))
             fetching.discard(i)
             go = False
@@ -316,14 +316,14 @@ class ObstoreStore(ObjectStore):
                     return b""
                 return self._error("GET", key, e)
 
-    async def _get_sized(self, key: str, size: Optional[int], parts: Optional[Callable[[], Sequence]] = None
+    async def _get_sized(self, key: str, size: Optional[int], receiver: Optional[Callable[[], Receiver]] = None
                          ) -> tuple[GetResult, Optional[Callable[[], None]]]:
         """`_get`, through `HttpGet` where it applies: then (body, release), the body valid
-        until release(), or (INTO, None) when received into `parts()`; anything HttpGet does
-        not expect is read again by obstore."""
+        until release(), or (INTO, None) when it went through `receiver()`; anything HttpGet
+        does not expect is read again by obstore."""
         if self._http is not None and size:
             async with self._sem:
-                r = await self._http.get(key, size, parts and parts())
+                r = await self._http.get(key, size, receiver and receiver())
             if isinstance(r, tuple):
                 return r
             if r is not httpget.FALL_BACK:
