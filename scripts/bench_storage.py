@@ -712,10 +712,11 @@ def main() -> None:
     p.add_argument("--set-batches-small", type=int, default=3)
     # 2, not 3: each 8 MiB-page batch is 1 GiB, and one run's 7 writing lanes keep theirs
     p.add_argument("--set-batches-big", type=int, default=2)
-    # GETs are cheap next to the 1 GiB PUT batches, and their noise (a run's batches vary by
-    # +-20% here) decides the GET verdicts: 15 and 8 per run (5 and 3 before storage_run3).
-    p.add_argument("--get-reps-small", type=int, default=15)
-    p.add_argument("--get-reps-big", type=int, default=8)
+    # GETs are cheap next to the 1 GiB PUT batches, and their noise (one lane's batches in
+    # one run spread over 2x here) decides the GET verdicts: 30 and 12 per run (15 and 8
+    # before the PageLanding runs, 5 and 3 before storage_run3).
+    p.add_argument("--get-reps-small", type=int, default=30)
+    p.add_argument("--get-reps-big", type=int, default=12)
     p.add_argument("--exists-reps", type=int, default=5)
     p.add_argument("--settle-s", type=float, default=1.0, help="idle time before each timed batch_set")
     p.add_argument("--pin", action="store_true",
