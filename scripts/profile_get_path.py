@@ -3,15 +3,13 @@ lanes of bench_storage (same SeaweedFS, same object sizes, same process).
 
 Lanes, taken in turns, each `--reps` batches of `--batch` pages:
 - `objectcache`: its batch_get_v1 as it runs for this layout and page size;
-- `objectcache_copy` / `objectcache_scatter`: the same with each page forced to be received
-  into the connection's buffer and copied into the host pool, or scattered by the GET
-  straight into its slot's rows (`HostPages.scatter_pays` picks between them;
+- `objectcache_copy` / `objectcache_scatter`: the same with each page forced to be handed
+  over read by read and copied into the host pool, or scattered by the GET straight into
+  its slot's rows (`HostPages.scatter_pays` picks between them;
   MIN_PART_BYTES is the knob forced);
-- `objectcache_at_end`: as it runs, but each page checked (and copied) only once its whole
-  body is in (`landing.RUN_BYTES` forced up);
 - `objectcache_body`: with no receiver (`get_each` without `into`): each page received
   whole into the connection's buffer, then checked and copied by `land` (on a thread pool
-  beside the loop for pages of 1 MiB and up), as before 2026-12's `PageLanding`;
+  beside the loop for pages of 1 MiB and up), as before `landing.PageLanding` (2ca86b2);
 - `raw` / `checked`: bench_storage's lanes on objectcache's own GET client (`http/N`);
   `raw_obstore`: the raw lane on obstore.
 
@@ -120,16 +118,15 @@ def main() -> None:
                  for name in ("raw", "checked")}
         lanes["raw_obstore"] = bs.RawObstore(srv, "bench-raw", args.conc)
         lanes["checked"].put(list(zip(raw_keys, bodies)))
-        default, run_bytes = hostpool.MIN_PART_BYTES, landing.RUN_BYTES
+        default = hostpool.MIN_PART_BYTES
 
-        def objectcache(min_part_bytes: int, at_end: bool = False):
+        def objectcache(min_part_bytes: int):
             def get():
                 hostpool.MIN_PART_BYTES = min_part_bytes
-                landing.RUN_BYTES = 1 << 40 if at_end else run_bytes
                 try:
                     return oc.get(keys, dst)
                 finally:
-                    hostpool.MIN_PART_BYTES, landing.RUN_BYTES = default, run_bytes
+                    hostpool.MIN_PART_BYTES = default
             return get, oc.storage.store._loop
 
         store = oc.storage.store
@@ -142,8 +139,7 @@ def main() -> None:
                 del store.get_each
 
         runs = {"objectcache": objectcache(default), "objectcache_copy": objectcache(1 << 40),
-                "objectcache_scatter": objectcache(0), "objectcache_at_end": objectcache(default, True),
-                "objectcache_body": (objectcache_body, store._loop)}
+                "objectcache_scatter": objectcache(0), "objectcache_body": (objectcache_body, store._loop)}
         for name, lane in lanes.items():
             runs[name] = (lambda lane=lane: sum(n == g.object_bytes for n in lane.get(raw_keys, g.object_bytes)),
                           lane.loop)

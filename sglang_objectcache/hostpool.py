@@ -85,16 +85,6 @@ class HostPages:
             return [x[slot : slot + P].transpose(0, 1) for x in self._bytes]
         return [x[slot // P] for x in self._bytes]
 
-    def payload_views(self, payload: torch.Tensor) -> list[torch.Tensor]:
-        """The same [L, P, row_bytes] views over an object's payload (uint8, payload_bytes)."""
-        g = self.geometry
-        layers = payload.view(g.num_layers, g.layer_bytes)
-        out = []
-        for c, row in enumerate(g.row_bytes):
-            off = g.component_offset(c)
-            out.append(layers[:, off : off + g.tokens * row].view(g.num_layers, g.tokens, row))
-        return out
-
     def flat_page(self, flat: torch.Tensor) -> "HostPages":
         """A one-page adapter over a flat page in this host layout's own order (SGLang's
         legacy `get_data_page`/`set_from_flat_data_page` API); its only slot is 0."""
@@ -167,28 +157,38 @@ class HostPages:
         base = [slot * b for b in slot_bytes]
         return [flats[c][base[c] + s:base[c] + e] for c, s, e in table]
 
-    def _payload_arrays(self, payload) -> list[np.ndarray]:
-        """`payload_views` as numpy views over any buffer of payload_bytes."""
+    def _layer_arrays(self, buf) -> list[np.ndarray]:
+        """The same [layers, tokens, row_bytes] views as `page_views`, over any buffer holding
+        whole layers of a payload (all of them, or a run of them)."""
         g = self.geometry
-        if isinstance(payload, torch.Tensor):
-            payload = payload.view(-1).numpy()
-        size = memoryview(payload).nbytes
-        if size != g.payload_bytes:
-            raise ValueError(f"payload is {size} bytes, expected {g.payload_bytes}")
+        if isinstance(buf, torch.Tensor):
+            buf = buf.view(-1).numpy()
+        n, extra = divmod(memoryview(buf).nbytes, g.layer_bytes)
+        if extra:
+            raise ValueError(f"{memoryview(buf).nbytes} bytes is not whole layers of {g.layer_bytes}")
         # Built straight on the buffer: a view, never a copy (read_page writes through it).
-        return [np.ndarray((g.num_layers, g.tokens, row), np.uint8, payload, g.component_offset(c),
-                           (g.layer_bytes, row, 1)) for c, row in enumerate(g.row_bytes)]
+        return [np.ndarray((n, g.tokens, row), np.uint8, buf, g.component_offset(c), (g.layer_bytes, row, 1))
+                for c, row in enumerate(g.row_bytes)]
+
+    def _check_payload(self, payload) -> None:
+        size = payload.numel() if isinstance(payload, torch.Tensor) else memoryview(payload).nbytes
+        if size != self.geometry.payload_bytes:
+            raise ValueError(f"payload is {size} bytes, expected {self.geometry.payload_bytes}")
 
     def read_page(self, slot: int, payload) -> None:
         """Host page -> payload bytes (a writable buffer of payload_bytes)."""
-        for dst, src in zip(self._payload_arrays(payload), self._page_arrays(slot)):
+        self._check_payload(payload)
+        for dst, src in zip(self._layer_arrays(payload), self._page_arrays(slot)):
             np.copyto(dst, src)
 
     def write_page(self, slot: int, payload) -> None:
         """Payload bytes (any buffer of payload_bytes) -> host page."""
-        self.write_layers(slot, payload, 0, self.num_layers)
+        self._check_payload(payload)
+        self.write_layers(slot, payload, 0)
 
-    def write_layers(self, slot: int, payload, first: int, last: int) -> None:
-        """Layers [first, last) of the payload (any buffer of payload_bytes) -> host page."""
-        for dst, src in zip(self._page_arrays(slot), self._payload_arrays(payload)):
-            np.copyto(dst[first:last], src[first:last])
+    def write_layers(self, slot: int, layers, first: int) -> None:
+        """Whole layers of a payload (any buffer: layers first, first + 1, ...) -> host page."""
+        srcs = self._layer_arrays(layers)
+        last = first + len(srcs[0])
+        for dst, src in zip(self._page_arrays(slot), srcs):
+            np.copyto(dst[first:last], src)

@@ -1,13 +1,13 @@
 """`PageLanding`: one page of a `batch_get_v1`, checked and put in its host slot while its
 object arrives.
 
-The GET feeds it each read (`store.Receiver`). Once the header is in, it is checked against
-the page's geometry and key. Then, run by run of complete layers, each layer's xxh3 is
-checked and, where the GET reads into a buffer of its own, the layers are copied into the
-page's slot. Where the GET scatters the object straight into the slot's rows (`parts`,
-`HostPages.scatter_pays`), there is nothing to copy. Either way the bytes are checked and
-copied while the read has just left them in the CPU's cache: done after the whole body is
-in, every byte comes back from memory, twice.
+The GET feeds it each read (`store.Receiver`). The header is gathered until whole, then
+checked against the page's geometry and key. Each layer is checked against its xxh3 and
+copied into the page's slot as soon as its last byte is in: whole layers straight from the
+read, a layer cut by a read's end gathered first (at most one layer). So every byte is
+checked and copied while the read has just left it in the CPU's cache, and nothing the size
+of the object is held. Where the GET scatters the object straight into the slot's rows
+instead (`parts`, `HostPages.scatter_pays`), each layer is checked in place once it is in.
 
 Contract: the slot is the batch's own scratch, written whether or not the object turns out
 usable. After the transport handed `INTO`, `check()` raises `FormatError` unless every
@@ -22,10 +22,6 @@ from sglang_objectcache import objformat
 from sglang_objectcache.hostpool import HostPages
 from sglang_objectcache.store import Receiver
 
-# Layers are taken in runs of at least this many bytes (or the rest of the object): a few
-# calls per read, not one per layer, and still well inside the cache the read filled.
-RUN_BYTES = 256 << 10
-
 
 class PageLanding(Receiver):
     def __init__(self, pages: HostPages, slot: int, key_digest: bytes, verify: bool = True):
@@ -35,37 +31,75 @@ class PageLanding(Receiver):
         self.header: Optional[objformat.Header] = None
         self.layers = 0  # layers checked and in the slot
         self.error: Optional[objformat.FormatError] = None
+        self._part: Optional[memoryview] = None  # a layer's first bytes (or the header's)
+        self._have = 0  # bytes in _part
 
-    def received(self, body: Optional[memoryview], upto: int) -> None:
+    def received(self, data: Optional[memoryview], upto: int) -> None:
         if self.error is not None:
             return
-        g = self.g
         try:
-            if self.header is None:
-                if upto < g.header_bytes:
-                    return
-                self.header = objformat.decode_header(body if self.parts is None else self.parts[0], g,
-                                                      self.key_digest)
-            ready = min(g.num_layers, (upto - g.header_bytes) // g.layer_bytes)
-            if ready < g.num_layers and (ready - self.layers) * g.layer_bytes < RUN_BYTES:
-                return
-            self._take(body, self.layers, ready)
-            self.layers = ready
+            if self.parts is not None:
+                self._check_in_place(upto)
+            else:
+                self._take(data)
         except objformat.FormatError as e:
             self.error = e
 
-    def _take(self, body: Optional[memoryview], first: int, last: int) -> None:
+    def _check_in_place(self, upto: int) -> None:
         g = self.g
-        if self.parts is not None:  # already in the slot
-            if self.verify:
-                per = self.pages.parts_per_layer
-                objformat.verify_layers(self.header, first, self.parts[1 + first * per:1 + last * per], per)
-            return
-        payload = body[g.header_bytes:g.object_bytes]
+        if self.header is None:
+            if upto < g.header_bytes:
+                return
+            self.header = objformat.decode_header(self.parts[0], g, self.key_digest)
+        ready = min(g.num_layers, (upto - g.header_bytes) // g.layer_bytes)
+        if ready > self.layers and self.verify:
+            per = self.pages.parts_per_layer
+            objformat.verify_layers(self.header, self.layers, self.parts[1 + self.layers * per:1 + ready * per], per)
+        self.layers = max(self.layers, ready)
+
+    def _take(self, data: memoryview) -> None:
+        """The next bytes of the object, in order."""
+        g = self.g
+        if self.header is None:
+            if not self._have and len(data) >= g.header_bytes:  # as it nearly always comes
+                self.header = objformat.decode_header(data, g, self.key_digest)
+                data = data[g.header_bytes:]
+            else:
+                data = self._gather(data, g.header_bytes)
+                if self.header is None:  # still short of it
+                    return
+        if self._have:  # a layer a read cut: finish it first
+            data = self._gather(data, g.layer_bytes)
+        whole = len(data) // g.layer_bytes * g.layer_bytes
+        if whole:
+            self._land(data[:whole])
+        if whole < len(data):
+            self._gather(data[whole:], g.layer_bytes)
+
+    def _gather(self, data: memoryview, size: int) -> memoryview:
+        """Add data to the partial header or layer (of `size` bytes); land it once whole.
+        Returns what is left of data."""
+        if self._part is None:
+            self._part = memoryview(bytearray(max(self.g.header_bytes, self.g.layer_bytes)))
+        n = min(len(data), size - self._have)
+        self._part[self._have:self._have + n] = data[:n]
+        self._have += n
+        if self._have == size:
+            self._have = 0
+            if self.header is None:
+                self.header = objformat.decode_header(self._part, self.g, self.key_digest)
+            else:
+                self._land(self._part[:size])
+        return data[n:]
+
+    def _land(self, layers: memoryview) -> None:
+        """Whole layers, the next ones of the page: checked, then copied into the slot."""
+        g, first = self.g, self.layers
         if self.verify:
             lb = g.layer_bytes
-            objformat.verify_layers(self.header, first, [payload[i * lb:(i + 1) * lb] for i in range(first, last)])
-        self.pages.write_layers(self.slot, payload, first, last)
+            objformat.verify_layers(self.header, first, [layers[i:i + lb] for i in range(0, len(layers), lb)])
+        self.pages.write_layers(self.slot, layers, first)
+        self.layers = first + len(layers) // g.layer_bytes
 
     def check(self) -> None:
         """Raise FormatError unless the whole page is checked and in its slot."""

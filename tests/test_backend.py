@@ -43,9 +43,10 @@ def landing(request, monkeypatch):
     copied = {"pages": 0}
     write_layers = hostpool.HostPages.write_layers
 
-    def counted(self, slot, payload, first, last):
+    def counted(self, slot, layers, first):
+        last = first + memoryview(layers).nbytes // self.geometry.layer_bytes
         copied["pages"] += last == self.num_layers  # a page's last layers are in
-        return write_layers(self, slot, payload, first, last)
+        return write_layers(self, slot, layers, first)
 
     monkeypatch.setattr(hostpool.HostPages, "write_layers", counted)
     copied["scatter"] = request.param == "scatter"

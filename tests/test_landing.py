@@ -1,5 +1,6 @@
-"""`PageLanding` fed by hand, as a GET feeds it: reads of any size, runs of layers checked
-(and copied) while the object arrives, and damage found wherever it sits."""
+"""`PageLanding` fed by hand, as a GET feeds it: reads of any size (cutting the header and
+layers anywhere), each layer checked and copied once its last byte is in, and damage found
+wherever it sits."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from pools import fill_random, make_pools, page_bytes
 
-from sglang_objectcache import hostpool, landing, objformat
+from sglang_objectcache import hostpool, objformat
 from sglang_objectcache.hostpool import HostPages
 from sglang_objectcache.landing import PageLanding
 
@@ -25,17 +26,23 @@ def sealed_page(host, slot: int) -> bytes:
 
 
 class Feeder:
-    """Hands an object to a landing as a GET would: the bytes go into its parts, or into a
-    buffer of the transport's own (longer than the object, as a reused one is)."""
+    """Hands an object to a landing as a GET would: the bytes go into its parts, or each
+    read is handed over in a scratch buffer that is scribbled on after the call (as the
+    next read reuses it)."""
 
     def __init__(self, land: PageLanding, obj: bytes):
         self.land, self.obj, self.at = land, memoryview(obj), 0
-        self.own = memoryview(bytearray(len(obj) + 100))
+        self.scratch = memoryview(bytearray(len(obj)))
 
     def to(self, upto: int) -> None:
         lo, hi = self.at, upto
         if self.land.parts is None:
-            self.own[lo:hi] = self.obj[lo:hi]
+            read = self.scratch[:hi - lo]
+            read[:] = self.obj[lo:hi]
+            self.at = upto
+            self.land.received(read, upto)
+            read[:] = b"\xee" * len(read)
+            return
         else:
             pos = 0
             for part in self.land.parts:  # the slice of this read that falls in each part
@@ -44,7 +51,7 @@ class Feeder:
                     part[a - pos:b - pos] = self.obj[a:b]
                 pos += len(part)
         self.at = upto
-        self.land.received(self.own if self.land.parts is None else None, upto)
+        self.land.received(None, upto)
 
 
 def feed(land: PageLanding, obj: bytes, seed: int) -> None:
@@ -57,8 +64,6 @@ def feed(land: PageLanding, obj: bytes, seed: int) -> None:
 @pytest.fixture(params=["copy", "scatter"])
 def how(request, monkeypatch):
     monkeypatch.setattr(hostpool, "MIN_PART_BYTES", 1 << 40 if request.param == "copy" else 0)
-    # runs of one layer, so a page is taken in several runs
-    monkeypatch.setattr(landing, "RUN_BYTES", 1)
     return request.param
 
 
@@ -77,21 +82,20 @@ def test_a_page_fed_in_any_reads_lands_whole(kind, layout, seed, how):
     assert page_bytes(host, DST) == page_bytes(host, SRC)
 
 
-def test_layers_are_taken_in_runs_as_they_complete(how, monkeypatch):
+def test_each_layer_lands_once_its_last_byte_is_in(how):
     _, host = make_pools("mha", "page_first")
     fill_random(host)
     g = HostPages(host).geometry
-    monkeypatch.setattr(landing, "RUN_BYTES", 2 * g.layer_bytes)
     land = PageLanding(HostPages(host), DST, KEY)
     obj = sealed_page(host, SRC)
     seen, f = [], Feeder(land, obj)
-    f.to(g.header_bytes + g.layer_bytes)  # one layer: under a run
-    seen.append(land.layers)
-    f.to(g.header_bytes + 2 * g.layer_bytes + 5)  # two: a run
-    seen.append(land.layers)
-    f.to(len(obj))  # the rest, however short
-    seen.append(land.layers)
-    assert seen == [0, 2, g.num_layers] and g.num_layers == 3
+    for upto in (g.header_bytes - 1, g.header_bytes + g.layer_bytes - 1,  # short of each by a byte
+                 g.header_bytes + g.layer_bytes, g.header_bytes + 2 * g.layer_bytes + 5, len(obj)):
+        f.to(upto)
+        seen.append((land.header is not None, land.layers))
+    assert seen == [(False, 0), (True, 0), (True, 1), (True, 2), (True, g.num_layers)] and g.num_layers == 3
+    land.check()
+    assert page_bytes(host, DST) == page_bytes(host, SRC)
 
 
 @pytest.mark.parametrize("where", ["header", "key", "layer0", "last"])

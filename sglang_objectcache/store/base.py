@@ -23,8 +23,8 @@ return one result per input, in input order. A per-item failure is returned as a
   `size` bytes: the transport may read only its first `size + 1` bytes (so one too long
   still arrives the wrong size, and an empty one arrives empty rather than as an error).
   With `into` as well, `into(i)` gives a `Receiver` for object i: a transport that can
-  streams the object through it as it arrives (into `receiver.parts`, or into a buffer of
-  its own), calling `receiver.received` after each read, and hands `land` the result
+  streams the object through it as it arrives (read into `receiver.parts`, or handed over
+  read by read), calling `receiver.received` after each read, and hands `land` the result
   `INTO` once all `size` bytes went through. It may ignore `into` for any object (that
   object then lands as a body, as without it), and a receiver may have been fed part of an
   object that then lands as a body (a read cut short, read again): what a receiver writes
@@ -87,21 +87,22 @@ GetResult = Union[Buffer, None, StoreError, _Into]
 
 
 class Receiver(ABC):
-    """Where one object's bytes go as they arrive (`get_each`'s `into`), so the caller can
-    check and place each part while it is still in the CPU's cache rather than after the
-    whole body is in."""
+    """Where one object's bytes go as they arrive (`get_each`'s `into`): the caller checks
+    and places each read while it is still in the CPU's cache, and the transport needs no
+    buffer the size of the object."""
 
     # Writable 1-D byte buffers totalling the object's size, in its order, to receive
-    # straight into; None: the transport receives into a buffer of its own.
+    # straight into; None: each read is handed to `received`.
     parts: Optional[Sequence[memoryview]] = None
 
     @abstractmethod
-    def received(self, body: Optional[memoryview], upto: int) -> None:
-        """Bytes [0, upto) of the object are in place: in `parts`, or at the start of
-        `body` (the transport's buffer, valid during this call only; None with `parts`).
-        Called on the transport's thread with `upto` growing, the last time at the full
-        size. Must not raise: a transport that sees an exception reads the object again
-        without the receiver."""
+    def received(self, data: Optional[memoryview], upto: int) -> None:
+        """The object's bytes up to `upto` have arrived. With `parts` they are in place and
+        `data` is None; without, `data` is the bytes just read, [upto - len(data), upto),
+        valid during this call only (the transport reads the next ones into the same
+        memory): keep what you need. Called on the transport's thread, in order, the last
+        time with upto equal to the size. Must not raise: a transport that sees an
+        exception reads the object again without the receiver."""
 
 
 class Cutoff:

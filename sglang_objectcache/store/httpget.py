@@ -23,11 +23,11 @@ Contract of `get(key, size, receiver=None)`:
 - without a receiver, on success `(body, release)`: `body` is a memoryview of exactly
   `size` bytes, valid until `release()` is called. After that the connection reads its next
   body into the same memory.
-- with a `Receiver` (base.py), on success `INTO`: the body went through it, into its
-  `parts` or through the connection's buffer, and `received` was called after each read of
-  at most about 1 MiB, the last time with `size`. Whatever the outcome, it may have been
-  fed part of a body (one cut short, a read that timed out). If `received` raises, the
-  result is `FALL_BACK`.
+- with a `Receiver` (base.py), on success `INTO`: the body went through it, read into its
+  `parts`, or read by read (at most about 1 MiB each) into one scratch buffer that all of
+  this client's connections share, and `received` was called after each read, the last
+  time with `size`. Whatever the outcome, it may have been fed part of a body (one cut
+  short, a read that timed out). If `received` raises, the result is `FALL_BACK`.
 """
 
 from __future__ import annotations
@@ -96,9 +96,13 @@ class _Conn:
     (asyncio's protocols take one buffer per read; a body scattered over host-pool rows
     needs `recvmsg_into`'s many)."""
 
-    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop):
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, scratch: memoryview):
         self.sock, self.loop, self.fd = sock, loop, sock.fileno()
-        self.own = memoryview(bytearray(0))  # the body of a GET without parts
+        self.own = memoryview(bytearray(0))  # the body of a GET without a receiver
+        # Where a receiver's reads land: one buffer for every connection of the loop (reads
+        # run one at a time there, and a receiver keeps what it needs), so it stays in the
+        # CPU's cache and no buffer per connection grows to the largest object.
+        self.scratch = scratch
         self._head = bytearray(_HEAD_BYTES)
         self._head_mv = memoryview(self._head)
         self.done: Optional[asyncio.Future] = None
@@ -111,10 +115,11 @@ class _Conn:
 
     def get(self, request: bytes, size: int, receiver: Optional[Receiver]) -> asyncio.Future:
         parts = receiver.parts if receiver is not None else None
-        if parts is None and len(self.own) < size:
+        if receiver is None and len(self.own) < size:
             self.own = memoryview(bytearray(size))
         self._receiver, self._parts = receiver, parts
-        # where each part ends in the body; None: the body goes to `own`
+        # where each part ends in the body; None: the body goes to `own`, or read by read
+        # through `scratch` to the receiver
         self._ends = None if parts is None else list(itertools.accumulate(map(len, parts)))
         self._size, self._hlen, self._pos, self._part = size, 0, -1, 0
         self.reusable = False
@@ -137,19 +142,21 @@ class _Conn:
                 n = self.sock.recv_into(self._head_mv[self._hlen:])
                 if n:
                     self._headers(n)
-            elif self._ends is None:
-                end = self._size if self._receiver is None else min(self._size, self._pos + _READ_BYTES)
-                n = self.sock.recv_into(self.own[self._pos:end])
+            elif self._receiver is None:
+                n = self.sock.recv_into(self.own[self._pos:self._size])
                 self._pos += n
+            elif self._ends is None:
+                n = self.sock.recv_into(self.scratch[:min(len(self.scratch), self._size - self._pos)])
                 if n:
-                    self._arrived()
+                    self._pos += n
+                    self._arrived(self.scratch[:n])
             else:
                 iov = self._iov()
                 # recv_into where there is one buffer: recvmsg_into costs more per call
                 n = self.sock.recv_into(iov[0]) if len(iov) == 1 else self.sock.recvmsg_into(iov)[0]
                 if n:
                     self._advance(n)
-                    self._arrived()
+                    self._arrived(None)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -162,11 +169,9 @@ class _Conn:
         elif self._pos == self._size:
             self._finish(self._size)
 
-    def _arrived(self) -> None:
-        if self._receiver is None:
-            return
+    def _arrived(self, data: Optional[memoryview]) -> None:
         try:
-            self._receiver.received(self.own if self._parts is None else None, self._pos)
+            self._receiver.received(data, self._pos)
         except Exception:  # noqa: BLE001 - a bug must not hang the GET: obstore reads it again
             logger.exception("objectcache: a receiver failed; reading the object again")
             self._finish(FALL_BACK)
@@ -186,10 +191,14 @@ class _Conn:
         self._part = bisect.bisect_right(self._ends, self._pos, lo=self._part)
 
     def _fill(self, data: memoryview) -> None:
-        """Body bytes that arrived with the headers, into the parts."""
-        if self._ends is None:
+        """Body bytes that arrived with the headers, where the rest will go."""
+        if self._receiver is None:
             self.own[:len(data)] = data
             self._pos = len(data)
+            return
+        if self._ends is None:
+            self._pos = len(data)
+            self._arrived(data)
             return
         while data:
             k = self._part
@@ -198,6 +207,7 @@ class _Conn:
             self._parts[k][self._pos - start:self._pos - start + take] = data[:take]
             data = data[take:]
             self._advance(take)
+        self._arrived(None)
 
     def _headers(self, n: int) -> None:
         self._hlen += n
@@ -217,9 +227,8 @@ class _Conn:
         extra = self._hlen - end - 4
         self._keep = fields.get(b"connection", b"").lower() != b"close" and extra <= self._size
         self._pos = 0
-        self._fill(self._head_mv[end + 4:end + 4 + min(extra, self._size)])
-        if self._pos:
-            self._arrived()
+        if extra:
+            self._fill(self._head_mv[end + 4:end + 4 + min(extra, self._size)])
 
     def _finish(self, result) -> None:
         if result is not FALL_BACK:
@@ -242,6 +251,7 @@ class HttpGet:
         self._signer, self._bucket = _Signer(cfg), cfg.bucket
         self._connect_s, self._read_s = cfg.connect_timeout_s, cfg.read_timeout_s
         self._idle: list[_Conn] = []
+        self._scratch = memoryview(bytearray(_READ_BYTES))
 
     async def get(self, key: str, size: int, receiver: Optional[Receiver] = None
                   ) -> Union[tuple[memoryview, Callable[[], None]], StoreError, object]:
@@ -287,7 +297,7 @@ class HttpGet:
         except BaseException:
             sock.close()
             raise
-        return _Conn(sock, loop)
+        return _Conn(sock, loop, self._scratch)
 
     def _release(self, conn: _Conn) -> None:
         if conn.reusable:
