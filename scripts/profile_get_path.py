@@ -3,13 +3,13 @@ lanes of bench_storage (same SeaweedFS, same object sizes, same process).
 
 Lanes, taken in turns, each `--reps` batches of `--batch` pages:
 - `objectcache`: its batch_get_v1 as it runs for this layout and page size;
-- `objectcache_copy` / `objectcache_scatter`: the same with each page forced to be handed
-  over read by read and copied into the host pool, or scattered by the GET straight into
-  its slot's rows (`HostPages.scatter_pays` picks between them;
-  MIN_PART_BYTES is the knob forced);
-- `objectcache_body`: with no receiver (`get_each` without `into`): each page received
-  whole into the connection's buffer, then checked and copied by `land` (on a thread pool
-  beside the loop for pages of 1 MiB and up), as before `landing.PageLanding` (2ca86b2);
+- `objectcache_whole`: each page received whole into the connection's buffer, then checked
+  and copied by `land` (on a thread pool beside the loop for pages of 1 MiB and up): how
+  pages under `landing.MIN_OBJECT_BYTES` land, and every page did before `PageLanding`;
+- `objectcache_copy` / `objectcache_scatter`: through a `PageLanding` whatever the size,
+  each page forced to be handed over read by read and copied into the host pool, or
+  scattered by the GET straight into its slot's rows (`HostPages.scatter_pays` picks
+  between them; MIN_PART_BYTES is the knob forced);
 - `raw` / `checked`: bench_storage's lanes on objectcache's own GET client (`http/N`);
   `raw_obstore`: the raw lane on obstore.
 
@@ -118,28 +118,24 @@ def main() -> None:
                  for name in ("raw", "checked")}
         lanes["raw_obstore"] = bs.RawObstore(srv, "bench-raw", args.conc)
         lanes["checked"].put(list(zip(raw_keys, bodies)))
-        default = hostpool.MIN_PART_BYTES
+        knobs = {"MIN_PART_BYTES": hostpool, "MIN_OBJECT_BYTES": landing}
+        defaults = {k: getattr(m, k) for k, m in knobs.items()}
 
-        def objectcache(min_part_bytes: int):
+        def objectcache(**forced):
             def get():
-                hostpool.MIN_PART_BYTES = min_part_bytes
+                for k, v in forced.items():
+                    setattr(knobs[k], k, v)
                 try:
                     return oc.get(keys, dst)
                 finally:
-                    hostpool.MIN_PART_BYTES = default
+                    for k, v in defaults.items():
+                        setattr(knobs[k], k, v)
             return get, oc.storage.store._loop
 
-        store = oc.storage.store
-
-        def objectcache_body():
-            store.get_each = lambda names, land, size=None, into=None: type(store).get_each(store, names, land, size)
-            try:
-                return oc.get(keys, dst)
-            finally:
-                del store.get_each
-
-        runs = {"objectcache": objectcache(default), "objectcache_copy": objectcache(1 << 40),
-                "objectcache_scatter": objectcache(0), "objectcache_body": (objectcache_body, store._loop)}
+        never = 1 << 40
+        runs = {"objectcache": objectcache(), "objectcache_whole": objectcache(MIN_OBJECT_BYTES=never),
+                "objectcache_copy": objectcache(MIN_OBJECT_BYTES=0, MIN_PART_BYTES=never),
+                "objectcache_scatter": objectcache(MIN_OBJECT_BYTES=0, MIN_PART_BYTES=0)}
         for name, lane in lanes.items():
             runs[name] = (lambda lane=lane: sum(n == g.object_bytes for n in lane.get(raw_keys, g.object_bytes)),
                           lane.loop)

@@ -5,9 +5,10 @@ Contract with SGLang 0.5.23's HiCacheController (managers/cache_controller.py):
   One object per page, layer-major (`objformat`), independent of the host layout.
 - `batch_exists(keys)` returns the length of the leading run of pages present.
 - `batch_get_v1(keys, host_indices)` checks and copies each page into its host-pool slots as
-  it arrives (`landing.PageLanding`), in any order, and returns one bool per page: True for
-  the leading run of pages that hit, False from the first miss on. A page above a miss may
-  have been written into its slot (the slots are this batch's own); it is reported False.
+  it lands (pages of 1 MiB and up as they arrive, `landing.PageLanding`), in any order, and
+  returns one bool per page: True for the leading run of pages that hit, False from the
+  first miss on. A page above a miss may have been written into its slot (the slots are
+  this batch's own); it is reported False.
 - `batch_set_v1(keys, host_indices)` writes pages that are not known to exist, with a
   conditional PUT (If-None-Match: *), so two servers writing one prefix store it once; it
   returns one bool per page and SGLang treats any False as a failed backup.
@@ -244,7 +245,7 @@ class ObjectCacheStorage(HiCacheStorage):
             return True
 
         t0 = time.perf_counter()
-        self.store.get_each(names, land, size=g.object_bytes, into=into)
+        self.store.get_each(names, land, size=g.object_bytes, into=into if PageLanding.pays(g) else None)
         elapsed = time.perf_counter() - t0
         if corrupt:  # read again and deleted here, not on the transport's thread that found them
             self._scrub([names[i] for i in corrupt], [keys[i] for i in corrupt])

@@ -9,6 +9,10 @@ checked and copied while the read has just left it in the CPU's cache, and nothi
 of the object is held. Where the GET scatters the object straight into the slot's rows
 instead (`parts`, `HostPages.scatter_pays`), each layer is checked in place once it is in.
 
+Objects under `MIN_OBJECT_BYTES` are not worth it: there each read costs more in calls than
+the cache saves, and the backend takes them whole (about 4% less client CPU per 256 KiB
+and 512 KiB page, 10% more per 2 MiB page; benchmarks/results/get_path_landing_*.json).
+
 Contract: the slot is the batch's own scratch, written whether or not the object turns out
 usable. After the transport handed `INTO`, `check()` raises `FormatError` unless every
 layer was checked and is in the slot.
@@ -23,7 +27,14 @@ from sglang_objectcache.hostpool import HostPages
 from sglang_objectcache.store import Receiver
 
 
+MIN_OBJECT_BYTES = 1 << 20
+
+
 class PageLanding(Receiver):
+    @staticmethod
+    def pays(g: objformat.PageGeometry) -> bool:
+        return g.object_bytes >= MIN_OBJECT_BYTES
+
     def __init__(self, pages: HostPages, slot: int, key_digest: bytes, verify: bool = True):
         self.pages, self.slot, self.key_digest, self.verify = pages, slot, key_digest, verify
         g = self.g = pages.geometry

@@ -10,6 +10,7 @@ import torch
 from pools import fill_random, make_pools, page_bytes
 
 from sglang_objectcache import hostpool
+from sglang_objectcache import landing as landing_mod
 from sglang_objectcache.backend import ObjectCacheStorage
 from sglang_objectcache.s3server import SeaweedFS, free_port
 
@@ -33,13 +34,14 @@ def backend_for(extra, host, kind="mha", **kw) -> ObjectCacheStorage:
     return b
 
 
-@pytest.fixture(params=["copy", "scatter"])
+@pytest.fixture(params=["whole", "copy", "scatter"])
 def landing(request, monkeypatch):
-    """Pages received into the connection's buffer and copied into the pool as they arrive,
-    or scattered straight into their slots by the GET (what 8 MiB layer_first pages do;
-    forced here for the tests' small rows).
-    Yields a counter of the pages copied: it proves which path ran."""
-    monkeypatch.setattr(hostpool, "MIN_PART_BYTES", 1 << 40 if request.param == "copy" else 0)
+    """How pages land (forced here for the tests' tiny pages): received whole, then checked
+    and copied (pages under 1 MiB); handed over read by read and copied into the pool as
+    they arrive; or scattered straight into their slots by the GET (8 MiB layer_first
+    pages). Yields a counter of the pages copied: it proves which path ran."""
+    monkeypatch.setattr(landing_mod, "MIN_OBJECT_BYTES", 1 << 40 if request.param == "whole" else 0)
+    monkeypatch.setattr(hostpool, "MIN_PART_BYTES", 0 if request.param == "scatter" else 1 << 40)
     copied = {"pages": 0}
     write_layers = hostpool.HostPages.write_layers
 
