@@ -112,6 +112,17 @@ class PageGeometry:
         start = self.layer_offset(layer)
         return start, start + self.layer_bytes
 
+    @functools.cached_property
+    def _table(self) -> "_Table":
+        # on the geometry, not in an lru_cache: that hashes the dataclass on every lookup
+        # (~1 us), and decode runs per page
+        return _make_table(self)
+
+    def __getstate__(self) -> dict:
+        # a geometry travels to the fetch worker process; its table (a struct.Struct) is
+        # made again there
+        return {k: v for k, v in self.__dict__.items() if k != "_table"}
+
     def component_offset(self, c: int) -> int:
         """Offset of component c inside one layer's range."""
         return self.tokens * sum(self.row_bytes[:c])
@@ -167,7 +178,7 @@ def seal(geometry: PageGeometry, key_digest: bytes, obj: memoryview) -> None:
     """Fill in the header of `obj` (object_bytes long) whose payload is already written."""
     g = geometry
     size = g.layer_bytes
-    t = _table(g)
+    t = g._table
     sums = [t.hash_layer(obj[s : s + size]) for s in t.starts]
     obj[: g.header_bytes] = encode_header(g, key_digest, sums)
 
@@ -199,7 +210,7 @@ def decode_header(buf, expected: PageGeometry, key_digest: bytes) -> Header:
     mv = memoryview(buf).cast("B")
     *got, digest = _unpack_fixed(mv)
     g = expected
-    t = _table(g)
+    t = g._table
     if tuple(got) != t.fixed:
         raise FormatError(f"geometry mismatch: object {tuple(got)}, expected {t.fixed}")
     if digest != key_digest:
@@ -228,9 +239,8 @@ class _Table:
     hash_layer: object  # hasher_for(one layer's bytes), looked up once
 
 
-@functools.lru_cache(maxsize=64)
-def _table(g: PageGeometry) -> _Table:
-    """What every header of geometry `g` must hold, computed once: decode runs per page."""
+def _make_table(g: PageGeometry) -> _Table:
+    """What every header of geometry `g` must hold (`PageGeometry._table` keeps it)."""
     rb = tuple(g.row_bytes) + (0,) * (2 - g.num_components)
     fixed = (KIND_CODES[g.kind], DTYPE_CODES[g.dtype], g.num_layers, g.num_components, g.tokens,
              g.header_bytes, rb[0], rb[1], g.payload_bytes)
@@ -273,7 +283,7 @@ def verify_layers(header: Header, first: int, parts: Sequence, per_layer: int = 
     gives; one per layer: each layer's own range)."""
     sums = header.checksums
     if per_layer == 1:
-        h = _table(header.geometry).hash_layer
+        h = header.geometry._table.hash_layer
         for layer, part in enumerate(parts, first):
             if h(part) != sums[layer]:
                 raise FormatError(f"layer {layer} checksum mismatch")
@@ -294,5 +304,5 @@ def decode(buf, expected: PageGeometry, key_digest: bytes, verify: bool = True) 
     header = decode_header(mv, expected, key_digest)
     if verify:
         size = expected.layer_bytes
-        verify_layers(header, 0, [mv[s : s + size] for s in _table(expected).starts])
+        verify_layers(header, 0, [mv[s : s + size] for s in expected._table.starts])
     return header

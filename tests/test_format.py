@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 
 import pytest
 import torch
@@ -175,3 +176,13 @@ def test_page_parts_are_the_page_in_payload_order(kind, layout):
     parts[-1][:1] = bytes([parts[-1][0] ^ 1])
     with pytest.raises(objformat.FormatError, match=f"layer {g.num_layers - 1} checksum"):
         objformat.verify_layers(objformat.decode_header(other, g, key), 0, parts, pages.parts_per_layer)
+
+
+def test_a_geometry_that_has_decoded_pickles():
+    # the layerwise fetch worker gets its geometry pickled; the table decode keeps on it
+    # (a struct.Struct) must not travel
+    obj = objformat.sealed(GEOM, DIGEST, bytes(GEOM.payload_bytes))
+    objformat.decode(obj, GEOM, DIGEST)
+    back = pickle.loads(pickle.dumps(GEOM))
+    assert back == GEOM
+    objformat.decode(obj, back, DIGEST)
