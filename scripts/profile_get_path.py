@@ -196,7 +196,7 @@ def plot(summary: dict, path: str, object_bytes: int, layout: str) -> None:
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax.set_ylabel("client CPU per page (us, median batch)")
     ax.set_title(f"Where a {object_bytes / 1024:.0f} KiB GET's client CPU goes ({layout}; SeaweedFS, loopback)")
-    ax.tick_params(axis="x", labelsize=7)
+    ax.tick_params(axis="x", labelsize=7, rotation=20)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
