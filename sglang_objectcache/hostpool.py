@@ -10,7 +10,8 @@ page's rows are long (`scatter_pays`), a GET skips even that copy: `page_parts` 
 page's slot rows in payload order, and the GET receives the object straight into them.
 
 `read_page`/`write_page` take the payload as any buffer (a torch tensor, a numpy array, a
-memoryview, the bytes a GET returned) and copy with numpy on the calling thread, with the
+memoryview, the bytes a GET returned), `write_layers` any run of whole layers of it (one
+read's worth, `landing.py`), and copy with numpy on the calling thread, with the
 GIL released. torch's `copy_` splits each copy over its OpenMP threads, and on cores shared
 with SGLang's scheduler (and, here, the S3 server) every copy waits for the slowest thread:
 an 8 MiB page moved at 0.4-0.6 GB/s that way and at ~5 GB/s with numpy on this 2-core box
@@ -140,7 +141,10 @@ class HostPages:
         iovec and a hash update per part. On this 2-core box scattering saved 0.9 ms of
         client CPU per 8 MiB layer_first page (128 KiB parts) and 0.3 ms per 2 MiB one
         (32 KiB parts), and cost 56 µs more per 256 KiB page (4 KiB parts); an 8 MiB
-        page_first page (2 KiB rows) took twice as long (benchmarks/results/get_path_scatter_*)."""
+        page_first page (2 KiB rows) took twice as long (benchmarks/results/get_path_scatter_*).
+        Against copying each read as it arrives (`landing.py`), scattering still saved 0.3 ms
+        per 8 MiB layer_first page and took 3.5x as long in page_first
+        (benchmarks/results/get_path_landing_8mib_*)."""
         return bool(self._parts) and self.geometry.payload_bytes >= MIN_PART_BYTES * len(self._parts[1])
 
     @property

@@ -4,14 +4,15 @@ object arrives.
 The GET feeds it each read (`store.Receiver`). The header is gathered until whole, then
 checked against the page's geometry and key. Each layer is checked against its xxh3 and
 copied into the page's slot as soon as its last byte is in: whole layers straight from the
-read, a layer cut by a read's end gathered first (at most one layer). So every byte is
-checked and copied while the read has just left it in the CPU's cache, and nothing the size
-of the object is held. Where the GET scatters the object straight into the slot's rows
-instead (`parts`, `HostPages.scatter_pays`), each layer is checked in place once it is in.
+read, a layer cut by a read's end gathered first (at most one layer). So each byte is
+checked and copied in one pass as it arrives, on the transport's loop: no second pass over a
+whole body, no hand-off to a thread pool, and nothing the size of the object held. Where
+the GET scatters the object straight into the slot's rows instead (`parts`,
+`HostPages.scatter_pays`), each layer is checked in place once it is in.
 
-Objects under `MIN_OBJECT_BYTES` are not worth it: there each read costs more in calls than
-the cache saves, and the backend takes them whole (about 4% less client CPU per 256 KiB
-and 512 KiB page, 10% more per 2 MiB page; benchmarks/results/get_path_landing_*.json).
+Objects under `MIN_OBJECT_BYTES` are not worth it: each read costs them calls, and the
+backend takes them whole (5% less client CPU per 256 KiB page that way; an 8 MiB page costs
+14-26% less this way: benchmarks/results/get_path_landing_*.json).
 
 Contract: the slot is the batch's own scratch, written whether or not the object turns out
 usable. After the transport handed `INTO`, `check()` raises `FormatError` unless every

@@ -1,14 +1,14 @@
 """`HttpGet`: GETs of objects of a known size over keep-alive HTTP/1.1, each body received by
-the kernel straight into its final memory: the caller's buffers, or a buffer the connection
-reuses.
+the kernel straight into memory that is reused: the caller's buffers, a buffer the
+connection reuses, or, read by read, a scratch buffer the caller's receiver takes from.
 
 obstore (reqwest/hyper) gathers every body into a fresh buffer: one more copy and one more
 allocation per object. On this 2-core box that made a 257 KiB GET cost 440 µs of client CPU
 against 177 µs this way, and an 8 MiB GET 3.4 ms against 2.3 ms
 (benchmarks/results/probe_http_get_*.json; bench_storage's `http/N` lanes measure it now).
-With `parts`, the body is scattered by `recvmsg_into` across the caller's buffers, in
-order: the backend passes the host-pool rows each part of a page belongs in, so the copy out
-of a response buffer is gone too.
+With a receiver's `parts`, the body is scattered by `recvmsg_into` across the caller's
+buffers, in order: the backend passes the host-pool rows each part of a page belongs in, so
+the copy out of a response buffer is gone too.
 
 It is narrow on purpose. It handles plain http://, static credentials and path-style
 addressing (`applies`), and it signs with SigV4. Only a `200` whose Content-Length is
@@ -38,8 +38,8 @@ import datetime as dt
 import hashlib
 import hmac
 import itertools
-import socket
 import logging
+import socket
 from typing import Callable, Optional, Union
 from urllib.parse import quote, urlsplit
 
@@ -52,7 +52,8 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 FALL_BACK = object()
 _HEAD_BYTES = 16 << 10
 _IOV_MAX = 1024  # Linux's UIO_MAXIOV: buffers per recvmsg_into
-# At most this much per read: a receiver then works on bytes still in the CPU's cache
+# At most this much per read of a receiver's GET: the scratch buffer's size, and the bytes of
+# parts passed to one recvmsg_into
 _READ_BYTES = 1 << 20
 
 
@@ -100,8 +101,8 @@ class _Conn:
         self.sock, self.loop, self.fd = sock, loop, sock.fileno()
         self.own = memoryview(bytearray(0))  # the body of a GET without a receiver
         # Where a receiver's reads land: one buffer for every connection of the loop (reads
-        # run one at a time there, and a receiver keeps what it needs), so it stays in the
-        # CPU's cache and no buffer per connection grows to the largest object.
+        # run one at a time there, and a receiver keeps what it needs), so no buffer per
+        # connection grows to the largest object (benchmarks/results/get_memory.json).
         self.scratch = scratch
         self._head = bytearray(_HEAD_BYTES)
         self._head_mv = memoryview(self._head)
