@@ -62,6 +62,7 @@ class HostPages:
             kind, comps = "mha", [pool.k_buffer, pool.v_buffer]
         self._bytes = [self._as_rows(t) for t in comps]
         self._arrays = [x.numpy() for x in self._bytes]
+        self._joint = self._join()
         self._parts = self._part_table()
         self.geometry = PageGeometry(
             kind=kind,
@@ -100,10 +101,35 @@ class HostPages:
         # Reuse page_views by presenting the flat page as a one-page pool of this layout.
         page._bytes = [u8.reshape(shape)[c] for c in range(n)]
         page._arrays = [x.numpy() for x in page._bytes]
+        page._joint = page._join()
         page._parts = page._part_table()
         return page
 
+    def _join(self) -> Optional[np.ndarray]:
+        """The components as one array with a leading component axis, where they share
+        shape and strides (MHA's K and V do, a fixed distance apart; MLA has one): a page
+        then moves in one copy, not one per component (~2.5 µs less per 256 KiB page)."""
+        a = self._arrays
+        if any(x.shape != a[0].shape or x.strides != a[0].strides for x in a):
+            return None
+        gap = a[-1].__array_interface__["data"][0] - a[0].__array_interface__["data"][0]
+        # Element (c, ...) lies at gap * c from component 0's: exactly component c's own
+        # element, which self._arrays keeps alive.
+        return np.lib.stride_tricks.as_strided(a[0], (len(a), *a[0].shape), (gap if len(a) > 1 else 0, *a[0].strides))
+
     def _page_arrays(self, slot: int) -> list[np.ndarray]:
+        """The page at `slot` as numpy views to copy to and from: one [L, C, P, row] view
+        over every component where they join, else one [L, P, row] view per component."""
+        j, P = self._joint, self.page_size
+        if j is None:
+            return self._component_arrays(slot)
+        if self.layout == "layer_first":
+            return [j[:, :, slot : slot + P].transpose(1, 0, 2, 3)]
+        if self.layout == "page_first":
+            return [j[:, slot : slot + P].transpose(2, 0, 1, 3)]
+        return [j[:, slot // P].transpose(1, 0, 2, 3)]
+
+    def _component_arrays(self, slot: int) -> list[np.ndarray]:
         """`page_views` as numpy views (no torch dispatch per page)."""
         P = self.page_size
         if self.layout == "layer_first":
@@ -120,7 +146,7 @@ class HostPages:
             return None
         flats = [memoryview(a.reshape(-1)) for a in self._arrays]
         P, table = self.page_size, []
-        views = self._page_arrays(0)  # [L, P, row]: a row is contiguous, tokens may not be
+        views = self._component_arrays(0)  # [L, P, row]: a row is contiguous, tokens may not be
         for layer in range(self.num_layers):
             for c, v in enumerate(views):
                 s_layer, s_tok, row = v.strides[0], v.strides[1], v.shape[2]
@@ -162,8 +188,8 @@ class HostPages:
         return [flats[c][base[c] + s:base[c] + e] for c, s, e in table]
 
     def _layer_arrays(self, buf) -> list[np.ndarray]:
-        """The same [layers, tokens, row_bytes] views as `page_views`, over any buffer holding
-        whole layers of a payload (all of them, or a run of them)."""
+        """The views `_page_arrays` gives, over any buffer holding whole layers of a payload
+        (all of them, or a run of them)."""
         g = self.geometry
         if isinstance(buf, torch.Tensor):
             buf = buf.view(-1).numpy()
@@ -171,6 +197,10 @@ class HostPages:
         if extra:
             raise ValueError(f"{memoryview(buf).nbytes} bytes is not whole layers of {g.layer_bytes}")
         # Built straight on the buffer: a view, never a copy (read_page writes through it).
+        if self._joint is not None:
+            row = g.row_bytes[0]
+            return [np.ndarray((n, g.num_components, g.tokens, row), np.uint8, buf, 0,
+                               (g.layer_bytes, g.tokens * row, row, 1))]
         return [np.ndarray((n, g.tokens, row), np.uint8, buf, g.component_offset(c), (g.layer_bytes, row, 1))
                 for c, row in enumerate(g.row_bytes)]
 

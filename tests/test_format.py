@@ -131,15 +131,21 @@ def test_payload_order_matches_the_pool(kind):
         assert torch.equal(payload[start : start + g.row_bytes[c]], want)
 
 
+@pytest.mark.parametrize("joined", [True, False], ids=["one_copy", "per_component"])
 @pytest.mark.parametrize("kind", ["mha", "mla"])
 @pytest.mark.parametrize("src_layout,dst_layout", list(itertools.product(LAYOUTS, LAYOUTS)))
-def test_pages_move_across_layouts(kind, src_layout, dst_layout):
+def test_pages_move_across_layouts(kind, src_layout, dst_layout, joined):
     _, a = make_pools(kind, src_layout)
     _, b = make_pools(kind, dst_layout)
     fill_random(a, seed=1)
     b.kv_buffer.view(torch.uint8).fill_(0xAB)
     pa, pb = HostPages(a), HostPages(b)
     assert pa.geometry == pb.geometry
+    # SGLang's pools join (one copy moves every component of a page); the per-component
+    # copies are what a pool whose components differ in shape gets
+    assert pa._joint is not None and pb._joint is not None
+    if not joined:
+        pa._joint = pb._joint = None
     payload = torch.empty(pa.geometry.payload_bytes, dtype=torch.uint8)
     for src, dst in ((0, 12), (20, 4)):
         pa.read_page(src, payload)
