@@ -10,6 +10,9 @@ Lanes, taken in turns, each `--reps` batches of `--batch` pages:
   each page forced to be handed over read by read and copied into the host pool, or
   scattered by the GET straight into its slot's rows (`HostPages.scatter_pays` picks
   between them; MIN_PART_BYTES is the knob forced);
+- `objectcache_per_component`: as `objectcache`, with each component (K, V) of a page
+  copied on its own, as pools whose components differ in shape are (and every pool was
+  before `HostPages._join`);
 - `raw` / `checked`: bench_storage's lanes on objectcache's own GET client (`http/N`);
   `raw_obstore`: the raw lane on obstore.
 
@@ -132,8 +135,17 @@ def main() -> None:
                         setattr(knobs[k], k, v)
             return get, oc.storage.store._loop
 
+        def per_component():
+            pages, joint = oc.storage.pages, oc.storage.pages._joint
+            pages._joint = None
+            try:
+                return oc.get(keys, dst)
+            finally:
+                pages._joint = joint
+
         never = 1 << 40
-        runs = {"objectcache": objectcache(), "objectcache_whole": objectcache(MIN_OBJECT_BYTES=never),
+        runs = {"objectcache": objectcache(), "objectcache_per_component": (per_component, oc.storage.store._loop),
+                "objectcache_whole": objectcache(MIN_OBJECT_BYTES=never),
                 "objectcache_copy": objectcache(MIN_OBJECT_BYTES=0, MIN_PART_BYTES=never),
                 "objectcache_scatter": objectcache(MIN_OBJECT_BYTES=0, MIN_PART_BYTES=0)}
         for name, lane in lanes.items():
@@ -157,9 +169,10 @@ def main() -> None:
     us = 1e6 / B
     summary = {name: {k: statistics.median(r.get(k, 0.0) for r in rs) * us
                       for k in sorted({k for r in rs for k in r}) if k != "wall_s"}
-               | {"wall_ms": statistics.median(r["wall_s"] for r in rs) * 1e3} for name, rs in rows.items()}
+               | {"wall_ms": statistics.median(r["wall_s"] for r in rs) * 1e3,
+                  "pages_s": B / statistics.median(r["wall_s"] for r in rs)} for name, rs in rows.items()}
     out = {"command": " ".join(sys.argv), "page_tokens": P, "object_bytes": g.object_bytes, "batch": B,
-           "layout": args.layout, "conc": args.conc, "loadavg": os.getloadavg(), "unit": "microseconds of CPU per page (median batch); wall_ms per batch",
+           "layout": args.layout, "conc": args.conc, "loadavg": os.getloadavg(), "unit": "microseconds of CPU per page (median batch); wall_ms per batch; pages_s: batch / median wall",
            "summary": summary, "batches": rows}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
