@@ -108,14 +108,16 @@ class HostPages:
     def _join(self) -> Optional[np.ndarray]:
         """The components as one array with a leading component axis, where they share
         shape and strides (MHA's K and V do, a fixed distance apart; MLA has one): a page
-        then moves in one copy, not one per component (~2.5 µs less per 256 KiB page)."""
+        then moves in one copy, not one per component (1-4 µs less per 256 KiB page, no
+        difference at 8 MiB: benchmarks/results/page_work.json)."""
         a = self._arrays
-        if any(x.shape != a[0].shape or x.strides != a[0].strides for x in a):
+        at = [x.__array_interface__["data"][0] - a[0].__array_interface__["data"][0] for x in a]
+        gap = at[-1] // max(1, len(a) - 1)
+        if any(x.shape != a[0].shape or x.strides != a[0].strides for x in a) or at != [c * gap for c in range(len(a))]:
             return None
-        gap = a[-1].__array_interface__["data"][0] - a[0].__array_interface__["data"][0]
         # Element (c, ...) lies at gap * c from component 0's: exactly component c's own
         # element, which self._arrays keeps alive.
-        return np.lib.stride_tricks.as_strided(a[0], (len(a), *a[0].shape), (gap if len(a) > 1 else 0, *a[0].strides))
+        return np.lib.stride_tricks.as_strided(a[0], (len(a), *a[0].shape), (gap, *a[0].strides))
 
     def _page_arrays(self, slot: int) -> list[np.ndarray]:
         """The page at `slot` as numpy views to copy to and from: one [L, C, P, row] view

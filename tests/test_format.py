@@ -192,3 +192,13 @@ def test_a_geometry_that_has_decoded_pickles():
     back = pickle.loads(pickle.dumps(GEOM))
     assert back == GEOM
     objformat.decode(obj, back, DIGEST)
+
+
+def test_a_damaged_layer_is_named_in_a_run_that_starts_past_layer_0():
+    obj = objformat.sealed(GEOM, DIGEST, bytes(range(256)) * (GEOM.payload_bytes // 256))
+    header = objformat.decode(obj, GEOM, DIGEST)
+    layers = [bytearray(obj[s:e]) for s, e in map(GEOM.layer_range, range(1, GEOM.num_layers))]
+    objformat.verify_layers(header, 1, layers)  # layers 1.. as a receiver lands them
+    layers[-1][0] ^= 1
+    with pytest.raises(objformat.FormatError, match=f"^layer {GEOM.num_layers - 1} checksum mismatch"):
+        objformat.verify_layers(header, 1, layers)
