@@ -8,9 +8,10 @@ through every system against it:
                async API on one event loop, the same GETs (one ranged GET of the known
                size per object, its fastest form)/PUTs/HEADs of the same object sizes,
                no copy out of the response buffers. Every concurrency in
-               `--raw-conc-*` runs twice, GETs once through obstore and once through
-               objectcache's own GET client (`store/httpget.py`, conc `http/N`): the
-               client and concurrency with the best median over all runs count.
+               `--raw-conc-*` runs twice, once through obstore and once through
+               objectcache's own GET and PUT clients (`store/httpget.py`,
+               `store/httpput.py`, conc `http/N`): the client and concurrency with the
+               best median over all runs count, for each of GET and PUT.
   checked      the raw client plus the least work any checksummed, deduplicating cache
                must add (the floor of this design): each GET body's xxh3 is computed and
                checked and the body copied once into a host buffer, as it lands; PUTs are
@@ -213,16 +214,18 @@ def _nothing() -> None:
 
 
 class RawHttp(RawObstore):
-    """The raw (or checked) lane with objectcache's own GET client (`store/httpget.py`):
-    each body received into its connection's reused buffer. PUTs and HEADs are obstore's."""
+    """The raw (or checked) lane with objectcache's own GET and PUT clients
+    (`store/httpget.py`, `store/httpput.py`): each body received into its connection's
+    reused buffer, each PUT sent from the caller's buffer. HEADs are obstore's."""
 
     def __init__(self, srv: SeaweedFS, bucket: str, conc: int, checked: bool = False,
                  digests: dict | None = None, sink: np.ndarray | None = None):
         from sglang_objectcache.config import ObjectCacheConfig
-        from sglang_objectcache.store import httpget
+        from sglang_objectcache.store import httpget, httpput
 
         super().__init__(srv, bucket, conc, checked, digests, sink)
-        self.http = httpget.HttpGet(ObjectCacheConfig.from_dict(srv.config(bucket, read_timeout_s=60.0)))
+        cfg = ObjectCacheConfig.from_dict(srv.config(bucket, read_timeout_s=60.0))
+        self.http, self.http_put = httpget.HttpGet(cfg), httpput.HttpPut(cfg)
 
     async def _fetch(self, k: str, size: int):
         r = await self.http.get(k, size)
@@ -230,8 +233,21 @@ class RawHttp(RawObstore):
             raise RuntimeError(f"raw http GET {k}: {r}")
         return r
 
+    def put(self, items) -> int:
+        if self.checked:
+            self.digests.update((k, objformat.checksum(v)) for k, v in items)
+
+        async def put(kv):
+            r = await self.http_put.put(kv[0], kv[1], self.checked)
+            if r is not True:
+                raise RuntimeError(f"raw http PUT {kv[0]}: {r}")
+            return r
+
+        return sum(self._gather(put, items))
+
     def close(self):
-        self.loop.call_soon_threadsafe(self.http.close)  # its idle sockets belong to the loop
+        for http in (self.http, self.http_put):  # their idle sockets belong to the loop
+            self.loop.call_soon_threadsafe(http.close)
         super().close()
 
 
@@ -379,8 +395,8 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
     sink = np.empty((B if g.object_bytes <= MiB else 16, g.object_bytes), np.uint8)
     raws = {(name, c): RawObstore(srv, "bench-raw", c, name == "checked", digests, sink)
             for name in CLIENTS if name in args.systems for c in concs}
-    # The same lanes reading with objectcache's own GET client: the ceiling (and floor) is
-    # the best client as well as the best concurrency. They read the obstore lanes' keys.
+    # The same lanes with objectcache's own GET and PUT clients: the ceiling (and floor) is
+    # the best client as well as the best concurrency.
     http_of = {(name, f"http/{c}"): (name, c) for name, c in raws}
     raws.update({lane: RawHttp(srv, "bench-raw", conc, name == "checked", digests, sink)
                  for lane, (name, conc) in http_of.items()})
@@ -432,8 +448,6 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
     read_keys = {}
     for order in rounds(set_batches):
         for lane in order:
-            if lane in http_of:
-                continue  # a PUT is a PUT: they read what their obstore twins wrote
             time.sleep(args.settle_s)
             keys = [f"raw/{uuid.uuid4().hex}" for _ in range(B)] if lane in raws else page_hashes(B)
             read_keys.setdefault(lane, keys)
@@ -441,8 +455,6 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
             if n != B:
                 raise RuntimeError(f"{lane}: batch_set stored {n} of {B} pages")
             record(lane[0], "set", n, t, **conc_of(lane))
-    for lane, twin in http_of.items():
-        read_keys[lane] = read_keys[twin]
     for rep, order in enumerate(rounds(get_reps)):
         for lane in order:
             check = rep == 0 and lane not in raws
@@ -540,6 +552,7 @@ RATIOS = [
     ("get: objectcache / raw", ("objectcache", "get"), ("raw", "get")),
     ("get: objectcache / raw on obstore", ("objectcache", "get"), ("raw_obstore", "get")),
     ("set: objectcache / raw", ("objectcache", "set"), ("raw", "set")),
+    ("set: objectcache / raw on obstore", ("objectcache", "set"), ("raw_obstore", "set")),
     ("get: objectcache / seaweedfs", ("objectcache", "get"), ("seaweedfs", "get")),
     ("set: objectcache / seaweedfs", ("objectcache", "set"), ("seaweedfs", "set")),
     ("exists cold: objectcache / seaweedfs", ("objectcache", "exists_cold"), ("seaweedfs", "exists_cold")),
@@ -563,6 +576,19 @@ TARGETS = {
     "large": {"get: objectcache / raw": 0.9, "set: objectcache / raw": 0.9,
               "exists cold: objectcache / seaweedfs": 5.0},
 }
+
+
+# Client and server share this box's cores. Where all of them are busy, pages/s is about
+# cores / (client + server CPU per page), so a ratio between two systems is bounded by their
+# CPU per page: `cpu_model` is that prediction, `any_client` the same with objectcache's own
+# client CPU taken as zero: the most any client could reach against the in-tree backend in
+# that run, given what the server spends per page (scripts/profile_server_put.py).
+CPU_BOUNDS = [("set: objectcache / seaweedfs", ("objectcache", "set"), ("seaweedfs", "set"))]
+
+
+def cpu_bounds(label: str, mine: dict, theirs: dict) -> dict:
+    cpu = lambda c: c["client_cpu_ms_per_page"] + c["server_cpu_ms_per_page"]  # noqa: E731
+    return {"cpu_model": cpu(theirs) / cpu(mine), "any_client": cpu(theirs) / mine["server_cpu_ms_per_page"]}
 
 
 def size_class(page_kv_bytes: int) -> str:
@@ -602,7 +628,14 @@ def summarize(geo: dict) -> dict:
             ratios.append({"ratio": label, "runs": vals, "median": statistics.median(vals),
                            "min": min(vals), "max": max(vals), "target": target,
                            "met": None if target is None else statistics.median(vals) >= target})
-    return {"systems": per_system, "ratios": ratios}
+    bounds = []
+    for label, (ns, no), (ds, do) in CPU_BOUNDS:
+        per_run = [cpu_bounds(label, cell(select(ns, no, run), kv), cell(select(ds, do, run), kv))
+                   for run in runs if select(ns, no, run) and select(ds, do, run)]
+        if per_run:
+            bounds.append({"ratio": label, **{k + "_runs": [b[k] for b in per_run] for k in per_run[0]},
+                           **{k: statistics.median(b[k] for b in per_run) for k in per_run[0]}})
+    return {"systems": per_system, "ratios": ratios, "cpu_bounds": bounds}
 
 
 def plot(out: dict, path: Path) -> None:
@@ -658,9 +691,12 @@ def plot(out: dict, path: Path) -> None:
         med = [r["median"] for r in rs]
         ax.barh(y, med, xerr=[[m - r["min"] for m, r in zip(med, rs)], [r["max"] - m for m, r in zip(med, rs)]],
                 capsize=3, color=["C0" if r["target"] is None else ("C2" if r["met"] else "C1") for r in rs])
+        bound = {b["ratio"]: b["any_client"] for b in geo["summary"].get("cpu_bounds", [])}
         for yi, r in zip(y, rs):
             if r["target"] is not None:
                 ax.plot([r["target"]] * 2, [yi - 0.4, yi + 0.4], "k--", lw=1)
+            if r["ratio"] in bound:
+                ax.plot([bound[r["ratio"]]], [yi - 0.3], "v", color="C4", ms=6)
             ax.text(r["max"], yi, f"  {r['median']:.2f}x" + ("" if r["target"] is None else f" (target {r['target']:g})"),
                     va="center", fontsize=7)
         ax.axvline(1.0, color="0.6", lw=0.8)
@@ -668,7 +704,7 @@ def plot(out: dict, path: Path) -> None:
         ax.invert_yaxis()
         ax.set_xlim(0, 1.3 * max(r["max"] for r in rs))
         ax.set_xlabel("pages/s ratio within each run: median of runs, bar = range;\n"
-                      "dashed = target (green met, orange not)")
+                      "dashed = target (green met, orange not); v = any client's CPU bound")
         ax.set_title(f"{label}: ratios over {out['runs']} runs")
     cores = ("server pinned to CPU 0, client to CPU 1" if out.get("pin")
              else f"{out['host']['cpus']} cores shared by client and server")
@@ -690,6 +726,9 @@ def print_ratios(out: dict) -> None:
         for r in geo["summary"]["ratios"]:
             tgt = "" if r["target"] is None else f"  target >= {r['target']}: {'MET' if r['met'] else 'NOT MET'}"
             print(f"  {r['ratio']:40s} {r['median']:6.2f}x (runs {', '.join(f'{v:.2f}' for v in r['runs'])}){tgt}")
+        for b in geo["summary"].get("cpu_bounds", []):
+            print(f"  {b['ratio']:40s} CPU-bound model {b['cpu_model']:.2f}x, any client at most "
+                  f"{b['any_client']:.2f}x (runs {', '.join(f'{v:.2f}' for v in b['any_client_runs'])})")
         fw = geo["format_work"]
         print(f"  xxh3 {fw['xxh3_GB_s']:.1f} GB/s; per batch: xxh3 {1e3 * fw['xxh3_s_per_batch']:.1f} ms, "
               f"encode {1e3 * fw['encode_s_per_batch']:.1f} ms, verify+copy {1e3 * fw['decode_copy_s_per_batch']:.1f} ms")
@@ -725,7 +764,11 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/storage")
     p.add_argument("--verbose", action="store_true", help="print every batch")
     p.add_argument("--quick", action="store_true", help="tiny run to check the script works")
+    p.add_argument("--resummarize", metavar="JSON", help="summarize the batches of an earlier run again "
+                   "(after a change to the summary), rewriting that JSON and its plot; runs nothing")
     args = p.parse_args()
+    if args.resummarize:
+        return resummarize(Path(args.resummarize))
     if args.quick:
         args.page_tokens, args.batch, args.runs = [2, 16], 16, 1
         args.raw_conc_small = args.raw_conc_big = [16]
@@ -758,6 +801,16 @@ def main() -> None:
     plot(out, base.with_suffix(".png"))
     print_ratios(out)
     print(f"\nwrote {base}.json and {base}.png")
+
+
+def resummarize(path: Path) -> None:
+    out = json.loads(path.read_text())
+    for geo in out["geometries"]:
+        geo["summary"] = summarize(geo)
+    out["resummarized"] = command_line()
+    path.write_text(json.dumps(out, indent=1))
+    plot(out, path.with_suffix(".png"))
+    print_ratios(out)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,9 @@ class ObjectCacheConfig:
     # Where the host layout keeps a page's rows long (layer_first, page_first_direct; 2 MiB
     # pages and up), it receives each page straight into its host-pool slot.
     http_get: bool = True
+    # obstore transport: send PUTs with objectcache's own HTTP/1.1 client where it applies
+    # (as http_get, and sign_payload off; `store/httpput.py`), else obstore.
+    http_put: bool = True
     # After a store failure, reads answer "miss" for this long instead of retrying at once.
     negative_ttl_s: float = 2.0
     exists_cache_entries: int = 200_000

@@ -89,6 +89,9 @@ class SeaweedFS:
     # (2.5 GiB of a 252 GiB one), which a CI machine fell below after installing: every PUT
     # hung. Hence `weed server`, which takes a size.
     min_free_mb: int = 256
+    # Go's pprof endpoint (/debug/pprof/) on this port, for profiling the server itself
+    # (scripts/profile_server_put.py). weed binds it on every interface, so 0 (off) by default.
+    debug_port: int = 0
     proc: subprocess.Popen | None = None
     _sockets: tuple = field(default=(), repr=False)  # the ports weed names its sockets by
 
@@ -144,6 +147,8 @@ class SeaweedFS:
         ]
         ports = self._ports()
         args += [f"-{k}={v}" for k, v in ports.items()]
+        if self.debug_port:
+            args += ["-debug", f"-debug.port={self.debug_port}"]
         self._sockets = (self.s3_port, *ports.values())
         (data / "data").mkdir(exist_ok=True)
         log_path = Path(self.log_path or data / "weed.log")

@@ -57,13 +57,19 @@ _IOV_MAX = 1024  # Linux's UIO_MAXIOV: buffers per recvmsg_into
 _READ_BYTES = 1 << 20
 
 
+def plain(cfg: ObjectCacheConfig) -> bool:
+    """Where objectcache's own HTTP clients (this one, httpput.py) can speak for obstore."""
+    return (cfg.endpoint_url.startswith("http://") and bool(cfg.access_key_id) and not cfg.session_token
+            and cfg.addressing_style == "path")
+
+
 def applies(cfg: ObjectCacheConfig) -> bool:
-    return (cfg.http_get and cfg.endpoint_url.startswith("http://") and bool(cfg.access_key_id)
-            and not cfg.session_token and cfg.addressing_style == "path")
+    return cfg.http_get and plain(cfg)
 
 
 class _Signer:
-    """AWS SigV4 for a body-less GET with no query string."""
+    """AWS SigV4 for requests with no query string: a body-less GET, or a PUT whose body is
+    not signed (UNSIGNED-PAYLOAD, as obstore's with `sign_payload` off)."""
 
     def __init__(self, cfg: ObjectCacheConfig):
         u = urlsplit(cfg.endpoint_url)
@@ -72,6 +78,14 @@ class _Signer:
         self._day, self._key = "", b""
 
     def request(self, key: str) -> bytes:
+        return self._signed("GET", key, [], EMPTY_SHA256)
+
+    def put(self, key: str, nbytes: int, if_absent: bool) -> bytes:
+        headers = [("content-length", str(nbytes))] + ([("if-none-match", "*")] if if_absent else [])
+        return self._signed("PUT", key, headers, "UNSIGNED-PAYLOAD")
+
+    def _signed(self, method: str, key: str, headers: list[tuple[str, str]], payload: str) -> bytes:
+        """The request line and headers; `headers` in lower case and sorted, before `host`."""
         path = self.base + quote(key, safe="/-_.~")
         now = dt.datetime.now(dt.timezone.utc)
         amz = now.strftime("%Y%m%dT%H%M%SZ")
@@ -81,14 +95,15 @@ class _Signer:
             for part in (self.region, "s3", "aws4_request"):
                 k = hmac.digest(k, part.encode(), "sha256")
             self._day, self._key = day, k
-        signed = "host;x-amz-content-sha256;x-amz-date"
-        canonical = (f"GET\n{path}\n\nhost:{self.host}\nx-amz-content-sha256:{EMPTY_SHA256}\n"
-                     f"x-amz-date:{amz}\n\n{signed}\n{EMPTY_SHA256}")
+        headers = sorted([*headers, ("host", self.host), ("x-amz-content-sha256", payload), ("x-amz-date", amz)])
+        signed = ";".join(name for name, _ in headers)
+        lines = "".join(f"{name}:{value}\n" for name, value in headers)
+        canonical = f"{method}\n{path}\n\n{lines}\n{signed}\n{payload}"
         scope = f"{day}/{self.region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{amz}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         sig = hmac.new(self._key, to_sign.encode(), "sha256").hexdigest()
-        return (f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\nx-amz-date: {amz}\r\n"
-                f"x-amz-content-sha256: {EMPTY_SHA256}\r\nAuthorization: AWS4-HMAC-SHA256 "
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        return (f"{method} {path} HTTP/1.1\r\n{head}Authorization: AWS4-HMAC-SHA256 "
                 f"Credential={self.access}/{scope}, SignedHeaders={signed}, Signature={sig}\r\n\r\n").encode()
 
 

@@ -48,7 +48,7 @@ from obstore.store import S3Store
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
-from sglang_objectcache.store import httpget
+from sglang_objectcache.store import httpget, httpput
 from sglang_objectcache.store.base import INTO, Buffer, Cutoff, GetResult, ObjectInfo, ObjectStore, Receiver, StoreError
 
 # In-flight requests cost no thread here. A remote store's latency needs many in flight
@@ -127,6 +127,7 @@ class ObstoreStore(ObjectStore):
         self._sem = asyncio.Semaphore(self.max_concurrency)
         self._land_pool: Optional[ThreadPoolExecutor] = None
         self._http = httpget.HttpGet(cfg) if httpget.applies(cfg) else None
+        self._http_put = httpput.HttpPut(cfg) if httpput.applies(cfg) else None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="objectcache-obstore", daemon=True)
         self._thread.start()
@@ -342,6 +343,10 @@ class ObstoreStore(ObjectStore):
 
     async def _put(self, key: str, data: Buffer, mode: str) -> Union[bool, StoreError]:
         async with self._sem:
+            if self._http_put is not None:  # anything it does not expect, obstore sends again
+                r = await self._http_put.put(key, data, mode == "create")
+                if r is not httpget.FALL_BACK:
+                    return r
             try:
                 await obstore.put_async(self._store, key, data, mode=mode, use_multipart=False)
                 return True
@@ -387,8 +392,9 @@ class ObstoreStore(ObjectStore):
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if self._http is not None:  # its sockets belong to this loop
-                self._http.close()
+            for http in (self._http, self._http_put):  # their sockets belong to this loop
+                if http is not None:
+                    http.close()
 
         try:
             asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(timeout=10)

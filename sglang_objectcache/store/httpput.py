@@ -1,0 +1,166 @@
+"""`HttpPut`: PUTs over keep-alive HTTP/1.1 on the caller's event loop, the body sent from
+the caller's buffer by the kernel (`sendmsg` of the signed headers and the body together).
+
+PUTs on a store on this box are bound by the server's CPU (~2.5-3 ms per 256 KiB page,
+benchmarks/results/server_put.json), and client and server share the cores, so each
+client millisecond is taken from the server. obstore spends ~0.39 ms of client CPU per
+257 KiB PUT here and this client ~0.16 ms (the `http/N` set lanes of bench_storage).
+
+Narrow like `httpget` and used where it applies (`httpget.plain`: plain http://, static
+keys, path style) with `http_put` on and `sign_payload` off, since the body is not signed
+(UNSIGNED-PAYLOAD, as obstore's PUTs by default). It answers only what it can be sure of:
+`True` for a 200, `False` for a conditional PUT the store refused because the key exists
+(412, or 409 ConditionalRequestConflict from a racing writer). Anything else returns
+`FALL_BACK`: another status, a connection that fails or closes, a reply it cannot frame.
+The caller then PUTs again through obstore, which retries and classifies every failure.
+A PUT is safe to send twice: the key names its content, so a second conditional PUT after
+a first that landed answers "exists", and an unconditional one writes the same bytes. A
+PUT that makes no progress for `read_timeout_s` (no byte sent, no reply) is a
+`StoreError("timeout")` at once, so a slow store is not waited on twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Optional, Union
+from urllib.parse import urlsplit
+
+from sglang_objectcache.config import ObjectCacheConfig
+from sglang_objectcache.store.base import Buffer, StoreError
+from sglang_objectcache.store.httpget import FALL_BACK, _Signer, plain
+
+_REPLY_BYTES = 64 << 10  # a PUT's reply is headers and, for an error, a short XML body
+
+
+def applies(cfg: ObjectCacheConfig) -> bool:
+    return cfg.http_put and not cfg.sign_payload and plain(cfg)
+
+
+class _Stalled(Exception):
+    pass
+
+
+class HttpPut:
+    """PUTs on the running event loop, one connection per PUT in flight."""
+
+    def __init__(self, cfg: ObjectCacheConfig):
+        u = urlsplit(cfg.endpoint_url)
+        self._addr = (u.hostname, u.port or 80)
+        self._signer, self._bucket = _Signer(cfg), cfg.bucket
+        self._connect_s, self._read_s = cfg.connect_timeout_s, cfg.read_timeout_s
+        self._idle: list[socket.socket] = []
+
+    async def put(self, key: str, data: Buffer, if_absent: bool) -> Union[bool, StoreError, object]:
+        body = memoryview(data).cast("B")
+        try:
+            sock = self._reuse() or await asyncio.wait_for(self._connect(), self._connect_s)
+        except (OSError, asyncio.TimeoutError):
+            return FALL_BACK  # obstore connects again and names the failure
+        keep = False
+        try:
+            await self._send(sock, [self._signer.put(key, body.nbytes, if_absent), body])
+            status, keep = await self._reply(sock)
+        except _Stalled:
+            return StoreError("timeout", f"PUT {self._bucket}/{key}: no progress for {self._read_s:g}s")
+        except (OSError, ValueError):
+            return FALL_BACK
+        finally:
+            if keep:
+                self._idle.append(sock)
+            else:
+                sock.close()
+        if status == 200:
+            return True
+        if if_absent and status in (409, 412):  # 409: SeaweedFS's ConditionalRequestConflict
+            return False
+        return FALL_BACK
+
+    async def _send(self, sock: socket.socket, bufs: list) -> None:
+        bufs = [b for b in bufs if len(b)]  # an empty body: sendmsg would send 0 forever
+        while bufs:
+            try:
+                n = sock.sendmsg(bufs)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            while n:  # drop what went
+                if n >= len(bufs[0]):
+                    n -= len(bufs.pop(0))
+                else:
+                    bufs[0], n = memoryview(bufs[0])[n:], 0
+            if bufs:
+                await self._ready(sock, write=True)
+
+    async def _reply(self, sock: socket.socket) -> tuple[int, bool]:
+        """(status, whether the connection can carry the next PUT)."""
+        got = bytearray()
+        while True:
+            await self._ready(sock, write=False)
+            try:
+                chunk = sock.recv(_REPLY_BYTES)
+            except (BlockingIOError, InterruptedError):
+                continue
+            if not chunk:
+                raise ConnectionError("closed")
+            got += chunk
+            end = got.find(b"\r\n\r\n")
+            if end < 0:
+                if len(got) > _REPLY_BYTES:
+                    raise ValueError("reply headers too long")
+                continue
+            lines = bytes(got[:end]).split(b"\r\n")
+            fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(b":") for x in lines[1:])}
+            parts = lines[0].split()
+            length = fields.get(b"content-length", b"")
+            if len(parts) < 2 or not parts[1].isdigit() or not length.isdigit() or b"transfer-encoding" in fields:
+                raise ValueError("unframed reply")
+            if len(got) - end - 4 >= int(length):
+                return int(parts[1]), (len(got) - end - 4 == int(length)
+                                       and fields.get(b"connection", b"").lower() != b"close")
+            if int(length) > _REPLY_BYTES:
+                raise ValueError("reply body too long")
+
+    async def _ready(self, sock: socket.socket, write: bool) -> None:
+        loop = asyncio.get_running_loop()
+        fd = sock.fileno()
+        fut = loop.create_future()
+        wake = lambda: fut.done() or fut.set_result(None)  # noqa: E731
+        (loop.add_writer if write else loop.add_reader)(fd, wake)
+        timer = loop.call_later(self._read_s, lambda: fut.done() or fut.set_exception(_Stalled()))
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            (loop.remove_writer if write else loop.remove_reader)(fd)
+
+    def _reuse(self) -> Optional[socket.socket]:
+        """An idle connection the server has not closed: one it closed (or wrote to) while
+        idle reads as ready, and would cost a PUT sent into it and then sent again."""
+        while self._idle:
+            sock = self._idle.pop()
+            try:
+                sock.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                return sock
+            except OSError:
+                pass
+            sock.close()
+        return None
+
+    async def _connect(self) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        family, kind, proto, _, addr = (await loop.getaddrinfo(*self._addr, type=socket.SOCK_STREAM))[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, addr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def close(self) -> None:
+        for sock in self._idle:
+            sock.close()
+        self._idle.clear()

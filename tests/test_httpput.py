@@ -1,0 +1,177 @@
+"""objectcache's own PUT client (store/httpput.py) against a real SeaweedFS, and its fallback
+to obstore for everything it does not expect."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+
+from sglang_objectcache.config import ObjectCacheConfig
+from sglang_objectcache.store import StoreError, httpget, httpput, make_store
+from sglang_objectcache.store.obstore_ import ObstoreStore
+
+
+def blob(n: int, seed: int) -> bytes:
+    return bytes((seed * 31 + i * 7) % 251 for i in range(n))
+
+
+def store(s3, bucket, **kw) -> ObstoreStore:
+    st = make_store(ObjectCacheConfig.from_dict(s3.config(bucket, transport="obstore", **kw)))
+    assert isinstance(st, ObstoreStore)
+    return st
+
+
+def counted(monkeypatch, st: ObstoreStore) -> dict:
+    """Count what each client answers: `http` its own results, `fallback` its FALL_BACKs."""
+    n = {"http": 0, "fallback": 0}
+    put = st._http_put.put
+
+    async def wrapped(*a):
+        r = await put(*a)
+        n["fallback" if r is httpget.FALL_BACK else "http"] += 1
+        return r
+
+    monkeypatch.setattr(st._http_put, "put", wrapped)
+    return n
+
+
+def test_it_applies_only_where_it_can_sign_and_speak(s3, bucket):
+    base = s3.config(bucket)
+    assert httpput.applies(ObjectCacheConfig.from_dict(base))
+    for other in ({"http_put": False}, {"sign_payload": True},
+                  {"endpoint_url": base["endpoint_url"].replace("http:", "https:")},
+                  {"addressing_style": "virtual"}, {"session_token": "t"},
+                  {"access_key_id": "", "secret_access_key": ""}):
+        assert not httpput.applies(ObjectCacheConfig.from_dict({**base, **other})), other
+
+
+def test_puts_write_the_bytes_and_are_conditional(s3, bucket, monkeypatch):
+    # 0 bytes, one send, and bodies the socket takes in many sends
+    sizes = [0, 1, 4096, 257 * 1024, 9 * 1024 * 1024 + 3]
+    fast, slow = store(s3, bucket), store(s3, bucket, http_put=False)
+    items = [(f"p/{i}", blob(n, i)) for i, n in enumerate(sizes)]
+    try:
+        n = counted(monkeypatch, fast)
+        assert fast.put_many(items) == [True] * len(items)
+        assert [bytes(b) for b in slow.get_many([k for k, _ in items])] == [v for _, v in items]
+        assert fast.put_many(items) == [False] * len(items)  # conditional: they exist
+        assert fast.put_many(items[:2], if_absent=False) == [True, True]
+        assert n == {"http": 2 * len(items) + 2, "fallback": 0}
+        assert 1 <= len(fast._http_put._idle) <= len(items)  # kept alive for the next batch
+        # put_iter goes the same way
+        assert fast.put_iter(iter([("p/iter", blob(5000, 9))])) == [True]
+        assert bytes(slow.get_many(["p/iter"])[0]) == blob(5000, 9)
+    finally:
+        fast.close()
+        slow.close()
+
+
+def test_wrong_keys_are_an_auth_error_named_by_obstore(s3, bucket, monkeypatch):
+    st = ObstoreStore(ObjectCacheConfig.from_dict(s3.config(bucket, transport="obstore", secret_access_key="wrong")))
+    try:
+        n = counted(monkeypatch, st)
+        got = st.put_many([("m/1", blob(10, 1))])
+        assert isinstance(got[0], StoreError) and got[0].kind == "auth", got
+        assert n == {"http": 0, "fallback": 1}
+    finally:
+        st.close()
+
+
+def test_a_store_that_stalls_is_a_timeout_once(s3, bucket):
+    # A server that accepts and never answers: the PUT ends after read_timeout_s with a
+    # timeout, not after a second wait in obstore.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(srv.accept()) for _ in range(4)], daemon=True).start()
+    cfg = {**s3.config(bucket), "endpoint_url": f"http://127.0.0.1:{srv.getsockname()[1]}", "transport": "obstore",
+           "read_timeout_s": 0.5}
+    st = ObstoreStore(ObjectCacheConfig.from_dict(cfg))
+    try:
+        t0 = time.monotonic()
+        got = st.put_many([("s/1", blob(100, 1))])
+        took = time.monotonic() - t0
+        assert isinstance(got[0], StoreError) and got[0].kind == "timeout", got
+        assert 0.4 < took < 1.5, took
+    finally:
+        st.close()
+        srv.close()
+
+
+class OneReplyServer:
+    """Answers each PUT on a connection with `reply`, then closes the connection when
+    `close_after` PUTs were answered on it. Counts connections."""
+
+    def __init__(self, reply: bytes, close_after: int):
+        self.reply, self.close_after, self.connections = reply, close_after, 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            for _ in range(self.close_after):
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    got += conn.recv(65536)
+                head, _, body = got.partition(b"\r\n\r\n")
+                length = int(next(v for k, _, v in (x.partition(b": ") for x in head.split(b"\r\n"))
+                                  if k.lower() == b"content-length"))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                conn.sendall(self.reply)
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["closes_idle", "says_close"])
+def test_a_connection_the_server_ends_is_not_reused(how):
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + (b"Connection: close\r\n" if how == "says_close" else b"") + b"\r\n"
+    srv = OneReplyServer(ok, close_after=1)
+    cfg = ObjectCacheConfig.from_dict({"endpoint_url": f"http://127.0.0.1:{srv.sock.getsockname()[1]}",
+                                       "bucket": "b", "access_key_id": "a", "secret_access_key": "s",
+                                       "read_timeout_s": 2.0})
+    client = httpput.HttpPut(cfg)
+
+    async def main():
+        for i in range(3):
+            assert await client.put(f"k/{i}", blob(1000, i), True) is True
+            await asyncio.sleep(0.2)  # the server closes its end while the connection is idle
+        client.close()
+
+    try:
+        asyncio.run(main())
+        assert srv.connections == 3  # none sent into a closed connection and sent again
+    finally:
+        srv.sock.close()
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                                   b"HTTP/1.1 503 Slow Down\r\nContent-Length: 4\r\n\r\nbusy",
+                                   b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\n\r\n"],
+                         ids=["unframed", "server_error", "412_unconditional"])
+def test_a_reply_it_cannot_take_falls_back(reply):
+    # obstore sends the PUT again, retries what it retries and names the failure
+    srv = OneReplyServer(reply, close_after=1)
+    cfg = ObjectCacheConfig.from_dict({"endpoint_url": f"http://127.0.0.1:{srv.sock.getsockname()[1]}",
+                                       "bucket": "b", "access_key_id": "a", "secret_access_key": "s"})
+    client = httpput.HttpPut(cfg)
+    try:
+        conditional = b"412" not in reply  # a 412 to a PUT that asked for no condition
+        assert asyncio.run(client.put("k", b"x" * 10, conditional)) is httpget.FALL_BACK
+    finally:
+        srv.sock.close()
