@@ -67,6 +67,21 @@ def applies(cfg: ObjectCacheConfig) -> bool:
     return cfg.http_get and plain(cfg)
 
 
+async def connect(host_port: tuple) -> socket.socket:
+    """A non-blocking TCP connection with Nagle off (a request's headers go at once)."""
+    loop = asyncio.get_running_loop()
+    family, kind, proto, _, addr = (await loop.getaddrinfo(*host_port, type=socket.SOCK_STREAM))[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await loop.sock_connect(sock, addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class _Signer:
     """AWS SigV4 for requests with no query string: a body-less GET, or a PUT whose body is
     not signed (UNSIGNED-PAYLOAD, as obstore's with `sign_payload` off)."""
@@ -303,17 +318,7 @@ class HttpGet:
         return await asyncio.wait_for(self._connect(), self._connect_s)
 
     async def _connect(self) -> _Conn:
-        loop = asyncio.get_running_loop()
-        family, kind, proto, _, addr = (await loop.getaddrinfo(*self._addr, type=socket.SOCK_STREAM))[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await loop.sock_connect(sock, addr)
-        except BaseException:
-            sock.close()
-            raise
-        return _Conn(sock, loop, self._scratch)
+        return _Conn(await connect(self._addr), asyncio.get_running_loop(), self._scratch)
 
     def _release(self, conn: _Conn) -> None:
         if conn.reusable:

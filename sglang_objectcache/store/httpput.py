@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store.base import Buffer, StoreError
-from sglang_objectcache.store.httpget import FALL_BACK, _Signer, plain
+from sglang_objectcache.store.httpget import FALL_BACK, _Signer, connect, plain
 
 _REPLY_BYTES = 64 << 10  # a PUT's reply is headers and, for an error, a short XML body
 
@@ -54,7 +54,7 @@ class HttpPut:
     async def put(self, key: str, data: Buffer, if_absent: bool) -> Union[bool, StoreError, object]:
         body = memoryview(data).cast("B")
         try:
-            sock = self._reuse() or await asyncio.wait_for(self._connect(), self._connect_s)
+            sock = self._reuse() or await asyncio.wait_for(connect(self._addr), self._connect_s)
         except (OSError, asyncio.TimeoutError):
             return FALL_BACK  # obstore connects again and names the failure
         keep = False
@@ -146,19 +146,6 @@ class HttpPut:
                 pass
             sock.close()
         return None
-
-    async def _connect(self) -> socket.socket:
-        loop = asyncio.get_running_loop()
-        family, kind, proto, _, addr = (await loop.getaddrinfo(*self._addr, type=socket.SOCK_STREAM))[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await loop.sock_connect(sock, addr)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
 
     def close(self) -> None:
         for sock in self._idle:
