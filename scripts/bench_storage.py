@@ -586,7 +586,7 @@ TARGETS = {
 CPU_BOUNDS = [("set: objectcache / seaweedfs", ("objectcache", "set"), ("seaweedfs", "set"))]
 
 
-def cpu_bounds(label: str, mine: dict, theirs: dict) -> dict:
+def cpu_bounds(mine: dict, theirs: dict) -> dict:
     cpu = lambda c: c["client_cpu_ms_per_page"] + c["server_cpu_ms_per_page"]  # noqa: E731
     return {"cpu_model": cpu(theirs) / cpu(mine), "any_client": cpu(theirs) / mine["server_cpu_ms_per_page"]}
 
@@ -630,7 +630,7 @@ def summarize(geo: dict) -> dict:
                            "met": None if target is None else statistics.median(vals) >= target})
     bounds = []
     for label, (ns, no), (ds, do) in CPU_BOUNDS:
-        per_run = [cpu_bounds(label, cell(select(ns, no, run), kv), cell(select(ds, do, run), kv))
+        per_run = [cpu_bounds(cell(select(ns, no, run), kv), cell(select(ds, do, run), kv))
                    for run in runs if select(ns, no, run) and select(ds, do, run)]
         if per_run:
             bounds.append({"ratio": label, **{k + "_runs": [b[k] for b in per_run] for k in per_run[0]},

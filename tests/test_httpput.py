@@ -10,19 +10,11 @@ import time
 
 import pytest
 
+from test_httpget import blob, store
+
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.store import StoreError, httpget, httpput, make_store
+from sglang_objectcache.store import StoreError, httpget, httpput
 from sglang_objectcache.store.obstore_ import ObstoreStore
-
-
-def blob(n: int, seed: int) -> bytes:
-    return bytes((seed * 31 + i * 7) % 251 for i in range(n))
-
-
-def store(s3, bucket, **kw) -> ObstoreStore:
-    st = make_store(ObjectCacheConfig.from_dict(s3.config(bucket, transport="obstore", **kw)))
-    assert isinstance(st, ObstoreStore)
-    return st
 
 
 def counted(monkeypatch, st: ObstoreStore) -> dict:
@@ -160,18 +152,27 @@ def test_a_connection_the_server_ends_is_not_reused(how):
         srv.sock.close()
 
 
-@pytest.mark.parametrize("reply", [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-                                   b"HTTP/1.1 503 Slow Down\r\nContent-Length: 4\r\n\r\nbusy",
-                                   b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\n\r\n"],
-                         ids=["unframed", "server_error", "412_unconditional"])
-def test_a_reply_it_cannot_take_falls_back(reply):
-    # obstore sends the PUT again, retries what it retries and names the failure
+def xml_error(status: str, code: str) -> bytes:
+    body = f"<?xml version=\"1.0\"?><Error><Code>{code}</Code></Error>".encode()
+    return f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+@pytest.mark.parametrize("reply, conditional, expect", [
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", True, httpget.FALL_BACK),
+    (b"HTTP/1.1 503 Slow Down\r\nContent-Length: 4\r\n\r\nbusy", True, httpget.FALL_BACK),
+    # a refusal counts as "exists" only for a conditional PUT, and only with an exists code
+    (b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\n\r\n", False, httpget.FALL_BACK),
+    (xml_error("409 Conflict", "OperationAborted"), True, httpget.FALL_BACK),
+    (xml_error("409 Conflict", "ConditionalRequestConflict"), True, False),
+    (xml_error("412 Precondition Failed", "PreconditionFailed"), True, False),
+], ids=["unframed", "server_error", "412_unconditional", "409_other", "409_race", "412_exists"])
+def test_what_it_answers_and_what_it_leaves_to_obstore(reply, conditional, expect):
+    # FALL_BACK: obstore sends the PUT again, retries what it retries and names the failure
     srv = OneReplyServer(reply, close_after=1)
     cfg = ObjectCacheConfig.from_dict({"endpoint_url": f"http://127.0.0.1:{srv.sock.getsockname()[1]}",
                                        "bucket": "b", "access_key_id": "a", "secret_access_key": "s"})
     client = httpput.HttpPut(cfg)
     try:
-        conditional = b"412" not in reply  # a 412 to a PUT that asked for no condition
-        assert asyncio.run(client.put("k", b"x" * 10, conditional)) is httpget.FALL_BACK
+        assert asyncio.run(client.put("k", b"x" * 10, conditional)) is expect
     finally:
         srv.sock.close()

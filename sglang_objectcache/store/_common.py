@@ -38,6 +38,12 @@ _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimi
 EXISTS_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
 
 
+def put_lost_race(status: int, code: str) -> bool:
+    """A conditional PUT refused because the key exists. `code` is the S3 error code, or
+    the status as text where the reply had none (as botocore reports it)."""
+    return status in (409, 412) and (code in EXISTS_CODES or code == str(status))
+
+
 def concurrency(cfg: ObjectCacheConfig, override: Optional[int], transport_default: int) -> int:
     """Requests in flight: an explicit override, else the user's `max_concurrency` if set
     (non-zero), else the transport's own measured default (see bench_transports.py)."""

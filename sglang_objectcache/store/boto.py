@@ -254,7 +254,7 @@ class Boto3Store(ObjectStore):
             return True
         except bx.ClientError as e:
             status, code = _status_code(e)
-            if status in (409, 412) and (code in C.EXISTS_CODES or code == str(status)):
+            if C.put_lost_race(status, code):
                 return False
             return self._error("PUT", key, e)
         except Exception as e:  # noqa: BLE001

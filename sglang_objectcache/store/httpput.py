@@ -3,14 +3,15 @@ the caller's buffer by the kernel (`sendmsg` of the signed headers and the body 
 
 PUTs on a store on this box are bound by the server's CPU (~2.5-3 ms per 256 KiB page,
 benchmarks/results/server_put.json), and client and server share the cores, so each
-client millisecond is taken from the server. obstore spends ~0.39 ms of client CPU per
-257 KiB PUT here and this client ~0.16 ms (the `http/N` set lanes of bench_storage).
+client millisecond is taken from the server. `batch_set_v1` spent 0.40 ms of client CPU
+per 257 KiB page with obstore's PUTs and 0.26 ms with this client, side by side
+(benchmarks/results/put_client.json).
 
 Narrow like `httpget` and used where it applies (`httpget.plain`: plain http://, static
 keys, path style) with `http_put` on and `sign_payload` off, since the body is not signed
 (UNSIGNED-PAYLOAD, as obstore's PUTs by default). It answers only what it can be sure of:
 `True` for a 200, `False` for a conditional PUT the store refused because the key exists
-(412, or 409 ConditionalRequestConflict from a racing writer). Anything else returns
+(`_common.put_lost_race`, the rule boto3's transport uses). Anything else returns
 `FALL_BACK`: another status, a connection that fails or closes, a reply it cannot frame.
 The caller then PUTs again through obstore, which retries and classifies every failure.
 A PUT is safe to send twice: the key names its content, so a second conditional PUT after
@@ -27,6 +28,7 @@ from typing import Optional, Union
 from urllib.parse import urlsplit
 
 from sglang_objectcache.config import ObjectCacheConfig
+from sglang_objectcache.store import _common as C
 from sglang_objectcache.store.base import Buffer, StoreError
 from sglang_objectcache.store.httpget import FALL_BACK, _Signer, connect, plain
 
@@ -60,7 +62,7 @@ class HttpPut:
         keep = False
         try:
             await self._send(sock, [self._signer.put(key, body.nbytes, if_absent), body])
-            status, keep = await self._reply(sock)
+            status, body, keep = await self._reply(sock)
         except _Stalled:
             return StoreError("timeout", f"PUT {self._bucket}/{key}: no progress for {self._read_s:g}s")
         except (OSError, ValueError):
@@ -72,7 +74,7 @@ class HttpPut:
                 sock.close()
         if status == 200:
             return True
-        if if_absent and status in (409, 412):  # 409: SeaweedFS's ConditionalRequestConflict
+        if if_absent and C.put_lost_race(status, C.s3_code(body.decode(errors="replace")) or str(status)):
             return False
         return FALL_BACK
 
@@ -91,8 +93,8 @@ class HttpPut:
             if bufs:
                 await self._ready(sock, write=True)
 
-    async def _reply(self, sock: socket.socket) -> tuple[int, bool]:
-        """(status, whether the connection can carry the next PUT)."""
+    async def _reply(self, sock: socket.socket) -> tuple[int, bytes, bool]:
+        """(status, body, whether the connection can carry the next PUT)."""
         got = bytearray()
         while True:
             await self._ready(sock, write=False)
@@ -115,8 +117,8 @@ class HttpPut:
             if len(parts) < 2 or not parts[1].isdigit() or not length.isdigit() or b"transfer-encoding" in fields:
                 raise ValueError("unframed reply")
             if len(got) - end - 4 >= int(length):
-                return int(parts[1]), (len(got) - end - 4 == int(length)
-                                       and fields.get(b"connection", b"").lower() != b"close")
+                return int(parts[1]), bytes(got[end + 4:end + 4 + int(length)]), (
+                    len(got) - end - 4 == int(length) and fields.get(b"connection", b"").lower() != b"close")
             if int(length) > _REPLY_BYTES:
                 raise ValueError("reply body too long")
 

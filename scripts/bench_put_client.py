@@ -1,0 +1,125 @@
+"""objectcache's PUT client (`store/httpput.py`) against obstore's, side by side on one
+SeaweedFS, with SGLang's in-tree `seaweedfs` backend and the raw lanes for scale.
+
+Lanes, each writing `--batch` fresh pages per batch, taking turns in a random order for
+`--reps` rounds (the first round warms up and is not kept), `--settle-s` idle before each:
+- `objectcache`: `batch_set_v1` as shipped (`http_put` on where it applies);
+- `objectcache_obstore_put`: the same with `http_put: false` (every PUT through obstore);
+- `seaweedfs`: SGLang's in-tree backend (boto3, 16 threads);
+- `raw_obstore` / `raw_http`: bench_storage's raw lanes (64 in flight) on each client.
+Per lane: pages/s (median batch), this process's and the server's CPU per page.
+
+    .venv/bin/python scripts/bench_put_client.py --out benchmarks/results/put_client
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+
+import bench_storage as bs  # noqa: E402
+from benchutil import command_line, server_cpu_s  # noqa: E402
+from sglang_objectcache.backend import ObjectCacheStorage  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--page-tokens", type=int, default=2, help="2: 256 KiB pages with the default shape")
+    p.add_argument("--layout", default="page_first")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--reps", type=int, default=12)
+    p.add_argument("--settle-s", type=float, default=0.5)
+    p.add_argument("--out", default="benchmarks/results/put_client")
+    args = p.parse_args()
+    P, B = args.page_tokens, args.batch
+    host = bs.make_host(bs.Shape(), P, 2 * B, args.layout)
+    with tempfile.TemporaryDirectory(prefix="put-client-") as tmp, \
+            bs.SeaweedFS(os.path.join(tmp, "s3"), buckets=bs.BUCKETS) as srv:
+        systems = bs.make_systems(srv, host, P, os.path.join(tmp, "file"))
+        oc = systems["objectcache"]
+        plain = ObjectCacheStorage(bs.storage_config(srv.config("bench-objectcache", read_timeout_s=60.0,
+                                                                http_put=False)), host)
+        plain.register_mem_pool_host(host)
+        if oc.storage.store._http_put is None or plain.store._http_put is not None:
+            raise SystemExit("the two objectcache lanes must differ in their PUT client")
+        src = bs.host_indices(0, B, P)
+        bodies = [bytes(oc.storage._encode_page(oc.storage.pages, f"raw{i}", i * P)) for i in range(B)]
+        raws = {"raw_obstore": bs.RawObstore(srv, "bench-raw", 64), "raw_http": bs.RawHttp(srv, "bench-raw", 64)}
+
+        def fresh() -> list[str]:
+            return [uuid.uuid4().hex for _ in range(B)]
+
+        lanes = {"objectcache": lambda: oc.set(fresh(), src),
+                 "objectcache_obstore_put": lambda: bs.Backend("plain", plain, P).set(fresh(), src),
+                 "seaweedfs": lambda: systems["seaweedfs"].set(fresh(), src),
+                 **{name: (lambda r=r: r.put([(f"r/{k}", b) for k, b in zip(fresh(), bodies)]))
+                    for name, r in raws.items()}}
+        rows: dict = {name: [] for name in lanes}
+        rng = random.Random(0)
+        for rep in range(args.reps + 1):
+            for name in rng.sample(list(lanes), len(lanes)):
+                time.sleep(args.settle_s)
+                c0, s0, t0 = time.process_time(), server_cpu_s(srv.proc.pid), time.perf_counter()
+                n = lanes[name]()
+                wall = time.perf_counter() - t0
+                if n != B:
+                    raise RuntimeError(f"{name}: stored {n} of {B} pages")
+                if rep:
+                    rows[name].append({"wall_s": wall, "client_ms_per_page": 1e3 * (time.process_time() - c0) / B,
+                                       "server_ms_per_page": 1e3 * (server_cpu_s(srv.proc.pid) - s0) / B})
+        for r in raws.values():
+            r.close()
+        g = oc.storage.pages.geometry
+    med = lambda xs, k: statistics.median(x[k] for x in xs)  # noqa: E731
+    lanes_out = {name: {"pages_s": B / med(v, "wall_s"), "client_ms_per_page": med(v, "client_ms_per_page"),
+                        "server_ms_per_page": med(v, "server_ms_per_page"), "batches": v} for name, v in rows.items()}
+    base = lanes_out["seaweedfs"]["pages_s"]
+    for name, c in lanes_out.items():
+        c["vs_seaweedfs"] = c["pages_s"] / base
+        print(f"{name:24s} {c['pages_s']:7.1f} pages/s  {c['vs_seaweedfs']:.2f}x in-tree  client "
+              f"{c['client_ms_per_page']:.3f}  server {c['server_ms_per_page']:.3f} ms/page")
+    out = {"command": command_line(), "object_bytes": g.object_bytes, "layout": args.layout, "batch": B,
+           "reps": args.reps, "loadavg_after": os.getloadavg(), "lanes": lanes_out}
+    with open(args.out + ".json", "w") as f:
+        json.dump(out, f, indent=1)
+    plot(out, args.out + ".png")
+
+
+def plot(out: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(out["lanes"])
+    lanes = [out["lanes"][n] for n in names]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.bar(names, [c["pages_s"] for c in lanes], color=["C0", "C9", "C3", "0.55", "0.3"])
+    a.set_ylabel("pages/s (median batch)")
+    for x, c in enumerate(lanes):
+        a.text(x, c["pages_s"], f"{c['vs_seaweedfs']:.2f}x", ha="center", va="bottom", fontsize=8)
+    b.bar(names, [c["client_ms_per_page"] for c in lanes], label="client")
+    b.bar(names, [c["server_ms_per_page"] for c in lanes], bottom=[c["client_ms_per_page"] for c in lanes],
+          label="server", color="0.7")
+    b.set_ylabel("CPU ms per page")
+    b.legend(fontsize=8)
+    for ax in (a, b):
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    fig.suptitle(f"batch_set of {out['batch']} x {out['object_bytes'] / 1024:.0f} KiB pages, one SeaweedFS, "
+                 f"{out['reps']} batches per lane", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
