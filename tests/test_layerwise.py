@@ -213,11 +213,15 @@ def test_corrupt_layer_fails_the_batch_and_is_reported(rig, s3, bucket):
     body = bytearray(c.get_object(Bucket=bucket, Key=names[1])["Body"].read())
     body[-3] ^= 0x10  # last layer
     c.put_object(Bucket=bucket, Key=names[1], Body=bytes(body))
+
+    def slow_scrub(names, hashes):  # a scrub's re-read and delete take a while
+        time.sleep(0.5)
+        rig.corrupt.extend(names)
+
+    rig.loader.on_corrupt = slow_scrub
     _, ok = rig.load(keys, [10, 11, 12])
     assert not ok
-    deadline = time.monotonic() + 5
-    while not rig.corrupt and time.monotonic() < deadline:
-        time.sleep(0.05)
+    rig.loader.wait_scrubs(5)  # what the recompute path waits for before it writes back
     assert rig.corrupt == names  # the whole batch is suspect; the linker scrubs it (e2e test)
     assert rig.stats.counters["checksum_failures"] == 1
 

@@ -218,6 +218,10 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         if len(self._suppressed) > 100_000:
             self._suppressed.clear()
 
+    def settle_scrubs(self, timeout_s: float = 10.0) -> None:
+        """Before failed loads are recomputed: their corrupt objects are deleted first."""
+        self.loader.wait_scrubs(timeout_s)
+
     def _stop_batch(self, index: int) -> None:
         self.loader.stop(index)
 
