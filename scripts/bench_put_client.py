@@ -9,7 +9,15 @@ Lanes, each writing `--batch` fresh pages per batch, taking turns in a random or
 - `raw_obstore` / `raw_http`: bench_storage's raw lanes (64 in flight) on each client.
 Per lane: pages/s (median batch), this process's and the server's CPU per page.
 
+With `--parts`, three more lanes split `batch_set_v1`'s client CPU:
+- `seal`: sealing alone (copy out of the host pool, one xxh3 per layer, the header);
+- `objectcache_no_store`: `batch_set_v1` with the store's `put_iter` replaced by one that
+  only draws the items: all objectcache does around its PUTs;
+- `put_iter`: the store's `put_iter` of already sealed bodies (the hand-off to the
+  transport's loop, the semaphore, `HttpPut`), to set beside `raw_http` on the same bodies.
+
     .venv/bin/python scripts/bench_put_client.py --out benchmarks/results/put_client
+    .venv/bin/python scripts/bench_put_client.py --parts --out benchmarks/results/put_path
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
 
+import numpy as np  # noqa: E402
+
 import bench_storage as bs  # noqa: E402
 from benchutil import command_line, server_cpu_s  # noqa: E402
 from sglang_objectcache.backend import ObjectCacheStorage  # noqa: E402
@@ -39,6 +49,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--reps", type=int, default=12)
     p.add_argument("--settle-s", type=float, default=0.5)
+    p.add_argument("--parts", action="store_true", help="add the lanes that split batch_set_v1's CPU")
     p.add_argument("--out", default="benchmarks/results/put_client")
     args = p.parse_args()
     P, B = args.page_tokens, args.batch
@@ -64,6 +75,8 @@ def main() -> None:
                  "seaweedfs": lambda: systems["seaweedfs"].set(fresh(), src),
                  **{name: (lambda r=r: r.put([(f"r/{k}", b) for k, b in zip(fresh(), bodies)]))
                     for name, r in raws.items()}}
+        if args.parts:
+            lanes.update(parts(oc, src, bodies, fresh))
         rows: dict = {name: [] for name in lanes}
         rng = random.Random(0)
         for rep in range(args.reps + 1):
@@ -85,14 +98,45 @@ def main() -> None:
                         "server_ms_per_page": med(v, "server_ms_per_page"), "batches": v} for name, v in rows.items()}
     base = lanes_out["seaweedfs"]["pages_s"]
     for name, c in lanes_out.items():
-        c["vs_seaweedfs"] = c["pages_s"] / base
-        print(f"{name:24s} {c['pages_s']:7.1f} pages/s  {c['vs_seaweedfs']:.2f}x in-tree  client "
+        if name in PARTS:  # these store nothing: their pages/s means nothing
+            del c["pages_s"]
+        else:
+            c["vs_seaweedfs"] = c["pages_s"] / base
+        print(f"{name:24s} {c.get('pages_s', 0):7.1f} pages/s  {c.get('vs_seaweedfs', 0):.2f}x in-tree  client "
               f"{c['client_ms_per_page']:.3f}  server {c['server_ms_per_page']:.3f} ms/page")
     out = {"command": command_line(), "object_bytes": g.object_bytes, "layout": args.layout, "batch": B,
            "reps": args.reps, "loadavg_after": os.getloadavg(), "lanes": lanes_out}
+    if args.parts:
+        cpu = {name: c["client_ms_per_page"] for name, c in lanes_out.items()}
+        out["split_ms_per_page"] = {"around_puts": cpu["objectcache_no_store"],
+                                    "put_iter_over_raw_http": cpu["put_iter"] - cpu["raw_http"],
+                                    "objectcache_over_raw_http": cpu["objectcache"] - cpu["raw_http"]}
+        print(out["split_ms_per_page"])
     with open(args.out + ".json", "w") as f:
         json.dump(out, f, indent=1)
     plot(out, args.out + ".png")
+
+
+PARTS = ("seal", "objectcache_no_store")
+
+
+def parts(oc, src, bodies: list[bytes], fresh) -> dict:
+    st = oc.storage
+    P = st.pages.page_size
+    slots = src[::P].tolist()
+    staging = np.empty((len(slots), st.pages.geometry.object_bytes), np.uint8)
+    put_iter = st.store.put_iter
+
+    def no_store() -> int:
+        st.store.put_iter = lambda items, if_absent=True: [True for _ in items]
+        try:
+            return oc.set(fresh(), src)
+        finally:
+            st.store.put_iter = put_iter
+
+    return {"seal": lambda: len(list(st._encode_pages(st.pages, fresh(), slots, staging))),
+            "objectcache_no_store": no_store,
+            "put_iter": lambda: sum(r is True for r in put_iter(zip([f"p/{k}" for k in fresh()], bodies)))}
 
 
 def plot(out: dict, path: str) -> None:
@@ -104,9 +148,11 @@ def plot(out: dict, path: str) -> None:
     names = list(out["lanes"])
     lanes = [out["lanes"][n] for n in names]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    a.bar(names, [c["pages_s"] for c in lanes], color=["C0", "C9", "C3", "0.55", "0.3"])
+    stored = [n for n in names if "pages_s" in out["lanes"][n]]
+    a.bar(stored, [out["lanes"][n]["pages_s"] for n in stored], color=["C0", "C9", "C3", "0.55", "0.3", "C2"])
     a.set_ylabel("pages/s (median batch)")
-    for x, c in enumerate(lanes):
+    for x, n in enumerate(stored):
+        c = out["lanes"][n]
         a.text(x, c["pages_s"], f"{c['vs_seaweedfs']:.2f}x", ha="center", va="bottom", fontsize=8)
     b.bar(names, [c["client_ms_per_page"] for c in lanes], label="client")
     b.bar(names, [c["server_ms_per_page"] for c in lanes], bottom=[c["client_ms_per_page"] for c in lanes],
