@@ -6,24 +6,15 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import threading
 import time
 
 import pytest
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.store import INTO, Receiver, StoreError, httpget, make_store
+from sglang_objectcache.store import INTO, Receiver, StoreError, httpget
 from sglang_objectcache.store.obstore_ import ObstoreStore
 
-
-def blob(n: int, seed: int) -> bytes:
-    return bytes((seed * 31 + i * 7) % 251 for i in range(n))
-
-
-def store(s3, bucket, **kw) -> ObstoreStore:
-    st = make_store(ObjectCacheConfig.from_dict(s3.config(bucket, transport="obstore", **kw)))
-    assert isinstance(st, ObstoreStore)
-    return st
+from http_support import blob, silent_store, store
 
 
 def calls(monkeypatch, st: ObstoreStore) -> dict:
@@ -103,24 +94,13 @@ def test_wrong_credentials_are_an_auth_error_as_before(s3, bucket):
 def test_a_store_that_stalls_is_a_timeout_once(s3, bucket):
     # A server that accepts and never answers: the GET ends after read_timeout_s with a
     # timeout, not after a second wait in obstore.
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    held = []
-    threading.Thread(target=lambda: [held.append(srv.accept()) for _ in range(4)], daemon=True).start()
-    cfg = {**s3.config(bucket), "endpoint_url": f"http://127.0.0.1:{srv.getsockname()[1]}", "transport": "obstore",
-           "read_timeout_s": 0.5}
-    st = ObstoreStore(ObjectCacheConfig.from_dict(cfg))
-    try:
+    with silent_store(s3, bucket, read_timeout_s=0.5) as st:
         got = []
         t0 = time.monotonic()
         st.get_each(["s/1"], lambda i, r: got.append(r), size=100)
         took = time.monotonic() - t0
         assert isinstance(got[0], StoreError) and got[0].kind == "timeout", got
         assert 0.4 < took < 1.5, took
-    finally:
-        st.close()
-        srv.close()
 
 
 class Taker(Receiver):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from test_httpget import blob, store
+from http_support import blob, silent_store, store
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import StoreError, httpget, httpput
@@ -76,23 +76,12 @@ def test_wrong_keys_are_an_auth_error_named_by_obstore(s3, bucket, monkeypatch):
 def test_a_store_that_stalls_is_a_timeout_once(s3, bucket):
     # A server that accepts and never answers: the PUT ends after read_timeout_s with a
     # timeout, not after a second wait in obstore.
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    held = []
-    threading.Thread(target=lambda: [held.append(srv.accept()) for _ in range(4)], daemon=True).start()
-    cfg = {**s3.config(bucket), "endpoint_url": f"http://127.0.0.1:{srv.getsockname()[1]}", "transport": "obstore",
-           "read_timeout_s": 0.5}
-    st = ObstoreStore(ObjectCacheConfig.from_dict(cfg))
-    try:
+    with silent_store(s3, bucket, read_timeout_s=0.5) as st:
         t0 = time.monotonic()
         got = st.put_many([("s/1", blob(100, 1))])
         took = time.monotonic() - t0
         assert isinstance(got[0], StoreError) and got[0].kind == "timeout", got
         assert 0.4 < took < 1.5, took
-    finally:
-        st.close()
-        srv.close()
 
 
 class OneReplyServer:
