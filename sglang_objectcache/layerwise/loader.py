@@ -137,7 +137,7 @@ class LayerwiseLoader:
         self._draining: dict[int, _Batch] = {}  # stopped batches whose jobs may still write staging
         # Writes and host-tier copies; few threads, as each one competes with the forward for the GIL.
         self._pool = ThreadPoolExecutor(min(4, io_threads), thread_name_prefix="objectcache-io")
-        self._scrubs: list = []  # on_corrupt futures not yet waited for (wait_scrubs)
+        self._scrubs: list = []  # on_corrupt futures still running, for wait_scrubs; only the io thread rebinds it
         self._thread = threading.Thread(target=self._loop, name="objectcache-io", daemon=True)
         self._running = True
         self._thread.start()
@@ -515,7 +515,8 @@ class LayerwiseLoader:
         self.stats.miss("corrupt")
         b = self._batches.get(index)
         if b is not None and b.failed is None:
-            self._scrubs.append(self._pool.submit(self.on_corrupt, list(b.names), list(b.hashes)))
+            running = [f for f in self._scrubs if not f.done()]  # done ones are dropped, never waited on
+            self._scrubs = running + [self._pool.submit(self.on_corrupt, list(b.names), list(b.hashes))]
         self._fail(index, FormatError(f"{name}: {err}"))
 
     def wait_scrubs(self, timeout_s: float) -> None:
@@ -523,7 +524,7 @@ class LayerwiseLoader:
         not write its pages back before the corrupt objects are deleted: the conditional PUT
         would be refused by the corrupt object, which the scrub then deletes, and the page
         would be lost from the store until computed again."""
-        pending, self._scrubs = self._scrubs, []
+        pending = list(self._scrubs)
         if pending:
             wait(pending, timeout=timeout_s)
 
