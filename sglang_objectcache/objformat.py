@@ -56,6 +56,12 @@ class FormatError(ValueError):
     """The bytes are not a valid object for the expected geometry and key."""
 
 
+class UnsupportedFormat(FormatError):
+    """A well-formed start of an object this code cannot read (another format version, an
+    unknown kind or dtype code). Never proof of corruption: a newer writer may share the
+    bucket, so nothing deletes an object for this reason."""
+
+
 @dataclass(frozen=True)
 class PageGeometry:
     """Shape of one page object. `row_bytes[c]` is the bytes of one token of component c
@@ -199,7 +205,7 @@ def _unpack_fixed(mv: memoryview) -> tuple:
     if magic != MAGIC:
         raise FormatError("bad magic")
     if version != VERSION:
-        raise FormatError(f"format version {version}, expected {VERSION}")
+        raise UnsupportedFormat(f"format version {version}, expected {VERSION}")
     return tuple(fields)
 
 
@@ -260,7 +266,7 @@ def peek_header(buf) -> tuple[PageGeometry, bytes]:
     try:
         geometry = PageGeometry(kinds[kind], layers, tokens, (rb0, rb1)[:comps], dtypes[dtype])
     except (KeyError, ValueError) as e:
-        raise FormatError(f"unparseable geometry: {e}") from None
+        raise UnsupportedFormat(f"unparseable geometry: {e}") from None
     return geometry, bytes(digest)
 
 
@@ -300,6 +306,7 @@ def decode(buf, expected: PageGeometry, key_digest: bytes, verify: bool = True) 
     """Check a whole object: header, total size and (if verify) every layer's checksum."""
     mv = memoryview(buf).cast("B")
     if len(mv) != expected.object_bytes:
+        _unpack_fixed(mv)  # another format version is unsupported, whatever its size
         raise FormatError(f"object is {len(mv)} bytes, expected {expected.object_bytes}")
     header = decode_header(mv, expected, key_digest)
     if verify:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib.util
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.store.base import INTO, Buffer, GetResult, ObjectInfo, ObjectStore, Receiver, StoreError
+from sglang_objectcache.store.base import (INTO, Buffer, GetResult, ObjectInfo, ObjectStat, ObjectStore, Receiver,
+                                          StoreError, etag_matches)
 
 __all__ = ["INTO", "Buffer", "GetResult", "ObjectInfo", "ObjectStore", "Receiver", "StoreError", "make_store", "open_store", "resolve_transport"]
 

@@ -44,6 +44,9 @@ return one result per input, in input order. A per-item failure is returned as a
 - `delete_many(keys)`: deletes what exists; returns how many keys it was asked to delete
   that are now gone.
 - `list(prefix)`: every object under `prefix`, as `ObjectInfo`, paginated lazily.
+- `stat_many(keys)`: what the store says it holds (HEAD): an `ObjectStat` (size and ETag),
+  `None` if the key does not exist, or a `StoreError`. The scrub uses it to tell bytes
+  damaged in the store from bytes damaged on the way (`etag_matches`).
 - `check(create_bucket)`: one round trip at startup. Raises `StoreError` with a message a
   user can act on: endpoint unreachable, credentials rejected, bucket missing.
 Methods other than the batch ones raise `StoreError` on failure.
@@ -64,10 +67,18 @@ class StoreError(Exception):
 
     KINDS = ("unreachable", "auth", "no_bucket", "timeout", "throttled", "server", "client")
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, status: int = 0):
         assert kind in self.KINDS, kind
         super().__init__(message)
         self.kind = kind
+        self.status = status  # the HTTP status where there was one (416: a range past the end)
+
+    @property
+    def store_wide(self) -> bool:
+        """Says the store (not one object) is unwell: connection-level failures, timeouts,
+        5xx and throttling. A 4xx about one object (416, 403 on an archived object, 404)
+        is that object's miss, never the whole store's."""
+        return self.kind in ("unreachable", "timeout", "throttled", "server")
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,24 @@ class ObjectInfo:
     key: str
     size: int
     last_modified: float  # seconds since the epoch
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    size: int
+    etag: str  # as the store reports it, quotes stripped; "" if it gave none
+
+
+def etag_matches(body, etag: str) -> Optional[bool]:
+    """Whether `body` is the bytes the store holds under `etag`: a single-part PUT's ETag
+    is the MD5 of its body on S3, SeaweedFS, MinIO and Ceph. None where the ETag is no
+    plain MD5 (multipart, SSE-KMS): then the body proves nothing either way."""
+    import hashlib
+    import re
+
+    if not re.fullmatch(r"[0-9a-f]{32}", etag or ""):
+        return None
+    return hashlib.md5(memoryview(body).cast("B")).hexdigest() == etag
 
 
 class _Into:
@@ -156,6 +185,9 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    def stat_many(self, keys: Sequence[str]) -> list[Union["ObjectStat", None, StoreError]]:
+        return [StoreError("client", f"{self.name}: stat is not supported")] * len(keys)
 
     def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]],
                  size: Optional[int] = None, into: Optional[Callable[[int], Receiver]] = None) -> None:
