@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import threading
 from contextlib import contextmanager
@@ -38,3 +39,64 @@ def silent_store(s3, bucket, read_timeout_s: float) -> Iterator[ObstoreStore]:
     finally:
         st.close()
         srv.close()
+
+
+class FakeS3:
+    """An HTTP/1.1 endpoint that answers every request with `answer(method, path, headers,
+    body)` -> (status line, body), on keep-alive connections, with the ETag of the body it
+    was sent (obstore wants one on a PUT's reply), and keeps what it was sent in `requests`
+    as (method, path, headers, body); header names in lower case."""
+
+    def __init__(self, answer):
+        self.answer, self.requests = answer, []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def config(self, **extra) -> dict:
+        return {"endpoint_url": self.endpoint, "bucket": "b", "access_key_id": "fake-key",
+                "secret_access_key": "fake-secret", **extra}
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        got = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in got:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    got += chunk
+                head, _, got = got.partition(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                method, path = lines[0].split()[:2]
+                headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+                length = int(headers.get("content-length", 0))
+                while len(got) < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    got += chunk
+                body, got = got[:length], got[length:]
+                self.requests.append((method, path, headers, body))
+                status, reply = self.answer(method, path, headers, body)
+                etag = hashlib.md5(body).hexdigest()
+                conn.sendall(f"HTTP/1.1 {status}\r\nETag: \"{etag}\"\r\nContent-Length: {len(reply)}\r\n\r\n"
+                             .encode() + reply)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def s3_error(code: str, message: str = "") -> bytes:
+    return (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message>"
+            f"<Resource>/b/k</Resource><RequestId>1</RequestId></Error>").encode()

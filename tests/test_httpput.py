@@ -14,6 +14,7 @@ from http_support import blob, silent_store, store
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import StoreError, httpget, httpput
+from sglang_objectcache.store._common import Refused
 from sglang_objectcache.store.obstore_ import ObstoreStore
 
 
@@ -149,12 +150,16 @@ def xml_error(status: str, code: str) -> bytes:
 @pytest.mark.parametrize("reply, conditional, expect", [
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", True, httpget.FALL_BACK),
     (b"HTTP/1.1 503 Slow Down\r\nContent-Length: 4\r\n\r\nbusy", True, httpget.FALL_BACK),
-    # a refusal counts as "exists" only for a conditional PUT, and only with an exists code
+    # a refusal is the conditional-PUT rules' to read only for a conditional PUT, and only
+    # with a code they know (store/_common.py refusal)
     (b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\n\r\n", False, httpget.FALL_BACK),
     (xml_error("409 Conflict", "OperationAborted"), True, httpget.FALL_BACK),
-    (xml_error("409 Conflict", "ConditionalRequestConflict"), True, False),
-    (xml_error("412 Precondition Failed", "PreconditionFailed"), True, False),
-], ids=["unframed", "server_error", "412_unconditional", "409_other", "409_race", "412_exists"])
+    (xml_error("409 Conflict", "ConditionalRequestConflict"), True, 409),
+    (xml_error("412 Precondition Failed", "PreconditionFailed"), True, 412),
+    (xml_error("501 Not Implemented", "NotImplemented"), True, 501),
+    (xml_error("501 Not Implemented", "NotImplemented"), False, httpget.FALL_BACK),
+], ids=["unframed", "server_error", "412_unconditional", "409_other", "409_race", "412_exists", "501_conditional",
+        "501_unconditional"])
 def test_what_it_answers_and_what_it_leaves_to_obstore(reply, conditional, expect):
     # FALL_BACK: obstore sends the PUT again, retries what it retries and names the failure
     srv = OneReplyServer(reply, close_after=1)
@@ -162,6 +167,10 @@ def test_what_it_answers_and_what_it_leaves_to_obstore(reply, conditional, expec
                                        "bucket": "b", "access_key_id": "a", "secret_access_key": "s"})
     client = httpput.HttpPut(cfg)
     try:
-        assert asyncio.run(client.put("k", b"x" * 10, conditional)) is expect
+        got = asyncio.run(client.put("k", b"x" * 10, conditional))
+        if expect is httpget.FALL_BACK:
+            assert got is expect
+        else:
+            assert isinstance(got, Refused) and got.status == expect == got.error.status, got
     finally:
         srv.sock.close()

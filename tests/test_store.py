@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.store import StoreError, make_store, resolve_transport
+from sglang_objectcache.store import ObjectStat, StoreError, etag_matches, make_store, resolve_transport
 from sglang_objectcache.store._common import plan_ranges
 
 TRANSPORTS = ["boto3", "obstore"]
@@ -102,6 +102,29 @@ def test_get_ranges_byte_exact(store):
     assert out[-2] is None
     assert isinstance(out[-1], StoreError) and out[-1].kind == "client"
     assert bytes(store.get_ranges([("rg/0", 0, len(one))])[0]) == one
+
+
+def test_a_range_past_the_end_says_416(store):
+    # A truncated object: the caller must tell "this object is short" (416) from a store
+    # that is unwell, so the error carries the HTTP status.
+    store.put("short/k", blob(100, 3))
+    (r,) = store.get_ranges([("short/k", 150, 200)])
+    assert isinstance(r, StoreError) and r.kind == "client", r
+    assert r.status == 416 and not r.store_wide
+    assert bytes(store.get_ranges([("short/k", 50, 150)])[0]) == blob(100, 3)[50:]
+
+
+def test_stat_many_gives_size_and_etag(store):
+    b = blob(70_000, 5)
+    assert store.put_many([("st/a", b), ("st/empty", b"")]) == [True, True]
+    a, empty, missing = store.stat_many(["st/a", "st/empty", "st/missing"])
+    assert isinstance(a, ObjectStat) and a.size == len(b) and '"' not in a.etag
+    assert empty.size == 0 and etag_matches(b"", empty.etag) is True
+    assert missing is None
+    assert etag_matches(b, a.etag) is True
+    flipped = bytearray(b)
+    flipped[1234] ^= 0x10
+    assert etag_matches(flipped, a.etag) is False
 
 
 def test_coalescing_plan_merges_adjacent_and_overlapping_only():
@@ -200,7 +223,8 @@ def test_check_wrong_secret(s3, bucket, transport):
         assert str(e.value) == (f"S3 rejected the credentials for bucket '{bucket}' at {s3.endpoint}: "
                                 "SignatureDoesNotMatch (check access_key_id/secret_access_key)")
         (r,) = st.get_many(["any/key"])  # the data path says the same, without the secret
-        assert isinstance(r, StoreError) and r.kind == "auth"
+        assert isinstance(r, StoreError) and r.kind == "auth" and r.status == 403
+        assert e.value.status == 403
         for text in (str(e.value), repr(e.value), str(r), repr(st)):
             assert secret not in text and s3.secret_key not in text
 

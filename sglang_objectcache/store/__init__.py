@@ -18,7 +18,8 @@ from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store.base import (INTO, Buffer, GetResult, ObjectInfo, ObjectStat, ObjectStore, Receiver,
                                           StoreError, etag_matches)
 
-__all__ = ["INTO", "Buffer", "GetResult", "ObjectInfo", "ObjectStore", "Receiver", "StoreError", "make_store", "open_store", "resolve_transport"]
+__all__ = ["INTO", "Buffer", "GetResult", "ObjectInfo", "ObjectStat", "ObjectStore", "Receiver", "StoreError",
+           "etag_matches", "make_store", "open_store", "resolve_transport"]
 
 
 def resolve_transport(cfg: ObjectCacheConfig) -> str:

@@ -1,4 +1,5 @@
-"""What every transport shares: error kinds, the startup-check messages, range coalescing.
+"""What every transport shares: error kinds, the startup-check messages, what a refused
+conditional PUT means, range coalescing.
 
 One place for the text a user reads when the store is misconfigured, so boto3 and obstore
 say the same thing. Messages name the endpoint, the bucket and the S3 error code, never a
@@ -8,12 +9,18 @@ leaves a transport.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import threading
+import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Awaitable, Callable, Iterable, Optional, Sequence
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store.base import StoreError
+
+logger = logging.getLogger(__name__)
 
 # Ranges of one key closer than this are fetched by one request. 0 = only adjacent or
 # overlapping ones: a gap is bytes paid for and thrown away, and the caller chose the ranges.
@@ -34,14 +41,95 @@ _AUTH_CODES = {
 }
 _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
                    "TooManyRequests", "RequestThrottled", "ServiceUnavailable"}
-# Conditional PUT lost to another writer: the object exists (or is being created).
-EXISTS_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
+# S3 answers a conditional PUT (`If-None-Match: *`) of a key another writer is writing
+# conditionally with 409 ConditionalRequestConflict ("a conditional write is in progress").
+# That is no proof the key exists, as that write may still fail: the PUT is sent again once,
+# after this pause.
+BUSY_PAUSE_S = 0.05
+NO_CONDITIONAL_PUTS = ("store does not support conditional PUTs (If-None-Match); writing unconditionally: "
+                       "safe because objects are content-addressed and checksummed")
 
 
-def put_lost_race(status: int, code: str) -> bool:
-    """A conditional PUT refused because the key exists. `code` is the S3 error code, or
-    the status as text where the reply had none (as botocore reports it)."""
-    return status in (409, 412) and (code in EXISTS_CODES or code == str(status))
+@dataclass(frozen=True)
+class Refused:
+    """A PUT the store answered with an HTTP error, as `ConditionalPuts` reads it."""
+
+    status: int
+    code: str  # the S3 error code, or the status as text where the reply had none
+    text: str  # the reply's message: a 400 names the header it refuses there
+    error: StoreError  # what the PUT returns where no rule below applies
+
+
+def refusal(status: int, code: str, text: str) -> str:
+    """What a store's refusal of a conditional PUT says: "exists" (the key exists), "busy"
+    (another conditional write of it is in progress), "unsupported" (the store refuses the
+    header itself: 501, or a 400 NotImplemented, or a 400 InvalidArgument that names it), or ""."""
+    if status == 412 and code in ("PreconditionFailed", "412"):
+        return "exists"
+    if status == 409 and code in ("ConditionalRequestConflict", "409"):
+        return "busy"
+    if status == 501 or (status == 400 and (code == "NotImplemented" or (
+            code == "InvalidArgument" and "if-none-match" in text.lower()))):
+        return "unsupported"
+    return ""
+
+
+_AGAIN, _WAIT = object(), object()
+
+
+class ConditionalPuts:
+    """How one store answers conditional PUTs, shared by its PUT clients. Each transport
+    hands `put` a `send(conditional)` of one PUT that returns True, a `Refused` or a
+    StoreError; the rules of what a refusal means live here, for all of them."""
+
+    def __init__(self, where: str):
+        self.where = where  # endpoint/bucket, for the log
+        self.supported = True  # until the store refuses the header itself
+        self._lock = threading.Lock()
+
+    def use(self, if_absent: bool) -> bool:
+        return if_absent and self.supported
+
+    def put(self, send: Callable[[bool], object], if_absent: bool):
+        tries = 0
+        while True:
+            tries += 1
+            conditional = self.use(if_absent)
+            r = self._after(send(conditional), conditional, tries)
+            if r is _WAIT:
+                time.sleep(BUSY_PAUSE_S)
+            elif r is not _AGAIN:
+                return r
+
+    async def put_async(self, send: Callable[[bool], Awaitable[object]], if_absent: bool):
+        tries = 0
+        while True:
+            tries += 1
+            conditional = self.use(if_absent)
+            r = self._after(await send(conditional), conditional, tries)
+            if r is _WAIT:
+                await asyncio.sleep(BUSY_PAUSE_S)
+            elif r is not _AGAIN:
+                return r
+
+    def _after(self, reply, conditional: bool, tries: int):
+        """The PUT's result, or _AGAIN / _WAIT: send it again (after BUSY_PAUSE_S)."""
+        if not isinstance(reply, Refused):
+            return reply
+        why = refusal(reply.status, reply.code, reply.text) if conditional else ""
+        if why == "exists":
+            return False
+        if why == "unsupported":
+            # Nothing could ever be stored otherwise. Two writers of a key then both write
+            # it, the same bytes, so only `pages_deduped` is off.
+            with self._lock:
+                if self.supported:
+                    self.supported = False
+                    logger.warning("objectcache: %s: %s", self.where, NO_CONDITIONAL_PUTS)
+            return _AGAIN
+        if why == "busy" and tries == 1:
+            return _WAIT
+        return reply.error
 
 
 def concurrency(cfg: ObjectCacheConfig, override: Optional[int], transport_default: int) -> int:
@@ -106,7 +194,7 @@ def check_error(cfg: ObjectCacheConfig, p: Probe) -> StoreError:
     if p.kind == "no_bucket":
         return StoreError(
             "no_bucket", f"bucket '{b}' does not exist at {ep} (set create_bucket: true in the "
-            "objectcache config to create it at startup, or create it yourself)")
+            "objectcache config to create it at startup, or create it yourself)", p.status)
     if p.kind == "auth":
         if p.code == "AccessDenied":
             hint = "the credentials are valid but lack s3:ListBucket/GetObject/PutObject/DeleteObject on it"
@@ -118,8 +206,8 @@ def check_error(cfg: ObjectCacheConfig, p: Probe) -> StoreError:
         else:
             hint = "check access_key_id/secret_access_key"
         return StoreError("auth", f"S3 rejected the credentials for bucket '{b}' at {ep}: "
-                                  f"{p.code or p.status} ({hint})")
-    return StoreError(p.kind, f"S3 check of bucket '{b}' at {ep} failed: HTTP {p.status} {p.code}".rstrip())
+                                  f"{p.code or p.status} ({hint})", p.status)
+    return StoreError(p.kind, f"S3 check of bucket '{b}' at {ep} failed: HTTP {p.status} {p.code}".rstrip(), p.status)
 
 
 def run_check(cfg: ObjectCacheConfig, probe: Callable[[], Probe], create: Callable[[], None],

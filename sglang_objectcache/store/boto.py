@@ -22,7 +22,8 @@ from botocore.handlers import add_expect_header
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
-from sglang_objectcache.store.base import Buffer, Cutoff, GetResult, ObjectInfo, ObjectStore, Receiver, StoreError
+from sglang_objectcache.store.base import (Buffer, Cutoff, GetResult, ObjectInfo, ObjectStat, ObjectStore, Receiver,
+                                            StoreError)
 
 # From benchmarks/results/transports.json: ~2.2 ms of client CPU per request caps boto3 at
 # ~450 req/s per core, which 16 threads keep busy even at 35 ms of store latency; at 64,
@@ -74,7 +75,7 @@ def make_bucket(cfg: ObjectCacheConfig) -> None:
         if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):  # a racing creator
             raise StoreError(C.kind_for(status, code) if status != 404 else "client",
                              f"cannot create bucket '{cfg.bucket}' at {C.endpoint_of(cfg)}: "
-                             f"HTTP {status} {code}") from None
+                             f"HTTP {status} {code}", status) from None
     except Exception as e:  # noqa: BLE001 - the probe that follows reports network errors
         raise StoreError("unreachable", f"cannot create bucket '{cfg.bucket}' at "
                          f"{C.endpoint_of(cfg)}: {C.net_reason(str(e))}") from None
@@ -127,6 +128,7 @@ class Boto3Store(ObjectStore):
         self._client = make_client(cfg, connect_s=cfg.connect_timeout_s, read_s=cfg.read_timeout_s,
                                    attempts=cfg.retries + 1, pool=self.max_concurrency)
         self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="objectcache-boto3")
+        self._conditional = C.ConditionalPuts(f"{C.endpoint_of(cfg)}/{cfg.bucket}")
 
     def __repr__(self) -> str:
         return f"Boto3Store(endpoint={C.endpoint_of(self.cfg)!r}, bucket={self.bucket!r}, " \
@@ -206,6 +208,9 @@ class Boto3Store(ObjectStore):
     def exists_many(self, keys: Sequence[str]) -> list[Union[bool, StoreError]]:
         return self._map(self._exists, keys)
 
+    def stat_many(self, keys: Sequence[str]) -> list[Union[ObjectStat, None, StoreError]]:
+        return self._map(self._stat, keys)
+
     def delete_many(self, keys: Sequence[str]) -> int:
         gone = 0
         for chunk in C.chunks(list(keys), 1000):  # DeleteObjects takes at most 1000 keys
@@ -246,17 +251,18 @@ class Boto3Store(ObjectStore):
             return self._error("GET", key, e)
 
     def _put(self, key: str, data: Buffer, if_absent: bool) -> Union[bool, StoreError]:
+        return self._conditional.put(lambda conditional: self._put_once(key, data, conditional), if_absent)
+
+    def _put_once(self, key: str, data: Buffer, conditional: bool) -> Union[bool, C.Refused, StoreError]:
         try:
-            if if_absent:
+            if conditional:
                 self._client.put_object(Bucket=self.bucket, Key=key, Body=_body(data), IfNoneMatch="*")
             else:
                 self._client.put_object(Bucket=self.bucket, Key=key, Body=_body(data))
             return True
         except bx.ClientError as e:
             status, code = _status_code(e)
-            if C.put_lost_race(status, code):
-                return False
-            return self._error("PUT", key, e)
+            return C.Refused(status, code, e.response.get("Error", {}).get("Message", ""), self._error("PUT", key, e))
         except Exception as e:  # noqa: BLE001
             return self._error("PUT", key, e)
 
@@ -271,8 +277,20 @@ class Boto3Store(ObjectStore):
         except Exception as e:  # noqa: BLE001
             return self._error("HEAD", key, e)
 
+    def _stat(self, key: str) -> Union[ObjectStat, None, StoreError]:
+        try:
+            r = self._client.head_object(Bucket=self.bucket, Key=key)
+            return ObjectStat(r["ContentLength"], r.get("ETag", "").strip('"'))
+        except bx.ClientError as e:
+            if _status_code(e)[0] == 404:  # as in _exists
+                return None
+            return self._error("HEAD", key, e)
+        except Exception as e:  # noqa: BLE001
+            return self._error("HEAD", key, e)
+
     def _error(self, op: str, key: str, e: Exception) -> StoreError:
         where = f"{op} {self.bucket}/{key}"
+        status = 0
         if isinstance(e, bx.ClientError):
             status, code = _status_code(e)
             kind, what = C.kind_for(status, code), f"HTTP {status} {code}"
@@ -284,7 +302,7 @@ class Boto3Store(ObjectStore):
             kind, what = "auth", "no AWS credentials found (config keys or the AWS chain)"
         else:
             kind, what = "client", f"{type(e).__name__}: {e}"
-        return StoreError(kind, self._redact(f"{where}: {what}"))
+        return StoreError(kind, self._redact(f"{where}: {what}"), status)
 
     # --- startup ------------------------------------------------------------------------
 

@@ -10,9 +10,11 @@ per 257 KiB page with obstore's PUTs and 0.26 ms with this client, side by side
 Narrow like `httpget` and used where it applies (`httpget.plain`: plain http://, static
 keys, path style) with `http_put` on and `sign_payload` off, since the body is not signed
 (UNSIGNED-PAYLOAD, as obstore's PUTs by default). It answers only what it can be sure of:
-`True` for a 200, `False` for a conditional PUT the store refused because the key exists
-(`_common.put_lost_race`, the rule boto3's transport uses). Anything else returns
-`FALL_BACK`: another status, a connection that fails or closes, a reply it cannot frame.
+`True` for a 200, and for a conditional PUT the store refused in a way
+`_common.refusal` reads (the key exists, another writer's conditional PUT is in progress,
+the store refuses the header), a `_common.Refused` for the caller's `ConditionalPuts`, the
+rules every transport uses. Anything else returns `FALL_BACK`: another status, a
+connection that fails or closes, a reply it cannot frame.
 The caller then PUTs again through obstore, which retries and classifies every failure.
 A PUT is safe to send twice: the key names its content, so a second conditional PUT after
 a first that landed answers "exists", and an unconditional one writes the same bytes. A
@@ -53,7 +55,7 @@ class HttpPut:
         self._connect_s, self._read_s = cfg.connect_timeout_s, cfg.read_timeout_s
         self._idle: list[socket.socket] = []
 
-    async def put(self, key: str, data: Buffer, if_absent: bool) -> Union[bool, StoreError, object]:
+    async def put(self, key: str, data: Buffer, if_absent: bool) -> Union[bool, C.Refused, StoreError, object]:
         body = memoryview(data).cast("B")
         try:
             sock = self._reuse() or await asyncio.wait_for(connect(self._addr), self._connect_s)
@@ -74,8 +76,11 @@ class HttpPut:
                 sock.close()
         if status == 200:
             return True
-        if if_absent and C.put_lost_race(status, C.s3_code(body.decode(errors="replace")) or str(status)):
-            return False
+        text = body.decode(errors="replace")
+        code = C.s3_code(text) or str(status)
+        if if_absent and C.refusal(status, code, text):
+            return C.Refused(status, code, text, StoreError(C.kind_for(status, code),
+                                                            f"PUT {self._bucket}/{key}: HTTP {status} {code}", status))
         return FALL_BACK
 
     async def _send(self, sock: socket.socket, bufs: list) -> None:

@@ -9,7 +9,7 @@ where a DRAM<->OBJ round trip was shown to work against SeaweedFS with a stub cu
 
 Why the split: the OBJ plugin moves whole objects (WRITE) and byte ranges (READ: the OBJ
 descriptor's `addr` is the offset in the object) between registered memory and S3, and has
-no HEAD, LIST or DELETE primitive. So exists/list/delete/check go to a `Boto3Store`, as
+no HEAD, LIST or DELETE primitive. So exists/stat/list/delete/check go to a `Boto3Store`, as
 Dynamo does. Two consequences:
 - `get_many` must learn each object's size first (a HEAD per key) because a NIXL READ
   needs the length; `get_ranges` does not (the ranges give the lengths).
@@ -29,7 +29,7 @@ from typing import Iterator, Optional, Sequence, Union
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
-from sglang_objectcache.store.base import Buffer, GetResult, ObjectInfo, ObjectStore, StoreError
+from sglang_objectcache.store.base import Buffer, GetResult, ObjectInfo, ObjectStat, ObjectStore, StoreError
 from sglang_objectcache.store.boto import Boto3Store
 
 NO_NIXL = ("transport 'nixl' needs the `nixl` Python package (pip install nixl; it pulls CUDA "
@@ -93,6 +93,9 @@ class NixlObjStore(ObjectStore):
 
     def exists_many(self, keys: Sequence[str]) -> list[Union[bool, StoreError]]:
         return self._control.exists_many(keys)
+
+    def stat_many(self, keys: Sequence[str]) -> list[Union[ObjectStat, None, StoreError]]:
+        return self._control.stat_many(keys)
 
     def delete_many(self, keys: Sequence[str]) -> int:
         return self._control.delete_many(keys)

@@ -23,7 +23,8 @@ cancels the rest at the first miss.
 Semantics kept equal to `Boto3Store`:
 - `list(prefix)` is a string prefix, as in S3. object_store lists directories, so we list
   the prefix's directory from just before the prefix and stop at the first key past it.
-- Conditional PUT is `mode="create"` (If-None-Match: *); AlreadyExists/Precondition -> False.
+- Conditional PUT is `mode="create"` (If-None-Match: *); what a refusal means is
+  `_common.ConditionalPuts`'s (412 -> False).
 - Credentials: explicit keys from the config, else boto3's chain through obstore's
   `Boto3CredentialProvider`, so temporary credentials refresh.
 - Creating a bucket has no obstore call; `check(create_bucket=True)` uses boto3 for that.
@@ -49,7 +50,8 @@ from obstore.store import S3Store
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
 from sglang_objectcache.store import httpget, httpput
-from sglang_objectcache.store.base import INTO, Buffer, Cutoff, GetResult, ObjectInfo, ObjectStore, Receiver, StoreError
+from sglang_objectcache.store.base import (INTO, Buffer, Cutoff, GetResult, ObjectInfo, ObjectStat, ObjectStore,
+                                            Receiver, StoreError)
 
 # In-flight requests cost no thread here. A remote store's latency needs many in flight
 # (~1400 req/s per core at 20-40 ms is 28-56); 128 sends SGLang's 128-page batch in one
@@ -128,6 +130,7 @@ class ObstoreStore(ObjectStore):
         self._land_pool: Optional[ThreadPoolExecutor] = None
         self._http = httpget.HttpGet(cfg) if httpget.applies(cfg) else None
         self._http_put = httpput.HttpPut(cfg) if httpput.applies(cfg) else None
+        self._conditional = C.ConditionalPuts(f"{C.endpoint_of(cfg)}/{cfg.bucket}")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="objectcache-obstore", daemon=True)
         self._thread.start()
@@ -170,15 +173,15 @@ class ObstoreStore(ObjectStore):
         return out
 
     def put_many(self, items: Sequence[tuple[str, Buffer]], if_absent: bool = True) -> list[Union[bool, StoreError]]:
-        mode = "create" if if_absent else "overwrite"
-        return self._run([self._put(k, v, mode) for k, v in items])
+        return self._run([self._put(k, v, if_absent) for k, v in items])
 
     def exists_many(self, keys: Sequence[str]) -> list[Union[bool, StoreError]]:
         return self._run([self._exists(k) for k in keys])
 
-    def put_iter(self, items: Iterable[tuple[str, Buffer]], if_absent: bool = True) -> list[Union[bool, StoreError]]:
-        mode = "create" if if_absent else "overwrite"
+    def stat_many(self, keys: Sequence[str]) -> list[Union[ObjectStat, None, StoreError]]:
+        return self._run([self._stat(k) for k in keys])
 
+    def put_iter(self, items: Iterable[tuple[str, Buffer]], if_absent: bool = True) -> list[Union[bool, StoreError]]:
         async def run() -> list:
             # `items` is drawn on the loop (the caller's sealing runs here): one hand-off per
             # batch, not one per PUT. Each PUT starts before the next item is made.
@@ -187,7 +190,7 @@ class ObstoreStore(ObjectStore):
             try:
                 for key, data in items:
                     limit = limit or self._bytes_limit(memoryview(data).nbytes, PUT_BYTES_IN_FLIGHT)
-                    tasks.append(asyncio.ensure_future(self._limited(limit, self._put(key, data, mode))))
+                    tasks.append(asyncio.ensure_future(self._limited(limit, self._put(key, data, if_absent))))
                     await asyncio.sleep(0)  # let it reach the network
                 return await asyncio.gather(*tasks)
             finally:
@@ -341,21 +344,30 @@ class ObstoreStore(ObjectStore):
             except Exception as e:  # noqa: BLE001
                 return self._error("GET", key, e)
 
-    async def _put(self, key: str, data: Buffer, mode: str) -> Union[bool, StoreError]:
+    async def _put(self, key: str, data: Buffer, if_absent: bool) -> Union[bool, StoreError]:
         async with self._sem:
-            if self._http_put is not None:  # anything it does not expect, obstore sends again
-                r = await self._http_put.put(key, data, mode == "create")
-                if r is not httpget.FALL_BACK:
-                    return r
-            try:
-                await obstore.put_async(self._store, key, data, mode=mode, use_multipart=False)
-                return True
-            except (ox.AlreadyExistsError, ox.PreconditionError):
-                return False
-            except Exception as e:  # noqa: BLE001
-                if "ConditionalRequestConflict" in str(e):  # 409: a racing writer; it exists
-                    return False
+            return await self._conditional.put_async(lambda conditional: self._put_once(key, data, conditional),
+                                                     if_absent)
+
+    async def _put_once(self, key: str, data: Buffer, conditional: bool) -> Union[bool, C.Refused, StoreError]:
+        if self._http_put is not None:  # anything it does not expect, obstore sends again
+            r = await self._http_put.put(key, data, conditional)
+            if r is not httpget.FALL_BACK:
+                return r
+        try:
+            await obstore.put_async(self._store, key, data, mode="create" if conditional else "overwrite",
+                                    use_multipart=False)
+            return True
+        except Exception as e:  # noqa: BLE001
+            # object_store calls a 409 AlreadyExists too; the status and the S3 code in its
+            # text tell the refusals apart.
+            text, status = str(e), _status(e)
+            code = C.s3_code(text) or str(status)
+            if isinstance(e, ox.AlreadyExistsError) and status != 409:
+                status, code = 412, "412"  # a 412, or the 304 some stores answer If-None-Match with
+            if not status:
                 return self._error("PUT", key, e)
+            return C.Refused(status, code, text, self._error("PUT", key, e))
 
     async def _exists(self, key: str) -> Union[bool, StoreError]:
         async with self._sem:
@@ -367,9 +379,19 @@ class ObstoreStore(ObjectStore):
             except Exception as e:  # noqa: BLE001
                 return self._error("HEAD", key, e)
 
+    async def _stat(self, key: str) -> Union[ObjectStat, None, StoreError]:
+        async with self._sem:
+            try:
+                m = await obstore.head_async(self._store, key)
+                return ObjectStat(m["size"], (m.get("e_tag") or "").strip('"'))
+            except FileNotFoundError:  # as in _exists
+                return None
+            except Exception as e:  # noqa: BLE001
+                return self._error("HEAD", key, e)
+
     def _error(self, op: str, key: str, e: Exception) -> StoreError:
         kind, what = _classify(e)
-        return StoreError(kind, self._redact(f"{op} {self.bucket}/{key}: {what}"))
+        return StoreError(kind, self._redact(f"{op} {self.bucket}/{key}: {what}"), _status(e))
 
     # --- startup ------------------------------------------------------------------------
 

@@ -1,0 +1,112 @@
+"""Conditional PUTs against stores that answer them oddly (review B7), on every PUT client:
+obstore with objectcache's own PUT client in front (`httpput`), obstore alone, and boto3.
+The stores are fakes on 127.0.0.1 that answer canned replies (tests/http_support.py)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from http_support import FakeS3, s3_error
+
+from sglang_objectcache.config import ObjectCacheConfig
+from sglang_objectcache.store import StoreError, make_store
+from sglang_objectcache.store._common import NO_CONDITIONAL_PUTS, refusal
+
+CLIENTS = {"httpput": {"transport": "obstore"}, "obstore": {"transport": "obstore", "http_put": False},
+           "boto3": {"transport": "boto3"}}
+
+
+@pytest.fixture(params=list(CLIENTS))
+def client(request):
+    return request.param
+
+
+def open_store(srv: FakeS3, client: str):
+    # no retries: each PUT the store saw is one the transport chose to send
+    return make_store(ObjectCacheConfig.from_dict(srv.config(retries=0, read_timeout_s=5.0, **CLIENTS[client])))
+
+
+def puts(srv: FakeS3) -> list[tuple[str, bool, bytes]]:
+    """(path, conditional, body) of each PUT the fake was sent, in order."""
+    return [(path, "if-none-match" in h, body) for method, path, h, body in srv.requests if method == "PUT"]
+
+
+def no_conditional_puts(method, path, headers, body):
+    # as older RGW/MinIO/gateways answer a header they do not implement
+    if method == "PUT" and "if-none-match" in headers:
+        return "501 Not Implemented", s3_error(
+            "NotImplemented", "A header you provided implies functionality that is not implemented")
+    return "200 OK", b""
+
+
+def test_a_store_without_conditional_puts_is_written_unconditionally(client, caplog):
+    srv = FakeS3(no_conditional_puts)
+    try:
+        with caplog.at_level(logging.WARNING), open_store(srv, client) as st:
+            assert st.put_many([("k/1", b"one"), ("k/2", b"two")]) == [True, True]
+            assert st.put_iter(iter([("k/3", b"three")])) == [True]
+        sent = puts(srv)
+        assert {p: b for p, conditional, b in sent if not conditional} == {
+            "/b/k/1": b"one", "/b/k/2": b"two", "/b/k/3": b"three"}
+        assert [c for p, c, _ in sent if p == "/b/k/3"] == [False]  # learnt once, not per PUT
+        warned = [r for r in caplog.records if NO_CONDITIONAL_PUTS in r.getMessage()]
+        assert len(warned) == 1 and warned[0].levelno == logging.WARNING, caplog.text
+    finally:
+        srv.close()
+
+
+def conflicts(times: int):
+    """A store where another writer's conditional PUT of each key under c/ is in progress
+    for the first `times` PUTs of it, and where every key under x/ exists."""
+    seen: dict[str, int] = {}
+
+    def answer(method, path, headers, body):
+        seen[path] = seen.get(path, 0) + 1
+        if method == "PUT" and path.startswith("/b/x/"):
+            return "412 Precondition Failed", s3_error("PreconditionFailed", "At least one of the preconditions failed")
+        if method == "PUT" and seen[path] <= times:
+            return "409 Conflict", s3_error("ConditionalRequestConflict", "A conditional write is in progress")
+        return "200 OK", b""
+
+    return answer
+
+
+def test_a_conditional_write_in_progress_is_sent_again_once(client):
+    # 409 is not "exists": the other writer may fail, and then nobody stored the page
+    srv = FakeS3(conflicts(1))
+    try:
+        with open_store(srv, client) as st:
+            t = time.monotonic()
+            assert st.put_many([("c/1", b"one")]) == [True]
+            assert time.monotonic() - t >= 0.04  # after a short pause
+        assert puts(srv) == [("/b/c/1", True, b"one")] * 2
+    finally:
+        srv.close()
+
+
+def test_a_conditional_write_still_in_progress_is_an_error_and_412_is_exists(client):
+    srv = FakeS3(conflicts(10))
+    try:
+        with open_store(srv, client) as st:
+            r, exists = st.put_many([("c/1", b"one"), ("x/1", b"two")])
+        assert isinstance(r, StoreError) and r.kind == "client" and r.status == 409, r
+        assert not r.store_wide
+        assert exists is False
+        assert sorted(p for p, _, _ in puts(srv)) == ["/b/c/1", "/b/c/1", "/b/x/1"]
+    finally:
+        srv.close()
+
+
+def test_what_a_refused_conditional_put_says():
+    assert refusal(412, "PreconditionFailed", "") == refusal(412, "412", "") == "exists"
+    assert refusal(409, "ConditionalRequestConflict", "") == "busy"
+    assert refusal(409, "OperationAborted", "") == ""
+    assert refusal(501, "NotImplemented", "") == refusal(501, "501", "") == "unsupported"
+    assert refusal(400, "NotImplemented", "A header you provided implies functionality") == "unsupported"
+    assert refusal(400, "InvalidArgument", "If-None-Match: only If-None-Match: * is supported") == "unsupported"
+    # a 400 about anything else is that PUT's error: the header stays
+    assert refusal(400, "InvalidArgument", "Invalid content length") == ""
+    assert refusal(403, "AccessDenied", "If-None-Match") == ""
