@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from sglang_objectcache import objformat  # noqa: E402
 from sglang_objectcache.config import ObjectCacheConfig, SchedulerConfig  # noqa: E402
-from sglang_objectcache.keys import KeyScheme, make_namespace  # noqa: E402
+from sglang_objectcache.identity import ModelIdentity  # noqa: E402
+from sglang_objectcache.keys import KeyScheme, RankIdentity, make_namespace  # noqa: E402
 from sglang_objectcache.layerwise.counter import LayerReadyCounter  # noqa: E402
 from sglang_objectcache.layerwise.fetch import ProcessFetch  # noqa: E402
 from sglang_objectcache.layerwise.hosttier import HostTier  # noqa: E402
@@ -140,7 +141,7 @@ def main(argv=None) -> None:
     pools = [(torch.zeros(a.pages * a.page, a.row, dtype=torch.uint8),
               torch.zeros(a.pages * a.page, a.row, dtype=torch.uint8)) for _ in range(a.layers)]
     hashes_ = [f"g{i:063d}" for i in range(a.pages)]
-    keys = KeyScheme("oc", make_namespace(cfg, "bench-gil", g, is_mla=False, tp_rank=0, tp_size=1, start_layer=0))
+    keys = KeyScheme("oc", make_namespace(cfg, RankIdentity(ModelIdentity("bench-gil", "bench"), g, is_mla=False)))
     names = [keys.object_key(h) for h in hashes_]
     gen = torch.Generator().manual_seed(0)
     payload = torch.randint(0, 256, (a.pages, g.payload_bytes), dtype=torch.uint8, generator=gen)

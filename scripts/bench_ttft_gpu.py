@@ -68,7 +68,8 @@ sys.path.insert(0, str(ROOT))
 
 from sglang_objectcache import kernels, objformat  # noqa: E402
 from sglang_objectcache.config import ObjectCacheConfig, SchedulerConfig  # noqa: E402
-from sglang_objectcache.keys import KeyScheme, make_namespace  # noqa: E402
+from sglang_objectcache.identity import ModelIdentity  # noqa: E402
+from sglang_objectcache.keys import KeyScheme, RankIdentity, make_namespace  # noqa: E402
 from sglang_objectcache.layerwise.counter import LayerReadyCounter  # noqa: E402
 from sglang_objectcache.layerwise.fetch import ProcessFetch  # noqa: E402
 from sglang_objectcache.layerwise.hosttier import HostTier  # noqa: E402
@@ -196,8 +197,8 @@ class Bench:
         self.model = Model(s, longest + a.suffix, self.pages_total * a.page * 2, dev)
         row = s.kv_heads * s.head_dim * 2
         self.g = PageGeometry("mha", s.layers, a.page, (row, row), "bfloat16")
-        self.keys = KeyScheme("oc", make_namespace(cfg, f"bench-{a.model}", self.g, is_mla=False,
-                                                    tp_rank=0, tp_size=1, start_layer=0))
+        self.keys = KeyScheme("oc", make_namespace(cfg, RankIdentity(
+            ModelIdentity(f"bench-{a.model}", "bench"), self.g, is_mla=False)))
         gen = torch.Generator().manual_seed(1)
         self.ids = torch.randint(3, s.vocab, (longest + a.suffix,), generator=gen).to(dev)
         # hit modes place the prefix on random pages of the upper half (SGLang's allocator)

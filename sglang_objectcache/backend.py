@@ -15,8 +15,9 @@ Contract with SGLang 0.5.23's HiCacheController (managers/cache_controller.py):
 - Nothing raises into SGLang's threads and nothing returns None where SGLang wants a result
   (a None silently kills its prefetch thread). A missing, corrupt or truncated object, a
   timeout or any store error is a miss, counted in `stats` (by reason) and logged once.
-- After a store failure the store is considered down for `negative_ttl_s`: reads answer
-  "miss" and writes "failed" at once, so a dead store is not hammered.
+- Namespace, known keys, store health, existence, the usability check, the scrub and
+  write accounting belong to the cache core (`cache.ObjectCache`), shared with layerwise
+  mode; this class maps SGLang's calls and types onto it and the host pool.
 - The constructor checks the store (endpoint, credentials, bucket) and raises a clear
   error: a misconfigured server should not start.
 """
@@ -32,26 +33,16 @@ import numpy as np
 import torch
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig
 
-from sglang_objectcache import objformat, runtime
+from sglang_objectcache import objformat, rank, runtime
+from sglang_objectcache.cache import CORRUPT, ObjectCache
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.hostpool import HostPages
-from sglang_objectcache.keys import KeyScheme, Namespace, make_namespace
-from sglang_objectcache.known import KnownKeys
 from sglang_objectcache.landing import PageLanding
-from sglang_objectcache.scrub import scrub
 from sglang_objectcache.staging import StagingArena
 from sglang_objectcache.stats import Stats
-from sglang_objectcache.store import INTO, StoreError, open_store
+from sglang_objectcache.store import INTO, open_store
 
 logger = logging.getLogger(__name__)
-
-
-def namespace_for(cfg: ObjectCacheConfig, sc: HiCacheStorageConfig, pages: HostPages, pool) -> Namespace:
-    return make_namespace(
-        cfg, str(sc.model_name or "unknown-model"), pages.geometry, is_mla=sc.is_mla_model,
-        tp_rank=sc.tp_rank, tp_size=sc.tp_size, start_layer=int(getattr(pool, "start_layer", 0) or 0),
-        cp=(sc.attn_cp_rank, sc.attn_cp_size), dcp=(getattr(sc, "dcp_rank", 0), getattr(sc, "dcp_size", 1)),
-    )
 
 
 class ObjectCacheStorage(HiCacheStorage):
@@ -62,18 +53,22 @@ class ObjectCacheStorage(HiCacheStorage):
         self.storage_config = storage_config
         self.cfg = ObjectCacheConfig.from_dict(storage_config.extra_config)
         self.stats = Stats()
-        self.known = KnownKeys(self.cfg.exists_cache_entries)
         self._staging = StagingArena()
         self.store = open_store(self.cfg)
-        self._down_until = 0.0
-        self._down_reason = ""
-        self._state_lock = threading.Lock()
         self.pages: Optional[HostPages] = None
-        self.keys: Optional[KeyScheme] = None
+        self.cache: Optional[ObjectCache] = None
         logger.info("objectcache: store %s ready (%s)", self.store.name, _safe(self.cfg))
         runtime.register(self)
         if mem_pool_host is not None and hasattr(mem_pool_host, "layout"):
             self.register_mem_pool_host(mem_pool_host)
+
+    @property
+    def keys(self):
+        return self.cache.keys if self.cache is not None else None
+
+    @property
+    def known(self):
+        return self.cache.known
 
     # ---- setup -------------------------------------------------------------------------
 
@@ -82,9 +77,8 @@ class ObjectCacheStorage(HiCacheStorage):
         if self.pages is not None and self.mem_pool_host is mem_pool_host:
             return
         self.pages = HostPages(mem_pool_host)
-        ns = namespace_for(self.cfg, self.storage_config, self.pages, mem_pool_host)
-        self.keys = KeyScheme(self.cfg.key_prefix, ns)
-        self._describe_namespace()
+        who = rank.page_mode_rank(self.storage_config, mem_pool_host, self.pages.geometry, rank.current_server_args())
+        self.cache = ObjectCache(self.cfg, self.store, who, self.stats)
         g = self.pages.geometry
         if g.object_bytes < self.cfg.small_object_warn_kb * 1024:
             logger.warning(
@@ -93,7 +87,7 @@ class ObjectCacheStorage(HiCacheStorage):
                 "(64 or more) for throughput; see docs/page-size.md.",
                 g.object_bytes / 1024, g.tokens,
             )
-        logger.info("objectcache: namespace %s = %s", ns.digest, ns.describe())
+        self.cache.start_observers(metrics=bool(self.storage_config.enable_storage_metrics))
 
     def register_mem_host_pool_v2(self, host_pool, host_pool_name) -> None:
         super().register_mem_host_pool_v2(host_pool, host_pool_name)
@@ -105,76 +99,17 @@ class ObjectCacheStorage(HiCacheStorage):
         if others:
             raise RuntimeError(f"objectcache supports plain MHA/MLA KV pools only; not {others}")
 
-    def _describe_namespace(self) -> None:
-        import json
-
-        body = json.dumps(self.keys.namespace.describe(), sort_keys=True, indent=1).encode()
-        try:
-            self.store.put(self.keys.namespace_file, body, if_absent=True)
-        except StoreError as e:
-            logger.warning("objectcache: could not write %s: %s", self.keys.namespace_file, e)
-
-    # ---- failure handling --------------------------------------------------------------
-
-    def _store_down(self) -> bool:
-        return time.monotonic() < self._down_until
-
-    def _note_failure(self, err: StoreError) -> None:
-        with self._state_lock:
-            first = not self._store_down()
-            self._down_until = time.monotonic() + self.cfg.negative_ttl_s
-            self._down_reason = str(err)
-        if first:
-            logger.warning(
-                "objectcache: store error (%s): %s; answering misses for %.1fs",
-                err.kind, err, self.cfg.negative_ttl_s,
-            )
-
-    def _note_success(self) -> None:
-        if self._down_reason:
-            with self._state_lock:
-                if self._down_reason and not self._store_down():
-                    logger.info("objectcache: store reachable again")
-                    self._down_reason = ""
-
-    def _scrub(self, names, keys, blobs=None) -> None:
-        digests = [self.keys.content_digest(k) for k in keys]
-        deleted = scrub(self.store, self.pages.geometry, names, digests, blobs, self.known.discard)
-        self.stats.inc("corrupt_deleted", len(deleted))
-
     # ---- HiCacheStorage: existence -----------------------------------------------------
 
     def batch_exists(self, keys: List[str], extra_info=None) -> int:
         try:
-            return self._batch_exists(keys)
+            if self.cache is None or not keys:
+                return 0
+            ks = self.cache.keys
+            return self.cache.leading_run([ks.object_key(k) for k in keys])
         except Exception:  # noqa: BLE001 - never raise into the prefetch thread
             logger.exception("objectcache: batch_exists failed")
             return 0
-
-    def _batch_exists(self, keys: List[str]) -> int:
-        if self.keys is None or not keys:
-            return 0
-        names = [self.keys.object_key(k) for k in keys]
-        n = 0
-        while n < len(names) and names[n] in self.known:
-            n += 1
-        if n == len(names) or self._store_down():
-            return n
-        rest = names[n:]
-        self.stats.inc("head_requests", len(rest))
-        # Only the leading run matters: the store stops (and cancels the HEADs in flight)
-        # at its end.
-        for name, r in zip(rest, self.store.exists_prefix(rest)):
-            if isinstance(r, StoreError):
-                self._note_failure(r)
-                self.stats.inc("store_errors_" + r.kind)
-                return n
-            if not r:
-                return n
-            self.known.add(name)
-            n += 1
-        self._note_success()
-        return n
 
     def exists(self, key: str) -> bool:
         return self.batch_exists([key]) == 1
@@ -206,11 +141,13 @@ class ObjectCacheStorage(HiCacheStorage):
         if self.pages is None:
             self.stats.miss("no_pool", len(keys))
             return [False] * len(keys)
-        if self._store_down():
+        cache = self.cache
+        if not cache.can_read():
             self.stats.miss("store_down", len(keys))
             return [False] * len(keys)
-        g = self.pages.geometry
-        names = [self.keys.object_key(k) for k in keys]
+        g, ks = self.pages.geometry, cache.keys  # one namespace for the whole batch
+        names = [ks.object_key(k) for k in keys]
+        digests = [ks.content_digest(k) for k in keys]
         out = [False] * len(keys)
         misses: dict[int, str] = {}
         corrupt: list[int] = []
@@ -220,39 +157,43 @@ class ObjectCacheStorage(HiCacheStorage):
         def into(i: int) -> PageLanding:
             # A GET that can streams the object through this, which checks it and puts it
             # in its slot while it arrives; the page then lands as INTO.
-            given[i] = PageLanding(self.pages, slots[i], self.keys.content_digest(keys[i]), self.cfg.verify_checksums)
+            given[i] = PageLanding(self.pages, slots[i], digests[i], self.cfg.verify_checksums)
             return given[i]
 
         def land(i: int, blob) -> bool:
             # On the transport's thread as each GET lands, in any order: checked, then
             # copied into its host slot (this batch's own) unless a lower page has missed.
-            reason = self._check_page(g, keys[i], names[i], blob, given.get(i))
+            landing = given.get(i)
+            reason = cache.verdict(names[i], blob, digests[i], landing.check if landing else None)
             with lock:
                 if reason:
                     misses[i] = reason
-                    if reason == "corrupt":
+                    if reason == CORRUPT:
                         corrupt.append(i)
                 below_miss = any(j < i for j in misses)
             if reason:
                 # Only the leading run counts: cancel the GETs above a missing page. A corrupt
                 # one makes the batch suspect: let every page be checked (and scrubbed).
-                return reason == "corrupt"
+                return reason == CORRUPT
             if not below_miss:
                 if blob is not INTO:  # else it is in the slot already
                     self.pages.write_page(slots[i], memoryview(blob).cast("B")[g.header_bytes:])
-                self._loaded(names[i])
+                cache.known.add(names[i])
                 out[i] = True
             return True
 
         t0 = time.perf_counter()
         self.store.get_each(names, land, size=g.object_bytes, into=into if PageLanding.pays(g) else None)
         elapsed = time.perf_counter() - t0
-        if corrupt:  # read again and deleted here, not on the transport's thread that found them
-            self._scrub([names[i] for i in corrupt], [keys[i] for i in corrupt])
+        if corrupt:  # proven and deleted here, not on the transport's thread that found them
+            cache.scrub([names[i] for i in corrupt], [digests[i] for i in corrupt])
         hits = next((i for i, ok in enumerate(out) if not ok), len(out))
         out[hits:] = [False] * (len(out) - hits)  # pages that landed above a miss
         if hits < len(keys):  # the first page not copied is a miss: get_each lands every lower one
             self.stats.miss(misses[hits], len(keys) - hits)
+        if hits:
+            cache.note_ok()
+            cache.observe_hits(names[:hits])
         nbytes = hits * g.object_bytes
         self.stats.inc("get_requests", len(names))
         self.stats.observe_get(elapsed, len(names))
@@ -261,100 +202,48 @@ class ObjectCacheStorage(HiCacheStorage):
         self.stats.record_prefetch(hits, nbytes, elapsed)
         return out
 
-    def _load_page(self, pages: HostPages, key: str, name: str, blob, slot: int) -> str:
-        """Verify one GET result and copy it into `pages` at `slot`. Returns a miss reason or ''."""
-        reason = self._check_page(pages.geometry, key, name, blob)
-        if not reason:
-            self._copy_page(pages, name, blob, slot)
-        elif reason == "corrupt":
-            self._scrub([name], [key], [blob])
-        return reason
-
-    def _check_page(self, g: objformat.PageGeometry, key: str, name: str, blob,
-                    landing: Optional[PageLanding] = None) -> str:
-        """Why a GET result cannot be used ('' if it can): a body, or INTO (it went through
-        `landing`). The caller deletes a corrupt one."""
-        if isinstance(blob, StoreError):
-            self._note_failure(blob)
-            self.stats.inc("store_errors_" + blob.kind)
-            return "store_error"
-        if blob is None:
-            self.known.discard(name)
-            return "not_found"
-        try:
-            if blob is INTO:
-                landing.check()
-            else:
-                objformat.decode(blob, g, self.keys.content_digest(key), verify=self.cfg.verify_checksums)
-        except objformat.FormatError as e:
-            self.stats.inc("checksum_failures")
-            logger.warning("objectcache: object %s is unusable (%s): a miss", name, e)
-            return "corrupt"
-        return ""
-
-    def _copy_page(self, pages: HostPages, name: str, blob, slot: int) -> None:
-        # Straight from the GET's buffer into the host pool: the only copy on this side.
-        pages.write_page(slot, memoryview(blob).cast("B")[pages.geometry.header_bytes:])
-        self._loaded(name)
-
-    def _loaded(self, name: str) -> None:
-        self.known.add(name)
-        self._note_success()
-
     def _batch_set(self, keys: List[str], slots: List[int]) -> List[bool]:
         if self.pages is None:
             return [False] * len(keys)
+        cache = self.cache
+        ks = cache.keys
         out = [True] * len(keys)
         todo = []
         for i, key in enumerate(keys):
-            name = self.keys.object_key(key)
-            if name in self.known:
+            name = ks.object_key(key)
+            if name in cache.known:
                 self.stats.inc("pages_skipped_existing")
             else:
                 todo.append((i, key, name))
         if not todo:
             return out
-        if self._store_down():
+        if not cache.can_write():
             return [False] * len(keys)
         t0 = time.perf_counter()
         g = self.pages.geometry
+        names = [name for _, _, name in todo]
         with self._staging.rows(len(todo), g.object_bytes) as staging:
             # Each page is sealed while the ones before it upload.
-            sealed = self._encode_pages(self.pages, [key for _, key, _ in todo], [slots[i] for i, _, _ in todo],
-                                        staging)
-            results = self.store.put_iter(zip([name for _, _, name in todo], sealed), if_absent=True)
+            sealed = self._encode_pages(self.pages, [ks.content_digest(key) for _, key, _ in todo],
+                                        [slots[i] for i, _, _ in todo], staging)
+            results = self.store.put_iter(zip(names, sealed), if_absent=True)
         elapsed = time.perf_counter() - t0
         self.stats.inc("put_requests", len(todo))
-        written = 0
-        for (i, _, name), r in zip(todo, results):
-            if isinstance(r, StoreError):
-                self._note_failure(r)
-                self.stats.inc("write_errors_" + r.kind)
-                out[i] = False
-                continue
-            self.known.add(name)
-            if r:
-                written += 1
-            else:
-                self.stats.inc("pages_deduped")
-        self.stats.inc("pages_written", written)
-        self.stats.inc("bytes_written", written * g.object_bytes)
+        for (i, _, _), ok in zip(todo, cache.wrote(names, results, g.object_bytes)):
+            out[i] = ok
+        written = sum(1 for r in results if r is True)
         self.stats.record_backup(written, written * g.object_bytes, elapsed)
         return out
 
-    def _encode_page(self, pages: HostPages, key: str, slot: int) -> memoryview:
-        g = pages.geometry
-        return next(self._encode_pages(pages, [key], [slot], np.empty((1, g.object_bytes), dtype=np.uint8)))
-
-    def _encode_pages(self, pages: HostPages, keys: List[str], slots: List[int],
+    def _encode_pages(self, pages: HostPages, digests: List[bytes], slots: List[int],
                       staging: np.ndarray) -> Iterator[memoryview]:
-        """Seal one object per (key, slot) into the rows of `staging`, lazily: one copy from
-        the host pool per component, one xxh3 per layer. PUTs send straight from the rows."""
+        """Seal one object per (digest, slot) into the rows of `staging`, lazily: one copy
+        from the host pool per component, one xxh3 per layer. PUTs send straight from the rows."""
         g = pages.geometry
-        for row, key, slot in zip(staging, keys, slots):
+        for row, digest, slot in zip(staging, digests, slots):
             pages.read_page(slot, row[g.header_bytes:])
             mv = memoryview(row)
-            objformat.seal(g, self.keys.content_digest(key), mv)
+            objformat.seal(g, digest, mv)
             yield mv
 
     # ---- HiCacheStorage: legacy flat-page API ------------------------------------------
@@ -366,14 +255,26 @@ class ObjectCacheStorage(HiCacheStorage):
 
     def batch_get(self, keys, target_locations=None, target_sizes=None):
         try:
-            if self.pages is None or self._store_down():
+            cache = self.cache
+            if self.pages is None or not cache.can_read():
                 return [None] * len(keys)
             targets = target_locations or [self.mem_pool_host.get_dummy_flat_data_page() for _ in keys]
-            names = [self.keys.object_key(k) for k in keys]
-            out = []
-            for key, name, blob, flat in zip(keys, names, self.store.get_many(names), targets):
-                failed = self._load_page(self.pages.flat_page(flat), key, name, blob, 0)
-                out.append(None if failed else flat)
+            ks = cache.keys
+            names = [ks.object_key(k) for k in keys]
+            digests = [ks.content_digest(k) for k in keys]
+            out, corrupt = [], []
+            for name, digest, blob, flat in zip(names, digests, self.store.get_many(names), targets):
+                reason = cache.verdict(name, blob, digest)
+                if not reason:
+                    self.pages.flat_page(flat).write_page(0, memoryview(blob).cast("B")[self.pages.geometry.header_bytes:])
+                    cache.known.add(name)
+                elif reason == CORRUPT:
+                    corrupt.append((name, digest))
+                out.append(None if reason else flat)
+            if corrupt:  # proven on fresh reads, never on the bytes that failed
+                cache.scrub(*zip(*corrupt))
+            hits = next((i for i, r in enumerate(out) if r is None), len(out))
+            cache.observe_hits(names[:hits])
             return out
         except Exception:  # noqa: BLE001
             logger.exception("objectcache: batch_get failed")
@@ -384,20 +285,18 @@ class ObjectCacheStorage(HiCacheStorage):
 
     def batch_set(self, keys, values=None, target_locations=None, target_sizes=None) -> bool:
         try:
-            if self.pages is None or self._store_down():
+            cache = self.cache
+            if self.pages is None or not cache.can_write():
                 return False
-            items = [
-                (self.keys.object_key(k), self._encode_page(self.pages.flat_page(v), k, 0))
-                for k, v in zip(keys, values)
-                if self.keys.object_key(k) not in self.known
-            ]
+            ks, g = cache.keys, self.pages.geometry
+            items = []
+            for k, v in zip(keys, values):
+                name = ks.object_key(k)
+                if name not in cache.known:
+                    row = np.empty((1, g.object_bytes), dtype=np.uint8)
+                    items.append((name, next(self._encode_pages(self.pages.flat_page(v), [ks.content_digest(k)], [0], row))))
             results = self.store.put_many(items, if_absent=True) if items else []
-            for (name, _), r in zip(items, results):
-                if isinstance(r, StoreError):
-                    self._note_failure(r)
-                    return False
-                self.known.add(name)
-            return True
+            return all(cache.wrote([n for n, _ in items], results, g.object_bytes))
         except Exception:  # noqa: BLE001
             logger.exception("objectcache: batch_set failed")
             return False
@@ -405,16 +304,26 @@ class ObjectCacheStorage(HiCacheStorage):
     # ---- HiCacheStorage: management ----------------------------------------------------
 
     def clear(self) -> None:
-        """Delete every object of this namespace (and nothing else)."""
-        if self.keys is None:
+        """SGLang's `/hicache/storage-backend/clear`. The namespace is shared by every server
+        of this model on the bucket, so this server only forgets what it knows, unless
+        `allow_clear` says the operator wants the namespace's pages deleted for everyone.
+        Other servers' access logs are never touched."""
+        if self.cache is None:
             return
         try:
-            prefix = self.keys.namespace_prefix
-            doomed = [o.key for o in self.store.list(prefix) if self.keys.owns(o.key)]
+            self.cache.known.clear()
+            if not self.cfg.allow_clear:
+                logger.warning("objectcache: clear: forgot this server's known keys; stored pages are shared "
+                               "with other servers and were kept (set allow_clear to delete them)")
+                return
+            from sglang_objectcache.inspect import layout
+
+            ks = self.cache.keys
+            prefix = ks.namespace_prefix
+            doomed = [o.key for o in self.store.list(prefix)
+                      if ks.owns(o.key) and layout.classify(o.key, self.cfg.key_prefix).kind == layout.PAGE]
             deleted = self.store.delete_many(doomed)
-            self.known.clear()
-            logger.info("objectcache: cleared %d objects under %s", deleted, prefix)
-            self._describe_namespace()
+            logger.info("objectcache: cleared %d page objects under %s", deleted, prefix)
         except Exception:  # noqa: BLE001
             logger.exception("objectcache: clear failed")
 
@@ -423,6 +332,8 @@ class ObjectCacheStorage(HiCacheStorage):
 
     def close(self) -> None:
         try:
+            if self.cache is not None:
+                self.cache.close()
             self.store.close()
         except Exception:  # noqa: BLE001
             logger.exception("objectcache: close failed")

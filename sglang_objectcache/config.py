@@ -91,7 +91,15 @@ class ObjectCacheConfig:
     create_bucket: bool = False
     key_prefix: str = "objectcache"
     tenant_salt: str = ""  # separates deployments that must never share pages
-    model_id: str = ""  # overrides SGLang's served model name in the namespace
+    # An extra label in the namespace (it separates, it never joins): the namespace already
+    # covers the weights (`identity.py`), so servers of one checkpoint share pages without it.
+    model_id: str = ""
+    # Fingerprint every byte of the weight files instead of samples of each tensor (for
+    # checkpoints edited in place in a few bytes; costs one full read of the weights).
+    full_fingerprint: bool = False
+    # `/hicache/storage-backend/clear` deletes this namespace's pages, every server's, only
+    # if set; otherwise the server just forgets what it knows.
+    allow_clear: bool = False
     transport: str = "auto"  # auto | obstore | boto3 | nixl
     max_concurrency: int = 0  # 0: the transport's measured default (obstore 128, boto3 16)
     connect_timeout_s: float = 2.0

@@ -1,7 +1,9 @@
 """Object keys: a namespace digest plus a content key per page.
 
     {prefix}/{namespace}/{shard}/{content}
-    namespace = xxh3_64 of everything that changes the bytes of a page (16 hex)
+    namespace = xxh3_64 of everything that changes the bytes of a page (16 hex): the model's
+                identity (weights, dtypes, quantization, overrides, adapters; `identity.py`),
+                the page geometry, the rank's shard of heads, layers and context
     content   = xxh3_128 of (namespace, SGLang's page hash) (32 hex)
     shard     = first SHARD_CHARS hex characters of content
 
@@ -20,6 +22,7 @@ from functools import cached_property
 
 import xxhash
 
+from sglang_objectcache.identity import ModelIdentity
 from sglang_objectcache.objformat import VERSION, PageGeometry
 
 SHARD_CHARS = 2
@@ -28,12 +31,14 @@ NAMESPACE_FILE = "_namespace.json"
 
 @dataclass(frozen=True)
 class Namespace:
-    model: str
+    model: str  # a label for people: the served name or `model_id`
     geometry: PageGeometry
     kv_shard: str  # "tp{rank}of{size}" for head-sharded MHA, "replicated" for MLA
     layers: str  # "{start}-{end}" of this pipeline stage
     extra: str = ""  # attention-CP / DCP ranks when used, and the operator's tenant salt
     format_version: int = VERSION
+    identity: str = ""  # ModelIdentity.digest: what the label cannot tell apart
+    kv_dtype: str = ""  # the logical KV dtype (the geometry's is the stored one)
 
     def describe(self) -> dict:
         d = asdict(self)
@@ -71,21 +76,42 @@ class KeyScheme:
         return key.startswith(self.namespace_prefix)
 
 
-def make_namespace(cfg, model: str, geometry: PageGeometry, *, is_mla: bool, tp_rank: int,
-                   tp_size: int, start_layer: int, cp=(0, 1), dcp=(0, 1)) -> Namespace:
-    """The namespace of one rank's pages; page mode and layerwise mode build the same one,
-    so each reads what the other wrote. `cfg` is an ObjectCacheConfig."""
+@dataclass(frozen=True)
+class RankIdentity:
+    """One rank's description, neutral of SGLang: both modes build it (`rank.py`) and
+    derive the namespace from it here, so each reads what the other wrote."""
+
+    model: ModelIdentity
+    geometry: PageGeometry
+    is_mla: bool
+    tp: tuple[int, int] = (0, 1)  # (rank, size) of the attention TP group that shards heads
+    start_layer: int = 0
+    cp: tuple[int, int] = (0, 1)
+    dcp: tuple[int, int] = (0, 1)
+
+    def updated(self, model: ModelIdentity) -> "RankIdentity":
+        return RankIdentity(model, self.geometry, self.is_mla, self.tp, self.start_layer, self.cp, self.dcp)
+
+
+def make_namespace(cfg, rank: RankIdentity) -> Namespace:
+    """The namespace of one rank's pages. `cfg` is an ObjectCacheConfig: `model_id` adds a
+    label (and so separates), it never replaces the model's identity."""
     extra = []
-    if cp[1] > 1:
-        extra.append(f"cp{cp[0]}of{cp[1]}")
-    if dcp[1] > 1:
-        extra.append(f"dcp{dcp[0]}of{dcp[1]}")
+    if rank.cp[1] > 1:
+        extra.append(f"cp{rank.cp[0]}of{rank.cp[1]}")
+    if rank.dcp[1] > 1:
+        extra.append(f"dcp{rank.dcp[0]}of{rank.dcp[1]}")
     if cfg.tenant_salt:
         extra.append("salt:" + cfg.tenant_salt)
+    label = rank.model.label if not cfg.model_id else f"{cfg.model_id}"
+    model = rank.model if not cfg.model_id else ModelIdentity(
+        **{**rank.model.__dict__, "label": f"{rank.model.label}|model_id={cfg.model_id}"})
     return Namespace(
-        model=cfg.model_id or model,
-        geometry=geometry,
-        kv_shard="replicated" if is_mla else f"tp{tp_rank}of{tp_size}",
-        layers=f"{start_layer}-{start_layer + geometry.num_layers}",
+        model=label,
+        geometry=rank.geometry,
+        kv_shard="replicated" if rank.is_mla else f"tp{rank.tp[0]}of{rank.tp[1]}",
+        layers=f"{rank.start_layer}-{rank.start_layer + rank.geometry.num_layers}",
         extra=",".join(extra),
+        identity=model.digest,
+        kv_dtype=rank.model.kv_dtype,
     )

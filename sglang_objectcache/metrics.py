@@ -174,13 +174,3 @@ def _run(exporter: Exporter, interval: float) -> None:
             exporter.export()
         except Exception:  # noqa: BLE001 - metrics must never take the server down
             logger.exception("objectcache: metrics export failed")
-
-
-def on_attach(result, controller, *args, **kwargs):
-    """AFTER hook on HiCacheController.attach_storage_backend."""
-    if getattr(controller, "enable_storage_metrics", False) and runtime.instances():
-        try:
-            start_exporter()
-        except Exception:  # noqa: BLE001
-            logger.exception("objectcache: could not start the metrics exporter")
-    return None

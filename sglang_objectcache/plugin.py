@@ -44,6 +44,10 @@ REQUIRED = (
     ("sglang.srt.managers.cache_controller", "HiCacheController._page_set_zero_copy"),
     ("sglang.srt.mem_cache.hicache_storage", "HiCacheStorage.batch_get_v1"),
     ("sglang.srt.mem_cache.pool_host.base", "HostKVCache.__init__"),
+    ("sglang.srt.managers.scheduler_components.weight_updater",
+     "SchedulerWeightUpdaterManager.flush_cache_after_weight_update"),
+    ("sglang.srt.managers.scheduler", "Scheduler.flush_cache"),
+    ("sglang.srt.runtime_context", "get_server_args"),
 )
 
 
@@ -94,6 +98,46 @@ def _select_zero_copy(result, self, storage_backend, *args, **kwargs):
     if storage_backend == NAME and self.enable_storage:
         self.page_get_func = self._page_get_zero_copy
         self.page_set_func = self._page_set_zero_copy
+
+
+def _weights_updated(result, manager, recv_req, *args, **kwargs):
+    """AFTER hook on SGLang's `flush_cache_after_weight_update` (every update_weights_* path
+    ends there): every objectcache core of this process moves to a namespace of the new
+    weights. If SGLang's radix cache was not flushed, its pages hold the old weights' KV,
+    so storage pauses until a flush."""
+    from sglang_objectcache import identity, runtime
+
+    try:
+        ok = isinstance(result, tuple) and bool(result[0])
+        flushed = ok and bool(getattr(recv_req, "flush_cache", True))
+        path = getattr(recv_req, "model_path", None)
+        for face in runtime.instances():
+            cache = getattr(face, "cache", None)
+            if cache is None:
+                continue
+            if path and getattr(recv_req, "load_format", None) != "dummy":
+                weights = identity.fingerprint_path(path, full=cache.cfg.full_fingerprint)
+            else:
+                weights = identity.random_fingerprint(f"weights updated by {type(recv_req).__name__}")
+            cache.rotate(weights, suspend=not flushed)
+    except Exception:  # noqa: BLE001 - never fail the update; but never serve old KV either
+        logger.exception("objectcache: could not rotate the namespace after a weight update; pausing storage")
+        for face in runtime.instances():
+            if getattr(face, "cache", None) is not None:
+                face.cache.suspended = True
+    return None
+
+
+def _flushed(result, scheduler, *args, **kwargs):
+    """AFTER hook on Scheduler.flush_cache: a flushed radix cache holds no old-weight KV."""
+    if result:
+        from sglang_objectcache import runtime
+
+        for face in runtime.instances():
+            if getattr(face, "cache", None) is not None and face.cache.suspended:
+                face.cache.suspended = False
+                logger.info("objectcache: cache flushed after a weight update: storage resumes")
+    return None
 
 
 LINKER_MODULE = "sglang_objectcache.layerwise.linker"
@@ -150,6 +194,11 @@ def register() -> None:
         _select_zero_copy,
         HookType.AFTER,
     )
+
+    HookRegistry.register(
+        "sglang.srt.managers.scheduler_components.weight_updater.SchedulerWeightUpdaterManager."
+        "flush_cache_after_weight_update", _weights_updated, HookType.AFTER)
+    HookRegistry.register("sglang.srt.managers.scheduler.Scheduler.flush_cache", _flushed, HookType.AFTER)
 
     from sglang.srt.arg_groups.resolution_hooks import register_resolution_hook
 

@@ -7,6 +7,8 @@ import time
 
 import pytest
 import torch
+from conftest import server_args_for, write_checkpoint
+from conftest import server_args_for, write_checkpoint
 from pools import fill_random, make_pools, page_bytes
 
 from sglang_objectcache import hostpool
@@ -114,14 +116,21 @@ def test_leading_run_with_a_hole(s3_config, s3, bucket):
     assert r.stats.counters["miss_not_found"] >= 1
 
 
-def test_namespaces_are_isolated(s3_config):
+def test_namespaces_are_isolated(s3_config, served_model, tmp_path):
     _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
     fill_random(host)
     keys = hashes(2, "n")
     assert backend_for(s3_config, host).batch_set_v1(keys, slots([1, 2])) == [True, True]
     _, fp16 = make_pools("mha", "layer_first", torch.float16, PAGE)
+    served_model(server_args_for(served_model.path, served_model_name="another-model"))
+    renamed = backend_for(s3_config, host)
+    served_model(server_args_for(write_checkpoint(tmp_path / "other-weights", seed=1)))
+    reweighted = backend_for(s3_config, host)  # same shapes and config, other weights (A1)
+    served_model(server_args_for(served_model.path, kv_cache_dtype="fp8_e5m2"))
+    other_kv_dtype = backend_for(s3_config, host)  # the logical KV dtype (A2)
+    served_model(server_args_for(served_model.path))
     others = [
-        backend_for(s3_config, host, model="another-model"),
+        renamed, reweighted, other_kv_dtype,
         backend_for(s3_config, fp16),
         backend_for(s3_config, host, tp_rank=1, tp_size=2),
         backend_for({**s3_config, "tenant_salt": "tenant-b"}, host),
@@ -183,20 +192,32 @@ def test_conditional_put_dedups_across_servers(s3_config, s3, bucket):
     assert a.stats.counters["pages_skipped_existing"] == 4
     listed = s3.client().list_objects_v2(Bucket=bucket, Prefix=a.keys.namespace_prefix)
     names = [o["Key"] for o in listed.get("Contents", [])]
-    assert len([n for n in names if not n.endswith("_namespace.json")]) == 4
+    assert len([n for n in names if not n.endswith("_namespace.json") and "/_access/" not in n]) == 4
 
 
-def test_clear_deletes_only_our_namespace(s3_config, s3, bucket):
+def test_clear_keeps_the_shared_namespace_unless_allowed(s3_config, s3, bucket, served_model):
+    """B2: SGLang's /hicache/storage-backend/clear on one server must not wipe the pages every
+    server of the model shares; with allow_clear it deletes this namespace's pages only,
+    never another namespace's, another server's access log or unrelated keys."""
     _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
     fill_random(host)
-    mine, theirs = backend_for(s3_config, host), backend_for(s3_config, host, model="other")
+    mine = backend_for(s3_config, host)
+    served_model(server_args_for(served_model.path, served_model_name="other"))
+    theirs = backend_for(s3_config, host)
+    served_model(server_args_for(served_model.path))
     mine.batch_set_v1(hashes(3, "c"), slots(range(3)))
     theirs.batch_set_v1(hashes(2, "c"), slots(range(2)))
     s3.client().put_object(Bucket=bucket, Key="unrelated/file.txt", Body=b"keep me")
+    peer_log = mine.keys.namespace_prefix + "_access/peer-host.log"
+    s3.client().put_object(Bucket=bucket, Key=peer_log, Body=b"")
     mine.clear()
-    assert mine.batch_exists(hashes(3, "c")) == 0
+    assert backend_for(s3_config, host).batch_exists(hashes(3, "c")) == 3  # a peer still hits
+    cleared = backend_for({**s3_config, "allow_clear": True}, host)
+    cleared.clear()
+    assert backend_for(s3_config, host).batch_exists(hashes(3, "c")) == 0
     assert theirs.batch_exists(hashes(2, "c")) == 2
     assert s3.client().get_object(Bucket=bucket, Key="unrelated/file.txt")["Body"].read() == b"keep me"
+    assert s3.client().get_object(Bucket=bucket, Key=peer_log)["Body"].read() == b""
 
 
 def test_legacy_flat_page_api(s3_config):

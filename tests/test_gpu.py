@@ -22,7 +22,8 @@ from test_kernels import MATRIX, SENTINEL, Case, assert_pools_equal, random_byte
 
 from sglang_objectcache import kernels, objformat
 from sglang_objectcache.config import ObjectCacheConfig, SchedulerConfig
-from sglang_objectcache.keys import KeyScheme, make_namespace
+from sglang_objectcache.identity import ModelIdentity
+from sglang_objectcache.keys import KeyScheme, RankIdentity, make_namespace
 from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.hosttier import HostTier
@@ -165,8 +166,7 @@ class GpuRig:
         for layer in self.dst:
             for t in layer:
                 t.view(torch.uint8).fill_(SENTINEL)
-        self.keys = KeyScheme("oc", make_namespace(self.cfg, "m", self.g, is_mla=False, tp_rank=0,
-                                                    tp_size=1, start_layer=0))
+        self.keys = KeyScheme("oc", make_namespace(self.cfg, RankIdentity(ModelIdentity("m", "test"), self.g, is_mla=False)))
         self.store = make_store(self.cfg)
         self.stats = Stats()
         self.timeline = Timeline()

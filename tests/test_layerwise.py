@@ -12,7 +12,8 @@ from pools import make_pools
 
 from sglang_objectcache import kernels, objformat
 from sglang_objectcache.config import ConfigError, ObjectCacheConfig, SchedulerConfig
-from sglang_objectcache.keys import KeyScheme, make_namespace
+from sglang_objectcache.identity import ModelIdentity
+from sglang_objectcache.keys import KeyScheme, RankIdentity, make_namespace
 from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.hosttier import HostTier
@@ -45,8 +46,7 @@ class Rig:
         for pair in self.dst:
             for t in pair:
                 t.view(torch.uint8).fill_(SENTINEL)
-        self.keys = KeyScheme("oc", make_namespace(self.cfg, "m", self.g, is_mla=False, tp_rank=0,
-                                                    tp_size=1, start_layer=0))
+        self.keys = KeyScheme("oc", make_namespace(self.cfg, RankIdentity(ModelIdentity("m", "test"), self.g, is_mla=False)))
         self.store = make_store(self.cfg)
         self.stats = Stats()
         self.tier = HostTier(host_mb << 20)
@@ -222,7 +222,7 @@ def test_corrupt_layer_fails_the_batch_and_is_reported(rig, s3, bucket):
     _, ok = rig.load(keys, [10, 11, 12])
     assert not ok
     rig.loader.wait_scrubs(5)  # what the recompute path waits for before it writes back
-    assert rig.corrupt == names  # the whole batch is suspect; the linker scrubs it (e2e test)
+    assert rig.corrupt == [names[1]]  # only the page that failed its check is scrubbed
     assert rig.stats.counters["checksum_failures"] == 1
 
 

@@ -17,10 +17,9 @@ as younger; beyond `max_keys` pages a server forgets its oldest reads. Settings,
 environment: `OBJECTCACHE_ACCESS_LOG_INTERVAL_S` (default 60; 0 turns the log off) and
 `OBJECTCACHE_ACCESS_LOG_MAX_KEYS` (default 100000).
 
-Server side (inspect/hooks.py): `start_log` after ObjectCacheStorage.register_mem_pool_host,
-`record_hits` after its `batch_get_v1`/`batch_get`, `flush_on_close` before its `close`, so
-the backend itself knows nothing of the log. Another reader of page objects (the layerwise
-path) calls `log_for(backend).record(object_keys)`.
+Server side: the cache core (`cache.ObjectCache`) calls `log_for(core)` at start, records
+the pages each face served (`observe_hits`) and flushes on close (`flush_log`), in both
+modes alike.
 """
 
 from __future__ import annotations
@@ -147,7 +146,8 @@ _logs_lock = threading.Lock()
 
 
 def log_for(backend) -> Optional[AccessLog]:
-    """The backend's log (made on first use), or None when the log is off or not ready."""
+    """The log of a cache core (`cache.ObjectCache`: made on first use, and made anew when
+    its namespace rotates), or None when the log is off."""
     if getattr(backend, "keys", None) is None or interval_s() <= 0:
         return None
     with _logs_lock:
@@ -158,40 +158,11 @@ def log_for(backend) -> Optional[AccessLog]:
     return log
 
 
-def start_log(result, self, *args, **kwargs):
-    """AFTER hook on register_mem_pool_host: write this server's (empty) log at startup."""
-    try:
-        log = log_for(self)
-        if log is not None:
-            log.flush()
-    except Exception:  # noqa: BLE001 - never fail an attach over bookkeeping
-        logger.exception("objectcache: access log not started")
-    return None
-
-
-def record_hits(result, self, keys, *args, **kwargs):
-    """AFTER hook on batch_get_v1 (list of bools) and batch_get (list of tensors or None)."""
-    try:
-        hits = []
-        for k, r in zip(keys, result or ()):
-            if r is None or r is False:
-                break  # SGLang uses only the leading run of hits
-            hits.append(k)
-        if hits:
-            log = log_for(self)
-            if log is not None:
-                log.record(self.keys.object_key(k) for k in hits)
-    except Exception:  # noqa: BLE001 - bookkeeping must never fail a read
-        logger.exception("objectcache: access log record failed")
-    return None
-
-
-def flush_on_close(self, *args, **kwargs):
-    """BEFORE hook on ObjectCacheStorage.close: a clean shutdown loses no reads."""
-    log = _logs.get(self)
+def flush_log(backend) -> None:
+    """On close: a clean shutdown loses no reads."""
+    log = _logs.get(backend)
     if log is not None:
         log.flush()
-    return None
 
 
 class _Flusher:

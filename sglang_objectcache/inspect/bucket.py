@@ -70,6 +70,7 @@ def check_description(digest: str, description: dict) -> str:
             model=description["model"], geometry=geometry_of(description),
             kv_shard=description["kv_shard"], layers=description["layers"],
             extra=description.get("extra", ""), format_version=description["format_version"],
+            identity=description.get("identity", ""), kv_dtype=description.get("kv_dtype", ""),
         )
     except (KeyError, TypeError, ValueError) as e:
         return f"unreadable description ({type(e).__name__}: {e})"

@@ -7,11 +7,6 @@ registered only in the process that needs it, so no process imports more than it
     scheduler    managers.scheduler.Scheduler.handle_dumper_control        AROUND   tree request
     scheduler    rust_tree_core.adapter.RustUnifiedTreeCore.{match_prefix, AFTER    node handles
                  begin_insert, resume_insert, insert_host}                          (treeview)
-    scheduler    sglang_objectcache.backend.ObjectCacheStorage.            AFTER    access log
-                 {register_mem_pool_host, batch_get_v1, batch_get}
-    scheduler    sglang_objectcache.backend.ObjectCacheStorage.close       BEFORE   access log
-    scheduler    managers.cache_controller.HiCacheController.              AFTER    metrics
-                 attach_storage_backend
     launcher     entrypoints.http_server._setup_and_run_http_server        BEFORE   the route
 
 None of these is required for caching: if a target is missing (another SGLang), SGLang's
@@ -28,7 +23,6 @@ logger = logging.getLogger(__name__)
 
 SCHEDULER_MODULE = "sglang.srt.managers.scheduler"
 RUST_CORE = "sglang.srt.mem_cache.rust_tree_core.adapter.RustUnifiedTreeCore"
-BACKEND = "sglang_objectcache.backend.ObjectCacheStorage"
 
 
 def in_scheduler_process() -> bool:
@@ -44,20 +38,13 @@ def in_http_process() -> bool:
 def register(registry) -> None:
     from sglang.srt.plugins.hook_registry import HookType
 
-    from sglang_objectcache import metrics
-    from sglang_objectcache.inspect import accesslog, endpoint
+    from sglang_objectcache.inspect import endpoint
 
     if in_scheduler_process():
         registry.register(f"{SCHEDULER_MODULE}.Scheduler.handle_dumper_control",
                           endpoint.scheduler_dispatch, HookType.AROUND)
         for method in ("match_prefix", "begin_insert", "resume_insert", "insert_host"):
             registry.register(f"{RUST_CORE}.{method}", note_handles, HookType.AFTER)
-        registry.register(f"{BACKEND}.register_mem_pool_host", accesslog.start_log, HookType.AFTER)
-        registry.register(f"{BACKEND}.batch_get_v1", accesslog.record_hits, HookType.AFTER)
-        registry.register(f"{BACKEND}.batch_get", accesslog.record_hits, HookType.AFTER)
-        registry.register(f"{BACKEND}.close", accesslog.flush_on_close, HookType.BEFORE)
-        registry.register("sglang.srt.managers.cache_controller.HiCacheController.attach_storage_backend",
-                          metrics.on_attach, HookType.AFTER)
     if in_http_process():
         registry.register("sglang.srt.entrypoints.http_server._setup_and_run_http_server",
                           endpoint.add_routes, HookType.BEFORE)

@@ -12,6 +12,7 @@ started)` (perf_counter times; CLOCK_MONOTONIC, so comparable across processes):
     ("store", kind, message)    a StoreError of that kind
     ("missing",)                no such object
     ("corrupt", message)        wrong size or a bad header
+    ("unsupported", message)    another format version: a miss, never scrubbed
 
 It never compares a layer's hash with the header's: that needs the page's header, which
 may come in another job; the loader does it. Staging buffers come from the fetcher

@@ -36,7 +36,8 @@ def stage(g: PageGeometry, ranges, group, layers, rows: dict, digests, results) 
     out = []
     for j, ((_, start, end), r) in enumerate(zip(ranges, results)):
         if isinstance(r, StoreError):
-            out.append(("store", r.kind, str(r)))
+            # 416: the range starts past the end: the object is shorter than its geometry
+            out.append(("corrupt", f"truncated: {r}") if r.status == 416 else ("store", r.kind, str(r)))
             continue
         if r is None:
             out.append(("missing",))
@@ -50,6 +51,9 @@ def stage(g: PageGeometry, ranges, group, layers, rows: dict, digests, results) 
             raw = bytes(mv[: g.header_bytes])
             try:
                 header = objformat.decode_header(raw, g, digests[j])
+            except objformat.UnsupportedFormat as e:
+                out.append(("unsupported", str(e)))
+                continue
             except FormatError as e:
                 out.append(("corrupt", str(e)))
                 continue

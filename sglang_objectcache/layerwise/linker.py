@@ -23,8 +23,9 @@ What each hook does here:
   encodes them and PUTs them if absent, at write priority; they also enter the host tier.
 - `reset` (`/flush_cache`) drops queued work and the host tier, like HiCache's host pool.
 
-Same namespace, keys and object format as the page-mode backend: either mode reads what
-the other wrote.
+Namespace, known keys, store health, the scrub and write accounting are the cache core's
+(`cache.ObjectCache`), shared with the page-mode backend: either mode reads what the other
+wrote, and both fail alike.
 """
 
 from __future__ import annotations
@@ -39,10 +40,9 @@ import torch
 from sglang.srt.mem_cache.hicache_storage import PoolName
 from sglang.srt.mem_cache.unified_cache.unified_cache_linker import UnifiedCacheLinker
 
-from sglang_objectcache import kernels, objformat, runtime
+from sglang_objectcache import kernels, objformat, rank, runtime
+from sglang_objectcache.cache import ObjectCache
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.keys import KeyScheme, make_namespace
-from sglang_objectcache.known import KnownKeys
 from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.hosttier import HostTier
 from sglang_objectcache.layerwise.fetch import ProcessFetch
@@ -50,15 +50,21 @@ from sglang_objectcache.layerwise.loader import LayerwiseLoader
 from sglang_objectcache.layerwise.timeline import Timeline
 from sglang_objectcache.objformat import PageGeometry
 from sglang_objectcache.sched import Scheduler
-from sglang_objectcache.scrub import scrub
 from sglang_objectcache.stats import Stats
-from sglang_objectcache.store import StoreError, open_store
+from sglang_objectcache.store import open_store
 
 logger = logging.getLogger(__name__)
 
 
 def device_pool_view(kvcache, page_size: int):
-    """(per-layer buffers, geometry, is_mla) of SGLang's MHA or MLA device KV pool."""
+    """(per-layer buffers, geometry, is_mla) of SGLang's MHA or MLA device KV pool: one
+    token-major row per slot (NHD). The kernels scatter token rows, so the HND layout
+    (a page-sized block per head) and pools with scale buffers are refused."""
+    layout = str(getattr(kvcache, "kv_cache_layout", "nhd") or "nhd").lower()
+    if layout != "nhd":
+        raise rank.UnsupportedPool(f"objectcache layerwise mode needs the NHD device KV layout, not {layout!r} "
+                                   "(unset SGLANG_USE_HND_KVCACHE, or use page mode)")
+    rank.refuse_scaled(kvcache)
     if hasattr(kvcache, "kv_buffer") and not hasattr(kvcache, "v_buffer"):
         layers = [(b,) for b in kvcache.kv_buffer]
         is_mla = True
@@ -67,6 +73,9 @@ def device_pool_view(kvcache, page_size: int):
         is_mla = False
     else:
         raise TypeError(f"objectcache layerwise mode supports MHA/MLA KV pools, not {type(kvcache).__name__}")
+    if layers[0][0].dim() != 3:
+        raise rank.UnsupportedPool(f"objectcache layerwise mode needs [slots, heads, dim] layer buffers, "
+                                   f"not {tuple(layers[0][0].shape)}")
     row_bytes = tuple(t[0].numel() * t.element_size() for t in layers[0])
     geometry = PageGeometry(
         kind="mla" if is_mla else "mha", num_layers=len(layers), tokens=page_size,
@@ -83,18 +92,11 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         kvcache = params.token_to_kv_pool_allocator.get_kvcache()
         self.page_size = params.page_size
         self.device_layers, self.geometry, is_mla = device_pool_view(kvcache, self.page_size)
-        tp_rank, tp_size = _tp_rank_size(params)
-        ns = make_namespace(
-            self.cfg, str(server_args.served_model_name or server_args.model_path), self.geometry,
-            is_mla=is_mla, tp_rank=tp_rank, tp_size=tp_size,
-            start_layer=int(getattr(kvcache, "start_layer", 0) or 0),
-            cp=(params.attn_cp_rank, params.attn_cp_size),
-        )
-        self.keys = KeyScheme(self.cfg.key_prefix, ns)
-        self.offload_owner = not is_mla or tp_rank == 0
+        who = rank.linker_rank(server_args, params, kvcache, self.geometry, is_mla)
+        self.offload_owner = not is_mla or who.tp[0] == 0
         self.store = open_store(self.cfg)
         self.stats = Stats()
-        self.known = KnownKeys(self.cfg.exists_cache_entries)
+        self.cache = ObjectCache(self.cfg, self.store, who, self.stats)
         self.tier = HostTier(lw.host_cache_mb << 20)
         self.timeline = Timeline()
         self.scheduler = Scheduler(self.cfg.scheduler)  # owned by the loader's I/O thread
@@ -105,10 +107,11 @@ class ObjectCacheLinker(UnifiedCacheLinker):
             if lw.fetch == "process" else None
         self.loader = LayerwiseLoader(
             store=self.store, geometry=self.geometry, device_layers=self.device_layers,
-            content_digest=self.keys.content_digest, counter=self.layer_done_counter,
+            content_digest=lambda h: self.cache.keys.content_digest(h), counter=self.layer_done_counter,
             scheduler=self.scheduler, tier=self.tier, timeline=self.timeline, stats=self.stats,
             window_layers=lw.window_layers, layers_per_get=lw.layers_per_get, io_threads=threads,
-            on_store_error=self._note_store_error, on_corrupt=self._drop_corrupt, fetch=fetch,
+            on_store_error=self.cache.note_error, on_corrupt=self._drop_corrupt, fetch=fetch,
+            on_missing=self._forget,
         )
         self.pools = {PoolName.KV: kvcache}
         self.recompute_on_failure = lw.recompute_on_failure and bool(server_args.disable_overlap_schedule)
@@ -119,7 +122,6 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self._batch_rids: dict[int, list[str]] = {}
         self._offload_results: "queue.Queue[bool]" = queue.Queue()
         self._suppressed: set[str] = set()
-        self._down_until = 0.0
         self._epoch = 0
         self._last_wait: tuple[int, int, float] = (-1, -1, 0.0)
         # JSON + Chrome trace of the last batches (layerwise.trace_path or OBJECTCACHE_TRACE).
@@ -127,11 +129,19 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self._encode_pool = None  # GPU offloads wait for their D2H copy off the scheduler thread
         self._batch_names: dict[int, list[str]] = {}
         runtime.register(self)
-        _start_observers(self)
+        self.cache.start_observers()
         per_get = self.loader.per_get
-        logger.info("objectcache: layerwise linker ready; namespace %s = %s; host tier %d MiB; "
-                    "%d layer(s) per GET (%d KiB)%s", ns.digest, ns.describe(), lw.host_cache_mb,
-                    per_get, per_get * self.geometry.layer_bytes >> 10, "" if lw.layers_per_get else ", auto")
+        logger.info("objectcache: layerwise linker ready; host tier %d MiB; %d layer(s) per GET (%d KiB)%s",
+                    lw.host_cache_mb, per_get, per_get * self.geometry.layer_bytes >> 10,
+                    "" if lw.layers_per_get else ", auto")
+
+    @property
+    def keys(self):
+        return self.cache.keys
+
+    @property
+    def known(self):
+        return self.cache.known
 
     # ---- lookup / load ---------------------------------------------------------------
 
@@ -148,21 +158,8 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         kv = next((t for t in transfers if t.name == PoolName.KV), None)
         if kv is None or not kv.keys:
             return []
-        names = [self.keys.object_key(h) for h in kv.keys]
-        n = 0
-        while n < len(names) and (names[n] in self.known or names[n] in self.tier):
-            n += 1
-        if n < len(names) and time.monotonic() >= self._down_until:
-            rest = names[n:]
-            self.stats.inc("head_requests", len(rest))
-            for name, r in zip(rest, self.store.exists_many(rest)):
-                if isinstance(r, StoreError):
-                    self._note_store_error(r)
-                    break
-                if not r:
-                    break
-                self.known.add(name)
-                n += 1
+        names = [self.cache.keys.object_key(h) for h in kv.keys]
+        n = self.cache.leading_run(names, local=self.tier.__contains__)
         self.stats.inc("lookup_pages_hit", n)
         self.stats.inc("lookup_pages_miss", len(names) - n)
         return list(range(1, n + 1))
@@ -186,7 +183,7 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         hashes = [h for keys, _ in pending.values() for h in keys]
         slots = torch.cat([s.to(torch.int64) for _, s in pending.values()])
         slots = slots.to(self.device_layers[0][0].device)
-        names = [self.keys.object_key(h) for h in hashes]
+        names = [self.cache.keys.object_key(h) for h in hashes]
         ready = None
         if slots.is_cuda:  # slots were just allocated: earlier work on them must finish first
             ready = torch.cuda.Event()
@@ -204,7 +201,7 @@ class ObjectCacheLinker(UnifiedCacheLinker):
             self.stats.inc("layerwise_requests_recomputed", len(rids))
         else:
             self.stats.inc("pages_hit", len(names))
-            _record_access(self, names)
+            self.cache.observe_hits(names)
         if self._trace_path:  # a debugging aid: bounded (last 256 batches), rewritten per batch
             try:
                 self.timeline.save(self._trace_path)
@@ -233,20 +230,17 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self._last_wait = (index, layer, t1)
 
     def _drop_corrupt(self, names: list[str], hashes: list[str]) -> None:
-        """A batch met a corrupt object: re-read its pages, delete every unusable one (same
-        policy as page mode, `scrub`), so the recompute can store them again."""
+        """Pages whose checks failed: out of the host tier, and deleted from the store if
+        proven corrupt there (`ObjectCache.scrub`), so the recompute can store them again."""
         for name in names:
             self.tier.discard(name)
-        digests = [self.keys.content_digest(h) for h in hashes]
-        deleted = scrub(self.store, self.geometry, names, digests, on_deleted=self.known.discard)
-        self.stats.inc("corrupt_deleted", len(deleted))
+        self.cache.scrub(names, [self.cache.keys.content_digest(h) for h in hashes])
 
-    def _note_store_error(self, err: StoreError) -> None:
-        first = time.monotonic() >= self._down_until
-        self._down_until = time.monotonic() + self.cfg.negative_ttl_s
-        if first:
-            logger.warning("objectcache: store error (%s): %s; lookups miss for %.1fs",
-                           err.kind, err, self.cfg.negative_ttl_s)
+    def _forget(self, name: str) -> None:
+        """A page the lookup counted on is gone: the next lookup asks the store, and the
+        recompute's offload writes it again."""
+        self.cache.known.discard(name)
+        self.tier.discard(name)
 
     # ---- offload ---------------------------------------------------------------------
 
@@ -257,24 +251,28 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         if not self.offload_owner:
             self._offload_results.put(True)
             return True
-        names = [self.keys.object_key(h) for h in kv.keys]
-        todo = [i for i, n in enumerate(names) if n not in self.known and n not in self.tier]
+        ks = self.cache.keys
+        if not self.cache.can_write():
+            self._offload_results.put(False)
+            return True
+        names = [ks.object_key(h) for h in kv.keys]
+        todo = [i for i, n in enumerate(names) if n not in self.cache.known and n not in self.tier]
         self.stats.inc("pages_skipped_existing", len(names) - len(todo))
         if not todo:
             self._offload_results.put(True)
             return True
         P = self.page_size
         slots = kv.device_indices.view(-1, P)[todo].reshape(-1)
-        hashes = [kv.keys[i] for i in todo]
+        digests = [ks.content_digest(kv.keys[i]) for i in todo]
         picked = [names[i] for i in todo]
         if slots.is_cuda:
-            self._offload_gpu(slots, hashes, picked)
+            self._offload_gpu(slots, digests, picked)
         else:
             payload = kernels.gather_all_layers(self.device_layers, slots, self.geometry)
-            self._write(payload, hashes, picked)
+            self._write(payload, digests, picked)
         return True
 
-    def _offload_gpu(self, slots, hashes, names) -> None:
+    def _offload_gpu(self, slots, digests, names) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         events = self.record_offload_ready()
@@ -289,31 +287,24 @@ class ObjectCacheLinker(UnifiedCacheLinker):
             done.record(stream)
         if self._encode_pool is None:
             self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="objectcache-encode")
-        self._encode_pool.submit(lambda: (done.synchronize(), self._write(host, hashes, names)))
+        self._encode_pool.submit(lambda: (done.synchronize(), self._write(host, digests, names)))
 
-    def _write(self, payload: torch.Tensor, hashes, names) -> None:
+    def _write(self, payload: torch.Tensor, digests, names) -> None:
+        # Names and digests were taken when the pages were gathered, so a write of old
+        # weights' KV that lands after a namespace rotation still goes to the old namespace.
         g = self.geometry
         items = []
-        for row, h, name in zip(payload, hashes, names):
-            mv = objformat.sealed(g, self.keys.content_digest(h), row.numpy())
+        for row, digest, name in zip(payload, digests, names):
+            mv = objformat.sealed(g, digest, row.numpy())
             self.tier.put(name, mv)
             items.append((name, mv))
 
         epoch = self._epoch
 
         def done(results) -> None:
-            if epoch != self._epoch:  # written before a reset: SGLang no longer waits for it
-                return
-            ok = True
-            for (name, _), r in zip(items, results):
-                if isinstance(r, StoreError):
-                    ok = False
-                    self.stats.inc("write_errors_" + r.kind)
-                    self._note_store_error(r)
-                else:
-                    self.known.add(name)
-                    self.stats.inc("pages_written" if r else "pages_deduped")
-            self._offload_results.put(ok)
+            ok = all(self.cache.wrote([n for n, _ in items], results, g.object_bytes))
+            if epoch == self._epoch:  # else written before a reset: SGLang no longer waits for it
+                self._offload_results.put(ok)
 
         self.loader.write(items, done)
 
@@ -338,42 +329,10 @@ class ObjectCacheLinker(UnifiedCacheLinker):
     def close(self) -> None:
         self.reset()
         self.loader.close()
+        self.cache.close()
         self.store.close()
         if self._trace_path:
             self.timeline.save(self._trace_path)
 
     def save_trace(self, path: str) -> tuple[str, str]:
         return self.timeline.save(path)
-
-
-def _start_observers(linker) -> None:
-    """The access log (for `objectcache-inspect gc`) and the Prometheus exporter, as the
-    page-mode backend gets them through its attach hooks."""
-    try:
-        from sglang_objectcache import metrics
-        from sglang_objectcache.inspect import accesslog
-
-        log = accesslog.log_for(linker)
-        if log is not None:
-            log.flush()
-        metrics.start_exporter()
-    except Exception:  # noqa: BLE001 - observability never blocks serving
-        logger.exception("objectcache: access log / metrics not started")
-
-
-def _record_access(linker, names: list[str]) -> None:
-    try:
-        from sglang_objectcache.inspect import accesslog
-
-        log = accesslog.log_for(linker)
-        if log is not None:
-            log.record(names)
-    except Exception:  # noqa: BLE001
-        logger.exception("objectcache: access log record failed")
-
-
-def _tp_rank_size(params) -> tuple[int, int]:
-    group = params.attn_tp_cache_group or params.tp_cache_group
-    if group is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(group=group), torch.distributed.get_world_size(group=group)
-    return 0, 1

@@ -100,7 +100,7 @@ class LayerwiseLoader:
     def __init__(self, *, store, geometry: PageGeometry, device_layers, content_digest: Callable,
                  counter, scheduler: Scheduler, tier, timeline, stats, window_layers: int = 4,
                  layers_per_get: int = 0, io_threads: int = 8, layer_s: float = 0.002, on_store_error=None,
-                 on_corrupt=None, fetch=None):
+                 on_corrupt=None, fetch=None, on_missing=None):
         """`fetch`: a `fetch.ProcessFetch` (what the linker uses), else a ThreadFetch on
         `store` with `io_threads` threads."""
         self.store = store
@@ -119,8 +119,10 @@ class LayerwiseLoader:
         self.window = max(1, window_layers, self.per_get + self.lead_alone)  # a whole group is staged at once
         self.layer_s = layer_s
         self.on_store_error = on_store_error or (lambda err: None)
-        # on_corrupt(names, hashes): every page of a batch that met a corrupt object; on a pool thread
+        # on_corrupt(names, hashes): the pages whose checks failed; on a pool thread
         self.on_corrupt = on_corrupt or (lambda names, hashes: None)
+        # on_missing(name): an object the lookup counted on is gone (GC, another server's scrub)
+        self.on_missing = on_missing or (lambda name: None)
         self.device = device_layers[0][0].device
         self._cuda = self.device.type == "cuda"
         self._copy_stream = torch.cuda.Stream(self.device) if self._cuda else None
@@ -420,7 +422,11 @@ class LayerwiseLoader:
                 return self._fail(index, err)
             if kind == "missing":
                 self.stats.miss("not_found")
+                self.on_missing(name)
                 return self._fail(index, KeyError(f"{name}: object missing"))
+            if kind == "unsupported":
+                self.stats.miss("unsupported")
+                return self._fail(index, FormatError(f"{name}: {out[1]}"))
             if kind == "corrupt":
                 return self._corrupt(index, name, FormatError(out[1]))
             _, header, sums, raw = out
@@ -516,7 +522,8 @@ class LayerwiseLoader:
         b = self._batches.get(index)
         if b is not None and b.failed is None:
             running = [f for f in self._scrubs if not f.done()]  # done ones are dropped, never waited on
-            self._scrubs = running + [self._pool.submit(self.on_corrupt, list(b.names), list(b.hashes))]
+            i = b.names.index(name)
+            self._scrubs = running + [self._pool.submit(self.on_corrupt, [name], [b.hashes[i]])]
         self._fail(index, FormatError(f"{name}: {err}"))
 
     def wait_scrubs(self, timeout_s: float) -> None:

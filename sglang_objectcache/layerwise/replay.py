@@ -21,7 +21,8 @@ import torch
 
 from sglang_objectcache import objformat
 from sglang_objectcache.config import LayerwiseConfig, ObjectCacheConfig, SchedulerConfig
-from sglang_objectcache.keys import KeyScheme, make_namespace
+from sglang_objectcache.identity import ModelIdentity
+from sglang_objectcache.keys import KeyScheme, RankIdentity, make_namespace
 from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.hosttier import HostTier
 from sglang_objectcache.layerwise.loader import LayerwiseLoader
@@ -79,8 +80,7 @@ def populate(store_cfg: dict, w: Workload) -> list[list[str]]:
 
 
 def _keys(cfg: ObjectCacheConfig, w: Workload) -> KeyScheme:
-    return KeyScheme("replay", make_namespace(cfg, "replay", w.geometry, is_mla=False, tp_rank=0,
-                                              tp_size=1, start_layer=0))
+    return KeyScheme("replay", make_namespace(cfg, RankIdentity(ModelIdentity("replay", "replay"), w.geometry, is_mla=False)))
 
 
 def run(store_cfg: dict, w: Workload, sched: SchedulerConfig, hashes: list[list[str]]) -> dict:

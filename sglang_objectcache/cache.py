@@ -1,0 +1,325 @@
+"""`ObjectCache`: the cache core beneath both faces, page mode's HiCache backend
+(`backend.py`) and the layerwise linker (`layerwise/linker.py`).
+
+It owns everything that must mean the same in both modes, so each mode reads what the
+other wrote and both fail the same way:
+- identity: the namespace, derived from one `RankIdentity` (`keys.make_namespace`), and
+  rotated when SGLang changes the weights (`rotate`). Faces read `cache.keys` once per
+  batch, so a batch never mixes two namespaces;
+- known keys, and the leading run of pages present (`leading_run`);
+- store health. Only store-wide failures (connection, timeout, 5xx, throttling) open a
+  down window: reads and lookups answer "miss" at once for `negative_ttl_s`. A failed
+  write opens one for writes; a failed read never fails a write. A per-object 4xx is that
+  object's miss only;
+- whether a fetched object is usable (`verdict`), the one decision both modes take;
+- the scrub, which deletes only what is proven corrupt (`prove_corrupt`);
+- write-result accounting (`wrote`) and the observers (access log, metrics), called here
+  explicitly rather than hooked onto a face.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Callable, Optional, Sequence
+
+from sglang_objectcache import objformat
+from sglang_objectcache.keys import KeyScheme, RankIdentity, make_namespace
+from sglang_objectcache.known import KnownKeys
+from sglang_objectcache.stats import Stats
+from sglang_objectcache.store import INTO, StoreError, etag_matches
+
+logger = logging.getLogger(__name__)
+
+# verdicts: '' (usable) or a miss reason
+NOT_FOUND, STORE_ERROR, CORRUPT, UNSUPPORTED = "not_found", "store_error", "corrupt", "unsupported"
+
+
+class DownWindow:
+    """A store that failed store-wide is left alone for `ttl` seconds."""
+
+    def __init__(self, ttl: float, what: str):
+        self.ttl, self.what = ttl, what
+        self._until = 0.0
+        self._reason = ""
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return time.monotonic() < self._until
+
+    def open(self, err: StoreError) -> None:
+        with self._lock:
+            first = not self
+            self._until = time.monotonic() + self.ttl
+            self._reason = str(err)
+        if first:
+            logger.warning("objectcache: store error (%s): %s; %s for %.1fs", err.kind, err, self.what, self.ttl)
+
+    def ok(self) -> None:
+        if self._reason and not self:
+            with self._lock:
+                if self._reason:
+                    logger.info("objectcache: store reachable again")
+                    self._reason = ""
+
+
+class ObjectCache:
+    def __init__(self, cfg, store, rank: RankIdentity, stats: Optional[Stats] = None):
+        self.cfg, self.store = cfg, store
+        self.stats = stats or Stats()
+        self.rank = rank
+        self.keys = KeyScheme(cfg.key_prefix, make_namespace(cfg, rank))
+        self.known = KnownKeys(cfg.exists_cache_entries)
+        self.reads_down = DownWindow(cfg.negative_ttl_s, "reads and lookups miss")
+        self.writes_down = DownWindow(cfg.negative_ttl_s, "writes are skipped")
+        # After a weight update that kept SGLang's radix cache (flush_cache=False), its
+        # pages hold old-weight KV under no namespace we can tell: store nothing, read
+        # nothing, until SGLang flushes.
+        self.suspended = False
+        self.on_rotate: list[Callable[["ObjectCache"], None]] = []
+        self.describe()
+
+    @property
+    def geometry(self) -> objformat.PageGeometry:
+        return self.rank.geometry
+
+    # ---- identity ------------------------------------------------------------------------
+
+    def describe(self) -> None:
+        """Write `_namespace.json` (what the namespace holds, for objectcache-inspect)."""
+        ns = self.keys.namespace
+        body = json.dumps(ns.describe(), sort_keys=True, indent=1).encode()
+        try:
+            self.store.put(self.keys.namespace_file, body, if_absent=True)
+        except StoreError as e:
+            logger.warning("objectcache: could not write %s: %s", self.keys.namespace_file, e)
+        logger.info("objectcache: namespace %s = %s", ns.digest, ns.describe())
+
+    def rotate(self, weights: str, suspend: bool = False) -> None:
+        """The weights changed: a new namespace, nothing known, no host-tier entry reused
+        (the faces' tiers are keyed by object key, so the old entries can never match)."""
+        self.rank = self.rank.updated(self.rank.model.after_update(weights))
+        self.keys = KeyScheme(self.cfg.key_prefix, make_namespace(self.cfg, self.rank))
+        self.known.clear()
+        self.suspended = suspend
+        self.stats.inc("namespace_rotations")
+        logger.warning("objectcache: weights updated: pages now go to namespace %s%s", self.keys.namespace.digest,
+                       " (storage paused until the cache is flushed)" if suspend else "")
+        for fn in self.on_rotate:
+            fn(self)
+        self.describe()
+
+    # ---- health --------------------------------------------------------------------------
+
+    def can_read(self) -> bool:
+        return not (self.suspended or self.reads_down)
+
+    def can_write(self) -> bool:
+        return not (self.suspended or self.writes_down)
+
+    def note_error(self, err: StoreError, write: bool = False) -> None:
+        self.stats.inc(("write_errors_" if write else "store_errors_") + err.kind)
+        if err.store_wide:
+            (self.writes_down if write else self.reads_down).open(err)
+
+    def note_ok(self) -> None:
+        self.reads_down.ok()
+        self.writes_down.ok()
+
+    # ---- existence -----------------------------------------------------------------------
+
+    def leading_run(self, names: Sequence[str], local: Callable[[str], bool] = lambda n: False) -> int:
+        """How many of `names`, from the first, are present: held locally (`local`), known,
+        or found by HEAD. While reads are down only local copies count: a prefetch of a
+        page the store cannot serve could only fail."""
+        n = 0
+        if not self.can_read():
+            while n < len(names) and local(names[n]):
+                n += 1
+            return n
+        while n < len(names) and (names[n] in self.known or local(names[n])):
+            n += 1
+        if n == len(names):
+            return n
+        rest = names[n:]
+        self.stats.inc("head_requests", len(rest))
+        for name, r in zip(rest, self.store.exists_prefix(rest)):
+            if isinstance(r, StoreError):
+                self.note_error(r)
+                return n
+            if not r:
+                return n
+            self.known.add(name)
+            n += 1
+        self.note_ok()
+        return n
+
+    # ---- usability -----------------------------------------------------------------------
+
+    def verdict(self, name: str, result, digest: bytes, check: Optional[Callable[[], None]] = None) -> str:
+        """'' if a GET result can be used, else the miss reason. `result` is a body, None
+        (absent), a StoreError or INTO (then `check` checks what went through the receiver)."""
+        if isinstance(result, StoreError):
+            if result.status == 416:  # a range past the end: the object is shorter than its header says
+                return CORRUPT
+            self.note_error(result)
+            return STORE_ERROR
+        if result is None:
+            self.known.discard(name)
+            return NOT_FOUND
+        try:
+            if result is INTO:
+                check()
+            else:
+                objformat.decode(result, self.geometry, digest, verify=self.cfg.verify_checksums)
+        except objformat.UnsupportedFormat as e:
+            logger.warning("objectcache: object %s is of another format (%s): a miss", name, e)
+            return UNSUPPORTED
+        except objformat.FormatError as e:
+            self.stats.inc("checksum_failures")
+            logger.warning("objectcache: object %s is unusable (%s): a miss", name, e)
+            return CORRUPT
+        return ""
+
+    # ---- scrub ---------------------------------------------------------------------------
+
+    def scrub(self, names: Sequence[str], digests: Sequence[bytes]) -> list[str]:
+        """Delete the objects among `names` proven corrupt (`prove_corrupt`), so their pages
+        can be stored again; forget every one that is gone. Returns the deleted names."""
+        doomed = []
+        for name, digest, why in zip(names, digests, self.prove_corrupt(names, digests)):
+            if why is None:
+                self.known.discard(name)  # gone already
+            elif why:
+                logger.warning("objectcache: object %s is corrupt in the store (%s); deleting it so the "
+                               "page can be stored again", name, why)
+                doomed.append(name)
+        if doomed:
+            try:
+                self.store.delete_many(doomed)
+            except StoreError as e:
+                logger.warning("objectcache: could not delete corrupt objects: %s", e)
+                return []
+            for name in doomed:
+                self.known.discard(name)
+        self.stats.inc("corrupt_deleted", len(doomed))
+        return doomed
+
+    def prove_corrupt(self, names: Sequence[str], digests: Sequence[bytes]) -> list[Optional[str]]:
+        """Per name: why the *stored* object is corrupt, '' if that is not proven (fine, of
+        another format, or damaged only on the way), None if it is gone.
+
+        Proof is stable, never one bad read: the size the store reports differs from the
+        geometry's (a truncated or extended object), or a re-read fails its checks and its
+        bytes are the ones the store holds (their MD5 is the ETag). Where the ETag is no
+        MD5, two re-reads must return the same failing bytes. A body mangled on the way
+        fails the ETag test and deletes nothing (`scrub_transient` counts it)."""
+        g = self.geometry
+        out: list[Optional[str]] = []
+        for name, digest, st in zip(names, digests, self.store.stat_many(list(names))):
+            if st is None:
+                out.append(None)
+            elif isinstance(st, StoreError):
+                out.append("")
+            elif st.size != g.object_bytes:
+                out.append(self._wrong_size(name, st.size))
+            else:
+                out.append(self._failing_bytes(name, digest, st.etag))
+        return out
+
+    def _wrong_size(self, name: str, size: int) -> str:
+        why = f"stored size {size}, expected {self.geometry.object_bytes}"
+        if not size:
+            return why
+        (head,) = self.store.get_ranges([(name, 0, min(size, self.geometry.header_bytes))])
+        if head is None or isinstance(head, StoreError):
+            return ""
+        try:
+            objformat._unpack_fixed(memoryview(head).cast("B"))
+        except objformat.UnsupportedFormat:
+            return ""  # another format version: not ours to judge
+        except objformat.FormatError:
+            pass
+        return why
+
+    def _failing_bytes(self, name: str, digest: bytes, etag: str) -> str:
+        def read():
+            (blob,) = self.store.get_many([name])
+            if blob is None or isinstance(blob, StoreError):
+                return None, ""
+            try:
+                objformat.decode(blob, self.geometry, digest, verify=True)
+            except objformat.UnsupportedFormat:
+                return blob, ""
+            except objformat.FormatError as e:
+                return blob, str(e)
+            return blob, ""
+
+        blob, why = read()
+        if not why:
+            return ""
+        same = etag_matches(blob, etag)
+        if same is None:  # no MD5 ETag: a second read must agree byte for byte
+            again, why2 = read()
+            same = why2 == why and again is not None and bytes(again) == bytes(blob)
+        if not same:
+            self.stats.inc("scrub_transient")
+            logger.warning("objectcache: object %s read back damaged (%s) but the store holds other bytes; "
+                           "kept (damaged on the way?)", name, why)
+            return ""
+        return why
+
+    # ---- writes --------------------------------------------------------------------------
+
+    def wrote(self, names: Sequence[str], results: Sequence, object_bytes: int) -> list[bool]:
+        """Account PUT results (True written, False already there, StoreError failed)."""
+        out, written = [], 0
+        for name, r in zip(names, results):
+            if isinstance(r, StoreError):
+                self.note_error(r, write=True)
+                out.append(False)
+                continue
+            self.known.add(name)
+            written += bool(r)
+            self.stats.inc("pages_written" if r else "pages_deduped")
+            out.append(True)
+        self.stats.inc("bytes_written", written * object_bytes)
+        return out
+
+    # ---- observers -----------------------------------------------------------------------
+
+    def start_observers(self, metrics: bool = True) -> None:
+        """The access log (for `objectcache-inspect gc`) and the Prometheus exporter."""
+        try:
+            from sglang_objectcache import metrics as prom
+            from sglang_objectcache.inspect import accesslog
+
+            log = accesslog.log_for(self)
+            if log is not None:
+                log.flush()
+            if metrics:
+                prom.start_exporter()
+        except Exception:  # noqa: BLE001 - observability never blocks serving
+            logger.exception("objectcache: access log / metrics not started")
+
+    def observe_hits(self, names: Sequence[str]) -> None:
+        if not names:
+            return
+        try:
+            from sglang_objectcache.inspect import accesslog
+
+            log = accesslog.log_for(self)
+            if log is not None:
+                log.record(names)
+        except Exception:  # noqa: BLE001 - bookkeeping must never fail a read
+            logger.exception("objectcache: access log record failed")
+
+    def close(self) -> None:
+        try:
+            from sglang_objectcache.inspect import accesslog
+
+            accesslog.flush_log(self)
+        except Exception:  # noqa: BLE001
+            logger.exception("objectcache: access log flush failed")
