@@ -208,68 +208,7 @@ class ObjectCache:
         return doomed
 
     def prove_corrupt(self, names: Sequence[str], digests: Sequence[bytes]) -> list[Optional[str]]:
-        """Per name: why the *stored* object is corrupt, '' if that is not proven (fine, of
-        another format, or damaged only on the way), None if it is gone.
-
-        Proof is stable, never one bad read: the size the store reports differs from the
-        geometry's (a truncated or extended object), or a re-read fails its checks and its
-        bytes are the ones the store holds (their MD5 is the ETag). Where the ETag is no
-        MD5, two re-reads must return the same failing bytes. A body mangled on the way
-        fails the ETag test and deletes nothing (`scrub_transient` counts it)."""
-        g = self.geometry
-        out: list[Optional[str]] = []
-        for name, digest, st in zip(names, digests, self.store.stat_many(list(names))):
-            if st is None:
-                out.append(None)
-            elif isinstance(st, StoreError):
-                out.append("")
-            elif st.size != g.object_bytes:
-                out.append(self._wrong_size(name, st.size))
-            else:
-                out.append(self._failing_bytes(name, digest, st.etag))
-        return out
-
-    def _wrong_size(self, name: str, size: int) -> str:
-        why = f"stored size {size}, expected {self.geometry.object_bytes}"
-        if not size:
-            return why
-        (head,) = self.store.get_ranges([(name, 0, min(size, self.geometry.header_bytes))])
-        if head is None or isinstance(head, StoreError):
-            return ""
-        try:
-            objformat._unpack_fixed(memoryview(head).cast("B"))
-        except objformat.UnsupportedFormat:
-            return ""  # another format version: not ours to judge
-        except objformat.FormatError:
-            pass
-        return why
-
-    def _failing_bytes(self, name: str, digest: bytes, etag: str) -> str:
-        def read():
-            (blob,) = self.store.get_many([name])
-            if blob is None or isinstance(blob, StoreError):
-                return None, ""
-            try:
-                objformat.decode(blob, self.geometry, digest, verify=True)
-            except objformat.UnsupportedFormat:
-                return blob, ""
-            except objformat.FormatError as e:
-                return blob, str(e)
-            return blob, ""
-
-        blob, why = read()
-        if not why:
-            return ""
-        same = etag_matches(blob, etag)
-        if same is None:  # no MD5 ETag: a second read must agree byte for byte
-            again, why2 = read()
-            same = why2 == why and again is not None and bytes(again) == bytes(blob)
-        if not same:
-            self.stats.inc("scrub_transient")
-            logger.warning("objectcache: object %s read back damaged (%s) but the store holds other bytes; "
-                           "kept (damaged on the way?)", name, why)
-            return ""
-        return why
+        return prove_corrupt(self.store, self.geometry, names, digests, self.stats)
 
     # ---- writes --------------------------------------------------------------------------
 
@@ -323,3 +262,73 @@ class ObjectCache:
             accesslog.flush_log(self)
         except Exception:  # noqa: BLE001
             logger.exception("objectcache: access log flush failed")
+
+
+def prove_corrupt(store, geometry: objformat.PageGeometry, names: Sequence[str], digests: Sequence[bytes],
+                  stats: Optional[Stats] = None) -> list[Optional[str]]:
+    """Per name: why the *stored* object is corrupt, '' if that is not proven (fine, of
+    another format, or damaged only on the way), None if it is gone.
+
+    Proof is stable, never one bad read: the size the store reports differs from the
+    geometry's (a truncated or extended object; an object of another format version is
+    not ours to judge), or a re-read fails its checks and its bytes are the ones the store
+    holds (their MD5 is the ETag). Where the ETag is no MD5, two re-reads must return the
+    same failing bytes. A body mangled on the way fails the ETag test and deletes nothing
+    (`scrub_transient` counts it). Every object read here is read at most at its size."""
+    out: list[Optional[str]] = []
+    for name, digest, st in zip(names, digests, store.stat_many(list(names))):
+        if st is None:
+            out.append(None)
+        elif isinstance(st, StoreError):
+            out.append("")
+        elif st.size != geometry.object_bytes:
+            out.append(_wrong_size(store, geometry, name, st.size))
+        else:
+            out.append(_failing_bytes(store, geometry, name, digest, st.etag, stats))
+    return out
+
+
+def _wrong_size(store, g: objformat.PageGeometry, name: str, size: int) -> str:
+    why = f"stored size {size}, expected {g.object_bytes}"
+    if not size:
+        return why
+    (head,) = store.get_ranges([(name, 0, min(size, g.header_bytes))])
+    if head is None or isinstance(head, StoreError):
+        return ""
+    try:
+        objformat._unpack_fixed(memoryview(head).cast("B"))
+    except objformat.UnsupportedFormat:
+        return ""  # another format version: not ours to judge
+    except objformat.FormatError:
+        pass
+    return why
+
+
+def _failing_bytes(store, g: objformat.PageGeometry, name: str, digest: bytes, etag: str,
+                   stats: Optional[Stats]) -> str:
+    def read():
+        (blob,) = store.get_ranges([(name, 0, g.object_bytes)])
+        if blob is None or isinstance(blob, StoreError):
+            return None, ""
+        try:
+            objformat.decode(blob, g, digest, verify=True)
+        except objformat.UnsupportedFormat:
+            return blob, ""
+        except objformat.FormatError as e:
+            return blob, str(e)
+        return blob, ""
+
+    blob, why = read()
+    if not why:
+        return ""
+    same = etag_matches(blob, etag)
+    if same is None:  # no MD5 ETag: a second read must agree byte for byte
+        again, why2 = read()
+        same = why2 == why and again is not None and bytes(again) == bytes(blob)
+    if not same:
+        if stats is not None:
+            stats.inc("scrub_transient")
+        logger.warning("objectcache: object %s read back damaged (%s) but the store holds other bytes; "
+                       "kept (damaged on the way?)", name, why)
+        return ""
+    return why
