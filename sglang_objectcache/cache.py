@@ -78,6 +78,7 @@ class ObjectCache:
         # pages hold old-weight KV under no namespace we can tell: store nothing, read
         # nothing, until SGLang flushes.
         self.suspended = False
+        self.frozen = False  # a rotation failed: suspended for good
         self.on_rotate: list[Callable[["ObjectCache"], None]] = []
         self.describe()
 
@@ -93,7 +94,7 @@ class ObjectCache:
         body = json.dumps(ns.describe(), sort_keys=True, indent=1).encode()
         try:
             self.store.put(self.keys.namespace_file, body, if_absent=True)
-        except StoreError as e:
+        except Exception as e:  # noqa: BLE001 - a description for tools; never fatal
             logger.warning("objectcache: could not write %s: %s", self.keys.namespace_file, e)
         logger.info("objectcache: namespace %s = %s", ns.digest, ns.describe())
 

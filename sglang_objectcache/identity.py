@@ -118,8 +118,9 @@ def _safetensors_spans(fd: int, size: int, h) -> list[tuple[int, int]] | None:
 class ModelIdentity:
     """Everything about the served model that changes the bytes of a KV page.
 
-    `label` is for people (the served name or `model_id`); the digest covers it too, so a
-    deployment can still keep two otherwise identical models apart by name.
+    `label` is for people (the served name); the digest leaves it out, so servers of one
+    checkpoint share pages whatever they call it or wherever it lives. (`model_id` in the
+    objectcache config keeps deployments apart on purpose: it goes into the namespace.)
     """
 
     label: str
@@ -133,7 +134,9 @@ class ModelIdentity:
 
     @property
     def digest(self) -> str:
-        return xxhash.xxh3_128_hexdigest(json.dumps(asdict(self), sort_keys=True).encode())
+        d = asdict(self)
+        del d["label"]
+        return xxhash.xxh3_128_hexdigest(json.dumps(d, sort_keys=True).encode())
 
     def after_update(self, weights: str) -> "ModelIdentity":
         """After SGLang swapped the weights: those weights' fingerprint (the same as a server

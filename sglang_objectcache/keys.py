@@ -47,7 +47,9 @@ class Namespace:
 
     @cached_property  # every object key uses it; a frozen dataclass, so it never changes
     def digest(self) -> str:
-        return xxhash.xxh3_64_hexdigest(json.dumps(self.describe(), sort_keys=True).encode())
+        d = self.describe()
+        del d["model"]  # a label for people; `identity` says what the weights are
+        return xxhash.xxh3_64_hexdigest(json.dumps(d, sort_keys=True).encode())
 
 
 @dataclass(frozen=True)
@@ -103,15 +105,14 @@ def make_namespace(cfg, rank: RankIdentity) -> Namespace:
         extra.append(f"dcp{rank.dcp[0]}of{rank.dcp[1]}")
     if cfg.tenant_salt:
         extra.append("salt:" + cfg.tenant_salt)
-    label = rank.model.label if not cfg.model_id else f"{cfg.model_id}"
-    model = rank.model if not cfg.model_id else ModelIdentity(
-        **{**rank.model.__dict__, "label": f"{rank.model.label}|model_id={cfg.model_id}"})
+    if cfg.model_id:
+        extra.append("model_id:" + cfg.model_id)
     return Namespace(
-        model=label,
+        model=cfg.model_id or rank.model.label,
         geometry=rank.geometry,
         kv_shard="replicated" if rank.is_mla else f"tp{rank.tp[0]}of{rank.tp[1]}",
         layers=f"{rank.start_layer}-{rank.start_layer + rank.geometry.num_layers}",
         extra=",".join(extra),
-        identity=model.digest,
+        identity=rank.model.digest,
         kv_dtype=rank.model.kv_dtype,
     )

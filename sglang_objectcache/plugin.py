@@ -107,24 +107,24 @@ def _weights_updated(result, manager, recv_req, *args, **kwargs):
     so storage pauses until a flush."""
     from sglang_objectcache import identity, runtime
 
-    try:
-        ok = isinstance(result, tuple) and bool(result[0])
-        flushed = ok and bool(getattr(recv_req, "flush_cache", True))
-        path = getattr(recv_req, "model_path", None)
-        for face in runtime.instances():
-            cache = getattr(face, "cache", None)
-            if cache is None:
-                continue
+    ok = isinstance(result, tuple) and bool(result[0])
+    flushed = ok and bool(getattr(recv_req, "flush_cache", True))
+    path = getattr(recv_req, "model_path", None)
+    for face in runtime.instances():
+        cache = getattr(face, "cache", None)
+        if cache is None:
+            continue
+        try:
             if path and getattr(recv_req, "load_format", None) != "dummy":
                 weights = identity.fingerprint_path(path, full=cache.cfg.full_fingerprint)
             else:
                 weights = identity.random_fingerprint(f"weights updated by {type(recv_req).__name__}")
             cache.rotate(weights, suspend=not flushed)
-    except Exception:  # noqa: BLE001 - never fail the update; but never serve old KV either
-        logger.exception("objectcache: could not rotate the namespace after a weight update; pausing storage")
-        for face in runtime.instances():
-            if getattr(face, "cache", None) is not None:
-                face.cache.suspended = True
+        except Exception:  # noqa: BLE001 - never fail the update; but never serve old KV either
+            logger.exception("objectcache: could not rotate the namespace after a weight update; "
+                             "storage paused until restart")
+            cache.suspended = True
+            cache.frozen = True
     return None
 
 
@@ -134,7 +134,7 @@ def _flushed(result, scheduler, *args, **kwargs):
         from sglang_objectcache import runtime
 
         for face in runtime.instances():
-            if getattr(face, "cache", None) is not None and face.cache.suspended:
+            if getattr(face, "cache", None) is not None and face.cache.suspended and not face.cache.frozen:
                 face.cache.suspended = False
                 logger.info("objectcache: cache flushed after a weight update: storage resumes")
     return None

@@ -88,8 +88,12 @@ def _file_digest(path: str) -> str:
 
 
 def refuse_scaled(pool) -> None:
-    scaled = sorted(n for n in vars(pool) if "scale" in n and getattr(pool, n) is not None
-                    and hasattr(getattr(pool, n), "shape"))
+    """KV pools that keep per-page scales beside K and V (MXFP8, FP4) hold them in
+    attributes named *scale* (a tensor, or one per layer); plain pools leave them None."""
+    def is_tensors(v) -> bool:
+        return hasattr(v, "shape") or (isinstance(v, (list, tuple)) and any(hasattr(t, "shape") for t in v))
+
+    scaled = sorted(n for n, v in vars(pool).items() if "scale" in n and is_tensors(v))
     if scaled:
         raise UnsupportedPool(f"objectcache cannot store {type(pool).__name__}: its KV scale buffers "
                               f"({', '.join(scaled)}) would not travel with the pages; use a KV cache "

@@ -129,8 +129,9 @@ def test_namespaces_are_isolated(s3_config, served_model, tmp_path):
     served_model(server_args_for(served_model.path, kv_cache_dtype="fp8_e5m2"))
     other_kv_dtype = backend_for(s3_config, host)  # the logical KV dtype (A2)
     served_model(server_args_for(served_model.path))
+    assert renamed.batch_exists(keys) == 2  # the served name is a label: one checkpoint, one namespace
     others = [
-        renamed, reweighted, other_kv_dtype,
+        reweighted, other_kv_dtype, backend_for({**s3_config, "model_id": "kept-apart"}, host),
         backend_for(s3_config, fp16),
         backend_for(s3_config, host, tp_rank=1, tp_size=2),
         backend_for({**s3_config, "tenant_salt": "tenant-b"}, host),

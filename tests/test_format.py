@@ -76,7 +76,7 @@ def _ns(**kw):
 
 def test_namespaces_never_collide():
     variants = [
-        _ns(), _ns(model="m2"), _ns(kv_shard="tp1of2"), _ns(kv_shard="replicated"), _ns(layers="3-6"),
+        _ns(), _ns(identity="w2"), _ns(kv_dtype="fp8_e5m2"), _ns(kv_shard="tp1of2"), _ns(kv_shard="replicated"), _ns(layers="3-6"),
         _ns(geometry=PageGeometry("mha", 3, 4, (32, 32), "float16")),
         _ns(geometry=PageGeometry("mha", 3, 8, (32, 32), "bfloat16")),
         _ns(extra="salt:tenant-a"),
