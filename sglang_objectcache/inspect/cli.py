@@ -9,7 +9,8 @@
 plugin). The bucket commands talk to the store directly: `--config` takes the same JSON
 (or @file) as `--hicache-storage-backend-extra-config`; `--bucket/--endpoint-url` and the
 OBJECTCACHE_BUCKET / OBJECTCACHE_ENDPOINT_URL / AWS_* environment also work.
-Exit status: 0 ok, 1 problems found (verify without --repair), 2 usage or connection error.
+Exit status: 0 ok, 1 problems found (verify: corrupt, misplaced or orphaned objects left in the
+bucket; unsupported ones do not count), 2 usage or connection error.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--no-access-logs", action="store_true", help="skip reading access logs")
         if name == "verify":
             s.add_argument("--sample", type=int, help="check only N random pages per namespace")
-            s.add_argument("--repair", action="store_true", help="delete corrupt, misplaced and orphaned objects")
+            s.add_argument("--repair", action="store_true",
+                           help="delete the corrupt, misplaced and orphaned objects the store proves bad "
+                                "(never an unsupported one)")
         if name == "gc":
             s.add_argument("--max-bytes", type=parse_size, help="capacity cap for page objects, e.g. 50GiB")
             s.add_argument("--ttl", type=parse_duration, help="delete pages unused for this long, e.g. 7d")
@@ -202,13 +205,20 @@ def cmd_verify(args) -> int:
         task = p.add_task("verifying", total=sum(len(ns.pages) for ns in s.namespaces.values()))
         report = verify.verify(store, s, sample=args.sample, on_progress=lambda d, n: p.update(task, completed=d,
                                                                                                total=n))
-        repaired = verify.repair(store, report, cfg.key_prefix) if args.repair else None
+        fixed = None
+        if args.repair:
+            p.update(task, description="proving and deleting")
+            fixed = verify.repair(store, report, cfg.key_prefix)
+    findings = [{**dataclasses.asdict(f), **({"repair": fixed.action(f)} if fixed else {})} for f in report.findings]
     data = {"bucket": cfg.bucket, "checked": report.checked, "ok": report.ok, "bytes_read": report.bytes_read,
-            "by_problem": report.by_problem(), "findings": [dataclasses.asdict(f) for f in report.findings],
+            "by_problem": report.by_problem(), "findings": findings,
             "vanished": report.vanished, "unreadable": list(report.unreadable),
-            "unverified_namespaces": report.unverified_namespaces, "repaired": repaired}
-    _emit(args, data, render.verify(report, repaired))
-    return 1 if report.findings and repaired is None else 0
+            "unverified_namespaces": report.unverified_namespaces,
+            "repaired": None if fixed is None else fixed.count,
+            "repair": None if fixed is None else {"deleted": fixed.proofs, "kept": fixed.kept,
+                                                  "gone": list(fixed.gone)}}
+    _emit(args, data, render.verify(report, fixed))
+    return 1 if verify.problems_left(report, fixed) else 0
 
 
 def cmd_gc(args) -> int:

@@ -169,13 +169,14 @@ def store(summary: dict) -> list:
     return [t, ages, *(Text(n, style="dim") for n in notes)]
 
 
-def verify(report, repaired: Optional[int] = None) -> list:
+def verify(report, repaired=None) -> list:
+    """`repaired`: what `verify.repair` did (a `verify.Repair`), or None without --repair."""
     counts = report.by_problem()
     head = Text()
     head.append(f"checked {report.checked} page objects ({size(report.bytes_read)} read): ", style="bold")
     head.append(f"{report.ok} ok", style="green")
     for p, n in counts.items():
-        head.append(f", {n} {p}", style="red" if n else "dim")
+        head.append(f", {n} {p}", style=("yellow" if p == "unsupported" else "red") if n else "dim")
     out = [head]
     if report.findings:
         t = Table(title="findings", title_justify="left", box=box.SIMPLE_HEAD)
@@ -183,19 +184,28 @@ def verify(report, repaired: Optional[int] = None) -> list:
         t.add_column("key", no_wrap=True, min_width=max(len(f.key) for f in report.findings))
         t.add_column("detail", overflow="fold")
         for f in report.findings:
-            t.add_row(f.problem, f.key, f.detail)
+            problem = f.problem if repaired is None else f"{f.problem} ({repaired.action(f)})"
+            t.add_row(problem, f.key, f.detail)
         out.append(t)
     for digest, why in report.unverified_namespaces.items():
         out.append(Text(f"namespace {digest}: {why}; objects checked against their own headers only",
                         style="yellow"))
+    if counts.get("unsupported"):
+        out.append(Text("unsupported: another format version or an unknown code (a newer writer?); "
+                        "never deleted", style="dim"))
     if report.vanished:
         out.append(Text(f"{report.vanished} object(s) vanished during the run (not judged)", style="dim"))
     for line in report.unreadable:
         out.append(Text(f"unreadable (not judged): {line}", style="yellow"))
     if repaired is not None:
-        out.append(Text(f"repair: deleted {repaired} object(s)", style="bold"))
-    elif report.findings:
-        out.append(Text("run with --repair to delete them", style="dim"))
+        line = f"repair: deleted {repaired.count} object(s) proven corrupt in the store"
+        if repaired.kept:
+            line += f", kept {len(repaired.kept)} not proven (damaged on the way, rewritten since, or intact)"
+        if repaired.gone:
+            line += f", {len(repaired.gone)} gone before the proof"
+        out.append(Text(line, style="bold"))
+    elif any(f.problem != "unsupported" for f in report.findings):
+        out.append(Text("run with --repair to delete those the store proves bad", style="dim"))
     return out
 
 
