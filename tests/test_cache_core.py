@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import server_args_for, write_checkpoint
+from served import server_args_for, write_checkpoint
 from pools import LAYERS, fill_random, make_pools, page_bytes
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig, PoolName, PoolTransfer
 
