@@ -364,3 +364,13 @@ def test_without_published_server_args_the_cache_refuses_to_start(s3_config, ser
     served_model(None)
     with pytest.raises(RuntimeError, match="ServerArgs"):
         backend(s3_config, host)
+
+
+def test_plain_http_to_another_host_is_warned_about_at_startup(caplog):
+    from sglang_objectcache.store import warn_if_plain_http
+
+    assert not warn_if_plain_http("http://127.0.0.1:8333") and not warn_if_plain_http("http://localhost:9000")
+    assert not warn_if_plain_http("https://s3.us-west-2.amazonaws.com") and not warn_if_plain_http("http://[::1]:80")
+    with caplog.at_level("WARNING"):
+        assert warn_if_plain_http("http://user:secret@minio.internal:9000")
+    assert "plain http://" in caplog.text and "secret" not in caplog.text

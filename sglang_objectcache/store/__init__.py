@@ -54,9 +54,32 @@ def open_store(cfg: ObjectCacheConfig) -> ObjectStore:
         store = make_store(cfg)
     except StoreError as e:
         raise RuntimeError(f"objectcache: {e}") from None
+    warn_if_plain_http(cfg.endpoint_url)
     try:
         store.check(create_bucket=cfg.create_bucket)
     except StoreError as e:
         store.close()
         raise RuntimeError(f"objectcache: {e}") from None
     return store
+
+
+def warn_if_plain_http(endpoint_url: str) -> bool:
+    """Plain HTTP to another host: anyone on the path can read prompts' KV and plant pages
+    whose checksums pass (they are integrity checks, not signatures). Loopback is fine."""
+    import ipaddress
+    import logging
+    from urllib.parse import urlsplit
+
+    u = urlsplit(endpoint_url)
+    if u.scheme.lower() != "http":
+        return False
+    host = (u.hostname or "").lower()
+    try:
+        local = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = host == "localhost"
+    if not local:
+        logging.getLogger(__name__).warning(
+            "objectcache: endpoint %s is plain http:// to another host: KV pages travel unencrypted and "
+            "unauthenticated; use https:// (or a private, trusted network)", f"{u.scheme}://{u.hostname}:{u.port or 80}")
+    return not local
