@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import time
 from typing import Optional
 
 import torch
