@@ -9,10 +9,19 @@ contains some text, such as one object key) may instead get:
 - `reset`: a fraction whose response is cut halfway and the connection reset (TCP RST);
 - `latency_s`: a delay before forwarding;
 - `stall`: held without an answer until the stall is lifted (then forwarded) or the client
-  gives up.
+  gives up;
+- `mangle`: an object's bytes answered with one byte flipped (bit-rot or a bad NIC, not a
+  failed request): every 200/206 answer with a body to a GET of an object (not of a bucket
+  listing) passes with the byte at one offset XORed with 0xFF. Status, headers
+  (Content-Length, ETag...) and framing are the upstream's, untouched. The offset is a hash
+  of the object's path and the first byte of the range asked for, so reading the same bytes
+  again gives the same damaged bytes: the damage looks persistent to the reader, while the
+  store itself holds the intact object (its ETag still says so).
 If the upstream cannot be reached (the store is down), the client connection is reset.
 `seen` counts requests per method and `injected` counts faults per kind, so a test can
-assert that a fault really happened. Random choices come from a seeded RNG.
+assert that a fault really happened; `deleted` lists every object a client asked to delete
+("bucket/key", by DELETE or a multi-object `POST ?delete`), faults or not. Random choices
+come from a seeded RNG.
 
 `Expect: 100-continue` is answered by the proxy itself (RFC 9110 allows an intermediary to):
 otherwise botocore would wait a second for every PUT before sending its body.
@@ -20,7 +29,9 @@ otherwise botocore would wait a second for every PUT before sending its body.
 
 from __future__ import annotations
 
+import hashlib
 import random
+import re
 import select
 import socket
 import struct
@@ -28,6 +39,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 SLOWDOWN_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -42,6 +54,7 @@ class Faults:
     reset: float = 0.0
     latency_s: float = 0.0
     stall: bool = False
+    mangle: bool = False
     # Methods the faults apply to (e.g. frozenset({"GET"})); None means every method.
     methods: frozenset[str] | None = None
     # Only requests whose target (path and query) contains this text; "" means all.
@@ -124,6 +137,63 @@ def _serialize(start: bytes, headers: list[tuple[str, str]]) -> bytes:
     return b"".join(lines)
 
 
+def _object_path(target: str) -> str | None:
+    """'bucket/key' of a path-style object request; None for a bucket-level one (a listing)."""
+    path = unquote(urlsplit(target).path).lstrip("/")
+    bucket, _, key = path.partition("/")
+    return f"{bucket}/{key}" if bucket and key else None
+
+
+def _deleted_keys(method: str, target: str, body: bytes) -> list[str]:
+    """The objects a request deletes: a DELETE of one, or S3's multi-object `POST /bucket?delete`."""
+    parts = urlsplit(target)
+    if method == "DELETE":
+        obj = _object_path(target)
+        return [obj] if obj and "uploadId=" not in parts.query else []
+    if method == "POST" and "delete" in (q.partition("=")[0] for q in parts.query.split("&")):
+        bucket = unquote(parts.path).strip("/")
+        return [f"{bucket}/{k.decode()}" for k in re.findall(rb"<Key>(.*?)</Key>", body, re.S)]
+    return []
+
+
+def _mangle_offset(target: str, headers: list[tuple[str, str]], length: int) -> int:
+    """Where in a body of `length` bytes to flip a byte: the same for the same object and range."""
+    first = (_header(headers, "range") or "").partition("=")[2].partition("-")[0]
+    seed = f"{_object_path(target)}@{first}".encode()
+    return int.from_bytes(hashlib.blake2b(seed, digest_size=8).digest(), "big") % length
+
+
+def _body_spans(body: bytes, chunked: bool) -> list[tuple[int, int]]:
+    """Where the payload bytes lie in a raw body: (start, end) pairs, chunk framing skipped."""
+    if not chunked:
+        return [(0, len(body))]
+    spans, pos = [], 0
+    while True:
+        eol = body.index(b"\n", pos)
+        size = int(body[pos:eol].split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            return spans
+        spans.append((eol + 1, eol + 1 + size))
+        pos = eol + 1 + size + 2
+
+
+def _flip(body: bytes, chunked: bool, offset_of) -> bytes | None:
+    """`body` with one payload byte XORed with 0xFF (`offset_of(payload_length)` picks which);
+    None when there is no payload byte to flip."""
+    spans = _body_spans(body, chunked)
+    total = sum(end - start for start, end in spans)
+    if not total:
+        return None
+    k = offset_of(total)
+    for start, end in spans:
+        if k < end - start:
+            out = bytearray(body)
+            out[start + k] ^= 0xFF
+            return bytes(out)
+        k -= end - start
+    return None
+
+
 def _reset(sock: socket.socket) -> None:
     """Close with RST instead of FIN: what a crashed peer or a load balancer does."""
     try:
@@ -143,6 +213,7 @@ class FaultProxy:
         self.seen: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
         self.connections = 0  # client connections accepted (keep-alive reuses one)
+        self.deleted: list[str] = []  # "bucket/key" of every object a client asked to delete
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -232,7 +303,12 @@ class FaultProxy:
                     client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
                 body = _read_body(reader, headers, until_eof=False)
                 self._count(self.seen, method)
-                if not self._handle(client, upstream, method, target, _serialize(start, headers) + body):
+                deleted = _deleted_keys(method, target, body)
+                if deleted:
+                    with self._lock:
+                        self.deleted.extend(deleted)
+                if not self._handle(client, upstream, method, target, _serialize(start, headers) + body,
+                                    headers):
                     return
         except (_Closed, OSError, ValueError):
             return
@@ -245,10 +321,12 @@ class FaultProxy:
                     except OSError:
                         pass
 
-    def _handle(self, client: socket.socket, upstream: list, method: str, target: str, request: bytes) -> bool:
+    def _handle(self, client: socket.socket, upstream: list, method: str, target: str, request: bytes,
+                headers: list[tuple[str, str]] = ()) -> bool:
         """Answer one request; False when the client connection must end."""
         faults = self.faults
         kind = None
+        mangle = False
         if faults.applies(method, target):
             if faults.stall:
                 self._count(self.injected, "stall")
@@ -263,6 +341,7 @@ class FaultProxy:
                 kind = "slowdown"
             elif roll < faults.slowdown + faults.reset:
                 kind = "reset"
+            mangle = faults.mangle and method == "GET" and _object_path(target) is not None
         if kind == "slowdown":
             self._count(self.injected, "slowdown")
             client.sendall(
@@ -282,8 +361,24 @@ class FaultProxy:
             client.sendall(response[: len(response) // 2])
             _reset(client)
             return False
+        if mangle:
+            response = self._mangled(response, target, headers)
         client.sendall(response)
         return keep_alive
+
+    def _mangled(self, response: bytes, target: str, request_headers: list[tuple[str, str]]) -> bytes:
+        """`response` with one byte of its body flipped if it is a 200/206 with a body."""
+        end = response.index(b"\r\n\r\n") + 4
+        head, body = response[:end], response[end:]
+        status = int(head.split(None, 2)[1])
+        if status not in (200, 206) or not body:
+            return response
+        chunked = b"transfer-encoding: chunked" in head.lower()
+        flipped = _flip(body, chunked, lambda n: _mangle_offset(target, request_headers, n))
+        if flipped is None:
+            return response
+        self._count(self.injected, "mangle")
+        return head + flipped
 
     def _hold(self, client: socket.socket) -> bool:
         """Wait while the stall lasts; False if the client went away or we stop."""

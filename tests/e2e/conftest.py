@@ -6,35 +6,10 @@ import itertools
 import uuid
 
 import pytest
-from e2e_support import BACKEND, MAX_NEW, BucketL3, FileL3
+from e2e_support import BACKEND, BucketL3, FileL3, Reference
 
-from sglang_objectcache.harness.client import Completion
-from sglang_objectcache.harness.server import ServerPool, cpu_args, nocache_args
-
-
-class Reference:
-    """Greedy outputs from a server with no HiCache and no radix cache: every token computed.
-
-    Requests go one at a time, as in the runs they are compared with, so batch composition
-    cannot explain a difference.
-    """
-
-    def __init__(self, pool: ServerPool):
-        self._pool = pool
-        self._server = None
-        self._memo: dict[str, Completion] = {}
-
-    def completions(self, texts: list[str]) -> list[Completion]:
-        """The reference answers, with their top-2 logprobs (to tell a near-tie from a real change)."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
-        if missing:
-            if self._server is None:
-                self._server = self._pool.launch(cpu_args() + nocache_args(), name="reference")
-            for t in missing:
-                c = self._server.client.generate(t, max_new_tokens=MAX_NEW, top_logprobs=2)
-                assert c.cached_tokens == 0, "the reference must compute every token"
-                self._memo[t] = c
-        return [self._memo[t] for t in texts]
+from sglang_objectcache.harness.server import ServerPool
+from sglang_objectcache.tinymodel import TinyModelSpec, make_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +19,15 @@ def reference(tiny_model, tmp_path_factory):
         yield Reference(pool)
     finally:
         pool.close()
+
+
+@pytest.fixture(scope="session")
+def model_b(tmp_path_factory) -> str:
+    """The tiny model with other weights: the same spec but the seed, so the same config.json,
+    tokenizer and shapes. Only the weights tell it from `tiny_model`. Its answers come from
+    `computed` on a server of it, not from a reference server of its own: one launch less."""
+    where = make_tiny_model(tmp_path_factory.mktemp("tiny-model-b"), TinyModelSpec(seed=1))
+    return str(where)
 
 
 _names = itertools.count()

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import random
+import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+import requests
+
 from sglang_objectcache.harness.client import Completion
-from sglang_objectcache.harness.server import cpu_args, file_args, objectcache_args
+from sglang_objectcache.harness.server import ServerPool, cpu_args, file_args, nocache_args, objectcache_args
 from sglang_objectcache.harness.settle import until_quiet
 from sglang_objectcache.harness.workloads import words
 
@@ -54,9 +57,13 @@ class BucketL3(L3):
         return objectcache_args(self.config(**overrides))
 
     def keys(self) -> set[str]:
-        out = set()
+        return set(self.etags())
+
+    def etags(self) -> dict[str, str]:
+        """Every object's key and ETag (the MD5 of its bytes): what tells an object unchanged."""
+        out = {}
         for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
-            out.update(o["Key"] for o in page.get("Contents", []))
+            out.update((o["Key"], o["ETag"]) for o in page.get("Contents", []))
         return out
 
     def read(self, key: str) -> bytes:
@@ -84,6 +91,31 @@ class FileL3(L3):
         (self.path / key).write_bytes(data)
 
 
+class Reference:
+    """Greedy outputs from a server with no HiCache and no radix cache: every token computed.
+
+    Requests go one at a time, as in the runs they are compared with, so batch composition
+    cannot explain a difference.
+    """
+
+    def __init__(self, pool: ServerPool):
+        self._pool = pool
+        self._server = None
+        self._memo: dict[str, Completion] = {}
+
+    def completions(self, texts: list[str]) -> list[Completion]:
+        """The reference answers, with their top-2 logprobs (to tell a near-tie from a real change)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if missing:
+            if self._server is None:
+                self._server = self._pool.launch(cpu_args() + nocache_args(), name="reference")
+            for t in missing:
+                c = self._server.client.generate(t, max_new_tokens=MAX_NEW, top_logprobs=2)
+                assert c.cached_tokens == 0, "the reference must compute every token"
+                self._memo[t] = c
+        return [self._memo[t] for t in texts]
+
+
 def prompts(n: int, seed: str, min_tokens: int = 330, max_tokens: int = 460) -> list[str]:
     """Distinct prompts whose cacheable pages exceed SGLang's 256-token storage-prefetch threshold."""
     rng = random.Random(seed)
@@ -105,6 +137,11 @@ def wait_for_writes(l3: L3, before: set[str], timeout_s: float = 60.0, quiet_s: 
 def wait_quiet(l3: L3, quiet_s: float = 1.5, timeout_s: float = 60.0) -> None:
     """Wait until no key has appeared for `quiet_s` (a new server's warm-up write-back)."""
     until_quiet(l3.keys, quiet_s=quiet_s, timeout_s=timeout_s, describe=lambda keys: f"L3 ({len(keys)} keys)")
+
+
+def settled(l3: BucketL3) -> dict[str, str]:
+    """The bucket's keys and ETags once nothing has changed for 2 s (write-back, scrubs)."""
+    return until_quiet(l3.etags, quiet_s=2.0, timeout_s=60, describe=lambda e: f"L3 ({len(e)} objects)")
 
 
 def launch_on(sglang_server, l3: L3, name: str):
@@ -176,3 +213,22 @@ def _describe(got: Completion, want: Completion) -> str:
         return ""
     return (f"; at step {k} the reference's top-2 were {want.top_logprobs[k]}, this run's {got.top_logprobs[k]}; "
             f"largest logprob drift before it {drift(got, want):.2e}")
+
+
+def computed(server, texts: list[str]) -> list[Completion]:
+    """A reference from `server` itself: each text under a cache salt that no page carries,
+    so every token is computed by the weights it serves now. For a model with no reference
+    server of its own (a second launch costs a minute on CPU)."""
+    salt = f"computed-{uuid.uuid4().hex}"
+    done = [server.client.generate(t, max_new_tokens=MAX_NEW, top_logprobs=2, cache_salt=salt) for t in texts]
+    assert all(c.cached_tokens == 0 for c in done), "a salted request must compute every token"
+    return done
+
+
+def update_weights_from_disk(server, model_path: str) -> dict:
+    """SGLang's in-place weight update (`POST /update_weights_from_disk`, which also flushes
+    the device and host tiers); returns its answer, and fails the test unless it succeeded."""
+    r = requests.post(server.url + "/update_weights_from_disk", json={"model_path": str(model_path)}, timeout=300)
+    answer = r.json()
+    assert r.status_code == 200 and answer["success"], (r.status_code, answer, server.log_tail())
+    return answer

@@ -10,7 +10,9 @@ import threading
 import time
 
 import pytest
-from e2e_support import BACKEND, MAX_NEW, BucketL3, differences, full_pages, launch_on, prompts, wait_for_writes
+from e2e_support import (
+    BACKEND, MAX_NEW, BucketL3, differences, full_pages, launch_on, prompts, settled, wait_for_writes,
+)
 
 from sglang_objectcache.harness.proxy import FaultProxy, Faults
 from sglang_objectcache.s3server import SeaweedFS
@@ -181,6 +183,30 @@ def test_store_killed_mid_run_and_restarted(server, l3, proxy, store, reference)
     flush(server, proxy)
     again = send(server, early)
     assert all(c.storage == full_pages(c) for c in again), [c.storage for c in again]
+
+
+def test_mangled_reads_delete_no_good_object(server, l3, proxy, reference):
+    """Every object read arrives with a byte flipped (in transit: the store holds it intact).
+    The pages are misses, and no object is deleted: a read that fails its checksum proves
+    nothing about the object the store holds."""
+    texts = prompts(2, "mangle")
+    before = l3.keys()
+    send(server, texts)
+    wait_for_writes(l3, before)
+    stored = settled(l3)
+    deleted = len(proxy.deleted)
+    flush(server, proxy)
+    mangled, injected = faulted_send(server, proxy, reference, Faults(mangle=True, methods=frozenset({"GET"})), texts)
+    assert injected > 0
+    assert all(c.storage == 0 for c in mangled), [c.storage for c in mangled]  # a mangled page is a miss
+    after = settled(l3)
+    assert proxy.deleted[deleted:] == [], f"{len(proxy.deleted) - deleted} intact objects were deleted"
+    lost = {k for k in stored if after.get(k) != stored[k]}
+    assert not lost, f"{len(lost)} of {len(stored)} objects are gone or changed"
+    flush(server, proxy)
+    again = send(server, texts)
+    assert all(c.storage == full_pages(c) for c in again), [c.storage for c in again]
+    assert_reference(again, texts, reference)
 
 
 def _wait_until(cond, timeout_s):

@@ -2,7 +2,9 @@
 KV pool while the forward runs. Answers must equal the no-cache reference on store hits,
 on host-tier hits, under concurrency with shared prefixes, and when a load fails (then
 the request is recomputed, never aborted). The server reaches SeaweedFS through the fault
-proxy, which also counts the store requests it sees."""
+proxy, which also counts the store requests it sees. A page-mode server on the same bucket
+reads what layerwise mode wrote and the reverse; damage in transit deletes nothing; and a
+weight update (last: the server serves other weights for its duration) means recompute."""
 
 from __future__ import annotations
 
@@ -13,7 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
-from e2e_support import BACKEND, MAX_NEW, BucketL3, differences, full_pages, outputs, prompts, wait_for_writes
+from e2e_support import (
+    BACKEND, MAX_NEW, BucketL3, computed, differences, full_pages, launch_on, outputs, prompts,
+    settled, update_weights_from_disk, wait_for_writes,
+)
 
 from sglang_objectcache.harness.proxy import FaultProxy, Faults
 from sglang_objectcache.harness.server import cpu_args
@@ -180,3 +185,74 @@ def test_a_stalled_store_costs_time_not_answers(server, l3, proxy, reference):
     proxy.clear()
     assert not differences(again, reference.completions(texts))
     assert time.monotonic() - t0 < 60
+
+
+@pytest.fixture(scope="module")
+def page_server(sglang_server, l3):
+    """A page-mode server (SGLang's HiCache with objectcache as L3) on the same bucket."""
+    return launch_on(sglang_server, l3, "page-mode")
+
+
+def test_page_mode_reads_what_layerwise_wrote(server, l3, page_server, reference):
+    texts = prompts(2, "lw-to-page")
+    populate(server, l3, texts)
+    hit = send(page_server, texts)
+    assert [(c.device, c.host, c.storage) for c in hit] == [(0, 0, full_pages(c)) for c in hit], \
+        page_server.log_tail()
+    assert not differences(hit, reference.completions(texts))
+
+
+def test_layerwise_reads_what_page_mode_wrote(server, l3, proxy, page_server, reference):
+    texts = prompts(2, "page-to-lw")
+    populate(page_server, l3, texts)
+    page_server.stop()
+    gets = proxy.seen.get("GET", 0)
+    hit = send(server, texts)  # new to this server: only the store has them
+    assert [(c.device, c.host) for c in hit] == [(0, full_pages(c)) for c in hit], server.log_tail()
+    assert proxy.seen.get("GET", 0) > gets
+    assert not differences(hit, reference.completions(texts))
+
+
+def test_mangled_reads_delete_no_good_object(server, l3, proxy, reference):
+    """Every layer read arrives with a byte flipped (in transit: the store holds it intact).
+    Each load fails and is recomputed, and no object is deleted: a read that fails its
+    checksum proves nothing about the object the store holds."""
+    texts = prompts(2, "lw-mangle")
+    populate(server, l3, texts)
+    stored = settled(l3)
+    deleted, mangled_before = len(proxy.deleted), proxy.injected["mangle"]
+    server.client.flush_cache()
+    proxy.set(Faults(mangle=True, methods=frozenset({"GET"})))
+    try:
+        mangled = send(server, texts)
+    finally:
+        proxy.clear()
+    assert proxy.injected["mangle"] > mangled_before
+    assert not differences(mangled, reference.completions(texts))
+    assert all(c.cached_tokens == 0 for c in mangled), "a mangled layer was served as a hit"
+    after = settled(l3)
+    assert proxy.deleted[deleted:] == [], f"{len(proxy.deleted) - deleted} intact objects were deleted"
+    lost = {k for k in stored if after.get(k) != stored[k]}
+    assert not lost, f"{len(lost)} of {len(stored)} objects are gone or changed"
+    server.client.flush_cache()
+    again = send(server, texts)
+    assert [c.host for c in again] == [full_pages(c) for c in again]
+    assert not differences(again, reference.completions(texts))
+
+
+def test_update_weights_from_disk_means_the_next_request_computes(server, l3, tiny_model, model_b, reference):
+    """Layerwise mode: the same as in page mode (test_e2e_identity.py). Last in this module;
+    it gives the server its own weights back."""
+    [text] = prompts(1, "lw-update")
+    populate(server, l3, [text])
+    try:
+        update_weights_from_disk(server, model_b)
+        [again] = send(server, [text])
+        [expected] = computed(server, [text])
+    finally:
+        update_weights_from_disk(server, tiny_model)
+    assert outputs([expected]) != outputs(reference.completions([text])), "the update changed no answer"
+    assert again.cached_tokens == 0, (
+        f"after the weight update, cached device/host {again.device}/{again.host}: the old weights' KV was served")
+    bad = differences([again], [expected])
+    assert not bad, "the answer after the update is not model B's:\n" + "\n".join(bad)

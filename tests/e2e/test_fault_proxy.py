@@ -13,12 +13,12 @@ from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 from sglang_objectcache.harness.proxy import FaultProxy, Faults
 
 
-def _client(s3, endpoint, read_timeout=5):
+def _client(s3, endpoint, read_timeout=5, **config):
     return boto3.client(
         "s3", endpoint_url=endpoint, aws_access_key_id=s3.access_key, aws_secret_access_key=s3.secret_key,
         region_name="us-east-1",
         config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}, connect_timeout=2,
-                      read_timeout=read_timeout),
+                      read_timeout=read_timeout, **config),
     )
 
 
@@ -106,3 +106,58 @@ def test_store_down_resets_the_client(s3):
         with pytest.raises((ConnectionResetError, http.client.RemoteDisconnected)):
             conn.getresponse()
         assert proxy.injected["upstream_down"] == 1
+
+
+def _differ(a: bytes, b: bytes) -> list[int]:
+    return [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+
+
+def test_mangle_flips_one_byte_the_same_each_time_and_keeps_the_framing(s3, bucket, fault_proxy):
+    # The store sends a CRC of each object; botocore would refuse the damaged bodies, and
+    # this test wants to see them.
+    c = _client(s3, fault_proxy.endpoint, response_checksum_validation="when_required")
+    blob, other = bytes(range(256)) * 256, bytes(reversed(range(256))) * 256  # 64 KiB each
+    c.put_object(Bucket=bucket, Key="p/a", Body=blob)
+    c.put_object(Bucket=bucket, Key="p/b", Body=other)
+    etag = c.head_object(Bucket=bucket, Key="p/a")["ETag"]
+    fault_proxy.set(Faults(mangle=True, methods=frozenset({"GET"})))
+    first, again = (c.get_object(Bucket=bucket, Key="p/a") for _ in range(2))
+    one, two = first["Body"].read(), again["Body"].read()
+    assert first["ContentLength"] == len(one) == len(blob)  # same length, framing intact
+    assert first["ETag"] == etag  # the headers still describe the intact object
+    flipped = _differ(one, blob)
+    assert len(flipped) == 1 and one[flipped[0]] == blob[flipped[0]] ^ 0xFF
+    assert two == one  # a second read sees the same damage
+    assert len(_differ(c.get_object(Bucket=bucket, Key="p/b")["Body"].read(), other)) == 1
+    with pytest.raises(BotoCoreError):  # the store's own checksum header passes intact
+        _client(s3, fault_proxy.endpoint).get_object(Bucket=bucket, Key="p/a", ChecksumMode="ENABLED")["Body"].read()
+    ranged = [c.get_object(Bucket=bucket, Key="p/a", Range="bytes=1000-4999")["Body"].read() for _ in range(2)]
+    assert len(_differ(ranged[0], blob[1000:5000])) == 1 and ranged[0] == ranged[1]
+    # Only object reads: a listing, a HEAD and a write pass intact.
+    assert [o["Key"] for o in c.list_objects_v2(Bucket=bucket)["Contents"]] == ["p/a", "p/b"]
+    assert c.head_object(Bucket=bucket, Key="p/a")["ContentLength"] == len(blob)
+    fault_proxy.set(Faults(mangle=True))
+    c.put_object(Bucket=bucket, Key="p/c", Body=b"written while mangling")
+    assert fault_proxy.injected["mangle"] == 6  # p/a 3 times, p/b, the range twice; not the PUT
+    fault_proxy.clear()
+    assert c.get_object(Bucket=bucket, Key="p/a")["Body"].read() == blob  # the store holds it intact
+    assert c.get_object(Bucket=bucket, Key="p/c")["Body"].read() == b"written while mangling"
+    assert fault_proxy.injected["mangle"] == 6
+
+
+def test_mangle_keeps_chunked_framing():
+    from sglang_objectcache.harness.proxy import _flip
+
+    body = b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n"
+    assert _flip(body, True, lambda n: 3) == body.replace(b"de", bytes([ord("d") ^ 0xFF]) + b"e")
+    assert _flip(b"0\r\n\r\n", True, lambda n: 0) is None
+
+
+def test_deletes_are_recorded(s3, bucket, fault_proxy):
+    c = _client(s3, fault_proxy.endpoint)
+    for key in ("d/1", "d/2", "d/3"):
+        c.put_object(Bucket=bucket, Key=key, Body=b"x")
+    c.delete_object(Bucket=bucket, Key="d/1")
+    c.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "d/2"}, {"Key": "d/3"}], "Quiet": True})
+    assert fault_proxy.deleted == [f"{bucket}/d/1", f"{bucket}/d/2", f"{bucket}/d/3"]
+    assert "Contents" not in c.list_objects_v2(Bucket=bucket)
