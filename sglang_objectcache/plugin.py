@@ -145,17 +145,30 @@ LINKER_CLASS = "ObjectCacheLinker"
 
 
 def _layerwise_to_linker(server_args, previous) -> None:
-    """objectcache + layerwise.enabled -> SGLang's external linker with our linker class."""
+    """objectcache + layerwise.enabled -> SGLang's external linker with our linker class.
+
+    The linker config is a server arg, and `/server_info` returns every server arg: so an
+    `@file` config goes on as its path (`{"objectcache_config": "@/abs/path"}`, which the
+    linker loads itself), never as the file's contents (its secrets). Inline JSON, or a
+    dict, goes on as given: the user already put it in a server arg."""
+    import os
+
     from sglang.srt.arg_groups.overrides import declare_resolution, resolving_view
 
     from sglang_objectcache.config import load_dict
 
     cfg = resolving_view(server_args)
-    if cfg.hicache_storage_backend == NAME and cfg.hicache_storage_backend_extra_config:
-        extra = load_dict(cfg.hicache_storage_backend_extra_config)
+    text = cfg.hicache_storage_backend_extra_config
+    if cfg.hicache_storage_backend == NAME and text:
+        extra = load_dict(text)
         if (extra.get("layerwise") or {}).get("enabled"):
             logger.info("objectcache: layerwise mode: using SGLang's external linker (HiCache host tier "
                         "off; objectcache keeps its own host tier, layerwise.host_cache_mb)")
+            if isinstance(text, str) and text.startswith("@"):
+                # Absolute: the scheduler process may not share the launcher's cwd.
+                passed = {"objectcache_config": "@" + os.path.abspath(text[1:])}
+            else:
+                passed = extra
             declare_resolution(
                 server_args, "objectcache_layerwise",
                 enable_hierarchical_cache=False,
@@ -163,7 +176,7 @@ def _layerwise_to_linker(server_args, previous) -> None:
                 enable_unified_cache_external_linker=True,
                 unified_cache_external_linker_backend="dynamic",
                 unified_cache_external_linker_config={
-                    "linker": LINKER_CLASS, "linker_module_path": LINKER_MODULE, "linker_extra_config": extra,
+                    "linker": LINKER_CLASS, "linker_module_path": LINKER_MODULE, "linker_extra_config": passed,
                 },
             )
     previous(server_args)

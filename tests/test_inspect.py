@@ -639,3 +639,276 @@ def test_metrics_exporter_in_prometheus_multiprocess_mode(tmp_path):
     assert samples["objectcache_get_latency_seconds_count"] == 7
     assert samples["objectcache_get_latency_seconds_sum"] == pytest.approx(0.003 * 5 + 0.2 * 2)
     assert samples["objectcache_scheduler_queue_depth"] == 5
+
+
+# ---- tree endpoint: off by default, admin key for prompt content, namespaces (E2), one bounded
+# HEAD batch (C4); gc --ttl needs a unit (H7) ------------------------------------------------
+
+
+class _Registry:
+    def __init__(self):
+        self.calls = []
+
+    def register(self, target, fn, kind):
+        self.calls.append((target, fn))
+
+
+def _objectcache_args(**kw):
+    return SimpleNamespace(**{
+        "hicache_storage_backend": "objectcache", "hicache_storage_backend_extra_config": None,
+        "enable_unified_cache_external_linker": False, "unified_cache_external_linker_backend": None,
+        "unified_cache_external_linker_config": None, "api_key": None, "admin_api_key": None, **kw})
+
+
+def test_tree_route_is_off_by_default_and_only_on_objectcache_servers(tiny_model, monkeypatch):
+    from fastapi import FastAPI
+    from sglang.srt.entrypoints import http_server
+    from sglang.srt.server_args import ServerArgs
+
+    from sglang_objectcache.inspect import endpoint, hooks
+
+    monkeypatch.delenv(endpoint.ENV, raising=False)
+    reg = _Registry()
+    hooks.register(reg)  # this (pytest) process is what the plugin takes for SGLang's HTTP process
+    assert reg.calls == []
+
+    def routes_after(server_args) -> list[str]:
+        app = FastAPI()
+        monkeypatch.setattr(http_server, "app", app)
+        endpoint.add_routes(server_args, None, None, None, [{}], None)
+        return [r.path for r in app.router.routes if r.path == endpoint.ROUTE]
+
+    plain = ServerArgs(model_path=tiny_model, device="cpu", attention_backend="torch_native")
+    plain.resolve_once()
+    assert routes_after(plain) == [] and routes_after(_objectcache_args()) == []  # no env: off
+
+    monkeypatch.setenv(endpoint.ENV, "1")
+    reg = _Registry()
+    hooks.register(reg)
+    assert [fn for _, fn in reg.calls] == [endpoint.add_routes]
+    assert routes_after(plain) == []  # plugin installed, objectcache not used: 404
+    assert routes_after(_objectcache_args()) == [endpoint.ROUTE]
+    layerwise = _objectcache_args()
+    layerwise.hicache_storage_backend = None
+    layerwise.enable_unified_cache_external_linker = True
+    layerwise.unified_cache_external_linker_backend = "dynamic"
+    layerwise.unified_cache_external_linker_config = {"linker": "ObjectCacheLinker",
+                                                      "linker_module_path": "sglang_objectcache.layerwise.linker"}
+    assert routes_after(layerwise) == [endpoint.ROUTE]
+
+
+class _TM:
+    """The tokenizer manager as the route sees it: one scheduler's reply, the body it was sent."""
+
+    def __init__(self):
+        self.bodies = []
+        self.tokenizer = SimpleNamespace(encode=lambda text: [len(w) for w in text.split()],
+                                         decode=lambda ids: "-".join(map(str, ids)))
+
+    async def dumper_control(self, req):
+        self.bodies.append(dict(req.body))
+        tree = {"nodes": [{"id": 1, "preview_ids": [1, 2, 3], "object_keys": ["k"]}]}
+        return [SimpleNamespace(success=True, response=[tree], error=None)]
+
+
+def _client(monkeypatch, api_key, admin_api_key):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from sglang.srt import runtime_context
+    from sglang.srt.entrypoints import http_server
+    from sglang.srt.utils.auth import add_api_key_middleware
+
+    from sglang_objectcache.inspect import endpoint
+
+    tm = _TM()
+    monkeypatch.setattr(http_server, "get_global_state", lambda: SimpleNamespace(tokenizer_manager=tm))
+    monkeypatch.setattr(runtime_context, "get_serving",
+                        lambda: SimpleNamespace(api_key=api_key, admin_api_key=admin_api_key))
+    app = FastAPI()
+    app.add_api_route(endpoint.ROUTE, endpoint.tree_endpoint, methods=["GET"])
+    add_api_key_middleware(app, api_key=api_key, admin_api_key=admin_api_key)
+    return TestClient(app), tm
+
+
+def test_tree_with_only_api_key_refuses_prefix_queries_and_previews(monkeypatch):
+    from sglang_objectcache.inspect import endpoint
+
+    user = {"Authorization": "Bearer user-key"}
+    c, tm = _client(monkeypatch, "user-key", None)
+    with c:
+        for q in ({"prefix_ids": "1,2,3,4"}, {"prefix": "is this prompt cached"}):
+            r = c.get(endpoint.ROUTE, params=q, headers=user)
+            assert r.status_code == 403 and "admin-api-key" in r.json()["error"]
+        assert tm.bodies == []  # refused before the scheduler is asked
+        r = c.get(endpoint.ROUTE, params={"preview_tokens": "24", "keys": "true"}, headers=user)
+        assert r.status_code == 200
+        assert tm.bodies[-1]["preview_tokens"] == 0 and tm.bodies[-1]["keys"] is False
+        (node,) = r.json()["trees"][0]["nodes"]
+        assert node["preview"] is None and "object_keys" not in node
+        assert "admin-api-key" in r.json()["trees"][0]["redacted"]
+
+    c, tm = _client(monkeypatch, None, None)  # no key at all: prompt content needs the admin key too
+    with c:
+        assert c.get(endpoint.ROUTE, params={"prefix_ids": "1,2,3,4"}).status_code == 403
+        assert c.get(endpoint.ROUTE).json()["trees"][0]["nodes"][0]["preview"] is None
+
+    c, tm = _client(monkeypatch, "user-key", "admin-key")
+    with c:
+        assert c.get(endpoint.ROUTE, params={"prefix_ids": "1,2,3,4"}, headers=user).status_code == 401
+        r = c.get(endpoint.ROUTE, params={"prefix_ids": "1,2,3,4", "cache_salt": "t1"},
+                  headers={"Authorization": "Bearer admin-key"})
+        assert r.status_code == 200 and r.json()["trees"][0]["nodes"][0]["preview"] == "1-2-3"
+        assert tm.bodies[-1]["prefix_ids"] == [1, 2, 3, 4] and tm.bodies[-1]["cache_salt"] == "t1"
+
+
+def test_tree_scheduler_hook_applies_the_same_rule(monkeypatch):
+    """SGLang's /dumper/{method} (DUMPER_SERVER_PORT=reuse) reaches the scheduler hook directly."""
+    from sglang.srt.managers.io_struct import DumperControlReqInput
+
+    from sglang_objectcache.inspect import endpoint
+
+    core = rust_core()
+    insert_host(core, list(range(8)))
+    sent, passed = [], []
+    sched = SimpleNamespace(
+        tree_cache=SimpleNamespace(tree_core=core, page_size=4), dp_rank=0,
+        server_args=_objectcache_args(api_key="user-key"),
+        ipc_channels=SimpleNamespace(send_to_tokenizer=SimpleNamespace(send_output=lambda out, req: sent.append(out))))
+
+    def original(self, req):
+        passed.append(req)
+
+    ask = DumperControlReqInput(method=endpoint.METHOD, body={"prefix_ids": list(range(8))})
+    monkeypatch.delenv(endpoint.ENV, raising=False)
+    endpoint.scheduler_dispatch(original, sched, ask)
+    assert passed == [ask] and sent == []  # off: SGLang's own dumper answers (unknown method)
+
+    monkeypatch.setenv(endpoint.ENV, "1")
+    endpoint.scheduler_dispatch(original, sched, ask)
+    assert not sent[-1].success and "admin-api-key" in sent[-1].error
+    endpoint.scheduler_dispatch(original, sched, DumperControlReqInput(method=endpoint.METHOD, body={}))
+    (snap,) = sent[-1].response
+    assert sent[-1].success and all(n["preview_ids"] is None for n in snap["nodes"]) and snap["nodes"]
+
+    sched.server_args = _objectcache_args(api_key="user-key", admin_api_key="admin-key")
+    endpoint.scheduler_dispatch(original, sched, ask)
+    assert sent[-1].success and sent[-1].response[0]["query"]["tree_tokens"] == 8
+
+    sched.server_args.hicache_storage_backend = "file"  # not an objectcache server
+    endpoint.scheduler_dispatch(original, sched, ask)
+    assert passed[-1] is ask and len(passed) == 2
+
+
+def _salted_insert(core, tokens, salt=None, page_size=4):
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+
+    return core.insert_host(core.root_node_handle(None), RadixKey(array("q", tokens), cache_salt=salt),
+                            torch.arange(len(tokens), dtype=torch.int64),
+                            treeview._page_hashes(tokens, page_size, None, salt))
+
+
+def test_a_prefix_query_never_matches_another_cache_salt():
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+    from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
+    from sglang.srt.mem_cache.unified_cache.unified_tree_core import UnifiedTreeNode
+
+    from sglang_objectcache.inspect import endpoint
+
+    secret = list(range(100, 112))
+    core = rust_core()
+    _salted_insert(core, secret, salt="tenant-a")
+    tc = SimpleNamespace(tree_core=core, page_size=4)
+
+    def ask(**q):
+        return treeview.snapshot(tc, None, treeview.Query.from_dict({"prefix_ids": secret, **q}))
+
+    for other in ({}, {"cache_salt": "tenant-b"}, {"extra_key": "lora"}, {"cache_salt": ""}):
+        snap = ask(**other)
+        assert snap["nodes"] == [] and snap["query"]["tree_tokens"] == 0, other
+    mine = ask(cache_salt="tenant-a")
+    assert mine["query"]["tree_tokens"] == 12 and mine["nodes"][0]["preview_ids"] == secret
+
+    # The Python core, through the route's parameters: same answer.
+    comps = (ComponentType.FULL,)
+    root = UnifiedTreeNode(comps)
+    root.key = RadixKey(array("q"))
+    n = UnifiedTreeNode(comps)
+    n.key, n.parent = RadixKey(array("q", secret), cache_salt="tenant-a"), root
+    root.children[("x",)] = n
+    n.component_data[ComponentType.FULL].value = torch.arange(12)
+    py = SimpleNamespace(tree_core=SimpleNamespace(root_node=root, _node_arena={root.id: root, n.id: n}), page_size=4)
+    ids = ",".join(map(str, secret))
+    q = treeview.Query.from_dict(endpoint.parse_params({"prefix_ids": ids}))
+    assert treeview.snapshot(py, None, q)["query"]["tree_tokens"] == 0
+    q = treeview.Query.from_dict(endpoint.parse_params({"prefix_ids": ids, "cache_salt": "tenant-a"}))
+    assert treeview.snapshot(py, None, q)["query"]["tree_tokens"] == 12
+
+
+class _SlowStore:
+    def __init__(self, inner, delay_s: float):
+        self.inner, self.delay_s, self.calls = inner, delay_s, []
+
+    def exists_many(self, keys):
+        self.calls.append(list(keys))
+        time.sleep(self.delay_s)
+        return self.inner.exists_many(keys)
+
+
+def test_store_head_is_one_bounded_batch_skipped_while_reads_are_down(store):
+    core = rust_core()
+    prompts = [[i] * 8 + list(range(8)) for i in range(6)]  # six root branches of four pages
+    for p in prompts:
+        insert_host(core, p)
+    ks = scheme()
+    stored = [ks.object_key(h) for h in treeview._page_hashes(prompts[0], 4)]
+    store.put_many([page(ks, h) for h in treeview._page_hashes(prompts[0], 4)])
+    slow = _SlowStore(store, 1.0)
+    backend = FakeBackend(ks, slow)
+    tc = SimpleNamespace(tree_core=core, page_size=4)
+
+    t0 = time.monotonic()
+    snap = treeview.snapshot(tc, backend, treeview.Query.from_dict({"store": "head"}))
+    assert time.monotonic() - t0 < 1.8  # one batch, not one per node
+    assert len(snap["nodes"]) == 6 and len(slow.calls) == 1 and sorted(slow.calls[0]) == sorted(
+        k for n in snap["nodes"] for k in n["object_keys"])
+    assert sorted(n["store"]["present"] for n in snap["nodes"]) == [0, 0, 0, 0, 0, 4]
+    assert snap["store_head"] == {"keys": 24, "checked": 24, "skipped": None}
+
+    q = treeview.Query.from_dict({"store": "head", "prefix_ids": prompts[0]})
+    slow.calls.clear()
+    t0 = time.monotonic()
+    snap = treeview.snapshot(tc, backend, q)
+    assert time.monotonic() - t0 < 1.8  # the query's pages ride in the same batch
+    assert slow.calls == [stored] and snap["query"]["store_pages_present"] == 4
+    assert [n["store"]["present"] for n in snap["nodes"]] == [4]
+
+    # A store that hangs costs the scheduler the deadline once; the next request skips it.
+    hung = _SlowStore(store, treeview.STORE_HEAD_DEADLINE_S + 1.5)
+    backend.store = hung
+    t0 = time.monotonic()
+    snap = treeview.snapshot(tc, backend, q)
+    assert time.monotonic() - t0 < treeview.STORE_HEAD_DEADLINE_S + 0.8
+    assert "not done" in snap["store_head"]["skipped"] and snap["query"]["store_pages_present"] is None
+    assert all("present" not in n["store"] for n in snap["nodes"])
+    snap = treeview.snapshot(tc, backend, q)
+    assert "still running" in snap["store_head"]["skipped"] and len(hung.calls) == 1
+    assert treeview._last_probe.done.wait(5)
+
+    # Reads marked down (the cache core's negative TTL): no HEAD at all.
+    slow.calls.clear()
+    backend.store = slow
+    backend.cache = SimpleNamespace(can_read=lambda: False)
+    snap = treeview.snapshot(tc, backend, q)
+    assert slow.calls == [] and "down" in snap["store_head"]["skipped"]
+    assert snap["query"]["store_pages_known"] == 0 and snap["query"]["store_pages_present"] is None
+
+
+def test_gc_ttl_needs_a_unit(capsys):
+    for text, seconds in (("7d", 7 * 86400), ("12h", 12 * 3600), ("30m", 1800), ("45s", 45)):
+        assert cli.parser().parse_args(["gc", "--ttl", text]).ttl == seconds
+    for bare in ("7", "0.5"):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["gc", "--bucket", "b", "--ttl", bare, "--delete"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "--ttl" in err and "unit" in err and f"{bare}d" in err

@@ -117,3 +117,66 @@ def test_page_mode_config_is_left_alone(tiny_model):
     d = sa.resolved_dict()
     assert d["enable_hierarchical_cache"] is True and d["hicache_storage_backend"] == "objectcache"
     assert d["enable_unified_cache_external_linker"] is False
+
+
+def test_layerwise_file_config_keeps_its_secrets_off_server_info(tiny_model, tmp_path, monkeypatch):
+    """E1: /server_info returns resolved_dict(); an @file config's secrets must not reach it,
+    yet the linker SGLang builds from that dict still gets the whole config."""
+    from copy import deepcopy
+
+    from sglang.srt.mem_cache.unified_cache.linker_config import UnifiedCacheLinkerConfig
+    from sglang.srt.server_args import ServerArgs
+
+    from sglang_objectcache.inspect import endpoint
+    from sglang_objectcache.layerwise.linker import ObjectCacheLinker
+
+    secret = "wJalrXUtnFEMI-K7MDENG-not-for-server-info"
+    (tmp_path / "oc.json").write_text(json.dumps({
+        "bucket": "b", "access_key_id": "AKIDEXAMPLE", "secret_access_key": secret,
+        "layerwise": {"enabled": True, "fetch": "thread"}}))
+    monkeypatch.chdir(tmp_path)  # a relative @path, as users write it
+    sa = ServerArgs(model_path=tiny_model, device="cpu", attention_backend="torch_native",
+                    enable_hierarchical_cache=True, hicache_storage_backend="objectcache",
+                    hicache_storage_backend_extra_config="@oc.json")
+    sa.resolve_once()
+    d = sa.resolved_dict()
+    assert secret not in json.dumps(d, default=str)
+    assert d["enable_unified_cache_external_linker"] is True and d["hicache_storage_backend"] is None
+    assert endpoint.uses_objectcache(sa)
+
+    # What SGLang's linker factory does with it, from another working directory.
+    linker_cfg = UnifiedCacheLinkerConfig.from_dict(d["unified_cache_external_linker_config"])
+    assert (linker_cfg.linker, linker_cfg.linker_module_path) == (plugin.LINKER_CLASS, plugin.LINKER_MODULE)
+    monkeypatch.chdir(tmp_path.parent)
+
+    class Built(Exception):
+        pass
+
+    def stop():
+        raise Built  # the config is parsed; the pools are not this test's business
+
+    params = SimpleNamespace(token_to_kv_pool_allocator=SimpleNamespace(get_kvcache=stop), page_size=4)
+    lk = ObjectCacheLinker.__new__(ObjectCacheLinker)
+    with pytest.raises(Built):
+        lk.__init__(sa, params, extra_config=deepcopy(linker_cfg.linker_extra_config))
+    assert (lk.cfg.bucket, lk.cfg.access_key_id, lk.cfg.secret_access_key) == ("b", "AKIDEXAMPLE", secret)
+    assert lk.cfg.layerwise.enabled and lk.cfg.layerwise.fetch == "thread"
+
+
+def test_tree_endpoint_knows_an_objectcache_server_from_its_resolved_args(tiny_model):
+    from sglang.srt.server_args import ServerArgs
+
+    from sglang_objectcache.inspect import endpoint
+
+    def args(**kw):
+        sa = ServerArgs(model_path=tiny_model, device="cpu", attention_backend="torch_native", **kw)
+        sa.resolve_once()
+        return sa
+
+    assert not endpoint.uses_objectcache(args())
+    assert not endpoint.uses_objectcache(args(enable_hierarchical_cache=True, hicache_storage_backend="file"))
+    assert endpoint.uses_objectcache(args(enable_hierarchical_cache=True, hicache_storage_backend="objectcache",
+                                          hicache_storage_backend_extra_config=json.dumps({"bucket": "b"})))
+    assert endpoint.uses_objectcache(args(
+        enable_hierarchical_cache=True, hicache_storage_backend="objectcache",
+        hicache_storage_backend_extra_config=json.dumps({"bucket": "b", "layerwise": {"enabled": True}})))

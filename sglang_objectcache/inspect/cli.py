@@ -49,6 +49,21 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2).lower()]
 
 
+def parse_ttl(text: str) -> float:
+    """gc's --ttl: a duration WITH a unit. A bare number is refused: `--ttl 7` meant as days
+    would be 7 seconds, and `gc --ttl 7 --delete` would delete nearly everything.
+    (argparse prefixes the message with "argument --ttl:".)"""
+    m = _DURATION.match(text)
+    if m and not m.group(2):
+        n = m.group(1)
+        raise argparse.ArgumentTypeError(
+            f"a unit is required, e.g. {n}d, {n}h, {n}m or {n}s (a bare {n} is refused: days or seconds?)")
+    try:
+        return parse_duration(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 7d, 12h, 30m, 45s)") from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="objectcache-inspect", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -91,7 +106,8 @@ def parser() -> argparse.ArgumentParser:
                                 "(never an unsupported one)")
         if name == "gc":
             s.add_argument("--max-bytes", type=parse_size, help="capacity cap for page objects, e.g. 50GiB")
-            s.add_argument("--ttl", type=parse_duration, help="delete pages unused for this long, e.g. 7d")
+            s.add_argument("--ttl", type=parse_ttl,
+                           help="delete pages unused for this long; a unit is required: 7d, 12h, 30m, 45s")
             s.add_argument("--delete", action="store_true", help="really delete (default: dry run)")
     return p
 

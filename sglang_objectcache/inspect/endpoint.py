@@ -8,15 +8,23 @@ scheduler's `handle_dumper_control` and answers `method == "objectcache.tree"` i
 every other method goes to SGLang as before.
 
 Contract of the endpoint:
+- Off unless enabled: the route exists only when the environment of the server has
+  `OBJECTCACHE_TREE_ENDPOINT=1` AND the server uses objectcache (`--hicache-storage-backend
+  objectcache`, the `dynamic` backend with an objectcache `module_path`, or the layerwise
+  linker); otherwise 404, and the scheduler hook answers nothing either.
 - GET only, read-only (see `treeview`), bounded: `max_nodes` <= 10,000 and `max_bytes`
-  <= 8 MiB per scheduler, `preview_tokens` <= 256.
+  <= 8 MiB per scheduler, `preview_tokens` <= 256, one HEAD batch (`store=head`).
 - Auth is SGLang's `AuthLevel.ADMIN_OPTIONAL`, as for `/hicache/storage-backend*`: with
-  `--admin-api-key` the admin key is required; with only `--api-key`, that key. Token ids
-  and text previews are prompt content: with `--api-key` but no `--admin-api-key` they are
-  withheld (any API user could read other users' prompts otherwise).
+  `--admin-api-key` the admin key is required; with only `--api-key`, that key; with no key
+  at all, none. Prompt content needs `--admin-api-key` configured (and then sent): without
+  it, text previews and object keys (hashes of the prompt) are withheld, and a prefix query
+  is refused (403); any API user could otherwise read, or probe for, other users' prompts.
+  The scheduler applies the same rule, so SGLang's `/dumper/{method}` cannot get around it.
 - Query parameters: `max_nodes`, `max_bytes`, `max_depth`, `preview_tokens`, `keys`
   (object keys per node, default true), `store=known|head`, `prefix` (text, tokenized with
-  the server's tokenizer) or `prefix_ids` (comma-separated token ids).
+  the server's tokenizer) or `prefix_ids` (comma-separated token ids), and the prefix's
+  namespace, `cache_salt` and `extra_key` (as in the request that would use it): a prefix
+  matches only nodes of that namespace (default: no salt, no extra key).
 - Reply: `{"version": 1, "trees": [snapshot per scheduler]}`; each node's `preview` is its
   first tokens decoded. Errors: 400 for bad parameters, 500 with the scheduler's message.
 - Only single-tokenizer mode (the default): with `--tokenizer-worker-num > 1` the uvicorn
@@ -26,6 +34,7 @@ Contract of the endpoint:
 from __future__ import annotations
 
 import logging
+import os
 
 from starlette.requests import Request
 
@@ -36,6 +45,64 @@ logger = logging.getLogger(__name__)
 ROUTE = "/objectcache/tree"
 METHOD = "objectcache.tree"
 _INT_PARAMS = ("max_nodes", "max_bytes", "max_depth", "preview_tokens")
+ENV = "OBJECTCACHE_TREE_ENDPOINT"
+NEEDS_ADMIN = ("prefix queries need --admin-api-key: start the server with it and pass that key "
+               "(a prefix query tells whether a prompt was sent)")
+WITHHELD = "token text and object keys are withheld: set --admin-api-key (and pass it) to see them"
+
+
+def enabled() -> bool:
+    """OBJECTCACHE_TREE_ENDPOINT=1 (or true/yes/on) in the server's environment."""
+    return os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _arg(server_args, name):
+    """A server arg as SGLang resolved it (a resolution hook's rewrite included)."""
+    try:
+        from sglang.srt.arg_groups.overrides import resolution_result
+
+        return resolution_result(server_args, name)
+    except Exception:  # noqa: BLE001 - not a ServerArgs record (tests) or another SGLang
+        return getattr(server_args, name, None)
+
+
+def uses_objectcache(server_args) -> bool:
+    """Whether this server stores KV with objectcache: page mode (the backend by name, or
+    SGLang's `dynamic` backend pointed at our module) or layerwise mode (our linker)."""
+    if server_args is None:
+        return False
+    backend = _arg(server_args, "hicache_storage_backend")
+    if backend == "objectcache":
+        return True
+    if backend == "dynamic":
+        from sglang_objectcache.config import load_dict
+
+        try:
+            extra = load_dict(_arg(server_args, "hicache_storage_backend_extra_config") or {})
+        except Exception:  # noqa: BLE001 - unreadable: SGLang itself will say so
+            extra = {}
+        if str(extra.get("module_path", "")).startswith("sglang_objectcache"):
+            return True
+    if _arg(server_args, "enable_unified_cache_external_linker") and \
+            _arg(server_args, "unified_cache_external_linker_backend") == "dynamic":
+        cfg = _arg(server_args, "unified_cache_external_linker_config")
+        if isinstance(cfg, dict) and str(cfg.get("linker_module_path", "")).startswith("sglang_objectcache"):
+            return True
+    return False
+
+
+def admin_key_set(server_args) -> bool:
+    return bool(_arg(server_args, "admin_api_key"))
+
+
+def restrict(body: dict, admin: bool) -> dict:
+    """The prompt-content rule on a request body. Raises PermissionError for a prefix query
+    without an admin key; otherwise withholds previews and object keys."""
+    if admin:
+        return body
+    if body.get("prefix_ids"):
+        raise PermissionError(NEEDS_ADMIN)
+    return {**body, "preview_tokens": 0, "keys": False}
 
 
 # ---- scheduler process -------------------------------------------------------------------
@@ -58,15 +125,22 @@ def find_backend(tree_cache):
 
 def scheduler_dispatch(original, self, recv_req):
     """AROUND hook on Scheduler.handle_dumper_control."""
-    if getattr(recv_req, "method", None) != METHOD:
+    if getattr(recv_req, "method", None) != METHOD or not enabled():
+        return original(self, recv_req)
+    server_args = getattr(self, "server_args", None)
+    if not uses_objectcache(server_args):
         return original(self, recv_req)
     from sglang.srt.managers.io_struct import DumperControlReqOutput
 
     try:
-        query = treeview.Query.from_dict(dict(recv_req.body or {}))
+        # Again here: SGLang's /dumper/{method} route reaches this hook without ours.
+        body = restrict(dict(recv_req.body or {}), admin_key_set(server_args))
+        query = treeview.Query.from_dict(body)
         snap = treeview.snapshot(self.tree_cache, find_backend(self.tree_cache), query)
         snap["dp_rank"] = getattr(self, "dp_rank", None)
         out = DumperControlReqOutput(success=True, response=[snap])
+    except PermissionError as e:
+        out = DumperControlReqOutput(success=False, response=[], error=str(e))
     except Exception as e:  # noqa: BLE001 - the HTTP caller gets the reason, the server lives on
         logger.exception("objectcache: tree snapshot failed")
         out = DumperControlReqOutput(success=False, response=[], error=f"{type(e).__name__}: {e}")
@@ -77,13 +151,26 @@ def scheduler_dispatch(original, self, recv_req):
 
 
 def add_routes(*args, **kwargs):
-    """BEFORE hook on http_server._setup_and_run_http_server: add the route once."""
+    """BEFORE hook on http_server._setup_and_run_http_server(server_args, ...): add the route
+    once, if enabled (OBJECTCACHE_TREE_ENDPOINT=1) and this server uses objectcache."""
     try:
+        if not enabled():
+            return None
+        server_args = args[0] if args else kwargs.get("server_args")
+        if server_args is None:
+            from sglang.srt.runtime_context import get_server_args
+
+            server_args = get_server_args()
+        if not uses_objectcache(server_args):
+            logger.warning("objectcache: %s=1 but this server does not use objectcache: %s not added",
+                           ENV, ROUTE)
+            return None
         from sglang.srt.entrypoints import http_server
 
         app = http_server.app
         if not any(getattr(r, "path", None) == ROUTE for r in app.router.routes):
             app.add_api_route(ROUTE, tree_endpoint, methods=["GET"])
+            logger.info("objectcache: %s enabled (%s=1)", ROUTE, ENV)
     except Exception:  # noqa: BLE001 - a missing debug route must not stop the server
         logger.exception("objectcache: could not add %s", ROUTE)
     return None
@@ -102,6 +189,9 @@ def parse_params(params, tokenizer=None) -> dict:
         body["keys"] = str(params["keys"]).lower() not in ("0", "false", "no")
     if params.get("store"):
         body["store"] = params["store"]
+    for name in ("cache_salt", "extra_key"):
+        if params.get(name) is not None:
+            body[name] = str(params[name])
     if params.get("prefix_ids"):
         try:
             body["prefix_ids"] = [int(t) for t in str(params["prefix_ids"]).split(",") if t.strip()]
@@ -123,10 +213,12 @@ def decorate(tree: dict, tokenizer, redact: bool) -> dict:
         ids = node.pop("preview_ids", None)
         if redact:
             node["preview"] = None
+            node.pop("object_keys", None)  # the scheduler sends none then; never pass them on
             continue
         node["preview"] = tokenizer.decode(ids) if (tokenizer is not None and ids is not None) else None
     if redact:
-        tree["redacted"] = "token text is withheld: set --admin-api-key to see it"
+        (tree.get("query") or {}).pop("object_keys", None)
+        tree["redacted"] = WITHHELD
     return tree
 
 
@@ -147,14 +239,15 @@ async def tree_endpoint(request: Request):
     if tm is None:
         return _json({"error": "server is not ready"}, 503)
     tokenizer = getattr(tm, "tokenizer", None)
-    serving = get_serving()
-    redact = bool(serving.api_key) and not serving.admin_api_key
+    redact = not get_serving().admin_api_key
+    if redact and (request.query_params.get("prefix") or request.query_params.get("prefix_ids")):
+        return _json({"error": NEEDS_ADMIN}, 403)
     try:
-        body = parse_params(request.query_params, tokenizer)
+        body = restrict(parse_params(request.query_params, tokenizer), not redact)
     except ValueError as e:
         return _json({"error": str(e)}, 400)
-    if redact:
-        body["preview_tokens"] = 0
+    except PermissionError as e:
+        return _json({"error": str(e)}, 403)
     results = await tm.dumper_control(DumperControlReqInput(method=METHOD, body=body))
     errors = [r.error for r in results if not r.success]
     if errors:

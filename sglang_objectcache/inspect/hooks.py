@@ -11,6 +11,11 @@ registered only in the process that needs it, so no process imports more than it
 
 None of these is required for caching: if a target is missing (another SGLang), SGLang's
 HookRegistry logs it and the feature is absent, and storage keeps working.
+
+The tree endpoint is off unless the server's environment has OBJECTCACHE_TREE_ENDPOINT=1:
+without it none of these hooks is registered. With it, the route is added only if the
+server uses objectcache (decided from its server args when the HTTP server starts), and
+the scheduler hook answers only on such a server (`endpoint.uses_objectcache`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ def register(registry) -> None:
 
     from sglang_objectcache.inspect import endpoint
 
+    if not endpoint.enabled():
+        return
     if in_scheduler_process():
         registry.register(f"{SCHEDULER_MODULE}.Scheduler.handle_dumper_control",
                           endpoint.scheduler_dispatch, HookType.AROUND)

@@ -20,13 +20,20 @@ Contract of `snapshot(tree_cache, backend, query)`:
   * hit count, lock refs and last access are not exposed: they are null and listed in
     `fields_unavailable` (run with SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND=python for them).
 - Object-store residency per page comes from the backend's known-keys set (no I/O; a page
-  deleted by GC since still counts until the next miss), or from HEAD requests.
+  deleted by GC since still counts until the next miss), or from HEAD requests: one batch
+  for the query's pages and all shown pages, at most `STORE_HEAD_CAP` keys, run off the
+  scheduler thread and waited for at most `STORE_HEAD_DEADLINE_S`; skipped while the
+  backend marks store reads down, or while an earlier batch is still running.
+- A prefix query names a cache namespace (`extra_key`, `cache_salt`; both None by default,
+  as for a request without them) and matches only nodes of that namespace: it never says
+  whether another tenant's prompt is cached.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -36,7 +43,8 @@ MAX_NODES_CAP = 10_000
 MAX_BYTES_CAP = 8 << 20
 PREVIEW_TOKENS_CAP = 256
 QUERY_TOKENS_CAP = 1 << 20
-STORE_HEAD_CAP = 4096
+STORE_HEAD_CAP = 4096  # keys per request, query and nodes together
+STORE_HEAD_DEADLINE_S = 2.0  # the scheduler waits no longer for the HEAD batch
 PROBE_BUDGET = 500_000  # ~0.5 s of Rust handle probes on one call, at most
 PROBE_GAP = 1024  # handles probed past the highest known one (new nodes not yet reported)
 
@@ -50,6 +58,9 @@ class Query:
     keys: bool = True
     store: str = "known"  # known | head
     prefix_ids: tuple[int, ...] = ()
+    # The query's cache namespace: a node of another extra_key/cache_salt never matches.
+    extra_key: Optional[str] = None
+    cache_salt: Optional[str] = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "Query":
@@ -61,6 +72,13 @@ class Query:
         if store not in ("known", "head"):
             raise ValueError(f"store: must be known or head, got {store!r}")
         ids = tuple(int(t) for t in (d.get("prefix_ids") or ())[:QUERY_TOKENS_CAP])
+
+        def name(field):
+            v = d.get(field)
+            if v is not None and not isinstance(v, str):
+                raise ValueError(f"{field}: expected a string")
+            return v
+
         return cls(
             max_nodes=num("max_nodes", 500, MAX_NODES_CAP),
             max_bytes=num("max_bytes", 1 << 20, MAX_BYTES_CAP),
@@ -69,6 +87,8 @@ class Query:
             keys=bool(d.get("keys", True)),
             store=store,
             prefix_ids=ids,
+            extra_key=name("extra_key"),
+            cache_salt=name("cache_salt") or None,  # as SGLang's Req: an empty salt is none
         )
 
 
@@ -118,6 +138,10 @@ class _PythonSource:
 
     def host(self, nid):
         return self.by_id[nid].component_data[self.full].host_value is not None
+
+    def namespace(self, nid):
+        key = self.by_id[nid].key
+        return (None, None) if key is None else (key.extra_key, key.cache_salt)
 
     def extras(self, nid):
         n = self.by_id[nid]
@@ -215,6 +239,14 @@ class _RustSource:
     def host(self, nid):
         return bool(self.core.is_backuped(nid))
 
+    def namespace(self, nid):
+        """(extra_key, cache_salt) of the node's key; None if the core cannot say."""
+        try:
+            extra_key, salt = self.core.prefetch_anchor_info(nid)
+        except Exception:  # noqa: BLE001 - unknown: such a node matches no query
+            return None
+        return extra_key, salt or None
+
     def extras(self, nid):
         return dict.fromkeys(self.fields_unavailable)
 
@@ -268,11 +300,19 @@ def _snapshot(tree_cache, backend, query: Query, probe_budget: int) -> dict:
 
     qlen = (len(query.prefix_ids) // page) * page
     qids = query.prefix_ids[:qlen]
-    qhashes = _page_hashes(qids, page) if qlen and (keys is not None or src.kind == "rust") else []
+    qns = (query.extra_key, query.cache_salt)
+    qhashes = (_page_hashes(qids, page, *qns) if qlen and (keys is not None or src.kind == "rust") else [])
 
     def matches(n: _Node) -> Optional[bool]:
-        if not qlen or n.start >= qlen:
-            return True  # no query, or a descendant of the query's last page
+        if not qlen:
+            return True  # no query
+        ns = src.namespace(n.id)
+        if ns is None:
+            return None
+        if ns != qns:
+            return False  # another tenant's (cache_salt) or adapter's (extra_key) node
+        if n.start >= qlen:
+            return True  # a descendant of the query's last page
         end = min(n.end, qlen)
         toks = src.tokens(n.id)
         if toks is not None:
@@ -284,7 +324,8 @@ def _snapshot(tree_cache, backend, query: Query, probe_budget: int) -> dict:
         return None
 
     out, nbytes, truncated, unknown = [], 0, None, 0
-    heads_left = STORE_HEAD_CAP if query.store == "head" else 0
+    head = query.store == "head" and keys is not None
+    probed: list[tuple[dict, list[str]]] = []  # (shown node's store dict, its object keys)
     on_path = {"device_tokens": 0, "host_tokens": 0, "tree_tokens": 0}
     stack = [(r, 0) for r in reversed(roots)]
     while stack:
@@ -303,9 +344,9 @@ def _snapshot(tree_cache, backend, query: Query, probe_budget: int) -> dict:
                 on_path["device_tokens"] += t if src.device(nid) else 0
                 on_path["host_tokens"] += t if src.host(nid) else 0
             if truncated is None and (query.max_depth is None or depth <= query.max_depth):
-                view = _node_view(src, n, depth, page, keys, known, query, backend, heads_left)
-                heads_left -= view.pop("_heads", 0)
-                size = len(json.dumps(view)) + 1
+                view, names = _node_view(src, n, depth, page, keys, known, query, head)
+                # "present" is filled in after the HEAD batch: at most "null" in place of a count.
+                size = len(json.dumps(view)) + 1 + (4 if view.get("store") and head else 0)
                 if len(out) >= query.max_nodes:
                     truncated = f"max_nodes={query.max_nodes}"
                 elif nbytes + size > query.max_bytes:
@@ -313,8 +354,19 @@ def _snapshot(tree_cache, backend, query: Query, probe_budget: int) -> dict:
                 else:
                     out.append(view)
                     nbytes += size
+                    if names:
+                        probed.append((view["store"], names))
         if query.max_depth is None or depth < query.max_depth or qlen:
             stack.extend((c, depth + 1) for c in reversed(n.children))
+
+    qnames = [keys.object_key(h) for h in qhashes] if keys is not None and qhashes else []
+    present, head_info = ({}, None)
+    if head:
+        present, head_info = _probe_store(backend, qnames, [names for _, names in probed])
+        for store, names in probed:
+            if all(k in present for k in names):
+                answers = [present[k] for k in names]
+                store["present"] = None if None in answers else sum(answers)
 
     result = {
         "core": src.kind,
@@ -328,19 +380,25 @@ def _snapshot(tree_cache, backend, query: Query, probe_budget: int) -> dict:
         "store": _store_info(backend),
         "nodes": out,
     }
+    if head_info is not None:
+        result["store_head"] = head_info
     if qlen or query.prefix_ids:
-        result["query"] = _query_view(qids, len(query.prefix_ids), qhashes, page, keys, known, backend,
-                                      query, on_path)
+        result["query"] = _query_view(qids, len(query.prefix_ids), qnames, page, known, query, on_path,
+                                      present if head else None)
     return result
 
 
-def _page_hashes(ids: Sequence[int], page: int) -> list[str]:
-    from sglang.srt.mem_cache.utils import get_storage_hash_str
+def _page_hashes(ids: Sequence[int], page: int, extra_key: Optional[str] = None,
+                 cache_salt: Optional[str] = None) -> list[str]:
+    """SGLang's storage page hashes of `ids` for a request of this namespace."""
+    from sglang.srt.mem_cache.utils import get_hash_str, storage_namespace_seed
 
-    return list(get_storage_hash_str(list(ids), None, page_size=page)) if ids else []
+    if not ids:
+        return []
+    return list(get_hash_str(list(ids), storage_namespace_seed(extra_key, cache_salt), page_size=page))
 
 
-def _node_view(src, n, depth, page, keys, known, query, backend, heads_left) -> dict:
+def _node_view(src, n, depth, page, keys, known, query, head) -> tuple[dict, list[str]]:
     toks = src.tokens(n.id)
     hashes = src.hashes(n.id)
     view = {
@@ -354,31 +412,86 @@ def _node_view(src, n, depth, page, keys, known, query, backend, heads_left) -> 
         "device": src.device(n.id),
         "host": src.host(n.id),
         "tokens_known": toks is not None,
-        "preview_ids": None if toks is None else [int(t) for t in toks[: query.preview_tokens]],
+        "preview_ids": (None if toks is None or not query.preview_tokens
+                        else [int(t) for t in toks[: query.preview_tokens]]),
         **src.extras(n.id),
     }
+    names: list[str] = []
     if keys is not None and hashes:
         names = [keys.object_key(h) for h in hashes]
-        store = {"pages": len(names), "known": sum(1 for k in names if k in known)}
-        if heads_left >= len(names):
-            store["present"] = _present(backend, names)
-            view["_heads"] = len(names)
-        view["store"] = store
+        view["store"] = {"pages": len(names), "known": sum(1 for k in names if k in known)}
         if query.keys:
             view["object_keys"] = names
     else:
         view["store"] = None
-    return view
+    return view, (names if head else [])
 
 
-def _present(backend, names: list[str]) -> Optional[int]:
-    """How many of `names` exist (HEAD); None if the store failed."""
+class _Probe:
+    """One HEAD batch on its own daemon thread: the scheduler waits for it with a deadline,
+    and a batch that outlives it blocks later ones (they skip the store) until it ends."""
+
+    def __init__(self, store, names: list[str]):
+        self.names, self.result, self.error = names, None, None
+        self.done = threading.Event()
+        threading.Thread(target=self._run, args=(store,), name="objectcache-tree-head", daemon=True).start()
+
+    def _run(self, store) -> None:
+        try:
+            self.result = store.exists_many(self.names)
+        except BaseException as e:  # noqa: BLE001 - reported to the caller
+            self.error = e
+        finally:
+            self.done.set()
+
+
+_probe_lock = threading.Lock()
+_last_probe: Optional[_Probe] = None
+
+
+def _probe_store(backend, first: list[str], groups: list[list[str]]) -> tuple[dict, dict]:
+    """HEAD `first` (the query's pages) then every group (a shown node's pages) whole, in one
+    batch of at most STORE_HEAD_CAP distinct keys. Returns ({key: True/False/None (error)},
+    info); keys left out (cap, store down, deadline) are absent from the dict."""
+    global _last_probe
     from sglang_objectcache.store import StoreError
 
-    res = backend.store.exists_many(names)
-    if any(isinstance(r, StoreError) for r in res):
-        return None
-    return sum(1 for r in res if r)
+    names: list[str] = []
+    seen: set[str] = set()
+
+    def add(group: list[str], whole: bool) -> bool:
+        new = [k for k in dict.fromkeys(group) if k not in seen]
+        if whole and len(names) + len(new) > STORE_HEAD_CAP:
+            return False
+        new = new[: STORE_HEAD_CAP - len(names)]
+        names.extend(new)
+        seen.update(new)
+        return True
+
+    add(first, whole=False)
+    for g in groups:
+        if not add(g, whole=True):
+            break
+    info: dict = {"keys": len(names), "checked": 0, "skipped": None}
+    if not names:
+        return {}, info
+    cache = getattr(backend, "cache", None)
+    if cache is not None and not cache.can_read():
+        info["skipped"] = "store reads are marked down: no HEAD sent"
+        return {}, info
+    with _probe_lock:
+        if _last_probe is not None and not _last_probe.done.is_set():
+            info["skipped"] = "an earlier HEAD batch is still running"
+            return {}, info
+        probe = _last_probe = _Probe(backend.store, names)
+    if not probe.done.wait(STORE_HEAD_DEADLINE_S):
+        info["skipped"] = f"HEAD batch not done in {STORE_HEAD_DEADLINE_S:g} s"
+        return {}, info
+    if probe.error is not None or len(probe.result or ()) != len(names):
+        info["skipped"] = f"HEAD batch failed: {type(probe.error).__name__ if probe.error else 'short reply'}"
+        return {}, info
+    info["checked"] = len(names)
+    return {k: (None if isinstance(r, StoreError) else bool(r)) for k, r in zip(names, probe.result)}, info
 
 
 def _leading(flags) -> int:
@@ -390,23 +503,22 @@ def _leading(flags) -> int:
     return n
 
 
-def _query_view(qids, asked, qhashes, page, keys, known, backend, query, on_path) -> dict:
+def _query_view(qids, asked, names, page, known, query, on_path, present) -> dict:
     view = {
         "tokens": asked,
         "page_tokens": len(qids),
         "pages": len(qids) // page,
+        "extra_key": query.extra_key,
+        "cache_salt": query.cache_salt,
         **on_path,
     }
-    if keys is not None and qhashes:
-        names = [keys.object_key(h) for h in qhashes]
+    if names:
         view["store_pages_known"] = _leading(k in known for k in names)
-        if query.store == "head":
-            from sglang_objectcache.store import StoreError
-
-            res = backend.store.exists_many(names[:STORE_HEAD_CAP])
-            view["store_pages_present"] = (
-                None if any(isinstance(r, StoreError) for r in res) else _leading(res)
-            )
+        if present is not None:
+            answers = [present.get(k) for k in names]
+            run = _leading(a is True for a in answers)
+            # None: the leading run ends at a key not answered (error, cap, store down, deadline).
+            view["store_pages_present"] = run if run == len(answers) or answers[run] is False else None
         if query.keys:
             view["object_keys"] = names
     return view

@@ -86,7 +86,12 @@ def device_pool_view(kvcache, page_size: int):
 class ObjectCacheLinker(UnifiedCacheLinker):
     def __init__(self, server_args, params, *, components=None, extra_config=None, forward_stream=None):
         self.forward_stream = forward_stream
-        self.cfg = ObjectCacheConfig.from_dict(extra_config or {})
+        extra_config = dict(extra_config or {})
+        if set(extra_config) == {"objectcache_config"}:  # the plugin's form: "@path", kept off /server_info
+            from sglang_objectcache.config import load_dict
+
+            extra_config = load_dict(extra_config["objectcache_config"])
+        self.cfg = ObjectCacheConfig.from_dict(extra_config)
         lw = self.cfg.layerwise
         kvcache = params.token_to_kv_pool_allocator.get_kvcache()
         self.page_size = params.page_size
