@@ -9,16 +9,28 @@ the better place; they are never logged (see `redacted`).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
+import math
 import os
+import re
+import unicodedata
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 # Keys SGLang itself leaves in the dict (dynamic-backend plumbing, --file-storage-path).
 SGLANG_KEYS = frozenset(
     {"backend_name", "module_path", "class_name", "interface_v1", "file_storage_path", "allocator"}
 )
 _SECRETS = ("secret_access_key", "session_token")
+
+# SGLang joins its storage threads for 10 s before it gives up and raises ("Failed to stop
+# HiCache storage threads cleanly", managers/cache_controller.py `_stop_storage_threads`),
+# and a prefetch it waits on is bounded by its prefetch timeout. One call to the store must
+# end well inside that: the worst case of a call (`ObjectCacheConfig.worst_case_s`) above
+# this is refused unless `allow_slow_store` is set.
+SLOW_STORE_S = 8.0
 
 
 class ConfigError(ValueError):
@@ -49,6 +61,9 @@ class LayerwiseConfig:
     trace_path: str = ""
 
     def __post_init__(self) -> None:
+        _finite(self)
+        if not self.layer_timeout_s > 0:
+            raise ConfigError(f"layer_timeout_s: must be > 0, got {self.layer_timeout_s!r}")
         if self.window_layers < 1:
             raise ConfigError(f"window_layers: must be >= 1, got {self.window_layers!r}")
         if self.layers_per_get < 0:
@@ -69,6 +84,7 @@ class SchedulerConfig:
     burst_ms: float = 10.0
 
     def __post_init__(self) -> None:
+        _finite(self)
         if self.policy not in ("deadline", "fair", "fifo"):
             raise ConfigError(f"policy: must be deadline, fair or fifo, got {self.policy!r}")
         for key in ("bandwidth_mbps", "starvation_ms", "write_starvation_ms", "burst_ms"):
@@ -102,9 +118,20 @@ class ObjectCacheConfig:
     allow_clear: bool = False
     transport: str = "auto"  # auto | obstore | boto3 | nixl
     max_concurrency: int = 0  # 0: the transport's measured default (obstore 128, boto3 16)
-    connect_timeout_s: float = 2.0
-    read_timeout_s: float = 10.0
-    retries: int = 2
+    # Timeouts: one call to the store, retries included, must end inside SGLang's 10 s
+    # storage-thread join (see SLOW_STORE_S). connect/read bound one attempt's stalls;
+    # `request_deadline_s` bounds the whole call (obstore, boto3's stalls, our HTTP clients).
+    connect_timeout_s: float = 1.0
+    read_timeout_s: float = 2.5
+    retries: int = 1
+    request_deadline_s: float = 4.0
+    # objectcache's own HTTP clients end a request that has not finished by
+    # connect + read + size / min_rate (capped by request_deadline_s): a store trickling
+    # bytes cannot hold a request forever. Mbit/s, as scheduler.bandwidth_mbps (8 = 1 MB/s).
+    min_rate_mbps: float = 8.0
+    # Accept settings whose worst case per call exceeds SLOW_STORE_S (risks SGLang's
+    # storage-thread join failing, and the server with it, while the store stalls).
+    allow_slow_store: bool = False
     retry_mode: str = "standard"  # botocore retry modes: standard | adaptive | legacy
     verify_checksums: bool = True
     # SigV4 over the PUT body (obstore). Off by default: every object carries xxh3 sums that
@@ -130,8 +157,19 @@ class ObjectCacheConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
+        _finite(self)
         if not self.bucket:
             raise ConfigError("bucket: required (the S3 bucket that holds the KV objects)")
+        _check_bucket(self.bucket)
+        if self.endpoint_url:
+            object.__setattr__(self, "endpoint_url", _check_endpoint(self.endpoint_url))
+        _check_key_prefix(self.key_prefix)
+        for key in ("region", "access_key_id"):  # both go into our client's Authorization line
+            value = getattr(self, key)
+            if _unprintable(value):
+                raise ConfigError(f"{key}: must not contain control characters or whitespace, got {value!r}")
+        if _unprintable(self.session_token):  # sent as a header; never echoed
+            raise ConfigError("session_token: must not contain control characters or whitespace")
         checks = {
             "addressing_style": self.addressing_style in ("path", "virtual"),
             "transport": self.transport in ("auto", "obstore", "boto3", "nixl"),
@@ -140,22 +178,54 @@ class ObjectCacheConfig:
             "connect_timeout_s": self.connect_timeout_s > 0,
             "read_timeout_s": self.read_timeout_s > 0,
             "retries": self.retries >= 0,
-            "negative_ttl_s": self.negative_ttl_s >= 0,
+            "request_deadline_s": self.request_deadline_s > 0,
+            "min_rate_mbps": self.min_rate_mbps > 0,
+            # a down window longer than this reads as "the cache is off", not as a pause
+            "negative_ttl_s": 0 <= self.negative_ttl_s <= 300,
             "exists_cache_entries": self.exists_cache_entries >= 0,
-            "key_prefix": bool(self.key_prefix.strip("/")) and " " not in self.key_prefix,
         }
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"{key}: invalid value {getattr(self, key)!r}")
         if bool(self.access_key_id) != bool(self.secret_access_key):
             raise ConfigError("access_key_id: give both access_key_id and secret_access_key, or neither")
+        worst = self.worst_case_s()
+        if worst > SLOW_STORE_S and not self.allow_slow_store:
+            raise ConfigError(
+                f"request_deadline_s: one call to the store may take up to {worst:g}s "
+                f"(request_deadline_s={self.request_deadline_s:g}, (retries+1) x (connect_timeout_s + "
+                f"read_timeout_s) = {self.attempts_s():g}s), more than {SLOW_STORE_S:g}s: SGLang joins its "
+                f"storage threads for 10 s and fails if a call outlasts that; lower them, or set "
+                f"allow_slow_store: true to accept the risk")
+
+    def attempts_s(self) -> float:
+        """How long every attempt of one call may stall, reconnecting each time."""
+        return (self.retries + 1) * (self.connect_timeout_s + self.read_timeout_s)
+
+    def worst_case_s(self) -> float:
+        """The longest one call to the store may take: its attempts, cut at the deadline."""
+        return min(self.request_deadline_s, self.attempts_s())
 
     def redacted(self) -> dict:
         d = dataclasses.asdict(self)
         for k in _SECRETS:
             if d[k]:
                 d[k] = "***"
+        # NIXL's plugin params carry the plugin's own credentials (access_key, secret_key,
+        # session_token, ...) under names we do not control: every value is hidden.
+        d["nixl_plugin_params"] = {k: "***" for k in d["nixl_plugin_params"]}
         return d
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.name == "nixl_plugin_params":
+                value = {k: "***" for k in value}
+            shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "ObjectCacheConfig":
@@ -198,6 +268,87 @@ def _env_defaults(raw: dict) -> None:
         env = os.environ.get("OBJECTCACHE_" + key.upper())
         if env and key not in raw:
             raw[key] = env
+
+
+def _finite(obj) -> None:
+    """JSON's Infinity/NaN (and TOML's inf/nan) pass `> 0`; they are no setting."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name}: must be a finite number, got {value!r}")
+
+
+def _unprintable(text: str) -> bool:
+    """Control characters (CR/LF, NUL, DEL, C1) or whitespace."""
+    return any(c.isspace() or unicodedata.category(c) == "Cc" for c in text)
+
+
+# S3 bucket naming rules (general purpose and directory buckets): lower-case letters, digits,
+# dots and hyphens, starting and ending with a letter or digit, at most 63 characters, no
+# two adjacent dots, not an IP address, none of S3's reserved prefixes and suffixes. S3's
+# minimum of 3 characters is left to the store (its check names the bucket at startup).
+_BUCKET = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?")
+_BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--table-s3")
+
+
+def _check_bucket(bucket: str) -> None:
+    why = ""
+    if not _BUCKET.fullmatch(bucket):
+        why = ("1 to 63 lower-case letters, digits, '.' and '-', starting and ending with a letter or digit "
+               "(S3 bucket naming rules)")
+    elif ".." in bucket:
+        why = "no two adjacent dots"
+    elif bucket.startswith(_BUCKET_RESERVED_PREFIXES) or bucket.endswith(_BUCKET_RESERVED_SUFFIXES):
+        why = "a prefix or suffix S3 reserves"
+    else:
+        try:
+            ipaddress.ip_address(bucket)
+            why = "not an IP address"
+        except ValueError:
+            pass
+    if why:
+        raise ConfigError(f"bucket: invalid name {bucket!r}: {why}")
+
+
+def _check_endpoint(url: str) -> str:
+    """The endpoint with its scheme in lower case; ConfigError for anything but a plain
+    http(s)://host[:port][/path]."""
+    if "@" in url:  # user:password@host; never echoed, as it may hold credentials
+        raise ConfigError("endpoint_url: must not carry credentials (user:password@) or an '@'; "
+                          "use access_key_id/secret_access_key or the AWS chain")
+    if _unprintable(url):
+        raise ConfigError("endpoint_url: must not contain control characters or whitespace")
+    u = urlsplit(url)
+    if u.scheme not in ("http", "https"):  # urlsplit gives the scheme in lower case
+        raise ConfigError(f"endpoint_url: must start with http:// or https://, got {url!r}")
+    if u.query or u.fragment or url.rstrip().endswith(("?", "#")):
+        raise ConfigError(f"endpoint_url: must not have a query or fragment, got {url!r}")
+    try:
+        u.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise ConfigError(f"endpoint_url: invalid port in {url!r}") from None
+    if not u.hostname:
+        raise ConfigError(f"endpoint_url: no host in {url!r}")
+    return u.scheme.lower() + url[len(u.scheme):]
+
+
+def _check_key_prefix(prefix: str) -> None:
+    """Keys are `{prefix.strip('/')}/...` and must be valid object_store paths."""
+    inner = prefix.strip("/")
+    why = ""
+    if not inner:
+        why = "must not be empty"
+    elif _unprintable(prefix):
+        why = "must not contain control characters or whitespace"
+    else:
+        segments = inner.split("/")
+        if "" in segments:
+            why = "must not contain an empty segment ('//')"
+        elif "." in segments or ".." in segments:
+            why = "must not contain '.' or '..' segments"
+    if why:
+        raise ConfigError(f"key_prefix: {why}, got {prefix!r}")
 
 
 def _build(cls, raw: Mapping[str, Any], where: str):

@@ -4,9 +4,11 @@ to obstore for everything it does not expect."""
 from __future__ import annotations
 
 import asyncio
+import datetime as _dt
 import random
 import socket
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,6 +17,7 @@ from sglang_objectcache.store import INTO, Receiver, StoreError, httpget
 from sglang_objectcache.store.obstore_ import ObstoreStore
 
 from http_support import blob, silent_store, store
+from trickle_support import endless_body, endless_headers
 
 
 def calls(monkeypatch, st: ObstoreStore) -> dict:
@@ -187,3 +190,93 @@ def test_an_idle_connection_the_server_closed_is_not_reused(server_does):
         server.close()
 
     asyncio.run(main())
+
+
+# --- deadlines (C2) and the Host header (H3) -------------------------------------------------
+
+
+def timed_get(cfg: ObjectCacheConfig, size: int, cap_s: float = 8.0):
+    """(result, seconds) of one HttpGet GET; a GET still running after `cap_s` is a failure
+    of the deadline, not a hang of the test."""
+    client = httpget.HttpGet(cfg)
+
+    async def main():
+        try:
+            return await asyncio.wait_for(client.get("k/1", size), cap_s)
+        finally:
+            client.close()
+
+    t0 = time.monotonic()
+    try:
+        r = asyncio.run(main())
+    except asyncio.TimeoutError:
+        r = f"still running after {cap_s}s"
+    return r, time.monotonic() - t0
+
+
+def test_a_trickling_body_ends_at_the_deadline_as_a_timeout():
+    # Every 50 ms one byte of the body: no read ever stalls for read_timeout_s, so only the
+    # deadline (connect + read + size / min_rate = 0.5 + 0.5 + 1000 B at 1 MB/s) ends it.
+    srv = endless_body(1000)
+    try:
+        r, took = timed_get(ObjectCacheConfig.from_dict(srv.config(connect_timeout_s=0.5, read_timeout_s=0.5)),
+                            1000)
+        assert isinstance(r, StoreError) and r.kind == "timeout", r
+        assert "deadline" in str(r), r
+        assert 0.8 < took < 2.0, took
+    finally:
+        srv.close()
+
+
+def test_trickled_headers_end_within_a_read_timeout():
+    # A header that never ends, one byte every 50 ms: the header phase is capped at
+    # read_timeout_s (0.3 s), well before the deadline (1.3 s).
+    srv = endless_headers()
+    try:
+        r, took = timed_get(ObjectCacheConfig.from_dict(srv.config(connect_timeout_s=1.0, read_timeout_s=0.3)),
+                            1000)
+        assert isinstance(r, StoreError) and r.kind == "timeout", r
+        assert "headers" in str(r), r
+        assert took < 1.0, took
+    finally:
+        srv.close()
+
+
+def test_the_deadline_grows_with_the_size_up_to_request_deadline_s():
+    cfg = ObjectCacheConfig(bucket="b")  # connect 1, read 2.5, 8 Mbit/s, request_deadline_s 4
+    assert httpget.deadline_s(cfg, 0) == pytest.approx(3.5)
+    assert httpget.deadline_s(cfg, 250_000) == pytest.approx(3.75)
+    assert httpget.deadline_s(cfg, 8 << 20) == pytest.approx(4.0)
+    fast = ObjectCacheConfig(bucket="b", min_rate_mbps=800.0, request_deadline_s=6.0)
+    assert httpget.deadline_s(fast, 100_000_000) == pytest.approx(1.0 + 2.5 + 1.0)
+
+
+class FrozenClock:
+    """`httpget.dt` at a fixed instant, so that two signers' requests can be compared."""
+
+    timezone = _dt.timezone
+
+    class datetime:
+        @staticmethod
+        def now(tz=None):
+            return _dt.datetime(2026, 12, 7, 12, 0, 0, tzinfo=tz)
+
+
+def signer_for(endpoint_url: str) -> httpget._Signer:
+    # not an ObjectCacheConfig: the config refuses userinfo, the signer must not rely on it
+    return httpget._Signer(SimpleNamespace(endpoint_url=endpoint_url, bucket="b", access_key_id="AK",
+                                           secret_access_key="SK", region="us-east-1"))
+
+
+@pytest.mark.parametrize("endpoint, host", [
+    ("http://user:pw@store.example:9000", "store.example:9000"),
+    ("http://user@store.example", "store.example"),
+    ("http://user:pw@[::1]:9000/base", "[::1]:9000"),
+])
+def test_the_host_header_is_hostname_and_port_never_userinfo(monkeypatch, endpoint, host):
+    monkeypatch.setattr(httpget, "dt", FrozenClock)
+    request = signer_for(endpoint).request("k/1").decode()
+    assert f"\r\nhost: {host}\r\n" in request, request
+    assert "user" not in request and "pw" not in request, request
+    clean = endpoint.replace("user:pw@", "").replace("user@", "")
+    assert request == signer_for(clean).request("k/1").decode()  # signed as without userinfo

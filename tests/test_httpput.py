@@ -11,6 +11,7 @@ import time
 import pytest
 
 from http_support import blob, silent_store, store
+from trickle_support import endless_body, endless_headers
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import StoreError, httpget, httpput
@@ -174,3 +175,54 @@ def test_what_it_answers_and_what_it_leaves_to_obstore(reply, conditional, expec
             assert isinstance(got, Refused) and got.status == expect == got.error.status, got
     finally:
         srv.sock.close()
+
+
+# --- deadlines (C2) --------------------------------------------------------------------------
+
+
+def timed_put(cfg: ObjectCacheConfig, data: bytes, cap_s: float = 8.0):
+    """(result, seconds) of one HttpPut PUT; one still running after `cap_s` is a failure of
+    the deadline, not a hang of the test."""
+    client = httpput.HttpPut(cfg)
+
+    async def main():
+        try:
+            return await asyncio.wait_for(client.put("k/1", data, True), cap_s)
+        finally:
+            client.close()
+
+    t0 = time.monotonic()
+    try:
+        r = asyncio.run(main())
+    except asyncio.TimeoutError:
+        r = f"still running after {cap_s}s"
+    return r, time.monotonic() - t0
+
+
+def test_a_trickling_reply_ends_at_the_deadline_as_a_timeout():
+    # The reply's headers at once, then its body one byte every 50 ms: never a stall of
+    # read_timeout_s, so only the deadline (0.5 + 0.5 + 1000 B at 1 MB/s) ends the PUT.
+    srv = endless_body(60_000)  # a reply body the client takes (at most 64 KiB)
+    try:
+        r, took = timed_put(ObjectCacheConfig.from_dict(srv.config(connect_timeout_s=0.5, read_timeout_s=0.5)),
+                            blob(1000, 1))
+        assert srv.requests == 1
+        assert isinstance(r, StoreError) and r.kind == "timeout", r
+        assert "deadline" in str(r), r
+        assert 0.8 < took < 2.0, took
+    finally:
+        srv.close()
+
+
+def test_trickled_reply_headers_end_within_a_read_timeout():
+    # Reply headers that never end, one byte every 50 ms: capped at read_timeout_s (0.3 s)
+    # after the body went, well before the deadline (1.3 s).
+    srv = endless_headers()
+    try:
+        r, took = timed_put(ObjectCacheConfig.from_dict(srv.config(connect_timeout_s=1.0, read_timeout_s=0.3)),
+                            blob(1000, 2))
+        assert isinstance(r, StoreError) and r.kind == "timeout", r
+        assert "headers" in str(r), r
+        assert took < 1.0, took
+    finally:
+        srv.close()

@@ -486,3 +486,67 @@ def _running_with(arg: str) -> list[int]:
         except OSError:
             pass
     return out
+
+
+# --- the per-call deadline (C1) ------------------------------------------------------------
+
+
+@pytest.fixture
+def stalled_endpoint():
+    """An endpoint whose kernel completes every connect (the backlog) and that never reads
+    or answers."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(128)
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    srv.close()
+
+
+def test_no_call_outlasts_request_deadline_s(s3, bucket, transport, stalled_endpoint):
+    # Without the deadline: 4 attempts of 1 s reads each (and backoff) per call, > 4 s.
+    cfg = ObjectCacheConfig.from_dict({**s3.config(bucket), "endpoint_url": stalled_endpoint, "transport": transport,
+                                       "connect_timeout_s": 0.5, "read_timeout_s": 1.0, "retries": 3,
+                                       "request_deadline_s": 1.5, "http_get": False, "http_put": False})
+    with make_store(cfg) as st:
+        for call in (lambda: st.get_many(["d/1"]), lambda: st.exists_many(["d/1"]),
+                     lambda: st.put_many([("d/2", b"v" * 100)]), lambda: st.get_ranges([("d/1", 0, 10)])):
+            t = time.monotonic()
+            out = call()
+            took = time.monotonic() - t
+            assert took < 2.5, took
+            assert isinstance(out[0], StoreError) and out[0].kind == "timeout", out
+
+
+def test_obstore_cuts_a_trickling_body_at_the_deadline(s3, bucket):
+    # A body one byte every 50 ms never trips a read timeout; object_store's own cap was
+    # max(30 s, connect + 3 x read).
+    from trickle_support import endless_body
+
+    srv = endless_body(1000)
+    cfg = ObjectCacheConfig.from_dict(srv.config(transport="obstore", connect_timeout_s=0.5, read_timeout_s=1.0,
+                                                 retries=1, request_deadline_s=1.5, http_get=False))
+    try:
+        with make_store(cfg) as st:
+            t = time.monotonic()
+            out = st.get_many(["d/1"])
+            took = time.monotonic() - t
+            assert took < 2.5, took
+            assert isinstance(out[0], StoreError) and out[0].kind == "timeout", out
+    finally:
+        srv.close()
+
+
+def test_boto3_makes_only_the_retries_that_fit_the_deadline():
+    from sglang_objectcache.store.boto import deadline_settings
+
+    def cfg(**kw):
+        return ObjectCacheConfig(bucket="kv", **kw)
+
+    assert deadline_settings(cfg()) == (2.5, 1)  # 1 + 2.5, and a retry would not fit 4 s
+    assert deadline_settings(cfg(request_deadline_s=8.0)) == (2.5, 2)
+    assert deadline_settings(cfg(connect_timeout_s=0.5, read_timeout_s=30.0, retries=0)) == (3.5, 1)
+    for kw in ({}, {"retries": 5, "read_timeout_s": 0.2}, {"request_deadline_s": 8.0, "retries": 3}):
+        c = cfg(**kw)
+        read_s, attempts = deadline_settings(c)
+        stalls = attempts * (c.connect_timeout_s + read_s) + sum(2 ** n for n in range(attempts - 1))
+        assert stalls <= c.request_deadline_s and attempts <= c.retries + 1, (kw, read_s, attempts)

@@ -2,7 +2,8 @@
 
 Works with any S3-compatible server and any credential source boto3 knows (explicit keys
 from the config, else the standard AWS chain). Retries and timeouts are botocore's own
-(`retry_mode`, `total_max_attempts = retries + 1`). Checksums are `when_required`: older
+(`retry_mode`, `total_max_attempts = retries + 1`, fewer where `request_deadline_s` leaves
+no room: `deadline_settings`). Checksums are `when_required`: older
 servers reject the newer flexible checksums, and our objects carry their own xxh3 sums.
 
 Costs ~2-3 ms of client CPU per 256 KiB request (bench_transports.py; obstore ~0.6-0.9 ms):
@@ -32,6 +33,22 @@ DEFAULT_CONCURRENCY = 16
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def deadline_settings(cfg: ObjectCacheConfig) -> tuple[float, int]:
+    """(read timeout, attempts) for botocore so that a call whose every attempt stalls ends by
+    `request_deadline_s`. botocore has no total deadline of its own: its read timeout is per
+    socket read, so a store that trickles a body byte by byte is not cut (obstore's and our
+    own clients' are); the read timeout is cut to what the deadline leaves after a connect,
+    and only the retries that fit the deadline are made."""
+    read_s = min(cfg.read_timeout_s, max(0.1, cfg.request_deadline_s - cfg.connect_timeout_s))
+    per = cfg.connect_timeout_s + read_s
+    attempts, used = 1, per
+    # botocore waits up to 2 ** (n - 1) s before its n-th retry (throttling; 50 ms x that otherwise)
+    while attempts <= cfg.retries and used + 2 ** (attempts - 1) + per <= cfg.request_deadline_s:
+        used += 2 ** (attempts - 1) + per
+        attempts += 1
+    return read_s, attempts
 
 
 def make_client(cfg: ObjectCacheConfig, *, connect_s: float, read_s: float, attempts: int, pool: int):
@@ -125,8 +142,9 @@ class Boto3Store(ObjectStore):
         self.bucket = cfg.bucket
         self.max_concurrency = C.concurrency(cfg, max_concurrency, DEFAULT_CONCURRENCY)
         self._redact = C.Redactor.of(cfg)
-        self._client = make_client(cfg, connect_s=cfg.connect_timeout_s, read_s=cfg.read_timeout_s,
-                                   attempts=cfg.retries + 1, pool=self.max_concurrency)
+        read_s, attempts = deadline_settings(cfg)
+        self._client = make_client(cfg, connect_s=cfg.connect_timeout_s, read_s=read_s,
+                                   attempts=attempts, pool=self.max_concurrency)
         self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="objectcache-boto3")
         self._conditional = C.ConditionalPuts(f"{C.endpoint_of(cfg)}/{cfg.bucket}")
 

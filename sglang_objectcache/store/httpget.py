@@ -17,7 +17,9 @@ another length, chunked encoding, or a connection that fails or closes. The call
 asks obstore, which already classifies every failure. A miss, a corrupt object or a dead
 store therefore reads exactly as before, one request later. A read that stalls past
 `read_timeout_s` is a `StoreError("timeout")` at once, so a slow store is not waited on
-twice.
+twice. So is a GET that is not over by its deadline (`deadline_s`: connect + read + size /
+`min_rate_mbps`, at most `request_deadline_s`) or whose headers have not all come within
+`read_timeout_s` of the request: a store that trickles bytes cannot hold a GET forever.
 
 Contract of `get(key, size, receiver=None)`:
 - without a receiver, on success `(body, release)`: `body` is a memoryview of exactly
@@ -67,6 +69,24 @@ def applies(cfg: ObjectCacheConfig) -> bool:
     return cfg.http_get and plain(cfg)
 
 
+def deadline_s(cfg: ObjectCacheConfig, nbytes: int) -> float:
+    """How long one request of our clients moving `nbytes` may take in all: a connect, a
+    read timeout's wait for the reply, and the bytes at `min_rate_mbps`, capped by
+    `request_deadline_s`."""
+    rate = cfg.min_rate_mbps * 125_000.0  # Mbit/s -> bytes/s
+    return min(cfg.request_deadline_s, cfg.connect_timeout_s + cfg.read_timeout_s + nbytes / rate)
+
+
+def host_header(endpoint_url: str) -> str:
+    """`host[:port]` of the endpoint, as the Host header and SigV4 sign it: from hostname and
+    port only, never userinfo (`user:pw@`) that the netloc may carry."""
+    u = urlsplit(endpoint_url)
+    host = u.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return host if u.port is None else f"{host}:{u.port}"
+
+
 async def connect(host_port: tuple) -> socket.socket:
     """A non-blocking TCP connection with Nagle off (a request's headers go at once)."""
     loop = asyncio.get_running_loop()
@@ -88,7 +108,8 @@ class _Signer:
 
     def __init__(self, cfg: ObjectCacheConfig):
         u = urlsplit(cfg.endpoint_url)
-        self.host, self.base = u.netloc, u.path.rstrip("/") + "/" + quote(cfg.bucket, safe="") + "/"
+        self.host = host_header(cfg.endpoint_url)
+        self.base = u.path.rstrip("/") + "/" + quote(cfg.bucket, safe="") + "/"
         self.access, self.secret, self.region = cfg.access_key_id, cfg.secret_access_key, cfg.region
         self._day, self._key = "", b""
 
@@ -139,6 +160,7 @@ class _Conn:
         self.done: Optional[asyncio.Future] = None
         self.reusable = False  # cleared when an idle connection is closed or sent to
         self.progress = 0  # reads so far: a read timeout is a stall, not a slow transfer
+        self._pos = 0
         # Watched for its whole life, as asyncio's transports do: registering per GET cost
         # ~10% more client CPU on 257 KiB GETs (selectors' Python on every GET).
         loop.add_reader(self.fd, self._readable)
@@ -199,6 +221,11 @@ class _Conn:
             self._finish(FALL_BACK)
         elif self._pos == self._size:
             self._finish(self._size)
+
+    @property
+    def in_headers(self) -> bool:
+        """Whether the response's headers are still coming."""
+        return self._pos < 0
 
     def _arrived(self, data: Optional[memoryview]) -> None:
         try:
@@ -279,24 +306,43 @@ class HttpGet:
     def __init__(self, cfg: ObjectCacheConfig):
         u = urlsplit(cfg.endpoint_url)
         self._addr = (u.hostname, u.port or 80)
-        self._signer, self._bucket = _Signer(cfg), cfg.bucket
+        self._signer, self._bucket, self._cfg = _Signer(cfg), cfg.bucket, cfg
         self._connect_s, self._read_s = cfg.connect_timeout_s, cfg.read_timeout_s
         self._idle: list[_Conn] = []
         self._scratch = memoryview(bytearray(_READ_BYTES))
 
     async def get(self, key: str, size: int, receiver: Optional[Receiver] = None
                   ) -> Union[tuple[memoryview, Callable[[], None]], StoreError, object]:
+        loop = asyncio.get_running_loop()
+        budget = deadline_s(self._cfg, size)
+        deadline = loop.time() + budget
         try:
-            conn = await self._conn()
+            conn = await self._conn(min(self._connect_s, budget))
         except (OSError, asyncio.TimeoutError):
             return FALL_BACK  # obstore connects again and names the failure
         ok = False
         try:
             fut = conn.get(self._signer.request(key), size, receiver)
-            while not fut.done():  # a read timeout is time without progress, as obstore's
-                seen = conn.progress
-                await asyncio.wait((fut,), timeout=self._read_s)
-                if not fut.done() and conn.progress == seen:
+            # The headers must all be in within a read timeout of the request, however
+            # slowly they trickle.
+            headers_by = loop.time() + self._read_s
+            while not fut.done():
+                # A read timeout is time without progress, as obstore's; the deadline and the
+                # header cap are absolute.
+                seen, now = conn.progress, loop.time()
+                wait = min(self._read_s, deadline - now, headers_by - now if conn.in_headers else self._read_s)
+                if wait > 0:
+                    await asyncio.wait((fut,), timeout=wait)
+                if fut.done():
+                    break
+                now = loop.time() + 1e-3  # a timer may fire within the clock's resolution
+                if now >= deadline:
+                    return StoreError("timeout", f"GET {self._bucket}/{key}: not done within its {budget:g}s "
+                                                 f"deadline ({size} bytes)")
+                if conn.in_headers and now >= headers_by:
+                    return StoreError("timeout", f"GET {self._bucket}/{key}: no complete response headers "
+                                                 f"within {self._read_s:g}s")
+                if conn.progress == seen:
                     return StoreError("timeout", f"GET {self._bucket}/{key}: read timed out after {self._read_s:g}s")
             if fut.result() is FALL_BACK:
                 return FALL_BACK
@@ -309,13 +355,13 @@ class HttpGet:
             if not ok:
                 conn.close()
 
-    async def _conn(self) -> _Conn:
+    async def _conn(self, connect_s: float) -> _Conn:
         while self._idle:
             conn = self._idle.pop()
             if conn.reusable:
                 return conn
             conn.close()
-        return await asyncio.wait_for(self._connect(), self._connect_s)
+        return await asyncio.wait_for(self._connect(), connect_s)
 
     async def _connect(self) -> _Conn:
         return _Conn(await connect(self._addr), asyncio.get_running_loop(), self._scratch)

@@ -19,7 +19,11 @@ The caller then PUTs again through obstore, which retries and classifies every f
 A PUT is safe to send twice: the key names its content, so a second conditional PUT after
 a first that landed answers "exists", and an unconditional one writes the same bytes. A
 PUT that makes no progress for `read_timeout_s` (no byte sent, no reply) is a
-`StoreError("timeout")` at once, so a slow store is not waited on twice.
+`StoreError("timeout")` at once, so a slow store is not waited on twice. So is a PUT not
+over by its deadline (`httpget.deadline_s`: connect + read + size / `min_rate_mbps`, at most
+`request_deadline_s`), or whose reply's headers have not all come within `read_timeout_s`
+of the body's last byte: a store that reads or answers byte by byte cannot hold a PUT
+forever.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from urllib.parse import urlsplit
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
 from sglang_objectcache.store.base import Buffer, StoreError
-from sglang_objectcache.store.httpget import FALL_BACK, _Signer, connect, plain
+from sglang_objectcache.store.httpget import FALL_BACK, _Signer, connect, deadline_s, plain
 
 _REPLY_BYTES = 64 << 10  # a PUT's reply is headers and, for an error, a short XML body
 
@@ -42,7 +46,7 @@ def applies(cfg: ObjectCacheConfig) -> bool:
 
 
 class _Stalled(Exception):
-    pass
+    """A wait that reached a limit; the message says which."""
 
 
 class HttpPut:
@@ -51,22 +55,25 @@ class HttpPut:
     def __init__(self, cfg: ObjectCacheConfig):
         u = urlsplit(cfg.endpoint_url)
         self._addr = (u.hostname, u.port or 80)
-        self._signer, self._bucket = _Signer(cfg), cfg.bucket
+        self._signer, self._bucket, self._cfg = _Signer(cfg), cfg.bucket, cfg
         self._connect_s, self._read_s = cfg.connect_timeout_s, cfg.read_timeout_s
         self._idle: list[socket.socket] = []
 
     async def put(self, key: str, data: Buffer, if_absent: bool) -> Union[bool, C.Refused, StoreError, object]:
         body = memoryview(data).cast("B")
+        budget = deadline_s(self._cfg, body.nbytes)
+        deadline = (asyncio.get_running_loop().time() + budget, f"not done within its {budget:g}s deadline "
+                                                                 f"({body.nbytes} bytes)")
         try:
-            sock = self._reuse() or await asyncio.wait_for(connect(self._addr), self._connect_s)
+            sock = self._reuse() or await asyncio.wait_for(connect(self._addr), min(self._connect_s, budget))
         except (OSError, asyncio.TimeoutError):
             return FALL_BACK  # obstore connects again and names the failure
         keep = False
         try:
-            await self._send(sock, [self._signer.put(key, body.nbytes, if_absent), body])
-            status, body, keep = await self._reply(sock)
-        except _Stalled:
-            return StoreError("timeout", f"PUT {self._bucket}/{key}: no progress for {self._read_s:g}s")
+            await self._send(sock, [self._signer.put(key, body.nbytes, if_absent), body], deadline)
+            status, body, keep = await self._reply(sock, deadline)
+        except _Stalled as e:
+            return StoreError("timeout", f"PUT {self._bucket}/{key}: {e}")
         except (OSError, ValueError):
             return FALL_BACK
         finally:
@@ -83,7 +90,7 @@ class HttpPut:
                                                             f"PUT {self._bucket}/{key}: HTTP {status} {code}", status))
         return FALL_BACK
 
-    async def _send(self, sock: socket.socket, bufs: list) -> None:
+    async def _send(self, sock: socket.socket, bufs: list, deadline: tuple[float, str]) -> None:
         bufs = [b for b in bufs if len(b)]  # an empty body: sendmsg would send 0 forever
         while bufs:
             try:
@@ -96,13 +103,16 @@ class HttpPut:
                 else:
                     bufs[0], n = memoryview(bufs[0])[n:], 0
             if bufs:
-                await self._ready(sock, write=True)
+                await self._ready(sock, True, deadline)
 
-    async def _reply(self, sock: socket.socket) -> tuple[int, bytes, bool]:
+    async def _reply(self, sock: socket.socket, deadline: tuple[float, str]) -> tuple[int, bytes, bool]:
         """(status, body, whether the connection can carry the next PUT)."""
         got = bytearray()
+        headers_by = (asyncio.get_running_loop().time() + self._read_s,
+                      f"no complete reply headers within {self._read_s:g}s")
         while True:
-            await self._ready(sock, write=False)
+            # the headers must all be in within a read timeout, however slowly they trickle
+            await self._ready(sock, False, deadline, *(() if b"\r\n\r\n" in got else (headers_by,)))
             try:
                 chunk = sock.recv(_REPLY_BYTES)
             except (BlockingIOError, InterruptedError):
@@ -127,13 +137,17 @@ class HttpPut:
             if int(length) > _REPLY_BYTES:
                 raise ValueError("reply body too long")
 
-    async def _ready(self, sock: socket.socket, write: bool) -> None:
+    async def _ready(self, sock: socket.socket, write: bool, *limits: tuple[float, str]) -> None:
+        """Until `sock` is ready, or _Stalled at the first of a read timeout from now and
+        `limits` ((loop time, what it means), absolute)."""
         loop = asyncio.get_running_loop()
+        at, why = min(((loop.time() + self._read_s, f"no progress for {self._read_s:g}s"), *limits),
+                      key=lambda limit: limit[0])
         fd = sock.fileno()
         fut = loop.create_future()
         wake = lambda: fut.done() or fut.set_result(None)  # noqa: E731
         (loop.add_writer if write else loop.add_reader)(fd, wake)
-        timer = loop.call_later(self._read_s, lambda: fut.done() or fut.set_exception(_Stalled()))
+        timer = loop.call_at(at, lambda: fut.done() or fut.set_exception(_Stalled(why)))
         try:
             await fut
         finally:

@@ -70,8 +70,16 @@ _STATUS = re.compile(r"status code: (\d+)")
 _HTTP_KIND = re.compile(r"HttpError \{\s*kind: (\w+)")
 
 
+class _Deadline(Exception):
+    """A call cut at `request_deadline_s`, retries included."""
+
+
 def make_s3store(cfg: ObjectCacheConfig, *, connect_s: float, read_s: float, retries: int,
-                 pool: int) -> S3Store:
+                 pool: int, deadline_s: Optional[float] = None) -> S3Store:
+    """An S3Store for `cfg`. No attempt outlasts `deadline_s` (default `request_deadline_s`)
+    and no retry starts after it; `ObstoreStore` also cuts each call, retries included,
+    at the deadline (`_within`), since a retry begun just in time could run past it."""
+    deadline_s = cfg.request_deadline_s if deadline_s is None else deadline_s
     kw: dict = {"region": cfg.region, "virtual_hosted_style_request": cfg.addressing_style == "virtual",
                 "unsigned_payload": not cfg.sign_payload}
     if cfg.endpoint_url:
@@ -87,12 +95,16 @@ def make_s3store(cfg: ObjectCacheConfig, *, connect_s: float, read_s: float, ret
         "allow_invalid_certificates": not cfg.verify_tls,
         "connect_timeout": timedelta(seconds=connect_s),
         # read_timeout catches a stalled server (it also covers waiting for the headers);
-        # the overall cap only bounds a trickling transfer of a large object.
+        # the overall cap bounds a trickling transfer.
         "read_timeout": timedelta(seconds=read_s),
-        "timeout": timedelta(seconds=max(30.0, connect_s + 3 * read_s)),
+        "timeout": timedelta(seconds=deadline_s),
         "pool_max_idle_per_host": str(pool),
     }
-    return S3Store(cfg.bucket, client_options=client, retry_config={"max_retries": retries}, **kw)
+    retry = {"max_retries": retries, "retry_timeout": timedelta(seconds=deadline_s),
+             # object_store's default backoff may grow to 15 s; a retry must fit the deadline
+             "backoff": {"init_backoff": timedelta(milliseconds=50), "max_backoff": timedelta(seconds=0.5),
+                         "base": 2}}
+    return S3Store(cfg.bucket, client_options=client, retry_config=retry, **kw)
 
 
 def _endpoint(cfg: ObjectCacheConfig) -> str:
@@ -127,6 +139,7 @@ class ObstoreStore(ObjectStore):
         self._store = make_s3store(cfg, connect_s=cfg.connect_timeout_s, read_s=cfg.read_timeout_s,
                                    retries=cfg.retries, pool=self.max_concurrency)
         self._sem = asyncio.Semaphore(self.max_concurrency)
+        self._deadline_s = cfg.request_deadline_s
         self._land_pool: Optional[ThreadPoolExecutor] = None
         self._http = httpget.HttpGet(cfg) if httpget.applies(cfg) else None
         self._http_put = httpput.HttpPut(cfg) if httpput.applies(cfg) else None
@@ -138,6 +151,20 @@ class ObstoreStore(ObjectStore):
     def __repr__(self) -> str:
         return f"ObstoreStore(endpoint={C.endpoint_of(self.cfg)!r}, bucket={self.bucket!r}, " \
                f"max_concurrency={self.max_concurrency})"
+
+    async def _within(self, aw, at: Optional[float] = None):
+        """`await aw`, cut at loop time `at` (default: `request_deadline_s` from now) with
+        _Deadline: obstore's retries and a trickling body must not outlast one call's
+        deadline (config.SLOW_STORE_S)."""
+        at = self._loop.time() + self._deadline_s if at is None else at
+        cm = asyncio.timeout_at(at)
+        try:
+            async with cm:
+                return await aw
+        except TimeoutError:
+            if cm.expired():
+                raise _Deadline(f"no answer within the {self._deadline_s:g}s request deadline") from None
+            raise
 
     def _run(self, coros):
         async def gather():
@@ -304,15 +331,17 @@ class ObstoreStore(ObjectStore):
 
     # --- one request each ---------------------------------------------------------------
 
-    async def _get(self, key: str, size: Optional[int] = None) -> GetResult:
+    async def _get(self, key: str, size: Optional[int] = None, at: Optional[float] = None) -> GetResult:
+        """`at`: the loop time the call must end by (default: request_deadline_s from now)."""
         async with self._sem:
             try:
                 if size is None:
-                    r = await obstore.get_async(self._store, key)
-                    return await r.bytes_async()
+                    at = self._loop.time() + self._deadline_s if at is None else at
+                    r = await self._within(obstore.get_async(self._store, key), at)
+                    return await self._within(r.bytes_async(), at)
                 # One Rust future, not two (the response, then its body): 27-30% less client
                 # CPU per GET on this box (benchmarks/results/get_path*.json).
-                return await obstore.get_range_async(self._store, key, start=0, end=size + 1)
+                return await self._within(obstore.get_range_async(self._store, key, start=0, end=size + 1), at)
             except FileNotFoundError as e:
                 return self._error("GET", key, e) if "NoSuchBucket" in str(e) else None
             except Exception as e:  # noqa: BLE001 - one bad object must not hide the others
@@ -325,20 +354,22 @@ class ObstoreStore(ObjectStore):
         """`_get`, through `HttpGet` where it applies: then (body, release), the body valid
         until release(), or (INTO, None) when it went through `receiver()`; anything HttpGet
         does not expect is read again by obstore."""
+        at = None
         if self._http is not None and size:
             async with self._sem:
+                at = self._loop.time() + self._deadline_s  # obstore, if asked, gets what is left
                 r = await self._http.get(key, size, receiver and receiver())
             if isinstance(r, tuple):
                 return r
             if r is not httpget.FALL_BACK:
                 return r, None
-        return await self._get(key, size), None
+        return await self._get(key, size, at), None
 
     async def _ranges(self, key: str, starts: list[int], ends: list[int]):
         async with self._sem:
             try:
-                return await obstore.get_ranges_async(self._store, key, starts=starts, ends=ends,
-                                                      coalesce=C.COALESCE_GAP)
+                return await self._within(obstore.get_ranges_async(self._store, key, starts=starts, ends=ends,
+                                                                   coalesce=C.COALESCE_GAP))
             except FileNotFoundError as e:
                 return self._error("GET", key, e) if "NoSuchBucket" in str(e) else None
             except Exception as e:  # noqa: BLE001
@@ -346,8 +377,11 @@ class ObstoreStore(ObjectStore):
 
     async def _put(self, key: str, data: Buffer, if_absent: bool) -> Union[bool, StoreError]:
         async with self._sem:
-            return await self._conditional.put_async(lambda conditional: self._put_once(key, data, conditional),
-                                                     if_absent)
+            try:  # one deadline for the call: our client, obstore's retries, a conditional PUT sent again
+                return await self._within(self._conditional.put_async(
+                    lambda conditional: self._put_once(key, data, conditional), if_absent))
+            except _Deadline as e:
+                return self._error("PUT", key, e)
 
     async def _put_once(self, key: str, data: Buffer, conditional: bool) -> Union[bool, C.Refused, StoreError]:
         if self._http_put is not None:  # anything it does not expect, obstore sends again
@@ -372,7 +406,7 @@ class ObstoreStore(ObjectStore):
     async def _exists(self, key: str) -> Union[bool, StoreError]:
         async with self._sem:
             try:
-                await obstore.head_async(self._store, key)
+                await self._within(obstore.head_async(self._store, key))
                 return True
             except FileNotFoundError:  # a HEAD has no body: a missing bucket looks the same
                 return False
@@ -382,7 +416,7 @@ class ObstoreStore(ObjectStore):
     async def _stat(self, key: str) -> Union[ObjectStat, None, StoreError]:
         async with self._sem:
             try:
-                m = await obstore.head_async(self._store, key)
+                m = await self._within(obstore.head_async(self._store, key))
                 return ObjectStat(m["size"], (m.get("e_tag") or "").strip('"'))
             except FileNotFoundError:  # as in _exists
                 return None
@@ -451,6 +485,8 @@ def _status(e: Exception) -> int:
 def _classify(e: Exception) -> tuple[str, str]:
     """(StoreError kind, short reason) for an obstore exception. obstore's text carries the
     HTTP status, the S3 XML error body and reqwest's error kind; we keep only those."""
+    if isinstance(e, _Deadline):
+        return "timeout", str(e)
     text = str(e)
     m = _STATUS.search(text)
     if m:
