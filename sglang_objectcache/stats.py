@@ -4,17 +4,21 @@ Counter names are stable (they become Prometheus series): `pages_hit`, `pages_wr
 `pages_skipped_existing`, `pages_deduped`, `bytes_read`, `bytes_written`, `get_requests`,
 `put_requests`, `head_requests`, `checksum_failures`, and `miss_<reason>` /
 `store_errors_<kind>` / `write_errors_<kind>`. SGLang's own StorageMetrics lists are
-drained on every get_stats() call, as SGLang expects.
+drained on every get_stats() call, as SGLang expects (between calls, only the latest
+SGLANG_METRICS_KEEP entries of each are kept).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 
 MISS_REASONS = ("not_found", "corrupt", "unsupported", "store_error", "store_down", "no_pool")
 # GET latency histogram bucket bounds, seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# SGLang drains the StorageMetrics lists (get_stats) only with --enable-metrics; without it
+# they would grow by one entry per batch forever. Keep the latest this many of each.
+SGLANG_METRICS_KEEP = 4096
 
 
 class Stats:
@@ -23,10 +27,10 @@ class Stats:
         self.counters: dict[str, float] = defaultdict(float)
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
-        self._prefetch_pgs: list[int] = []
-        self._backup_pgs: list[int] = []
-        self._prefetch_bw: list[float] = []
-        self._backup_bw: list[float] = []
+        self._prefetch_pgs: deque[int] = deque(maxlen=SGLANG_METRICS_KEEP)
+        self._backup_pgs: deque[int] = deque(maxlen=SGLANG_METRICS_KEEP)
+        self._prefetch_bw: deque[float] = deque(maxlen=SGLANG_METRICS_KEEP)
+        self._backup_bw: deque[float] = deque(maxlen=SGLANG_METRICS_KEEP)
 
     def inc(self, name: str, n: float = 1) -> None:
         with self._lock:
@@ -59,8 +63,10 @@ class Stats:
         from sglang.srt.observability.metrics_collector import StorageMetrics
 
         with self._lock:
-            m = StorageMetrics(self._prefetch_pgs, self._backup_pgs, self._prefetch_bw, self._backup_bw)
-            self._prefetch_pgs, self._backup_pgs, self._prefetch_bw, self._backup_bw = [], [], [], []
+            lists = (self._prefetch_pgs, self._backup_pgs, self._prefetch_bw, self._backup_bw)
+            m = StorageMetrics(*(list(q) for q in lists))
+            for q in lists:
+                q.clear()
         return m
 
     def snapshot(self) -> dict:

@@ -144,3 +144,28 @@ def test_host_tier_discard_and_oversized_blocks():
     assert tier.used == 2000 and tier.get("y") is not None
     tier.discard("y")
     assert tier.used == 0
+
+
+def test_a_worker_that_fails_halfway_through_its_start_is_replaced(rig):
+    """A start that fails after the socket is up (a segment's map hits EPIPE) left the half
+    started worker in place with no reader: it was never replaced and every load timed out."""
+    keys = hashes(3, "hs")
+    rig.put(keys, [1, 2, 3])
+    assert rig.load(keys, [10, 11, 12])[1]  # staging segments exist: a new worker maps them
+    fetch = rig.loader.fetch
+    fetch._proc.kill()
+    assert wait_for(lambda: fetch._proc is None)
+    send_map, half = fetch._send_map, []
+
+    def map_failing_once(seg):
+        if not half:
+            half.append(fetch._proc)
+            raise BrokenPipeError("the worker went before its maps")
+        send_map(seg)
+
+    fetch._send_map = map_failing_once
+    assert rig.load(keys, [20, 21, 22])[1] is False  # the start failed: that load recomputes
+    assert rig.load(keys, [30, 31, 32])[1]  # the next job started a healthy worker
+    assert rig.same([1, 2, 3], [30, 31, 32])
+    assert half and fetch._proc is not half[0]
+    assert wait_for(lambda: not alive(half[0].pid))  # the half started one was killed

@@ -281,3 +281,108 @@ def test_counter_without_loads_never_blocks():
     for layer in range(4):
         c.wait_until(layer)
     assert c.finish(idx) is True
+
+
+def test_a_failed_load_with_queued_transfers_releases_its_staging(s3_config, fetch):
+    """A failed load cancels its queued transfers, which never come back: its staging must
+    still be released, not parked in `_draining` for ever (one leaked set per failed load)."""
+    rig = Rig(s3_config, fetch=fetch)
+    try:
+        rig.loader.sched = Scheduler(SchedulerConfig(max_inflight=1))  # the rest of the batch queues
+        keys = hashes(40, "leak")
+        rig.put(keys[1:], list(range(1, 40)))  # page 0 is missing: it fails every load
+        allocs = []
+        alloc = rig.loader.fetch.alloc
+        rig.loader.fetch.alloc = lambda rows: allocs.append(rows) or alloc(rows)
+        for _ in range(20):
+            assert rig.load(keys, list(range(40)))[1] is False
+        assert rig.loader._draining == {}
+        assert len(allocs) <= 2 * rig.g.num_layers  # reused, not made anew per load
+        if fetch == "process":
+            assert len(rig.loader.fetch._segments) <= 2 * rig.g.num_layers
+        rig.put(keys[:1], [0])
+        assert rig.load(keys, list(range(20, 60)))[1]
+        assert rig.same(list(range(40)), list(range(20, 60)))
+    finally:
+        rig.close()
+
+
+def returns_within(seconds, fn) -> list:
+    """[fn()] if it returned within `seconds`, else [] (it may hang for ever: a daemon thread)."""
+    out = []
+    worker = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return out
+
+
+def test_an_error_in_the_io_loop_fails_the_load_fast_and_the_loop_goes_on(s3_config, fetch):
+    rig = Rig(s3_config, timeout_s=30.0, fetch=fetch)  # a layer timeout must not be what ends it
+    try:
+        keys = hashes(3, "x")
+        rig.put(keys, [1, 2, 3])
+        real_next, calls = rig.loader.sched.next, []
+
+        def next_raising_once(now):
+            calls.append(now)
+            if len(calls) == 1:
+                raise RuntimeError("a scheduler bug")
+            return real_next(now)
+
+        rig.loader.sched.next = next_raising_once
+        out = returns_within(10, lambda: rig.load(keys, [10, 11, 12]))
+        assert out, "the load hung: the I/O thread died and stop() waited for it for ever"
+        assert out[0][1] is False
+        assert rig.loader._thread.is_alive()
+        assert rig.load(keys, [20, 21, 22])[1]
+        assert rig.same([1, 2, 3], [20, 21, 22])
+    finally:
+        rig.close()
+
+
+def test_stop_gives_up_on_a_stuck_or_gone_io_thread(s3_config, monkeypatch):
+    from sglang_objectcache.layerwise import loader as loader_mod
+
+    monkeypatch.setattr(loader_mod, "STOP_TIMEOUT_S", 0.5, raising=False)
+    rig = Rig(s3_config, fetch="thread")
+    gate = threading.Event()
+    try:
+        keys = hashes(2, "st")
+        rig.put(keys, [1, 2])
+        real_handle = rig.loader._handle
+
+        def stuck_on_stop(msg):
+            if msg[0] == "stop":
+                gate.wait()  # the I/O thread is stuck (until the test lets it go)
+            real_handle(msg)
+
+        rig.loader._handle = stuck_on_stop
+        out = returns_within(5, lambda: rig.load(keys, [10, 11]))
+        assert out, "finish hung on a stuck I/O thread"
+        assert out[0][1] is False  # every layer landed, but the stop was never confirmed
+        gate.set()
+        rig.loader._handle = real_handle
+        assert rig.load(keys, [20, 21])[1]
+        rig.loader.close()  # no I/O thread at all: finish must not wait for one
+        idx = rig.counter.update_producer()
+        t0 = time.monotonic()
+        assert returns_within(5, lambda: rig.counter.finish(idx)) == [False]
+        assert time.monotonic() - t0 < 0.4
+    finally:
+        gate.set()
+        rig.close()
+
+
+def test_sglang_metric_lists_stay_bounded_without_get_stats():
+    """SGLang drains them only with --enable-metrics; without it they grew by a few entries
+    per batch for ever."""
+    s = Stats()
+    for k in range(10_000):
+        s.record_prefetch(k, 1 << 20, 0.01)
+        s.record_backup(k, 1 << 20, 0.01)
+    lists = (s._prefetch_pgs, s._backup_pgs, s._prefetch_bw, s._backup_bw)
+    assert all(0 < len(q) <= 5_000 for q in lists)  # a few thousand at most
+    m = s.drain_sglang()
+    assert isinstance(m.prefetch_pgs, list) and m.prefetch_pgs[-1] == 9_999  # the latest are kept
+    assert 0 < len(m.backup_bandwidth) <= 5_000
+    assert all(len(q) == 0 for q in lists)

@@ -138,23 +138,45 @@ class ProcessFetch:
                 self._proc = self._conn = None
 
     def _spawn(self) -> None:
+        """Start a worker, or leave none. One started halfway (it died before reading init, a
+        segment's map hit EPIPE) has no reader thread, so nothing would ever see it go and
+        `submit`, which starts a worker only when there is none, would never replace it."""
         parent, child = socket.socketpair()
-        env = dict(os.environ)
-        # The worker must import this package from where this process did (a source
-        # checkout on sys.path; an installed package is found anyway).
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        if os.path.basename(root) not in ("site-packages", "dist-packages"):
-            env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "sglang_objectcache.layerwise.fetch_worker", str(child.fileno())],
-            pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=env, close_fds=True)
-        child.close()
-        self._conn = conn = Connection(parent.detach())
-        conn.send(("init", self.cfg, self.g, self.threads))
-        for seg in self._segments.values():
-            self._send_map(seg)
-        threading.Thread(target=self._read, args=(conn, self._proc), name="objectcache-fetch-reader",
-                         daemon=True).start()
+        try:
+            env = dict(os.environ)
+            # The worker must import this package from where this process did (a source
+            # checkout on sys.path; an installed package is found anyway).
+            root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            if os.path.basename(root) not in ("site-packages", "dist-packages"):
+                paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+                env["PYTHONPATH"] = os.pathsep.join([root] + paths)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "sglang_objectcache.layerwise.fetch_worker", str(child.fileno())],
+                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=env, close_fds=True)
+            child.close()
+            self._conn = conn = Connection(parent.detach())
+            conn.send(("init", self.cfg, self.g, self.threads))
+            for seg in self._segments.values():
+                self._send_map(seg)
+            threading.Thread(target=self._read, args=(conn, self._proc), name="objectcache-fetch-reader",
+                             daemon=True).start()
+        except BaseException:
+            child.close()  # no-ops where already closed or detached
+            parent.close()
+            proc, conn = self._proc, self._conn
+            self._proc = self._conn = None  # the next submit starts a whole new worker
+            if conn is not None:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+            if proc is not None:
+                proc.kill()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            raise
 
     def _send_map(self, seg: _Segment) -> None:
         self._conn.send(("map", seg.sid, seg.rows, self.g.layer_bytes))

@@ -27,7 +27,10 @@ forward's observed per-layer pace).
 Failure: a missing page, a checksum or size mismatch, a store error or a stop request
 fails the batch; the counter releases the forward and reports the failure at finish, so
 the scheduler never uses its output. `stop(index)` returns only once this thread will
-never write that batch's slots again (on GPU: once its copies have completed).
+never write that batch's slots again (on GPU: once its copies have completed), or, should
+this thread not answer within STOP_TIMEOUT_S, with the batch marked failed: the scheduler
+thread never hangs on it. An error anywhere in this thread fails the batches concerned and
+the thread goes on.
 
 Writes (offloads) use the same scheduler with kind WRITE, so reads always go first.
 """
@@ -54,6 +57,10 @@ from sglang_objectcache.store import StoreError
 logger = logging.getLogger(__name__)
 
 PAGES_PER_TRANSFER = 16
+# How long `stop` waits for the I/O thread. It runs on SGLang's scheduler thread (counter
+# finish), which must never hang on a stuck or dead I/O thread; stopping normally takes
+# well under a millisecond.
+STOP_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -154,10 +161,20 @@ class LayerwiseLoader:
                          time.perf_counter()))
 
     def stop(self, index: int) -> None:
-        """Stop batch `index`; returns once nothing will write its slots any more."""
+        """Stop batch `index`; returns once nothing will write its slots any more, or, if
+        the I/O thread is gone or does not answer within STOP_TIMEOUT_S, marks the batch
+        failed (its output is never used) and returns anyway."""
         done = threading.Event()
         self._inbox.put(("stop", index, done))
-        done.wait()
+        if self._thread.is_alive() and done.wait(STOP_TIMEOUT_S):
+            return
+        # The queued stop still ends the batch if the thread ever gets to it.
+        logger.error("objectcache: layerwise I/O thread did not stop load %d within %.0fs; "
+                     "its requests recompute", index, STOP_TIMEOUT_S)
+        b = self._batches.get(index)
+        counter = b.counter if b is not None else self.counter
+        if counter is not None:
+            counter.fail(index, TimeoutError(f"layerwise load {index} not stopped within {STOP_TIMEOUT_S}s"))
 
     def write(self, items: list, on_done: Callable[[list], None]) -> None:
         """PUT (name, bytes) pairs if absent, after all queued reads; on_done(results)."""
@@ -235,13 +252,44 @@ class LayerwiseLoader:
                     msg = self._inbox.get_nowait()
                 except queue.Empty:
                     msg = None
-            decision = self.sched.next(time.monotonic())
-            for t in decision.start:
+            try:
+                wake_at = self._dispatch()
+            except Exception as e:  # noqa: BLE001 - a dead thread would hang every later load
+                # Which transfers the scheduler lost is unknown: fail every live batch (they
+                # recompute) rather than leave its forward waiting for layers that never
+                # come, and ask the scheduler again in a second (writes may be queued).
+                logger.exception("objectcache: layerwise I/O scheduling failed")
+                for index in list(self._batches):
+                    try:
+                        self._fail(index, e)
+                    except Exception:  # noqa: BLE001
+                        logger.exception("objectcache: failing layerwise load %d failed", index)
+                wake_at = time.monotonic() + 1.0
+
+    def _dispatch(self) -> Optional[float]:
+        """Start what the scheduler picks; returns when to ask it again."""
+        decision = self.sched.next(time.monotonic())
+        for t in decision.start:
+            try:
                 if t.kind == WRITE:
                     self._pool.submit(self._run_write, t)
                 else:
                     self._fetch(t)
-            wake_at = decision.wake_at
+            except Exception as e:  # noqa: BLE001 - it never started: no result will come back
+                logger.exception("objectcache: starting a layerwise transfer failed")
+                self._lost(t, e)
+        return decision.wake_at
+
+    def _lost(self, t: Transfer, err: BaseException) -> None:
+        """Settle a transfer whose start raised, as its result would have: the scheduler's
+        slot, the batch's pending count (its staging is released) and the batch or write."""
+        self.sched.done(t, time.monotonic())
+        if t.kind == WRITE:
+            t.payload[0]([StoreError("client", f"{type(err).__name__}: {err}")] * len(t.payload[1]))
+            return
+        index = t.payload[0]
+        self._settle(index)
+        self._fail(index, err)
 
     def _run_write(self, t: Transfer) -> None:
         try:
@@ -256,7 +304,11 @@ class LayerwiseLoader:
         digests = [self.digest(b.hashes[i]) for i in group] if ranges[0][1] == 0 else None
         job, self._next_job = self._next_job, self._next_job + 1
         self._jobs[job] = t
-        self.fetch.submit(job, ranges, group, layers, staged, digests)
+        try:
+            self.fetch.submit(job, ranges, group, layers, staged, digests)
+        except BaseException:
+            del self._jobs[job]  # never answered (the caller settles the transfer)
+            raise
 
     def _copy_host(self, index: int, layers, pages: list, staged: dict, objs: list) -> None:
         """On a pool thread: host-tier pages' layers into their staging rows."""
@@ -277,21 +329,10 @@ class LayerwiseLoader:
             self._start(*msg[1:])
         elif kind == "stop":
             _, index, done = msg
-            b = self._batches.pop(index, None)
-            if b is not None:
-                b.stopped = True
-                self.sched.cancel(f"b{index}")
-                for ev in b.events:  # GPU copies already enqueued must land first
-                    ev.synchronize()
-                if b.pending == 0:
-                    self._free.extend(b.staged.values())
-                    b.staged.clear()
-                else:  # a fetch may still write its staging: reuse that once it is back
-                    self._draining[index] = b
-                b.tier_blocks.clear()
-                self.timeline.end(index, b.failed is None and b.done_layers == self.g.num_layers,
-                                  time.perf_counter())
-            done.set()
+            try:
+                self._stop(index)
+            finally:
+                done.set()  # even where stopping raised: the scheduler thread waits on it
         elif kind == "write":
             _, items, on_done = msg
             nbytes = sum(memoryview(d).nbytes for _, d in items)
@@ -320,6 +361,24 @@ class LayerwiseLoader:
             for layer in layers:
                 b.arrived[layer].update(pages)
             self._advance(b)
+
+    def _stop(self, index: int) -> None:
+        b = self._batches.pop(index, None)
+        if b is None:
+            return
+        b.stopped = True  # first: from here no result of this batch is used
+        # Queued transfers are dropped and never come back: only started ones still count.
+        b.pending -= len(self.sched.cancel(f"b{index}"))
+        for ev in b.events:  # GPU copies already enqueued must land first
+            ev.synchronize()
+        if b.pending == 0:
+            self._free.extend(b.staged.values())
+            b.staged.clear()
+        else:  # a fetch may still write its staging: reuse that once it is back
+            self._draining[index] = b
+        b.tier_blocks.clear()
+        self.timeline.end(index, b.failed is None and b.done_layers == self.g.num_layers,
+                          time.perf_counter())
 
     # ---- batches -------------------------------------------------------------------------
 
@@ -385,7 +444,7 @@ class LayerwiseLoader:
                 transfers.append(Transfer(f"b{b.index}", layers[0], len(group) * (end - start),
                                           deadline=deadline, kind=READ, arrival=b.index,
                                           payload=(b.index, layers, group, ranges, staged, b)))
-            b.pending += len(transfers)  # a cancelled one never comes back: buffers let go
+            b.pending += len(transfers)  # less those cancelled (_fail, _stop): they never come back
             if transfers:
                 now_pc = time.perf_counter()
                 for layer in layers:
@@ -540,7 +599,9 @@ class LayerwiseLoader:
         if b is None or b.failed is not None:
             return
         b.failed = err
-        self.sched.cancel(f"b{index}")
+        # Queued transfers are dropped and never come back; without this the batch's
+        # pending count never reaches 0 and _stop parks its staging in _draining forever.
+        b.pending -= len(self.sched.cancel(f"b{index}"))
         self.stats.inc("layerwise_batches_failed")
         logger.warning("objectcache: layerwise load %d failed (%s: %s); its requests recompute",
                        index, type(err).__name__, err)
