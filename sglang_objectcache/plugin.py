@@ -169,8 +169,14 @@ def _layerwise_to_linker(server_args, previous) -> None:
                 passed = {"objectcache_config": "@" + os.path.abspath(text[1:])}
             else:
                 passed = extra
+            # A failed load recomputes (never an HTTP 503) only without the overlap scheduler.
+            recompute = (extra.get("layerwise") or {}).get("recompute_on_failure", True)
+            overlap = {"disable_overlap_schedule": True} if recompute else {}
+            if recompute and not cfg.disable_overlap_schedule:
+                logger.info("objectcache: layerwise mode turns the overlap scheduler off, so a failed load "
+                            "is recomputed (layerwise.recompute_on_failure: false keeps it, aborting such loads)")
             declare_resolution(
-                server_args, "objectcache_layerwise",
+                server_args, "objectcache_layerwise", **overlap,
                 enable_hierarchical_cache=False,
                 hicache_storage_backend=None,
                 enable_unified_cache_external_linker=True,

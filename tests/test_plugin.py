@@ -105,6 +105,18 @@ def test_layerwise_config_switches_to_the_external_linker(tiny_model):
     assert d["unified_cache_external_linker_config"] == {
         "linker": "ObjectCacheLinker", "linker_module_path": "sglang_objectcache.layerwise.linker",
         "linker_extra_config": extra}
+    assert d["disable_overlap_schedule"] is True  # C8: a failed load recomputes, never a 503
+
+
+def test_layerwise_keeps_the_overlap_scheduler_only_when_told_to_abort_failed_loads(tiny_model):
+    from sglang.srt.server_args import ServerArgs
+
+    extra = {"bucket": "b", "layerwise": {"enabled": True, "recompute_on_failure": False}}
+    sa = ServerArgs(model_path=tiny_model, device="cpu", attention_backend="torch_native",
+                    enable_hierarchical_cache=True, hicache_storage_backend="objectcache",
+                    hicache_storage_backend_extra_config=json.dumps(extra))
+    sa.resolve_once()
+    assert sa.resolved_dict()["disable_overlap_schedule"] is False
 
 
 def test_page_mode_config_is_left_alone(tiny_model):
