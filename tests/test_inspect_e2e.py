@@ -41,8 +41,13 @@ def store(bucket_cfg):
 
 @pytest.fixture(scope="module")
 def server(sglang_server, bucket_cfg):
-    return sglang_server(cpu_args() + objectcache_args(bucket_cfg) + ["--enable-metrics"], name="inspect",
-                         env={"OBJECTCACHE_ACCESS_LOG_INTERVAL_S": "1", "OBJECTCACHE_METRICS_INTERVAL_S": "0.5"})
+    # The tree endpoint is off unless asked for, and shows prompts only to the admin key.
+    return sglang_server(cpu_args() + objectcache_args(bucket_cfg) + ["--enable-metrics", "--admin-api-key", ADMIN],
+                         name="inspect", env={"OBJECTCACHE_ACCESS_LOG_INTERVAL_S": "1",
+                                              "OBJECTCACHE_METRICS_INTERVAL_S": "0.5", "OBJECTCACHE_TREE_ENDPOINT": "1"})
+
+
+ADMIN = "inspect-admin-key"
 
 
 def prompt(seed: int) -> str:
@@ -51,7 +56,10 @@ def prompt(seed: int) -> str:
 
 def run_cli(capsys, *argv) -> tuple[int, str]:
     capsys.readouterr()
-    rc = cli.main(list(argv))
+    argv = list(argv)
+    if argv[0] == "tree":
+        argv += ["--api-key", ADMIN]
+    rc = cli.main(argv)
     return rc, capsys.readouterr().out
 
 

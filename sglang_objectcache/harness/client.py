@@ -47,6 +47,11 @@ class Completion:
 class Client:
     url: str
     timeout_s: float = 120.0
+    api_key: str = ""  # the server's --admin-api-key or --api-key, sent as a bearer token
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def generate(self, text: str, max_new_tokens: int = 8, cache_salt: str | None = None,
                  top_logprobs: int = 0) -> Completion:
@@ -63,7 +68,8 @@ class Client:
         ttft = None
         last = None
         try:
-            with requests.post(self.url + "/generate", json=body, stream=True, timeout=self.timeout_s) as r:
+            with requests.post(self.url + "/generate", json=body, stream=True, timeout=self.timeout_s,
+                               headers=self.headers) as r:
                 if r.status_code != 200:
                     raise RequestError(f"HTTP {r.status_code}: {r.text[:300]}")
                 for line in r.iter_lines():
@@ -116,7 +122,7 @@ class Client:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                r = requests.post(self.url + "/flush_cache", timeout=self.timeout_s)
+                r = requests.post(self.url + "/flush_cache", timeout=self.timeout_s, headers=self.headers)
             except requests.RequestException as e:
                 raise RequestError(f"/flush_cache: {type(e).__name__}: {e}") from e
             if r.status_code == 200:
@@ -127,6 +133,6 @@ class Client:
 
     def healthy(self, timeout_s: float = 5.0) -> bool:
         try:
-            return requests.get(self.url + "/health", timeout=timeout_s).status_code == 200
+            return requests.get(self.url + "/health", timeout=timeout_s, headers=self.headers).status_code == 200
         except requests.RequestException:
             return False

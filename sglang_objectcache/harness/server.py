@@ -111,7 +111,15 @@ class SGLangServer:
 
     @property
     def client(self) -> Client:
-        return Client(self.url)
+        return Client(self.url, api_key=self.api_key)
+
+    @property
+    def api_key(self) -> str:
+        """The key the server's admin routes (flush_cache) take: --admin-api-key, else --api-key."""
+        for flag in ("--admin-api-key", "--api-key"):
+            if flag in self.args:
+                return self.args[self.args.index(flag) + 1]
+        return ""
 
     def command(self) -> list[str]:
         return [self.python, "-m", "sglang.launch_server", "--model-path", str(self.model_path),
@@ -163,7 +171,7 @@ class SGLangServer:
 
     def _wait_ready(self, timeout_s: float, warmup_text: str | None) -> None:
         deadline = time.monotonic() + timeout_s
-        client = Client(self.url, timeout_s=max(10.0, timeout_s))
+        client = Client(self.url, timeout_s=max(10.0, timeout_s), api_key=self.api_key)
         while not client.healthy(timeout_s=2):
             self._raise_if_exited()
             if f"while attempting to bind on address ('127.0.0.1', {self.port})" in self.log_text():

@@ -234,8 +234,9 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self._last_wait = (index, layer, t1)
 
     def _drop_corrupt(self, names: list[str], hashes: list[str]) -> None:
-        """Pages whose checks failed: out of the host tier, and deleted from the store if
-        proven corrupt there (`ObjectCache.scrub`), so the recompute can store them again."""
+        """A batch met a corrupt object: its pages leave the host tier, and those proven
+        corrupt in the store are deleted (`ObjectCache.scrub`: one bounded read at a time),
+        so the recompute can store them again."""
         for name in names:
             self.tier.discard(name)
         self.cache.scrub(names, [self.cache.keys.content_digest(h) for h in hashes])

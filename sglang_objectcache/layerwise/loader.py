@@ -126,7 +126,7 @@ class LayerwiseLoader:
         self.window = max(1, window_layers, self.per_get + self.lead_alone)  # a whole group is staged at once
         self.layer_s = layer_s
         self.on_store_error = on_store_error or (lambda err: None)
-        # on_corrupt(names, hashes): the pages whose checks failed; on a pool thread
+        # on_corrupt(names, hashes): every page of a batch that met a corrupt object; on a pool thread
         self.on_corrupt = on_corrupt or (lambda names, hashes: None)
         # on_missing(name): an object the lookup counted on is gone (GC, another server's scrub)
         self.on_missing = on_missing or (lambda name: None)
@@ -581,8 +581,9 @@ class LayerwiseLoader:
         b = self._batches.get(index)
         if b is not None and b.failed is None:
             running = [f for f in self._scrubs if not f.done()]  # done ones are dropped, never waited on
-            i = b.names.index(name)
-            self._scrubs = running + [self._pool.submit(self.on_corrupt, [name], [b.hashes[i]])]
+            # Every page of the batch: the load stopped at the first bad one, and a damaged
+            # object left in the store would refuse the recompute's conditional write.
+            self._scrubs = running + [self._pool.submit(self.on_corrupt, list(b.names), list(b.hashes))]
         self._fail(index, FormatError(f"{name}: {err}"))
 
     def wait_scrubs(self, timeout_s: float) -> None:
