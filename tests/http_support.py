@@ -41,17 +41,14 @@ def silent_store(s3, bucket, read_timeout_s: float) -> Iterator[ObstoreStore]:
         srv.close()
 
 
-class FakeS3:
-    """An HTTP/1.1 endpoint that answers every request with `answer(method, path, headers,
-    body)` -> (status line, body), on keep-alive connections, with the ETag of the body it
-    was sent (obstore wants one on a PUT's reply), and keeps what it was sent in `requests`
-    as (method, path, headers, body); header names in lower case."""
+class LocalEndpoint:
+    """A loopback HTTP/1.1 listener that serves each connection on a thread (`_one`), with
+    the objectcache config that points at it."""
 
-    def __init__(self, answer):
-        self.answer, self.requests = answer, []
+    def __init__(self, backlog: int = 64):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock.listen(backlog)
         self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -66,6 +63,20 @@ class FakeS3:
             except OSError:
                 return
             threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class FakeS3(LocalEndpoint):
+    """An HTTP/1.1 endpoint that answers every request with `answer(method, path, headers,
+    body)` -> (status line, body), on keep-alive connections, with the ETag of the body it
+    was sent (obstore wants one on a PUT's reply), and keeps what it was sent in `requests`
+    as (method, path, headers, body); header names in lower case."""
+
+    def __init__(self, answer):
+        self.answer, self.requests = answer, []
+        super().__init__()
 
     def _one(self, conn: socket.socket) -> None:
         got = b""

@@ -7,8 +7,10 @@ from __future__ import annotations
 import socket
 import threading
 
+from http_support import LocalEndpoint
 
-class Trickle:
+
+class Trickle(LocalEndpoint):
     """An HTTP/1.1 endpoint that reads each request whole (headers, and the body its
     Content-Length names), sends `head` at once, then one byte of `drip` (repeated
     forever) every `every_s` until the client goes away or `close()`. Every byte is progress,
@@ -18,23 +20,7 @@ class Trickle:
         self.head, self.drip, self.every_s = head, drip, every_s
         self.requests = 0
         self._stop = threading.Event()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def config(self, **extra) -> dict:
-        return {"endpoint_url": self.endpoint, "bucket": "b", "access_key_id": "fake-key",
-                "secret_access_key": "fake-secret", **extra}
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+        super().__init__(backlog=16)
 
     def _one(self, conn: socket.socket) -> None:
         with conn:
