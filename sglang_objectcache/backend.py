@@ -34,7 +34,7 @@ import torch
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig
 
 from sglang_objectcache import objformat, rank, runtime
-from sglang_objectcache.cache import CORRUPT, ObjectCache
+from sglang_objectcache.cache import CORRUPT, ObjectCache, open_probe
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.hostpool import HostPages
 from sglang_objectcache.landing import PageLanding
@@ -78,7 +78,7 @@ class ObjectCacheStorage(HiCacheStorage):
             return
         self.pages = HostPages(mem_pool_host)
         who = rank.page_mode_rank(self.storage_config, mem_pool_host, self.pages.geometry, rank.current_server_args())
-        self.cache = ObjectCache(self.cfg, self.store, who, self.stats)
+        self.cache = ObjectCache(self.cfg, self.store, who, self.stats, probe=open_probe(self.cfg, self.store))
         g = self.pages.geometry
         if g.object_bytes < self.cfg.small_object_warn_kb * 1024:
             logger.warning(

@@ -6,7 +6,8 @@ other wrote and both fail the same way:
 - identity: the namespace, derived from one `RankIdentity` (`keys.make_namespace`), and
   rotated when SGLang changes the weights (`rotate`). Faces read `cache.keys` once per
   batch, so a batch never mixes two namespaces;
-- known keys, and the leading run of pages present (`leading_run`);
+- known keys, and the leading run of pages present (`leading_run`), asked of a store with
+  short timeouts (`probe_config`): lookups may run on SGLang's scheduler thread;
 - store health. Only store-wide failures (connection, timeout, 5xx, throttling) open a
   down window: reads and lookups answer "miss" at once for `negative_ttl_s`. A failed
   write opens one for writes; a failed read never fails a write. A per-object 4xx is that
@@ -65,9 +66,31 @@ class DownWindow:
                     self._reason = ""
 
 
+def probe_config(cfg):
+    """The settings of the store that answers existence (HEADs): lookups run on SGLang's
+    scheduler thread (layerwise) or ahead of a prefetch, so a hung store must cost them
+    about a second, once; after that the down window answers at once."""
+    import dataclasses
+
+    return dataclasses.replace(
+        cfg, connect_timeout_s=min(cfg.connect_timeout_s, 0.5), read_timeout_s=min(cfg.read_timeout_s, 1.0),
+        retries=0, request_deadline_s=min(cfg.request_deadline_s, 1.5))
+
+
+def open_probe(cfg, store):
+    """A second client of the same store, with `probe_config`'s timeouts (the store itself
+    where a second client is costly: NIXL agents)."""
+    if cfg.transport == "nixl":
+        return store
+    from sglang_objectcache.store import make_store
+
+    return make_store(probe_config(cfg))
+
+
 class ObjectCache:
-    def __init__(self, cfg, store, rank: RankIdentity, stats: Optional[Stats] = None):
+    def __init__(self, cfg, store, rank: RankIdentity, stats: Optional[Stats] = None, probe=None):
         self.cfg, self.store = cfg, store
+        self.probe = probe or store  # answers HEADs: `probe_config`
         self.stats = stats or Stats()
         self.rank = rank
         self.keys = KeyScheme(cfg.key_prefix, make_namespace(cfg, rank))
@@ -146,7 +169,7 @@ class ObjectCache:
             return n
         rest = names[n:]
         self.stats.inc("head_requests", len(rest))
-        for name, r in zip(rest, self.store.exists_prefix(rest)):
+        for name, r in zip(rest, self.probe.exists_prefix(rest)):
             if isinstance(r, StoreError):
                 self.note_error(r)
                 return n
@@ -263,6 +286,8 @@ class ObjectCache:
             accesslog.flush_log(self)
         except Exception:  # noqa: BLE001
             logger.exception("objectcache: access log flush failed")
+        if self.probe is not self.store:
+            self.probe.close()
 
 
 def prove_corrupt(store, geometry: objformat.PageGeometry, names: Sequence[str], digests: Sequence[bytes],

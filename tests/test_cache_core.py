@@ -374,3 +374,31 @@ def test_plain_http_to_another_host_is_warned_about_at_startup(caplog):
     with caplog.at_level("WARNING"):
         assert warn_if_plain_http("http://user:secret@minio.internal:9000")
     assert "plain http://" in caplog.text and "secret" not in caplog.text
+
+
+def test_a_hung_store_costs_a_lookup_about_a_second_once(s3_config, s3, bucket):
+    """C3: layerwise lookups run on SGLang's scheduler thread. Their HEADs go to a client
+    with short timeouts, and a store-wide failure then answers at once."""
+    from http_support import silent_store
+
+    from sglang_objectcache.cache import probe_config
+
+    dev, _ = make_pools("mha", "layer_first", torch.bfloat16, PAGE, host=False)
+    lk = linker({**s3_config, "layerwise": {}}, dev)
+    try:
+        probe = lk.cache.probe
+        assert probe is not lk.store and probe.cfg.retries == 0 and probe.cfg.request_deadline_s <= 1.5
+        with silent_store(s3, bucket, read_timeout_s=60) as hung:
+            lk.cache.probe = type(hung)(probe_config(hung.cfg))  # the same endpoint, the probe's settings
+            t0 = time.monotonic()
+            assert lk.lookup("r", kv(hashes(4, "h"))) == []
+            first = time.monotonic() - t0
+            t0 = time.monotonic()
+            assert lk.lookup("r2", kv(hashes(4, "h"))) == []
+            second = time.monotonic() - t0
+            lk.cache.probe.close()
+        assert first < 3.0, f"a lookup on a hung store took {first:.1f}s"
+        assert second < 0.2 and not lk.cache.can_read()
+    finally:
+        lk.cache.probe = probe
+        lk.close()

@@ -40,7 +40,7 @@ from sglang.srt.mem_cache.hicache_storage import PoolName
 from sglang.srt.mem_cache.unified_cache.unified_cache_linker import UnifiedCacheLinker
 
 from sglang_objectcache import kernels, objformat, rank, runtime
-from sglang_objectcache.cache import ObjectCache
+from sglang_objectcache.cache import ObjectCache, open_probe
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.hosttier import HostTier
@@ -100,7 +100,7 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self.offload_owner = not is_mla or who.tp[0] == 0
         self.store = open_store(self.cfg)
         self.stats = Stats()
-        self.cache = ObjectCache(self.cfg, self.store, who, self.stats)
+        self.cache = ObjectCache(self.cfg, self.store, who, self.stats, probe=open_probe(self.cfg, self.store))
         self.tier = HostTier(lw.host_cache_mb << 20)
         self.timeline = Timeline()
         self.scheduler = Scheduler(self.cfg.scheduler)  # owned by the loader's I/O thread
