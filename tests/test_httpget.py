@@ -45,6 +45,23 @@ def test_it_applies_only_where_it_can_sign_and_speak(s3, bucket):
         assert not httpget.applies(ObjectCacheConfig.from_dict({**base, **other})), other
 
 
+def test_the_fast_paths_apply_with_keys_from_the_environment(s3, bucket, monkeypatch):
+    """Keys from the AWS chain's environment, none in the config (SGLang shows its flags):
+    GETs and PUTs still take objectcache's own clients, and read back the bytes."""
+    cfg = {k: v for k, v in s3.config(bucket, transport="obstore").items() if "key" not in k}
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    st = ObstoreStore(ObjectCacheConfig.from_dict(cfg))
+    try:
+        assert st._http is not None and st._http_put is not None
+        data = blob(5000, 3)
+        assert st.put("env/k", data) is True
+        assert bytes(st.get("env/k")) == data
+    finally:
+        st.close()
+
+
 @pytest.mark.parametrize("size", [1000, 300_000, 2_500_000])  # one read, many, and landed off the loop
 def test_get_each_reads_the_same_bytes_as_obstore(s3, bucket, monkeypatch, size):
     fast, slow = store(s3, bucket), store(s3, bucket, http_get=False)

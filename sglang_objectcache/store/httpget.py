@@ -59,6 +59,19 @@ _IOV_MAX = 1024  # Linux's UIO_MAXIOV: buffers per recvmsg_into
 _READ_BYTES = 1 << 20
 
 
+def with_env_keys(cfg: ObjectCacheConfig) -> ObjectCacheConfig:
+    """`cfg` with the AWS chain's static keys from the environment (AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY, as obstore itself reads them) where the config names none: the
+    fast clients then apply without keys in the config, which SGLang shows in its flags."""
+    import dataclasses
+    import os
+
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    if cfg.access_key_id or not (key and secret) or os.environ.get("AWS_SESSION_TOKEN"):
+        return cfg
+    return dataclasses.replace(cfg, access_key_id=key, secret_access_key=secret)
+
+
 def plain(cfg: ObjectCacheConfig) -> bool:
     """Where objectcache's own HTTP clients (this one, httpput.py) can speak for obstore."""
     return (cfg.endpoint_url.startswith("http://") and bool(cfg.access_key_id) and not cfg.session_token

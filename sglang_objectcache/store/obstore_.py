@@ -141,8 +141,9 @@ class ObstoreStore(ObjectStore):
         self._sem = asyncio.Semaphore(self.max_concurrency)
         self._deadline_s = cfg.request_deadline_s
         self._land_pool: Optional[ThreadPoolExecutor] = None
-        self._http = httpget.HttpGet(cfg) if httpget.applies(cfg) else None
-        self._http_put = httpput.HttpPut(cfg) if httpput.applies(cfg) else None
+        fast = httpget.with_env_keys(cfg)
+        self._http = httpget.HttpGet(fast) if httpget.applies(fast) else None
+        self._http_put = httpput.HttpPut(fast) if httpput.applies(fast) else None
         self._conditional = C.ConditionalPuts(f"{C.endpoint_of(cfg)}/{cfg.bucket}")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="objectcache-obstore", daemon=True)
