@@ -135,7 +135,13 @@ class ObjectCacheStorage(HiCacheStorage):
         P = self.pages.page_size
         if host_indices.numel() != n * P:
             raise ValueError(f"{host_indices.numel()} host slots for {n} pages of {P}")
-        return host_indices[::P].tolist()
+        # A page is written to slot..slot+P: anything but whole, aligned pages would write
+        # into other pages' slots (H5). The callers' errors become misses.
+        pages = host_indices.reshape(n, P).to(torch.int64)
+        starts = pages[:, :1]
+        if bool((starts % P).any()) or not torch.equal(pages - starts, torch.arange(P).expand(n, P)):
+            raise ValueError(f"host slots are not whole pages of {P} aligned slots")
+        return starts.flatten().tolist()
 
     def _batch_get(self, keys: List[str], slots: List[int]) -> List[bool]:
         if self.pages is None:

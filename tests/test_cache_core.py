@@ -402,3 +402,19 @@ def test_a_hung_store_costs_a_lookup_about_a_second_once(s3_config, s3, bucket):
     finally:
         lk.cache.probe = probe
         lk.close()
+
+
+def test_host_slots_that_are_not_whole_aligned_pages_are_a_miss_not_a_write_elsewhere(s3_config):
+    """H5: page slots are taken as slot..slot+P; a misaligned or scattered run of host
+    indices would land pages in other pages' slots."""
+    _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
+    fill_random(host)
+    keys = hashes(2, "a")
+    b = backend(s3_config, host)
+    assert b.batch_set_v1(keys, slots([1, 2])) == [True, True]
+    before = [page_bytes(host, p * PAGE) for p in range(8)]
+    shifted = slots([5, 6]) + 1  # off by one slot
+    scattered = torch.cat([slots([5])[:2], slots([7])[2:], slots([6])])
+    for bad in (shifted, scattered):
+        assert b.batch_get_v1(keys, bad) == [False, False]
+    assert [page_bytes(host, p * PAGE) for p in range(8)] == before
