@@ -84,7 +84,8 @@ class SchedulerConfig:
     burst_ms: float = 10.0
 
     def __post_init__(self) -> None:
-        _finite(self)
+        # inf is a real setting here: no starvation bound (what the simulator compares against)
+        _finite(self, unbounded=("starvation_ms", "write_starvation_ms"))
         if self.policy not in ("deadline", "fair", "fifo"):
             raise ConfigError(f"policy: must be deadline, fair or fifo, got {self.policy!r}")
         for key in ("bandwidth_mbps", "starvation_ms", "write_starvation_ms", "burst_ms"):
@@ -270,10 +271,13 @@ def _env_defaults(raw: dict) -> None:
             raw[key] = env
 
 
-def _finite(obj) -> None:
-    """JSON's Infinity/NaN (and TOML's inf/nan) pass `> 0`; they are no setting."""
+def _finite(obj, unbounded: tuple = ()) -> None:
+    """JSON's Infinity/NaN (and TOML's inf/nan) pass `> 0`; they are no setting (except +inf
+    where a field says `unbounded`)."""
     for f in fields(obj):
         value = getattr(obj, f.name)
+        if f.name in unbounded and value == math.inf:
+            continue
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{f.name}: must be a finite number, got {value!r}")
 

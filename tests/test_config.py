@@ -97,6 +97,16 @@ def test_non_finite_numbers_are_refused_by_name(text, key):
         parse(text)
 
 
+def test_an_unbounded_starvation_is_a_setting_nan_is_not():
+    import math
+
+    from sglang_objectcache.config import SchedulerConfig
+
+    assert SchedulerConfig(starvation_ms=math.inf).starvation_ms == math.inf  # no bound (the simulator's lane)
+    with pytest.raises(ConfigError, match="starvation_ms"):
+        SchedulerConfig(starvation_ms=math.nan)
+
+
 def test_toml_inf_is_refused_too(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text('bucket = "kv"\nread_timeout_s = inf\n')
