@@ -124,14 +124,21 @@ def _host_order(per_layer_components: list[bytes], kind: str) -> list[bytes]:
 # ---- B1: a page deleted behind a layerwise server's back ------------------------------
 
 
-def test_layerwise_forgets_a_deleted_page_and_writes_it_again(s3_config, s3, bucket):
+def stored_by_layerwise(s3_config, tag: str, seed: int):
+    """A layerwise linker that has offloaded pages 1 and 2 as `hashes(2, tag)`, its host
+    tier emptied (so reads go to the store)."""
     dev, _ = make_pools("mha", "layer_first", torch.bfloat16, PAGE, host=False)
-    fill_device(dev, "mha", seed=3)
-    keys = hashes(2, "d")
+    fill_device(dev, "mha", seed=seed)
+    keys = hashes(2, tag)
     lk = linker({**s3_config, "layerwise": {}}, dev)
+    assert offload(lk, keys, [1, 2])
+    lk.tier.clear()
+    return lk, keys
+
+
+def test_layerwise_forgets_a_deleted_page_and_writes_it_again(s3_config, s3, bucket):
+    lk, keys = stored_by_layerwise(s3_config, "d", seed=3)
     try:
-        assert offload(lk, keys, [1, 2])
-        lk.tier.clear()
         assert lk.lookup("r", kv(keys)) == [1, 2]  # known: no HEAD
         s3.client().delete_object(Bucket=bucket, Key=lk.keys.object_key(keys[1]))  # gc, another server...
         assert not load(lk, keys, [5, 6])
@@ -261,13 +268,8 @@ def test_while_the_store_is_down_batch_exists_answers_zero(s3_config):
 
 
 def test_a_layerwise_range_past_a_truncated_object_is_corrupt_not_a_store_error(s3_config, s3, bucket):
-    dev, _ = make_pools("mha", "layer_first", torch.bfloat16, PAGE, host=False)
-    fill_device(dev, "mha", seed=4)
-    keys = hashes(2, "t")
-    lk = linker({**s3_config, "layerwise": {}}, dev)
+    lk, keys = stored_by_layerwise(s3_config, "t", seed=4)
     try:
-        assert offload(lk, keys, [1, 2])
-        lk.tier.clear()
         c = s3.client()
         name = lk.keys.object_key(keys[1])
         body = c.get_object(Bucket=bucket, Key=name)["Body"].read()
