@@ -202,7 +202,8 @@ def test_mangled_reads_delete_no_good_object(server, l3, proxy, reference):
     assert all(c.storage == 0 for c in mangled), [c.storage for c in mangled]  # a mangled page is a miss
     after = settled(l3)
     assert proxy.deleted[deleted:] == [], f"{len(proxy.deleted) - deleted} intact objects were deleted"
-    lost = {k for k in stored if after.get(k) != stored[k]}
+    # a server rewrites its own access log as it serves; every other object must stay as it was
+    lost = {k for k in stored if "/_access/" not in k and after.get(k) != stored[k]}
     assert not lost, f"{len(lost)} of {len(stored)} objects are gone or changed"
     flush(server, proxy)
     again = send(server, texts)
