@@ -163,7 +163,7 @@ class ObjectCacheStorage(HiCacheStorage):
         def into(i: int) -> PageLanding:
             # A GET that can streams the object through this, which checks it and puts it
             # in its slot while it arrives; the page then lands as INTO.
-            given[i] = PageLanding(self.pages, slots[i], digests[i], self.cfg.verify_checksums)
+            given[i] = PageLanding(self.pages, slots[i], digests[i])
             return given[i]
 
         def land(i: int, blob) -> bool:

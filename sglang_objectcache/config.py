@@ -24,6 +24,12 @@ SGLANG_KEYS = frozenset(
     {"backend_name", "module_path", "class_name", "interface_v1", "file_storage_path", "allocator"}
 )
 _SECRETS = ("secret_access_key", "session_token")
+# Settings that are gone, and why. `verify_checksums: false` put unchecked bytes into
+# SGLang's host pool, to be served as KV: a flipped bit in the store or on the way would
+# become wrong output instead of a miss (review H4).
+REMOVED = {
+    "verify_checksums": "removed: checksums are always verified (an unchecked page would be served as KV)",
+}
 
 # SGLang joins its storage threads for 10 s before it gives up and raises ("Failed to stop
 # HiCache storage threads cleanly", managers/cache_controller.py `_stop_storage_threads`),
@@ -134,7 +140,6 @@ class ObjectCacheConfig:
     # storage-thread join failing, and the server with it, while the store stalls).
     allow_slow_store: bool = False
     retry_mode: str = "standard"  # botocore retry modes: standard | adaptive | legacy
-    verify_checksums: bool = True
     # SigV4 over the PUT body (obstore). Off by default: every object carries xxh3 sums that
     # each read checks, the body of an HTTPS PUT is covered by TLS, and over plain HTTP an
     # unsigned GET reply is open to the same tampering, so the SHA-256 guards nothing here
@@ -199,6 +204,12 @@ class ObjectCacheConfig:
                 f"storage threads for 10 s and fails if a call outlasts that; lower them, or set "
                 f"allow_slow_store: true to accept the risk")
 
+    @property
+    def verify_checksums(self) -> bool:
+        """Always True. The setting is gone (`REMOVED`); this answers the callers that
+        still pass it on to `objformat.decode`."""
+        return True
+
     def attempts_s(self) -> float:
         """How long every attempt of one call may stall, reconnecting each time."""
         return (self.retries + 1) * (self.connect_timeout_s + self.read_timeout_s)
@@ -235,6 +246,9 @@ class ObjectCacheConfig:
             raise ConfigError("@: pass the file as --hicache-storage-backend-extra-config @path")
         for k in SGLANG_KEYS:
             raw.pop(k, None)
+        gone = sorted(set(raw) & set(REMOVED))
+        if gone:
+            raise ConfigError(f"{gone[0]}: {REMOVED[gone[0]]}; drop it from the config")
         _env_defaults(raw)
         return _build(cls, raw, "")
 

@@ -36,8 +36,8 @@ class PageLanding(Receiver):
     def pays(g: objformat.PageGeometry) -> bool:
         return g.object_bytes >= MIN_OBJECT_BYTES
 
-    def __init__(self, pages: HostPages, slot: int, key_digest: bytes, verify: bool = True):
-        self.pages, self.slot, self.key_digest, self.verify = pages, slot, key_digest, verify
+    def __init__(self, pages: HostPages, slot: int, key_digest: bytes):
+        self.pages, self.slot, self.key_digest = pages, slot, key_digest
         g = self.g = pages.geometry
         self.parts = [memoryview(bytearray(g.header_bytes)), *pages.page_parts(slot)] if pages.scatter_pays else None
         self.header: Optional[objformat.Header] = None
@@ -64,7 +64,7 @@ class PageLanding(Receiver):
                 return
             self.header = objformat.decode_header(self.parts[0], g, self.key_digest)
         ready = min(g.num_layers, (upto - g.header_bytes) // g.layer_bytes)
-        if ready > self.layers and self.verify:
+        if ready > self.layers:
             per = self.pages.parts_per_layer
             objformat.verify_layers(self.header, self.layers, self.parts[1 + self.layers * per:1 + ready * per], per)
         self.layers = max(self.layers, ready)
@@ -107,9 +107,8 @@ class PageLanding(Receiver):
     def _land(self, layers: memoryview) -> None:
         """Whole layers, the next ones of the page: checked, then copied into the slot."""
         g, first = self.g, self.layers
-        if self.verify:
-            lb = g.layer_bytes
-            objformat.verify_layers(self.header, first, [layers[i:i + lb] for i in range(0, len(layers), lb)])
+        lb = g.layer_bytes
+        objformat.verify_layers(self.header, first, [layers[i:i + lb] for i in range(0, len(layers), lb)])
         self.pages.write_layers(self.slot, layers, first)
         self.layers = first + len(layers) // g.layer_bytes
 

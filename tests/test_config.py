@@ -214,3 +214,20 @@ def test_nixl_plugin_params_are_redacted_in_repr_and_redacted():
     text = repr(cfg)
     assert "SHH" not in text and "TOK" not in text and "'v'" not in text
     assert text.startswith("ObjectCacheConfig(bucket='kv'") and "LayerwiseConfig(" in text
+
+
+# --- H4: no unchecked pages ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_verify_checksums_is_refused_checksums_are_always_verified(value, tmp_path):
+    # `verify_checksums: false` put unchecked bytes into SGLang's host pool; naming the
+    # setting at all now fails at startup, saying why, from inline JSON or a file alike.
+    with pytest.raises(ConfigError, match=r"^verify_checksums: removed: checksums are always verified"):
+        ObjectCacheConfig.from_dict(kv(verify_checksums=value))
+    path = tmp_path / "c.toml"
+    path.write_text(f'bucket = "kv"\nverify_checksums = {str(value).lower()}\n')
+    with pytest.raises(ConfigError, match=r"^verify_checksums: removed"):
+        parse(f"@{path}")
+    assert "verify_checksums" not in ObjectCacheConfig(bucket="kv").redacted()
+    assert ObjectCacheConfig(bucket="kv").verify_checksums is True

@@ -128,14 +128,3 @@ def test_a_page_cut_short_is_not_usable(how):
     Feeder(land, obj).to(len(obj) - 1)
     with pytest.raises(objformat.FormatError, match="of 3 layers arrived"):
         land.check()
-
-
-def test_without_checksums_the_bytes_still_land(how):
-    _, host = make_pools("mha", "layer_first")
-    fill_random(host, seed=7)
-    obj = bytearray(sealed_page(host, SRC))
-    obj[-1] ^= 1  # not looked at
-    land = PageLanding(HostPages(host), DST, KEY, verify=False)
-    feed(land, bytes(obj), 1)
-    land.check()
-    assert page_bytes(host, DST)[:-1] == page_bytes(host, SRC)[:-1]
