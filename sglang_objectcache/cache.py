@@ -13,7 +13,8 @@ other wrote and both fail the same way:
   write opens one for writes; a failed read never fails a write. A per-object 4xx is that
   object's miss only;
 - whether a fetched object is usable (`verdict`), the one decision both modes take;
-- the scrub, which deletes only what is proven corrupt (`prove_corrupt`);
+- the scrub, which deletes only what is proven corrupt (`prove_corrupt`), and holds back
+  writes of the names it is checking until it ends (`after_scrub`);
 - write-result accounting (`wrote`) and the observers (access log, metrics), called here
   explicitly rather than hooked onto a face.
 """
@@ -103,6 +104,10 @@ class ObjectCache:
         self.suspended = False
         self.frozen = False  # a rotation failed: suspended for good
         self.on_rotate: list[Callable[["ObjectCache"], None]] = []
+        self._held: dict[str, int] = {}  # name -> scrubs now checking it
+        self._waiting: list[tuple[frozenset, Callable[[], None]]] = []  # writes held back by a scrub
+        self._held_lock = threading.Lock()
+        self._scrubber = None  # one thread: `scrub_later`'s scrubs run one at a time
         self.describe()
 
     @property
@@ -211,7 +216,75 @@ class ObjectCache:
 
     def scrub(self, names: Sequence[str], digests: Sequence[bytes]) -> list[str]:
         """Delete the objects among `names` proven corrupt (`prove_corrupt`), so their pages
-        can be stored again; forget every one that is gone. Returns the deleted names."""
+        can be stored again; forget every one that is gone. Returns the deleted names.
+        Writes of `names` wait until it ends (`after_scrub`)."""
+        self._hold(names)
+        try:
+            return self._scrub(names, digests)
+        finally:
+            self._release(names)
+
+    def scrub_later(self, names: Sequence[str], digests: Sequence[bytes]) -> None:
+        """`scrub` on the cache's scrub thread; returns at once. Callers on SGLang's scheduler
+        thread or the layerwise I/O thread must not wait for its re-reads (seconds on a slow
+        store). The names are held from this call on, so a write issued before the scrub
+        has even started still waits for it."""
+        names, digests = list(names), list(digests)
+        self._hold(names)
+        try:
+            if self._scrubber is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._scrubber = ThreadPoolExecutor(1, thread_name_prefix="objectcache-scrub")
+            self._scrubber.submit(self._scrub_then_release, names, digests)
+        except Exception:  # noqa: BLE001 - closed: no scrub, and nothing may wait for one
+            self._release(names)
+
+    def _scrub_then_release(self, names: list[str], digests: list[bytes]) -> None:
+        try:
+            self.scrub(names, digests)
+        except Exception:  # noqa: BLE001 - a failed scrub deletes nothing; writes go on
+            logger.exception("objectcache: scrub failed")
+        finally:
+            self._release(names)
+
+    def held(self, name: str) -> bool:
+        """A scrub is checking `name` (or is about to)."""
+        return name in self._held
+
+    def after_scrub(self, names: Sequence[str], fn: Callable[[], None]) -> None:
+        """Run `fn` (a write of `names`) now if no scrub holds any of them, else once the
+        last such scrub ends, on its thread. A write that raced the scrub would be refused by
+        the corrupt object (writes are conditional), which the scrub then deletes: the page
+        would be gone from the store, yet known, until computed again."""
+        with self._held_lock:
+            if any(n in self._held for n in names):
+                self._waiting.append((frozenset(names), fn))
+                return
+        fn()
+
+    def _hold(self, names: Sequence[str]) -> None:
+        with self._held_lock:
+            for n in names:
+                self._held[n] = self._held.get(n, 0) + 1
+
+    def _release(self, names: Sequence[str]) -> None:
+        with self._held_lock:
+            for n in names:
+                left = self._held.get(n, 0) - 1
+                if left > 0:
+                    self._held[n] = left
+                else:
+                    self._held.pop(n, None)
+            ready = [fn for held, fn in self._waiting if not any(n in self._held for n in held)]
+            self._waiting = [(held, fn) for held, fn in self._waiting if any(n in self._held for n in held)]
+        for fn in ready:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - one failed write must not keep the others back
+                logger.exception("objectcache: a write held back by a scrub failed")
+
+    def _scrub(self, names: Sequence[str], digests: Sequence[bytes]) -> list[str]:
         doomed = []
         for name, digest, why in zip(names, digests, self.prove_corrupt(names, digests)):
             if why is None:
@@ -286,6 +359,8 @@ class ObjectCache:
             accesslog.flush_log(self)
         except Exception:  # noqa: BLE001
             logger.exception("objectcache: access log flush failed")
+        if self._scrubber is not None:  # a scrub still running ends on its own; none starts
+            self._scrubber.shutdown(wait=False, cancel_futures=True)
         if self.probe is not self.store:
             self.probe.close()
 

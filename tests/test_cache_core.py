@@ -4,6 +4,7 @@ layerwise linker is built in-process, as SGLang's factory builds it."""
 
 from __future__ import annotations
 
+import threading
 import time
 from types import SimpleNamespace
 
@@ -275,12 +276,82 @@ def test_a_layerwise_range_past_a_truncated_object_is_corrupt_not_a_store_error(
         body = c.get_object(Bucket=bucket, Key=name)["Body"].read()
         c.put_object(Bucket=bucket, Key=name, Body=body[: lk.geometry.layer_range(0)[1]])  # cut after layer 0
         assert not load(lk, keys, [5, 6])
-        lk.settle_scrubs(10)
+        assert scrubbed(lk, name)
         assert lk.stats.counters["store_errors_client"] == 0
         assert lk.cache.can_read() and lk.cache.can_write()
         assert name not in {o["Key"] for o in c.list_objects_v2(Bucket=bucket).get("Contents", [])}
         assert lk.stats.counters["corrupt_deleted"] == 1
     finally:
+        lk.close()
+
+
+def scrubbed(lk: ObjectCacheLinker, name: str, timeout: float = 10.0) -> bool:
+    """True once no scrub holds `name` (the scrub runs on its own thread)."""
+    deadline = time.monotonic() + timeout
+    while lk.cache.held(name) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not lk.cache.held(name)
+
+
+def test_a_slow_scrub_never_blocks_the_scheduler_and_the_write_back_waits_for_it(s3_config, s3, bucket):
+    """C6: a corrupt batch's recompute used to wait on SGLang's scheduler thread (up to 10 s)
+    for the scrub's re-read and delete. Now nothing waits; the recompute's write-back of the
+    scrubbed page waits for the scrub instead (a conditional PUT before the delete would be
+    refused by the corrupt object, and the page lost from the store)."""
+    from sglang_objectcache.layerwise import retry
+
+    lk, keys = stored_by_layerwise(s3_config, "slow", seed=6)
+    gate = threading.Event()
+    try:
+        c = s3.client()
+        bad = lk.keys.object_key(keys[1])
+        body = bytearray(c.get_object(Bucket=bucket, Key=bad)["Body"].read())
+        body[-5] ^= 0x40  # the last layer
+        c.put_object(Bucket=bucket, Key=bad, Body=bytes(body))
+        checked, puts = [], []
+        stat_many, put_many = lk.store.stat_many, lk.store.put_many
+
+        def slow_stat(names):  # the scrub's first call: a store that takes seconds to answer
+            checked.extend(names)
+            gate.wait(20)
+            return stat_many(names)
+
+        def counted_put(items, if_absent=True):
+            puts.extend(n for n, _ in items)
+            return put_many(items, if_absent)
+
+        lk.store.stat_many, lk.store.put_many = slow_stat, counted_put
+        t0 = time.monotonic()
+        assert not load(lk, keys, [5, 6])
+        loaded = time.monotonic() - t0
+        req = SimpleNamespace(rid="r", inflight_middle_chunks=0, discard_output_reason="abort", is_retracted=False)
+        tree = SimpleNamespace(linker=SimpleNamespace(cache_linker=lk))
+        t0 = time.monotonic()
+        assert retry.finish_loads_or_recompute(lambda self, reqs: list(reqs), tree, [req]) == []
+        assert time.monotonic() - t0 < 0.5, "the retry path waited for the scrub"
+        assert req.is_retracted and loaded < 3.0  # neither the I/O thread nor the forward waited either
+        assert lk.cache.held(bad) and not lk.cache.held(lk.keys.object_key(keys[0]))
+
+        assert lk.offload(kv(keys, slots([1, 2])))  # the recompute's write-back, mid-scrub
+        time.sleep(0.3)
+        assert puts == [] and lk.num_completed_offloads() == 0
+        gate.set()
+        deadline = time.monotonic() + 20
+        while lk.num_completed_offloads() == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert lk.pop_completed_offload() is True
+        assert checked == [bad]  # only the page that failed its check was re-read
+        assert puts == [bad]  # the intact page was known, not written again
+        assert lk.stats.counters["corrupt_deleted"] == 1 and lk.stats.counters["pages_written"] == 3
+        assert bytes(c.get_object(Bucket=bucket, Key=bad)["Body"].read()) != bytes(body)  # stored again
+        lk.tier.clear()
+        assert load(lk, keys, [7, 8])
+        dev = lk.pools[PoolName.KV]
+        assert device_page(dev, 7, "mha") == device_page(dev, 1, "mha")
+        assert device_page(dev, 8, "mha") == device_page(dev, 2, "mha")  # the intact bytes
+        assert offload(lk, keys, [1, 2]) and puts == [bad]  # a later write: known, nothing to PUT
+    finally:
+        gate.set()
         lk.close()
 
 

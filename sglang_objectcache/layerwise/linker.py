@@ -219,10 +219,6 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         if len(self._suppressed) > 100_000:
             self._suppressed.clear()
 
-    def settle_scrubs(self, timeout_s: float = 10.0) -> None:
-        """Before failed loads are recomputed: their corrupt objects are deleted first."""
-        self.loader.wait_scrubs(timeout_s)
-
     def _stop_batch(self, index: int) -> None:
         self.loader.stop(index)
 
@@ -234,12 +230,14 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self._last_wait = (index, layer, t1)
 
     def _drop_corrupt(self, names: list[str], hashes: list[str]) -> None:
-        """A batch met a corrupt object: its pages leave the host tier, and those proven
-        corrupt in the store are deleted (`ObjectCache.scrub`: one bounded read at a time),
-        so the recompute can store them again."""
+        """Pages whose checks failed (on the loader's I/O thread, before their batch fails):
+        out of the host tier now; those proven corrupt in the store are deleted on the scrub
+        thread (`ObjectCache.scrub_later`: one bounded read at a time), so the recompute can
+        store them again. Nothing here waits for the store: SGLang's scheduler never does.
+        Until the scrub ends, the recompute's write-back of these names waits (`_write`)."""
         for name in names:
             self.tier.discard(name)
-        self.cache.scrub(names, [self.cache.keys.content_digest(h) for h in hashes])
+        self.cache.scrub_later(names, [self.cache.keys.content_digest(h) for h in hashes])
 
     def _forget(self, name: str) -> None:
         """A page the lookup counted on is gone: the next lookup asks the store, and the
@@ -261,7 +259,10 @@ class ObjectCacheLinker(UnifiedCacheLinker):
             self._offload_results.put(False)
             return True
         names = [ks.object_key(h) for h in kv.keys]
-        todo = [i for i, n in enumerate(names) if n not in self.cache.known and n not in self.tier]
+        # A page under scrub is still known (forgotten once deleted), yet its object may be
+        # about to go: write it, after the scrub (a conditional PUT: a no-op if it is kept).
+        todo = [i for i, n in enumerate(names)
+                if self.cache.held(n) or (n not in self.cache.known and n not in self.tier)]
         self.stats.inc("pages_skipped_existing", len(names) - len(todo))
         if not todo:
             self._offload_results.put(True)
@@ -311,7 +312,8 @@ class ObjectCacheLinker(UnifiedCacheLinker):
             if epoch == self._epoch:  # else written before a reset: SGLang no longer waits for it
                 self._offload_results.put(ok)
 
-        self.loader.write(items, done)
+        # Not before a scrub of any of these names ends: see ObjectCache.after_scrub.
+        self.cache.after_scrub([n for n, _ in items], lambda: self.loader.write(items, done))
 
     def num_completed_offloads(self) -> int:
         return self._offload_results.qsize()

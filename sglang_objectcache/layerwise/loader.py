@@ -26,10 +26,11 @@ forward's observed per-layer pace).
 
 Failure: a missing page, a checksum or size mismatch, a store error or a stop request
 fails the batch; the counter releases the forward and reports the failure at finish, so
-the scheduler never uses its output. `stop(index)` returns only once this thread will
-never write that batch's slots again (on GPU: once its copies have completed), or, should
-this thread not answer within STOP_TIMEOUT_S, with the batch marked failed: the scheduler
-thread never hangs on it. An error anywhere in this thread fails the batches concerned and
+the scheduler never uses its output. Pages that failed their checks are reported first
+(`on_corrupt`, which must not block: their scrub runs elsewhere). `stop(index)` returns
+only once this thread will never write that batch's slots again (on GPU: once its copies
+have completed), or, should this thread not answer within STOP_TIMEOUT_S, with the batch
+marked failed: the scheduler thread never hangs on it. An error anywhere in this thread fails the batches concerned and
 the thread goes on.
 
 Writes (offloads) use the same scheduler with kind WRITE, so reads always go first.
@@ -41,7 +42,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -126,7 +127,8 @@ class LayerwiseLoader:
         self.window = max(1, window_layers, self.per_get + self.lead_alone)  # a whole group is staged at once
         self.layer_s = layer_s
         self.on_store_error = on_store_error or (lambda err: None)
-        # on_corrupt(names, hashes): every page of a batch that met a corrupt object; on a pool thread
+        # on_corrupt(names, hashes): the pages whose checks failed, on this I/O thread before
+        # their batch fails; it must not block (the linker scrubs them on another thread)
         self.on_corrupt = on_corrupt or (lambda names, hashes: None)
         # on_missing(name): an object the lookup counted on is gone (GC, another server's scrub)
         self.on_missing = on_missing or (lambda name: None)
@@ -146,7 +148,6 @@ class LayerwiseLoader:
         self._draining: dict[int, _Batch] = {}  # stopped batches whose jobs may still write staging
         # Writes and host-tier copies; few threads, as each one competes with the forward for the GIL.
         self._pool = ThreadPoolExecutor(min(4, io_threads), thread_name_prefix="objectcache-io")
-        self._scrubs: list = []  # on_corrupt futures still running, for wait_scrubs; only the io thread rebinds it
         self._thread = threading.Thread(target=self._loop, name="objectcache-io", daemon=True)
         self._running = True
         self._thread.start()
@@ -472,6 +473,9 @@ class LayerwiseLoader:
             return
         self.stats.inc("get_requests", len(ranges))
         self.stats.observe_get(t_arrived - t_started, len(ranges))  # the ranges ran together
+        bad = [(i, out[1]) for i, out in zip(group, outcomes) if out[0] == "corrupt"]
+        if bad:  # every damaged page of the job, not only the first
+            return self._corrupt(index, bad)
         for i, (name, start, end), out in zip(group, ranges, outcomes):
             kind = out[0]
             if kind == "store":
@@ -486,8 +490,6 @@ class LayerwiseLoader:
             if kind == "unsupported":
                 self.stats.miss("unsupported")
                 return self._fail(index, FormatError(f"{name}: {out[1]}"))
-            if kind == "corrupt":
-                return self._corrupt(index, name, FormatError(out[1]))
             _, header, sums, raw = out
             self.stats.inc("bytes_read", end - start)
             if header is not None:
@@ -527,11 +529,14 @@ class LayerwiseLoader:
             for layer in sorted(b.staged):
                 if len(b.arrived[layer]) < n or any(h is None for h in b.headers):
                     continue
+                bad = []
                 for i, digest in b.sums[layer].items():  # store pages (host-tier ones were verified on entry)
                     try:
                         objformat.check_layer_sum(b.headers[i], layer, digest)
                     except FormatError as e:
-                        return self._corrupt(b.index, b.names[i], e)
+                        bad.append((i, str(e)))
+                if bad:  # every page that failed, not only the first
+                    return self._corrupt(b.index, bad)
                 self._scatter(b, layer, b.staged.pop(layer))
                 progressed = True
             if b.done_layers == self.g.num_layers:
@@ -575,25 +580,23 @@ class LayerwiseLoader:
         b.tier_blocks.clear()
         self.stats.inc("layerwise_batches_ok")
 
-    def _corrupt(self, index: int, name: str, err: FormatError) -> None:
-        self.stats.inc("checksum_failures")
-        self.stats.miss("corrupt")
+    def _corrupt(self, index: int, bad: list[tuple[int, str]]) -> None:
+        """Pages of batch `index` failed their checks (page, why). Only they are reported:
+        each scrub re-reads what it checks, and pages the load never got to are checked by
+        the next load that reads them. Reported before the batch fails, so the scrub holds
+        their names (`ObjectCache.scrub_later`) before the recompute can write them back."""
+        self.stats.inc("checksum_failures", len(bad))
+        self.stats.miss("corrupt", len(bad))
         b = self._batches.get(index)
-        if b is not None and b.failed is None:
-            running = [f for f in self._scrubs if not f.done()]  # done ones are dropped, never waited on
-            # Every page of the batch: the load stopped at the first bad one, and a damaged
-            # object left in the store would refuse the recompute's conditional write.
-            self._scrubs = running + [self._pool.submit(self.on_corrupt, list(b.names), list(b.hashes))]
-        self._fail(index, FormatError(f"{name}: {err}"))
-
-    def wait_scrubs(self, timeout_s: float) -> None:
-        """Wait (at most `timeout_s`) for the on_corrupt calls made so far. A recompute must
-        not write its pages back before the corrupt objects are deleted: the conditional PUT
-        would be refused by the corrupt object, which the scrub then deletes, and the page
-        would be lost from the store until computed again."""
-        pending = list(self._scrubs)
-        if pending:
-            wait(pending, timeout=timeout_s)
+        if b is None or b.failed is not None:
+            return
+        try:
+            self.on_corrupt([b.names[i] for i, _ in bad], [b.hashes[i] for i, _ in bad])
+        except Exception:  # noqa: BLE001 - the batch fails all the same
+            logger.exception("objectcache: reporting corrupt pages failed")
+        i, why = bad[0]
+        more = f" (and {len(bad) - 1} more page(s))" if len(bad) > 1 else ""
+        self._fail(index, FormatError(f"{b.names[i]}: {why}{more}"))
 
     def _fail(self, index: int, err: BaseException) -> None:
         b = self._batches.get(index)

@@ -42,9 +42,8 @@ def finish_loads_or_recompute(original, self, reqs):
     linker = _objectcache_linker(self)
     if not failed or linker is None or not linker.recompute_on_failure:
         return failed
-    # Blocks the scheduler only on this rare path, and only while a scrub's re-read and delete
-    # run: the recompute's write-back must come after the delete (loader.wait_scrubs).
-    linker.settle_scrubs()
+    # Nothing here waits for a scrub of the failed pages (SGLang's scheduler thread must not):
+    # the recompute's write-back of a page under scrub waits for it instead (linker._write).
     keep_abort = []
     for req in failed:
         if req.inflight_middle_chunks > 0:  # a chunked prefill: later chunks build on it
