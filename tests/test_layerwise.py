@@ -303,6 +303,27 @@ def test_a_failed_load_with_queued_transfers_releases_its_staging(s3_config, fet
         rig.close()
 
 
+def test_staging_buffers_keep_their_size_across_small_and_large_loads(s3_config, fetch):
+    """L3: a small batch used the first rows of a buffer and gave back only those rows, so
+    buffers shrank to the smallest batch and every larger load allocated new ones (pinned
+    memory or shared segments: expensive)."""
+    rig = Rig(s3_config, fetch=fetch)
+    try:
+        keys = hashes(20, "sz")
+        rig.put(keys, list(range(1, 21)))
+        allocs = []
+        alloc = rig.loader.fetch.alloc
+        rig.loader.fetch.alloc = lambda rows: allocs.append(rows) or alloc(rows)
+        for k in range(4):
+            assert rig.load(keys, list(range(30, 50)))[1]
+            assert rig.load(keys[:2], [50 + 2 * k, 51 + 2 * k])[1]
+        assert rig.same(list(range(1, 21)), list(range(30, 50)))
+        assert len(allocs) == rig.g.num_layers  # one set, made by the first load, reused since
+        assert all(t.shape[0] >= 20 for t in rig.loader._free)
+    finally:
+        rig.close()
+
+
 def returns_within(seconds, fn) -> list:
     """[fn()] if it returned within `seconds`, else [] (it may hang for ever: a daemon thread)."""
     out = []

@@ -138,7 +138,8 @@ class LayerwiseLoader:
         self._batches: dict[int, _Batch] = {}
         self._observed_rate = 0.0  # EWMA of the link's bytes/s, from completed reads
         self._planned_rate = 0.0  # the rate the current deadlines were projected with
-        self._free: list[torch.Tensor] = []  # staging buffers to reuse
+        self._free: list[torch.Tensor] = []  # staging buffers to reuse, whole
+        self._whole: dict[int, torch.Tensor] = {}  # data_ptr -> every staging buffer made, whole
         self._in_copy: list = []  # (staging, CUDA event) still being read by an H2D copy
         self._inbox: "queue.Queue" = queue.Queue()
         self.fetch = fetch or ThreadFetch(store, geometry, io_threads, pinned=self._cuda)
@@ -373,7 +374,7 @@ class LayerwiseLoader:
         for ev in b.events:  # GPU copies already enqueued must land first
             ev.synchronize()
         if b.pending == 0:
-            self._free.extend(b.staged.values())
+            self._give_back(b.staged.values())
             b.staged.clear()
         else:  # a fetch may still write its staging: reuse that once it is back
             self._draining[index] = b
@@ -453,18 +454,28 @@ class LayerwiseLoader:
                 self.sched.submit(transfers, now)
 
     def _staging(self, n: int) -> torch.Tensor:
-        # Reused: pinned allocations (GPU machines, for asynchronous H2D) are expensive.
+        """The first `n` rows of a staging buffer. Reused: pinned allocations (GPU machines,
+        for asynchronous H2D) and shared segments are expensive."""
         if self._in_copy:
-            self._free += [t for t, ev in self._in_copy if ev.query()]
+            self._give_back(t for t, ev in self._in_copy if ev.query())
             self._in_copy = [(t, ev) for t, ev in self._in_copy if not ev.query()]
         extra = max(0, len(self._free) - 4 * self.window)
         for t in self._free[:extra]:
+            self._whole.pop(t.data_ptr(), None)
             self.fetch.release(t)
         del self._free[:extra]
         for k, t in enumerate(self._free):
             if t.shape[0] >= n:
                 return self._free.pop(k)[:n]
-        return self.fetch.alloc(max(n, PAGES_PER_TRANSFER))[:n]
+        t = self.fetch.alloc(max(n, PAGES_PER_TRANSFER))
+        self._whole[t.data_ptr()] = t
+        return t[:n]
+
+    def _give_back(self, staging) -> None:
+        """Staging a batch no longer uses, for reuse: the whole buffer each came from, not the
+        rows the batch used (else buffers shrink to the smallest batch, and every larger one
+        makes new ones)."""
+        self._free.extend(self._whole.get(t.data_ptr(), t) for t in staging)
 
     def _on_fetched(self, t: Transfer, outcomes: list, t_arrived: float, t_started: float) -> None:
         index, layers, group, ranges = t.payload[:4]
@@ -516,7 +527,7 @@ class LayerwiseLoader:
             return None
         b.pending -= 1
         if b.stopped and b.pending == 0 and self._draining.pop(index, None) is not None:
-            self._free.extend(b.staged.values())  # nothing writes them any more
+            self._give_back(b.staged.values())  # nothing writes them any more
             b.staged.clear()
         return None if b.stopped or b.failed is not None else b
 
@@ -558,7 +569,7 @@ class LayerwiseLoader:
             self._free_after(staging, event)
         else:
             kernels.scatter_layer(staging, pools, b.slots, self.g)
-            self._free.append(staging)
+            self._give_back([staging])
         b.done_layers += 1
         self.timeline.mark(b.index, layer, "scattered", time.perf_counter())
         b.counter.complete(b.index, layer, event)
