@@ -46,3 +46,9 @@ def new_l3(request, tmp_path_factory):
         return BucketL3(s3, name)
 
     return make
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import matrix
+
+    matrix.write_if_asked(exitstatus)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import pytest
 from e2e_support import (
-    BACKEND, MAX_NEW, BucketL3, differences, full_pages, launch_on, prompts, settled, wait_for_writes,
+    BACKEND, MAX_NEW, BucketL3, full_pages, launch_on, prompts, settled, wait_for_writes,
 )
+from matrix import Tally
 
 from sglang_objectcache.harness.proxy import FaultProxy, Faults
 from sglang_objectcache.s3server import SeaweedFS
@@ -81,54 +81,52 @@ def flush(server, proxy):
     server.client.flush_cache()
 
 
-def assert_reference(completions, texts, reference):
-    bad = differences(completions, reference.completions(texts))
-    assert not bad, "answers changed:\n" + "\n".join(bad)
-
-
-def faulted_send(server, proxy, reference, faults: Faults, texts):
-    """Send `texts` with `faults` on; the answers must equal the reference. Returns the
-    completions and how many faults the proxy injected meanwhile."""
+def faulted_send(tally: Tally, proxy, reference, faults: Faults, texts):
+    """Send `texts` with `faults` on, counted by `tally`. Returns the completions and how
+    many faults the proxy injected meanwhile."""
     before = sum(proxy.injected.values())
     proxy.set(faults)
-    done = send(server, texts)
+    done = tally.send(texts)
     recover(proxy)
-    assert_reference(done, texts, reference)
+    tally.check(done, texts, reference)
     return done, sum(proxy.injected.values()) - before
 
 
-def under_fault(server, l3, proxy, reference, faults: Faults, tag: str):
-    """Writes, then reads, with `faults` on. Returns the faults injected in each phase."""
-    _, injected_writing = faulted_send(server, proxy, reference, faults, prompts(3, f"{tag}-w"))
+def under_fault(server, l3, proxy, reference, faults: Faults, tag: str, fault: str):
+    """Writes, then reads, with `faults` on: every request completes with the reference's
+    answer and no object is deleted. Returns the faults injected in each phase."""
+    tally = Tally(fault, "single node", server, proxy)
+    _, injected_writing = faulted_send(tally, proxy, reference, faults, prompts(3, f"{tag}-w"))
 
     reads = prompts(3, f"{tag}-r")
     clean_before = l3.keys()
     send(server, reads)
     wait_for_writes(l3, clean_before)
     flush(server, proxy)
-    read, injected_reading = faulted_send(server, proxy, reference, faults, reads)
+    read, injected_reading = faulted_send(tally, proxy, reference, faults, reads)
+    tally.assert_clean()
     return injected_writing, injected_reading, read
 
 
 def test_slowdown_503(server, l3, proxy, reference):
-    w, r, _ = under_fault(server, l3, proxy, reference, Faults(slowdown=0.5), "slowdown")
+    w, r, _ = under_fault(server, l3, proxy, reference, Faults(slowdown=0.5), "slowdown", "503 SlowDown (half of all calls)")
     assert w > 0 and r > 0
 
 
 def test_connection_resets(server, l3, proxy, reference):
-    w, r, _ = under_fault(server, l3, proxy, reference, Faults(reset=0.3), "reset")
+    w, r, _ = under_fault(server, l3, proxy, reference, Faults(reset=0.3), "reset", "connection resets (30% of calls)")
     assert w > 0 and r > 0
 
 
 def test_slow_store(server, l3, proxy, reference):
-    w, r, read = under_fault(server, l3, proxy, reference, Faults(latency_s=0.3), "latency")
+    w, r, read = under_fault(server, l3, proxy, reference, Faults(latency_s=0.3), "latency", "+0.3 s on every call")
     assert w > 0 and r > 0
     # Slow is not broken: under the read timeout, pages still come from storage.
     assert all(c.storage == full_pages(c) for c in read)
 
 
 def test_stalled_store(server, l3, proxy, reference):
-    w, r, read = under_fault(server, l3, proxy, reference, Faults(stall=True), "stall")
+    w, r, read = under_fault(server, l3, proxy, reference, Faults(stall=True), "stall", "store stalls (no reply)")
     assert w > 0 and r > 0
     assert all(c.storage == 0 for c in read)  # a stalled store times out into misses
 
@@ -139,14 +137,16 @@ def test_store_paused(server, l3, proxy, store, reference):
     send(server, texts)
     wait_for_writes(l3, before)
     flush(server, proxy)
+    tally = Tally("store process frozen (SIGSTOP)", "single node", server, proxy)
     store.pause()
     try:
-        during = send(server, texts + prompts(2, "paused-new"))
+        during = tally.send(texts + prompts(2, "paused-new"))
     finally:
         store.resume()
-    assert_reference(during, texts + prompts(2, "paused-new"), reference)
+    tally.check(during, texts + prompts(2, "paused-new"), reference)
     flush(server, proxy)
-    after = send(server, texts)
+    after = tally.send(texts)
+    tally.assert_clean()
     assert all(c.storage == full_pages(c) for c in after), [c.storage for c in after]
 
 
@@ -157,32 +157,19 @@ def test_store_killed_mid_run_and_restarted(server, l3, proxy, store, reference)
     wait_for_writes(l3, before)
     flush(server, proxy)
 
+    def kill():
+        os.killpg(store.proc.pid, signal.SIGKILL)  # no shutdown: the store just dies
+        store.proc.wait()
+        store.proc = None
+
+    tally = Tally("store killed (SIGKILL) mid-run, restarted", "single node", server, proxy)
     stream = early + prompts(8, "killed-stream")
-    done: list = []
-    errors: list = []
-
-    def client_loop():
-        for text in stream:
-            try:
-                done.append(server.client.generate(text, max_new_tokens=MAX_NEW, top_logprobs=2))
-            except Exception as e:  # noqa: BLE001 - counted, asserted below
-                errors.append(e)
-
-    worker = threading.Thread(target=client_loop)
-    worker.start()
-    _wait_until(lambda: len(done) >= 2 or errors, 120)
-    os.killpg(store.proc.pid, signal.SIGKILL)  # no shutdown: the store just dies
-    store.proc.wait()
-    store.proc = None
-    _wait_until(lambda: len(done) >= 6 or errors or not worker.is_alive(), 120)
-    store.start()  # same data dir, same S3 port
-    worker.join(300)
-    assert not errors, errors[:3]
-    assert len(done) == len(stream)
-    assert_reference(done, stream, reference)
+    done = tally.send_while(stream, [(2, kill), (6, store.start)])  # same data dir, same port
+    tally.check(done, stream, reference)
     # The objects written before the kill survived, and the backend reconnects.
     flush(server, proxy)
-    again = send(server, early)
+    again = tally.send(early)
+    tally.assert_clean()
     assert all(c.storage == full_pages(c) for c in again), [c.storage for c in again]
 
 
@@ -195,28 +182,20 @@ def test_mangled_reads_delete_no_good_object(server, l3, proxy, reference):
     send(server, texts)
     wait_for_writes(l3, before)
     stored = settled(l3)
-    deleted = len(proxy.deleted)
     flush(server, proxy)
-    mangled, injected = faulted_send(server, proxy, reference, Faults(mangle=True, methods=frozenset({"GET"})), texts)
+    tally = Tally("every GET body has a flipped byte", "single node", server, proxy)
+    mangled, injected = faulted_send(tally, proxy, reference, Faults(mangle=True, methods=frozenset({"GET"})), texts)
     assert injected > 0
     assert all(c.storage == 0 for c in mangled), [c.storage for c in mangled]  # a mangled page is a miss
     after = settled(l3)
-    assert proxy.deleted[deleted:] == [], f"{len(proxy.deleted) - deleted} intact objects were deleted"
     # a server rewrites its own access log as it serves; every other object must stay as it was
     lost = {k for k in stored if "/_access/" not in k and after.get(k) != stored[k]}
     assert not lost, f"{len(lost)} of {len(stored)} objects are gone or changed"
     flush(server, proxy)
-    again = send(server, texts)
+    again = tally.send(texts)
+    tally.check(again, texts, reference)
+    tally.assert_clean()
     assert all(c.storage == full_pages(c) for c in again), [c.storage for c in again]
-    assert_reference(again, texts, reference)
-
-
-def _wait_until(cond, timeout_s):
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.1)
 
 
 def test_flush_cache_during_a_store_stall_keeps_the_server_up_with_the_shipped_defaults(server, l3, proxy,
@@ -230,14 +209,10 @@ def test_flush_cache_during_a_store_stall_keeps_the_server_up_with_the_shipped_d
     send(server, texts)
     wait_for_writes(l3, before)
     flush(server, proxy)
+    tally = Tally("store stalls, then /flush_cache (shipped timeouts)", "single node", server, proxy)
     proxy.set(Faults(stall=True))
-    answers: list = []
-    worker = threading.Thread(target=lambda: answers.extend(send(server, texts)))
-    worker.start()  # its prefetch (HEADs, then GETs) hangs on the store
-    time.sleep(1.0)
-    server.client.flush_cache(wait_s=60)
-    worker.join(180)
+    # The request's prefetch (HEADs, then GETs) hangs on the store when the flush comes.
+    answers = tally.send_while(texts, [(0, lambda: (time.sleep(1.0), server.client.flush_cache(wait_s=60)))])
     proxy.clear()
-    assert not worker.is_alive(), "a request hung"
-    assert server.alive() and server.client.healthy(), server.log_tail()
-    assert_reference(answers, texts, reference)
+    tally.check(answers, texts, reference)
+    tally.assert_clean()

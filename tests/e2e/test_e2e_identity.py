@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from e2e_support import (
-    BACKEND, MAX_NEW, BucketL3, computed, differences, launch_on, outputs, prompts, update_weights_from_disk,
-    wait_for_writes,
+    BACKEND, MAX_NEW, BucketL3, computed, launch_on, outputs, prompts, update_weights_from_disk, wait_for_writes,
 )
+from sglang_objectcache.harness.compare import differences
 
 from sglang_objectcache.harness.server import ServerPool
 

@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 from e2e_support import (
-    BACKEND, MAX_NEW, BucketL3, computed, differences, full_pages, launch_on, outputs, prompts,
-    settled, update_weights_from_disk, wait_for_writes,
+    BACKEND, MAX_NEW, BucketL3, computed, full_pages, launch_on, outputs, prompts, settled, update_weights_from_disk, wait_for_writes,
 )
+from sglang_objectcache.harness.compare import differences
 
 from sglang_objectcache.harness.proxy import FaultProxy, Faults
 from sglang_objectcache.harness.server import cpu_args

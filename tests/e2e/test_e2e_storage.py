@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from e2e_support import BACKEND, MAX_NEW, differences, full_pages, launch_on, prompts, same_answer, wait_for_writes
+from e2e_support import BACKEND, MAX_NEW, full_pages, launch_on, prompts, wait_for_writes
+from sglang_objectcache.harness.compare import differences, same_answer
 
 pytestmark = pytest.mark.e2e
 

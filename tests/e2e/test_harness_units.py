@@ -60,7 +60,7 @@ def _answer(ids, tops):
 
 
 def test_parity_forgives_only_a_flip_between_near_tied_tokens():
-    from e2e_support import TIE, differences, same_answer
+    from sglang_objectcache.harness.compare import TIE, differences, same_answer
 
     tie = ((7, -6.900), (9, -6.900 - TIE / 2))
     want = _answer([5, 7, 1], [((5, -6.8), (3, -7.0)), tie, ((1, -6.7), (2, -6.9))])

@@ -1,0 +1,187 @@
+"""Soak: 64 clients against a SeaweedFS cluster (master, 3 volume servers keeping 2 copies,
+filer, S3 gateway: separate processes), one volume server killed in the middle.
+
+Phases, each every prompt sent `--rounds` times by 64 concurrent clients:
+  1. cold: computed and written back;
+  2. flushed: the device and host tiers dropped, so pages come back from the store;
+  3. flushed again, a volume server killed (SIGKILL) once a quarter of the phase is done.
+Every answer is compared with a no-cache server's (greedy, top-2 logprobs, near-ties allowed
+as in the e2e suite). The server's RSS (whole process tree) is sampled each second.
+
+    .venv/bin/python scripts/soak_cluster.py --out benchmarks/results/soak_cluster
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchutil import command_line, pct  # noqa: E402
+
+from sglang_objectcache.harness.compare import same_answer  # noqa: E402
+
+from sglang_objectcache.harness.server import ServerPool, cpu_args, nocache_args, objectcache_args  # noqa: E402
+from sglang_objectcache.harness.workloads import words  # noqa: E402
+from sglang_objectcache.s3cluster import SeaweedCluster  # noqa: E402
+from sglang_objectcache.tinymodel import make_tiny_model  # noqa: E402
+
+CLIENTS = 64
+MAX_NEW = 16  # greedy tokens compared with the reference, as in the e2e suite
+PAGE = 64  # cpu_args()' page size
+
+
+def prompts(n: int) -> list[str]:
+    rng = random.Random("soak")
+    return [f"soak {i} " + words(rng, rng.randint(330, 460)) for i in range(n)]
+
+
+class Sampler(threading.Thread):
+    """RSS of the server's process tree, once a second, until stopped."""
+
+    def __init__(self, server, t0: float):
+        super().__init__(daemon=True)
+        self.server, self.t0, self.samples, self.done = server, t0, [], threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            self.samples.append((round(time.monotonic() - self.t0, 1), self.server.rss_bytes()))
+            self.done.wait(1.0)
+
+
+def phase(name, server, texts, reference, t0, during=None):
+    """Every text once per round, from CLIENTS threads; `during(finished)` is called as
+    requests finish (it decides when to kill). Returns the phase's record."""
+    finished, lock, out = [0], threading.Lock(), []
+
+    def one(text):
+        start = time.monotonic()
+        try:
+            c = server.client.generate(text, max_new_tokens=MAX_NEW, top_logprobs=2)
+            row = (text, c, "", time.monotonic() - start)
+        except Exception as e:  # noqa: BLE001 - counted
+            row = (text, None, f"{type(e).__name__}: {e}", time.monotonic() - start)
+        with lock:
+            finished[0] += 1
+            n = finished[0]
+        if during:
+            during(n)
+        return row
+
+    began = time.monotonic() - t0
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        out = list(pool.map(one, texts))
+    ok = [(t, c) for t, c, e, _ in out if c is not None]
+    return {
+        "phase": name, "start_s": round(began, 1), "end_s": round(time.monotonic() - t0, 1),
+        "sent": len(texts), "completed": len(ok), "errors": [e for _, c, e, _ in out if c is None][:5],
+        "error_count": sum(1 for _, c, _, _ in out if c is None),
+        "wrong_answers": sum(1 for t, c in ok if not same_answer(c, reference[t])),
+        "storage_tokens": sum(c.storage or 0 for _, c in ok),
+        "cacheable_tokens": sum((c.prompt_tokens - 1) // PAGE * PAGE for _, c in ok),
+        "latency_p50_s": round(pct([s for *_, s in out], 0.5), 3),
+        "latency_p99_s": round(pct([s for *_, s in out], 0.99), 3),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompts", type=int, default=48)
+    p.add_argument("--rounds", type=int, default=4, help="each prompt sent this often per phase")
+    p.add_argument("--out", default="benchmarks/results/soak_cluster")
+    a = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="soak-"))
+    texts = prompts(a.prompts)
+    stream = [t for _ in range(a.rounds) for t in texts]
+    random.Random(1).shuffle(stream)
+    model = str(make_tiny_model(work / "model"))
+    pool = ServerPool(model, str(work / "logs"))
+    with SeaweedCluster(str(work / "cluster")) as cluster:
+        cluster.create_bucket("soak")
+        try:
+            ref_server = pool.launch(cpu_args() + nocache_args(), name="reference")
+            reference = {t: ref_server.client.generate(t, max_new_tokens=MAX_NEW, top_logprobs=2) for t in texts}
+            ref_server.stop()
+            cfg = cluster.config("soak")
+            server = pool.launch(cpu_args(max_total_tokens=32768) + objectcache_args(cfg), name="soak")
+            t0 = time.monotonic()
+            sampler = Sampler(server, t0)
+            sampler.start()
+            phases = [phase("cold", server, stream, reference, t0)]
+            time.sleep(3)  # the last write-backs
+            server.client.flush_cache()
+            phases.append(phase("from storage", server, stream, reference, t0))
+            time.sleep(3)
+            server.client.flush_cache()
+            killed = {}
+
+            def kill_at_quarter(n):
+                if n >= len(stream) // 4 and not killed:
+                    killed["at_s"] = round(time.monotonic() - t0, 1)
+                    killed["after_requests"] = n
+                    cluster.kill_volume(0)
+
+            phases.append(phase("from storage, volume server killed", server, stream, reference, t0,
+                                during=kill_at_quarter))
+            sampler.done.set()
+            sampler.join()
+            alive = server.alive() and server.client.healthy()
+        finally:
+            pool.close()
+    rss = sampler.samples
+    result = {
+        "command": command_line(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "clients": CLIENTS, "prompts": a.prompts, "rounds": a.rounds, "model": "tiny random-weight Llama (CPU)",
+        "store": "SeaweedFS 4.48 cluster: master, 3 volume servers (replication 001), filer, S3 gateway",
+        "killed": killed, "server_alive_at_end": alive, "phases": phases,
+        "rss_mib": {"first": round(rss[0][1] / 2**20), "peak": round(max(r for _, r in rss) / 2**20),
+                    "last": round(rss[-1][1] / 2**20),
+                    "peak_after_first_phase": round(max(r for t, r in rss if t >= phases[0]["end_s"]) / 2**20)},
+        "rss_samples": [(t, round(r / 2**20)) for t, r in rss],
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out + ".json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, a.out + ".png")
+    for ph in phases:
+        print({k: v for k, v in ph.items() if k != "errors"})
+    print("killed", killed, "rss", result["rss_mib"], "alive", alive)
+
+
+def plot(result: dict, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ts, mib = zip(*result["rss_samples"])
+    ax.plot(ts, mib, label="server RSS (process tree), MiB")
+    for ph in result["phases"]:
+        ax.axvspan(ph["start_s"], ph["end_s"], alpha=0.08)
+        ax.text(ph["start_s"], max(mib) * 1.01, f"{ph['phase']}\n{ph['completed']}/{ph['sent']} ok, "
+                f"{ph['wrong_answers']} wrong", fontsize=7, va="bottom")
+    if result["killed"]:
+        ax.axvline(result["killed"]["at_s"], color="red", linestyle="--", label="volume server killed")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("MiB")
+    ax.set_ylim(0, max(mib) * 1.25)
+    ax.set_title(f"{result['clients']} clients, SeaweedFS cluster, one volume server killed", fontsize=10)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
