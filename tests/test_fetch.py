@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -169,3 +170,33 @@ def test_a_worker_that_fails_halfway_through_its_start_is_replaced(rig):
     assert rig.same([1, 2, 3], [30, 31, 32])
     assert half and fetch._proc is not half[0]
     assert wait_for(lambda: not alive(half[0].pid))  # the half started one was killed
+
+
+def test_a_hung_worker_is_killed_and_replaced_and_lets_go_of_its_jobs(s3_config):
+    """C7: a worker that never answers (stopped here; in the field, a GET whose transport
+    ignores its timeouts) kept every later job queued behind it: each load waited out its
+    layer timeout and recomputed, for ever, and the loader kept those jobs and their staging
+    (L3). Past the job deadline (from the store's per-call worst case) it is killed, its
+    jobs fail, and the next load starts a new worker."""
+    rig = Rig(s3_config, timeout_s=1.0, fetch="process")  # the shipped store timeouts
+    fetch = rig.loader.fetch
+    hung = fetch._proc
+    try:
+        keys = hashes(3, "hang")
+        rig.put(keys, [1, 2, 3])
+        assert rig.load(keys, [10, 11, 12])[1]
+        assert fetch.deadline_s == 2 * rig.cfg.worst_case_s() + 1.0 < 10
+        os.kill(hung.pid, signal.SIGSTOP)  # alive, never answers
+        t0 = time.monotonic()
+        assert rig.load(keys, [20, 21, 22])[1] is False  # the layer timeout released the forward
+        assert rig.loader._jobs and rig.loader._draining  # waiting for the worker's answers
+        let_go = wait_for(lambda: not rig.loader._jobs and not rig.loader._draining, fetch.deadline_s + 5)
+        assert let_go, "the hung worker's jobs were never let go"
+        assert time.monotonic() - t0 < fetch.deadline_s + 3
+        assert wait_for(lambda: not alive(hung.pid)) and fetch._proc is None
+        assert rig.load(keys, [30, 31, 32])[1]  # a new worker, against the real store
+        assert fetch._proc is not None and fetch._proc.pid != hung.pid
+        assert rig.same([1, 2, 3], [30, 31, 32]) and rig.untouched([20, 21, 22])
+    finally:
+        hung.kill()
+        rig.close()

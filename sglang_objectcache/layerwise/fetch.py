@@ -113,17 +113,30 @@ class _Segment:
         os.close(self.fd)
 
 
+def job_deadline_s(cfg) -> float:
+    """How long a job may go unanswered before its worker counts as hung: two calls' worst
+    case (`cfg.worst_case_s`; a job may wait for a worker thread while another job's call
+    runs) and a second for staging and the socket."""
+    return 2 * cfg.worst_case_s() + 1.0
+
+
 class ProcessFetch:
     """Fetch in a worker process with its own store client (from `cfg`), into shared memory.
 
     A worker that dies fails its in-flight jobs (their batches recompute) and is started
-    again, with every live staging segment mapped again, at the next job."""
+    again, with every live staging segment mapped again, at the next job. So is one that
+    leaves a job unanswered past `job_deadline_s` (a GET whose transport ignores its
+    timeouts, a stopped or deadlocked process): it is killed, else every later job would
+    queue behind it and every load wait out `layer_timeout_s`, for ever, and the loader
+    would keep those jobs' staging."""
 
     def __init__(self, cfg, geometry: PageGeometry, threads: int, pinned: bool):
         self.cfg, self.g, self.threads, self.pinned = cfg, geometry, threads, pinned
         self.on_result: OnResult = lambda *a: None
+        self.deadline_s = job_deadline_s(cfg)
         self._segments: dict[int, _Segment] = {}  # by the tensor's data_ptr
-        self._inflight: dict[int, int] = {}  # tid -> pages, for failing them if the worker dies
+        # tid -> (pages, monotonic deadline), for failing them if the worker dies or hangs
+        self._inflight: dict[int, tuple[int, float]] = {}
         self._lock = threading.Lock()  # one sender at a time; guards _inflight and the worker
         self._next_sid = 0
         self._proc: Optional[subprocess.Popen] = None
@@ -192,28 +205,72 @@ class ProcessFetch:
                 pass
 
     def _read(self, conn: Connection, proc) -> None:
-        while True:
+        """The worker's answers, until it goes, or hangs (then it is killed)."""
+        tick = min(1.0, self.deadline_s / 4)
+        next_check, hung = time.monotonic() + tick, ""
+        while not hung:
             try:
-                msg = conn.recv()
+                if conn.poll(tick):
+                    msg = conn.recv()
+                    if msg[0] == "got":
+                        _, tid, outcomes, arrived, started = msg
+                        with self._lock:
+                            self._inflight.pop(tid, None)
+                        self.on_result(tid, outcomes, arrived, started)
             except (EOFError, OSError):
                 break
-            if msg[0] == "got":
-                _, tid, outcomes, arrived, started = msg
-                with self._lock:
-                    self._inflight.pop(tid, None)
-                self.on_result(tid, outcomes, arrived, started)
-        # The worker is gone: whatever it had not answered fails (those batches recompute).
-        with self._lock:
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + tick
+                hung = self._overdue(proc)
+        self._gone(conn, proc, hung)
+
+    def _overdue(self, proc) -> str:
+        """Why `proc` counts as hung, or ''."""
+        # A sender holds the lock while it writes to the worker's socket: held this long,
+        # the worker has stopped reading it (killing the worker frees the sender).
+        if not self._lock.acquire(timeout=self.deadline_s):
+            return f"a send to it blocked for {self.deadline_s:g}s"
+        try:
             if self._proc is not proc:
-                return
-            lost, self._inflight = self._inflight, {}
-            self._proc = self._conn = None
-        if not self._closed:
-            logger.error("objectcache: the layerwise fetch worker exited (code %s); %d jobs failed; "
-                         "it restarts with the next load", proc.poll(), len(lost))
+                return ""
+            now = time.monotonic()
+            late = sum(due < now for _, due in self._inflight.values())
+        finally:
+            self._lock.release()
+        return f"{late} job(s) unanswered for {self.deadline_s:g}s" if late else ""
+
+    def _gone(self, conn: Connection, proc, hung: str) -> None:
+        """The worker exited, or is hung (`hung` says why): whatever it had not answered
+        fails (those batches recompute), and the next job starts a new one."""
+        with self._lock:
+            mine = self._proc is proc
+            if mine:
+                lost, self._inflight = self._inflight, {}
+                self._proc = self._conn = None
+        if hung:
+            proc.kill()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        if not mine:
+            return
+        try:
+            conn.close()
+        except OSError:
+            pass
+        if hung:
+            logger.error("objectcache: the layerwise fetch worker hung (%s); killed it, %d jobs failed; "
+                         "a new one starts with the next load", hung, len(lost))
+            outcome = ("store", "timeout", f"fetch worker hung: {hung}")
+        else:
+            if not self._closed:
+                logger.error("objectcache: the layerwise fetch worker exited (code %s); %d jobs failed; "
+                             "it restarts with the next load", proc.poll(), len(lost))
+            outcome = ("store", "client", "fetch worker exited")
         now = time.perf_counter()
-        for tid, n in lost.items():
-            self.on_result(tid, [("store", "client", "fetch worker exited")] * n, now, now)
+        for tid, (n, _) in lost.items():
+            self.on_result(tid, [outcome] * n, now, now)
 
     def alloc(self, rows: int) -> torch.Tensor:
         with self._lock:
@@ -238,7 +295,7 @@ class ProcessFetch:
                 if self._conn is None and not self._closed:
                     self._spawn()
                 self._conn.send(("get", tid, ranges, group, layers, sids, digests))
-                self._inflight[tid] = len(ranges)
+                self._inflight[tid] = (len(ranges), time.monotonic() + self.deadline_s)
                 return
             except Exception as e:  # noqa: BLE001 - the worker cannot start or is gone
                 err = f"fetch worker unavailable: {type(e).__name__}: {e}"
