@@ -355,6 +355,22 @@ def test_a_slow_scrub_never_blocks_the_scheduler_and_the_write_back_waits_for_it
         lk.close()
 
 
+def test_a_failing_access_log_flush_still_closes_the_stores(s3_config):
+    """L3: the access log's flush on close used to be a hook without a try, so a flush that
+    raised skipped closing the store (its event loop thread and connections stayed)."""
+    _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
+    dev, _ = make_pools("mha", "layer_first", torch.bfloat16, PAGE, host=False)
+    for face in (backend(s3_config, host), linker({**s3_config, "layerwise": {}}, dev)):
+        face.cache.observe_hits([face.keys.object_key(hashes(1, "f")[0])])  # a read to flush
+
+        def put(*a, **kw):  # not a StoreError: a transport bug, which the log does not expect
+            raise RuntimeError("flush failed")
+
+        face.store.put = put
+        face.close()
+        assert face.store._loop.is_closed() and face.cache.probe._loop.is_closed()
+
+
 # ---- A1: weight updates rotate the namespace --------------------------------------------
 
 
