@@ -8,7 +8,6 @@ import time
 import pytest
 import torch
 from served import server_args_for, write_checkpoint
-from served import server_args_for, write_checkpoint
 from pools import fill_random, make_pools, page_bytes
 
 from sglang_objectcache import hostpool
