@@ -101,8 +101,11 @@ class FakeS3(LocalEndpoint):
                 self.requests.append((method, path, headers, body))
                 status, reply = self.answer(method, path, headers, body)
                 etag = hashlib.md5(body).hexdigest()
-                conn.sendall(f"HTTP/1.1 {status}\r\nETag: \"{etag}\"\r\nContent-Length: {len(reply)}\r\n\r\n"
-                             .encode() + reply)
+                try:
+                    conn.sendall(f"HTTP/1.1 {status}\r\nETag: \"{etag}\"\r\nContent-Length: {len(reply)}\r\n\r\n"
+                                 .encode() + reply)
+                except OSError:  # the client went away mid-reply (it took what it wanted)
+                    return
 
     def close(self) -> None:
         self.sock.close()

@@ -1,6 +1,9 @@
 """Conditional PUTs against stores that answer them oddly (review B7), on every PUT client:
 obstore with objectcache's own PUT client in front (`httpput`), obstore alone, and boto3.
-The stores are fakes on 127.0.0.1 that answer canned replies (tests/http_support.py)."""
+The stores are fakes on 127.0.0.1 that answer canned replies (tests/http_support.py).
+Then reads bounded in bytes and time (H6, C2): a sized GET takes at most size + 1 bytes of
+any object (real SeaweedFS, and a fake that ignores Range), and a store that trickles
+bytes ends a boto3 call at its deadline (tests/trickle_support.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import time
 import pytest
 
 from http_support import FakeS3, s3_error
+from trickle_support import endless_body, endless_headers
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import StoreError, make_store
@@ -110,3 +114,76 @@ def test_what_a_refused_conditional_put_says():
     # a 400 about anything else is that PUT's error: the header stays
     assert refusal(400, "InvalidArgument", "Invalid content length") == ""
     assert refusal(403, "AccessDenied", "If-None-Match") == ""
+
+
+# --- H6: sized reads take at most size + 1 bytes --------------------------------------------
+
+
+def land_all(st, keys, size):
+    got = {}
+    st.get_each(keys, lambda i, r: got.__setitem__(keys[i], r if r is None or isinstance(r, StoreError)
+                                                   else bytes(r)), size=size)
+    return got
+
+
+@pytest.mark.parametrize("transport", ["boto3", "obstore"])
+def test_a_sized_get_reads_at_most_size_plus_one_bytes(s3, bucket, transport):
+    # Against real SeaweedFS: whatever sits at a page key, a GET for a page of 100 bytes
+    # takes 101 at most, so a longer object arrives the wrong size (corrupt), never whole.
+    cfg = ObjectCacheConfig.from_dict(s3.config(bucket, transport=transport, http_get=False))
+    objects = {"k/exact": b"e" * 100, "k/long": b"l" * (4 << 20), "k/short": b"s" * 40, "k/empty": b""}
+    with make_store(cfg) as st:
+        st.put_many(list(objects.items()))
+        got = land_all(st, [*objects, "k/missing"], 100)
+    assert got == {"k/exact": b"e" * 100, "k/long": b"l" * 101, "k/short": b"s" * 40, "k/empty": b"",
+                   "k/missing": None}
+
+
+def test_boto3_reads_at_most_size_plus_one_bytes_from_a_server_that_ignores_range():
+    big = b"z" * (64 << 20)
+    srv = FakeS3(lambda method, path, headers, body: ("200 OK", big))  # the whole object, Range or not
+    try:
+        with make_store(ObjectCacheConfig.from_dict(srv.config(transport="boto3", retries=0))) as st:
+            t = time.monotonic()
+            got = land_all(st, ["k/1", "k/2"], 1000)
+            assert time.monotonic() - t < 2.0
+            assert st.get_ranges([("k/1", 10, 20)]) == [b"z" * 10]
+        assert got == {"k/1": b"z" * 1001, "k/2": b"z" * 1001}
+        assert sorted(h.get("range") for _, _, h, _ in srv.requests) == ["bytes=0-1000"] * 2 + ["bytes=10-19"]
+    finally:
+        srv.close()
+
+
+# --- C2: a trickling store ends a boto3 call at its deadline -------------------------------
+
+
+@pytest.mark.parametrize("trickle", ["body", "headers"])
+def test_boto3_calls_end_at_the_deadline_however_slowly_the_store_trickles(trickle):
+    # One byte every 50 ms never trips botocore's read timeout (per socket read), so
+    # without the deadline each call below would run for as long as the store likes.
+    srv = endless_body(1000) if trickle == "body" else endless_headers()
+    cfg = ObjectCacheConfig.from_dict(srv.config(transport="boto3", connect_timeout_s=0.5, read_timeout_s=1.0,
+                                                 retries=1, request_deadline_s=1.5))
+    calls = {
+        "get_many": lambda st: st.get_many(["d/1"]),
+        "get_each": lambda st: list(land_all(st, ["d/1", "d/2"], 999).values()),
+        "get_ranges": lambda st: st.get_ranges([("d/1", 0, 10)]),
+        "put_many": lambda st: st.put_many([("d/2", b"v" * 100)]),
+        "exists_many": lambda st: st.exists_many(["d/1"]),
+        "stat_many": lambda st: st.stat_many(["d/1"]),
+    }
+    if trickle == "body":
+        # a HEAD's reply has no body: whole headers are a whole answer; and 10 bytes come
+        # in 0.5 s, even from a server that ignores Range (only they are read)
+        del calls["exists_many"], calls["stat_many"], calls["get_ranges"]
+    try:
+        with make_store(cfg) as st:
+            for name, call in calls.items():
+                t = time.monotonic()
+                out = call(st)
+                took = time.monotonic() - t
+                assert took < 2.2, (name, took)
+                assert all(isinstance(r, StoreError) and r.kind == "timeout" and "deadline" in str(r)
+                           for r in out), (name, out)
+    finally:
+        srv.close()

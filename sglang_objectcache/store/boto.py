@@ -3,8 +3,10 @@
 Works with any S3-compatible server and any credential source boto3 knows (explicit keys
 from the config, else the standard AWS chain). Retries and timeouts are botocore's own
 (`retry_mode`, `total_max_attempts = retries + 1`, fewer where `request_deadline_s` leaves
-no room: `deadline_settings`). Checksums are `when_required`: older
-servers reject the newer flexible checksums, and our objects carry their own xxh3 sums.
+no room: `deadline_settings`), and each call's total is kept by `boto_deadline.Deadlines`
+(botocore's read timeout is per socket read: a trickling store never trips it). Checksums
+are `when_required`: older servers reject the newer flexible checksums, and our objects
+carry their own xxh3 sums.
 
 Costs ~2-3 ms of client CPU per 256 KiB request (bench_transports.py; obstore ~0.6-0.9 ms):
 per-request Python work, not bytes, is its ceiling, so the batch calls run on a thread pool
@@ -25,6 +27,8 @@ from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
 from sglang_objectcache.store.base import (Buffer, Cutoff, GetResult, ObjectInfo, ObjectStat, ObjectStore, Receiver,
                                             StoreError)
+from sglang_objectcache.store.boto_deadline import Call, Deadlines, PastDeadline
+from sglang_objectcache.store.httpget import deadline_s
 
 # From benchmarks/results/transports.json: ~2.2 ms of client CPU per request caps boto3 at
 # ~450 req/s per core, which 16 threads keep busy even at 35 ms of store latency; at 64,
@@ -145,6 +149,8 @@ class Boto3Store(ObjectStore):
         read_s, attempts = deadline_settings(cfg)
         self._client = make_client(cfg, connect_s=cfg.connect_timeout_s, read_s=read_s,
                                    attempts=attempts, pool=self.max_concurrency)
+        self._deadlines = Deadlines()
+        self._deadlines.install(self._client)
         self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="objectcache-boto3")
         self._conditional = C.ConditionalPuts(f"{C.endpoint_of(cfg)}/{cfg.bucket}")
 
@@ -164,17 +170,19 @@ class Boto3Store(ObjectStore):
 
     def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]],
                  size: Optional[int] = None, into: Optional[Callable[[int], Receiver]] = None) -> None:
-        # `size` and `into` are not used: a ranged GET costs boto3 the same as a whole one,
-        # and botocore reads each body into bytes of its own.
+        # `into` is not used: botocore reads each body into bytes of its own. With `size`,
+        # each GET asks for size + 1 bytes and reads no more, even from a server that
+        # ignores Range: a longer object arrives the wrong size, as with obstore.
+        get = (lambda k: self._get(k, 0, size + 1, sized=True)) if size is not None else self._get
         cut = Cutoff(len(keys), land)
         if len(keys) <= 1:
             for i, k in enumerate(keys):
-                cut(i, self._get(k))
+                cut(i, get(k))
             return
 
         def one(i: int, key: str) -> None:
             if i <= cut.at:  # else the batch stopped below it before it started
-                cut(i, self._get(key))
+                cut(i, get(key))
 
         futures = [self._pool.submit(one, i, k) for i, k in enumerate(keys)]
         wait(futures)  # every one, so no `land` runs after we return
@@ -251,25 +259,52 @@ class Boto3Store(ObjectStore):
 
     # --- one request each ---------------------------------------------------------------
 
-    def _get(self, key: str, start: int = 0, end: int = 0) -> GetResult:
-        try:
-            if not end:
-                return self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-            r = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")
-            body = r["Body"].read()
-            if r["ResponseMetadata"]["HTTPStatusCode"] == 200:  # a server that ignores Range
-                return memoryview(body)[start:end]
-            return body
-        except bx.ClientError as e:
-            status, code = _status_code(e)
-            if status == 404 and code != "NoSuchBucket":
-                return None
-            return self._error("GET", key, e)
-        except Exception as e:  # noqa: BLE001 - one bad object must not hide the others
-            return self._error("GET", key, e)
+    def _timed(self, nbytes: Optional[int] = None, group: Optional[set] = None):
+        """One call's deadlines (`boto_deadline`): `request_deadline_s` in all, and each
+        attempt `httpget.deadline_s` of its bytes where they are known."""
+        total = self.cfg.request_deadline_s
+        return self._deadlines.call(total, total if nbytes is None else deadline_s(self.cfg, nbytes), group)
+
+    def _get(self, key: str, start: int = 0, end: int = 0, sized: bool = False) -> GetResult:
+        """The object, or its bytes [start, end) (`end` 0: to its end). Never more than
+        `end` bytes are read, even from a server that ignores Range. `sized`: a GET from 0
+        where an empty object is b"" (S3 answers its range with 416), as get_each wants."""
+        with self._timed(end - start if end else None) as call:
+            try:
+                if not end:
+                    return self._answer("GET", key, call, self._client.get_object(
+                        Bucket=self.bucket, Key=key)["Body"].read())
+                r = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+                whole = r["ResponseMetadata"]["HTTPStatusCode"] == 200  # a server that ignores Range
+                body = r["Body"]
+                try:
+                    data = body.read(end if whole else end - start)
+                finally:
+                    body.close()  # drops the connection only if a body is left unread
+                expected = min(r.get("ContentLength", len(data)), end if whole else end - start)
+                if len(data) != expected and not call.timed_out:
+                    return StoreError("unreachable", self._redact(
+                        f"GET {self.bucket}/{key}: body cut short, {len(data)} of {expected} bytes"))
+                return self._answer("GET", key, call, memoryview(data)[start:end] if whole else data)
+            except bx.ClientError as e:
+                status, code = _status_code(e)
+                if status == 404 and code != "NoSuchBucket" and not call.timed_out:
+                    return None
+                if status == 416 and sized and not call.timed_out:
+                    return b""
+                return self._error("GET", key, e, call)
+            except Exception as e:  # noqa: BLE001 - one bad object must not hide the others
+                return self._error("GET", key, e, call)
+
+    def _answer(self, op: str, key: str, call: Call, result: T) -> Union[T, StoreError]:
+        """`result`, unless the call was cut at its deadline: a reply cut short in its
+        headers or body can parse as a success."""
+        return self._error(op, key, PastDeadline("cut"), call) if call.timed_out else result
 
     def _put(self, key: str, data: Buffer, if_absent: bool) -> Union[bool, StoreError]:
-        return self._conditional.put(lambda conditional: self._put_once(key, data, conditional), if_absent)
+        with self._timed(memoryview(data).nbytes) as call:  # one deadline, a conditional PUT sent again included
+            return self._answer("PUT", key, call, self._conditional.put(
+                lambda conditional: self._put_once(key, data, conditional), if_absent))
 
     def _put_once(self, key: str, data: Buffer, conditional: bool) -> Union[bool, C.Refused, StoreError]:
         try:
@@ -285,29 +320,36 @@ class Boto3Store(ObjectStore):
             return self._error("PUT", key, e)
 
     def _exists(self, key: str) -> Union[bool, StoreError]:
-        try:
-            self._client.head_object(Bucket=self.bucket, Key=key)
-            return True
-        except bx.ClientError as e:
-            if _status_code(e)[0] == 404:  # a HEAD has no body: a missing bucket looks the same
-                return False
-            return self._error("HEAD", key, e)
-        except Exception as e:  # noqa: BLE001
-            return self._error("HEAD", key, e)
+        with self._timed(0) as call:
+            try:
+                self._client.head_object(Bucket=self.bucket, Key=key)
+                return self._answer("HEAD", key, call, True)
+            except bx.ClientError as e:
+                if _status_code(e)[0] == 404 and not call.timed_out:  # a HEAD has no body: a missing
+                    return False  # bucket looks the same
+                return self._error("HEAD", key, e, call)
+            except Exception as e:  # noqa: BLE001
+                return self._error("HEAD", key, e, call)
 
     def _stat(self, key: str) -> Union[ObjectStat, None, StoreError]:
-        try:
-            r = self._client.head_object(Bucket=self.bucket, Key=key)
-            return ObjectStat(r["ContentLength"], r.get("ETag", "").strip('"'))
-        except bx.ClientError as e:
-            if _status_code(e)[0] == 404:  # as in _exists
-                return None
-            return self._error("HEAD", key, e)
-        except Exception as e:  # noqa: BLE001
-            return self._error("HEAD", key, e)
+        with self._timed(0) as call:
+            try:
+                r = self._client.head_object(Bucket=self.bucket, Key=key)
+                return self._answer("HEAD", key, call, ObjectStat(r["ContentLength"], r.get("ETag", "").strip('"')))
+            except bx.ClientError as e:
+                if _status_code(e)[0] == 404 and not call.timed_out:  # as in _exists
+                    return None
+                return self._error("HEAD", key, e, call)
+            except Exception as e:  # noqa: BLE001
+                return self._error("HEAD", key, e, call)
 
-    def _error(self, op: str, key: str, e: Exception) -> StoreError:
+    def _error(self, op: str, key: str, e: Exception, call: Optional[Call] = None) -> StoreError:
         where = f"{op} {self.bucket}/{key}"
+        call = call or self._deadlines.current()
+        if isinstance(e, PastDeadline) or (call is not None and call.timed_out):
+            return StoreError("timeout", self._redact(
+                f"{where}: not done within its deadline ({self.cfg.request_deadline_s:g}s a call; each attempt "
+                f"connect + read + its bytes at {self.cfg.min_rate_mbps:g} Mbit/s)"))
         status = 0
         if isinstance(e, bx.ClientError):
             status, code = _status_code(e)
@@ -353,4 +395,5 @@ class Boto3Store(ObjectStore):
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._client.close()
+        self._deadlines.close()
 
