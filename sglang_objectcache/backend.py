@@ -12,6 +12,11 @@ Contract with SGLang 0.5.23's HiCacheController (managers/cache_controller.py):
 - `batch_set_v1(keys, host_indices)` writes pages that are not known to exist, with a
   conditional PUT (If-None-Match: *), so two servers writing one prefix store it once; it
   returns one bool per page and SGLang treats any False as a failed backup.
+- When SGLang stops its storage threads (`HiCacheController._stop_storage_threads`, on a
+  flush, a reset or a detach) it sets its `storage_stop_event` and joins the threads for
+  10 s before it fails. The plugin hands that event to the backend (`watch_stop`), and a
+  batch in flight then stops: no GET or PUT starts any more, GETs in flight are abandoned,
+  and the pages not done are misses (`batch_get_v1`) or False (`batch_set_v1`).
 - Nothing raises into SGLang's threads and nothing returns None where SGLang wants a result
   (a None silently kills its prefetch thread). A missing, corrupt or truncated object, a
   timeout or any store error is a miss, counted in `stats` (by reason) and logged once.
@@ -40,7 +45,7 @@ from sglang_objectcache.hostpool import HostPages
 from sglang_objectcache.landing import PageLanding
 from sglang_objectcache.staging import StagingArena
 from sglang_objectcache.stats import Stats
-from sglang_objectcache.store import INTO, open_store
+from sglang_objectcache.store import INTO, STOPPED, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +62,7 @@ class ObjectCacheStorage(HiCacheStorage):
         self.store = open_store(self.cfg)
         self.pages: Optional[HostPages] = None
         self.cache: Optional[ObjectCache] = None
+        self._stop: Optional[threading.Event] = None  # SGLang's storage_stop_event (`watch_stop`)
         logger.info("objectcache: store %s ready (%s)", self.store.name, _safe(self.cfg))
         runtime.register(self)
         if mem_pool_host is not None and hasattr(mem_pool_host, "layout"):
@@ -89,6 +95,14 @@ class ObjectCacheStorage(HiCacheStorage):
             )
         self.cache.start_observers(metrics=bool(self.storage_config.enable_storage_metrics))
 
+    def watch_stop(self, event: threading.Event) -> None:
+        """SGLang's `storage_stop_event`: while it is set, batches stop early (the plugin's
+        hook on `attach_storage_backend` passes it)."""
+        self._stop = event
+
+    def _stopped(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
     def register_mem_host_pool_v2(self, host_pool, host_pool_name) -> None:
         super().register_mem_host_pool_v2(host_pool, host_pool_name)
 
@@ -103,7 +117,7 @@ class ObjectCacheStorage(HiCacheStorage):
 
     def batch_exists(self, keys: List[str], extra_info=None) -> int:
         try:
-            if self.cache is None or not keys:
+            if self.cache is None or not keys or self._stopped():
                 return 0
             ks = self.cache.keys
             return self.cache.leading_run([ks.object_key(k) for k in keys])
@@ -151,6 +165,10 @@ class ObjectCacheStorage(HiCacheStorage):
         if not cache.can_read():
             self.stats.miss("store_down", len(keys))
             return [False] * len(keys)
+        stop = self._stop
+        if self._stopped():
+            self.stats.miss("stopped", len(keys))
+            return [False] * len(keys)
         g, ks = self.pages.geometry, cache.keys  # one namespace for the whole batch
         names = [ks.object_key(k) for k in keys]
         digests = [ks.content_digest(k) for k in keys]
@@ -169,6 +187,10 @@ class ObjectCacheStorage(HiCacheStorage):
         def land(i: int, blob) -> bool:
             # On the transport's thread as each GET lands, in any order: checked, then
             # copied into its host slot (this batch's own) unless a lower page has missed.
+            if self._stopped():  # SGLang is stopping: nothing more goes into the host pool
+                with lock:
+                    misses[i] = "stopped"
+                return False
             landing = given.get(i)
             reason = cache.verdict(names[i], blob, digests[i], landing.check if landing else None)
             with lock:
@@ -189,14 +211,14 @@ class ObjectCacheStorage(HiCacheStorage):
             return True
 
         t0 = time.perf_counter()
-        self.store.get_each(names, land, size=g.object_bytes, into=into if PageLanding.pays(g) else None)
+        self.store.get_each(names, land, size=g.object_bytes, into=into if PageLanding.pays(g) else None, stop=stop)
         elapsed = time.perf_counter() - t0
         if corrupt:  # proven and deleted here, not on the transport's thread that found them
             cache.scrub([names[i] for i in corrupt], [digests[i] for i in corrupt])
         hits = next((i for i, ok in enumerate(out) if not ok), len(out))
         out[hits:] = [False] * (len(out) - hits)  # pages that landed above a miss
         if hits < len(keys):  # the first page not copied is a miss: get_each lands every lower one
-            self.stats.miss(misses[hits], len(keys) - hits)
+            self.stats.miss(misses.get(hits, "stopped"), len(keys) - hits)  # (unless SGLang stopped it)
         if hits:
             cache.note_ok()
             cache.observe_hits(names[:hits])
@@ -223,7 +245,7 @@ class ObjectCacheStorage(HiCacheStorage):
                 todo.append((i, key, name))
         if not todo:
             return out
-        if not cache.can_write():
+        if not cache.can_write() or self._stopped():
             return [False] * len(keys)
         t0 = time.perf_counter()
         g = self.pages.geometry
@@ -232,11 +254,15 @@ class ObjectCacheStorage(HiCacheStorage):
             # Each page is sealed while the ones before it upload.
             sealed = self._encode_pages(self.pages, [ks.content_digest(key) for _, key, _ in todo],
                                         [slots[i] for i, _, _ in todo], staging)
-            results = self.store.put_iter(zip(names, sealed), if_absent=True)
+            results = self.store.put_iter(zip(names, sealed), if_absent=True, stop=self._stop)
         elapsed = time.perf_counter() - t0
-        self.stats.inc("put_requests", len(todo))
-        for (i, _, _), ok in zip(todo, cache.wrote(names, results, g.object_bytes)):
-            out[i] = ok
+        # Stopped by SGLang: the pages not drawn have no result, those not sent are STOPPED.
+        sent = [(j, r) for j, r in enumerate(results) if r is not STOPPED]
+        self.stats.inc("put_requests", len(sent))
+        for i, _, _ in todo:
+            out[i] = False
+        for (j, _), ok in zip(sent, cache.wrote([names[j] for j, _ in sent], [r for _, r in sent], g.object_bytes)):
+            out[todo[j][0]] = ok
         written = sum(1 for r in results if r is True)
         self.stats.record_backup(written, written * g.object_bytes, elapsed)
         return out
@@ -262,7 +288,7 @@ class ObjectCacheStorage(HiCacheStorage):
     def batch_get(self, keys, target_locations=None, target_sizes=None):
         try:
             cache = self.cache
-            if self.pages is None or not cache.can_read():
+            if self.pages is None or not cache.can_read() or self._stopped():
                 return [None] * len(keys)
             targets = target_locations or [self.mem_pool_host.get_dummy_flat_data_page() for _ in keys]
             ks = cache.keys
@@ -292,7 +318,7 @@ class ObjectCacheStorage(HiCacheStorage):
     def batch_set(self, keys, values=None, target_locations=None, target_sizes=None) -> bool:
         try:
             cache = self.cache
-            if self.pages is None or not cache.can_write():
+            if self.pages is None or not cache.can_write() or self._stopped():
                 return False
             ks, g = cache.keys, self.pages.geometry
             items = []

@@ -40,6 +40,7 @@ REQUIRED = (
     ("sglang.srt.mem_cache.storage.backend_factory", "StorageBackendFactory.register_backend"),
     ("sglang.srt.server_args", "ServerArgs.add_cli_args"),
     ("sglang.srt.managers.cache_controller", "HiCacheController.attach_storage_backend"),
+    ("sglang.srt.managers.cache_controller", "HiCacheController._stop_storage_threads"),
     ("sglang.srt.managers.cache_controller", "HiCacheController._page_get_zero_copy"),
     ("sglang.srt.managers.cache_controller", "HiCacheController._page_set_zero_copy"),
     ("sglang.srt.mem_cache.hicache_storage", "HiCacheStorage.batch_get_v1"),
@@ -98,6 +99,16 @@ def _select_zero_copy(result, self, storage_backend, *args, **kwargs):
     if storage_backend == NAME and self.enable_storage:
         self.page_get_func = self._page_get_zero_copy
         self.page_set_func = self._page_set_zero_copy
+
+
+def _share_stop_event(result, self, storage_backend, *args, **kwargs):
+    """AFTER hook on attach: the backend watches the controller's `storage_stop_event`.
+    SGLang sets it, then joins its storage threads for 10 s and raises if one is still in a
+    batch (`_stop_storage_threads`, on /flush_cache, a reset, a detach); a batch in flight
+    then returns at once instead of running its GETs or PUTs to the end."""
+    backend = getattr(self, "storage_backend", None)
+    if storage_backend == NAME and self.enable_storage and hasattr(backend, "watch_stop"):
+        backend.watch_stop(self.storage_stop_event)
 
 
 def _weights_updated(result, manager, recv_req, *args, **kwargs):
@@ -211,6 +222,11 @@ def register() -> None:
     HookRegistry.register(
         "sglang.srt.managers.cache_controller.HiCacheController.attach_storage_backend",
         _select_zero_copy,
+        HookType.AFTER,
+    )
+    HookRegistry.register(
+        "sglang.srt.managers.cache_controller.HiCacheController.attach_storage_backend",
+        _share_stop_event,
         HookType.AFTER,
     )
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict, deque
 
-MISS_REASONS = ("not_found", "corrupt", "unsupported", "store_error", "store_down", "no_pool")
+MISS_REASONS = ("not_found", "corrupt", "unsupported", "store_error", "store_down", "no_pool", "stopped")
 # GET latency histogram bucket bounds, seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # SGLang drains the StorageMetrics lists (get_stats) only with --enable-metrics; without it

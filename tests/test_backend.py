@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
 import time
 
 import pytest
@@ -299,3 +300,57 @@ def test_never_none_and_never_raises(s3_config):
     assert b.batch_set_v1(hashes(2), bad) == [False, False]
     assert b.batch_exists([]) == 0
     assert b.batch_exists(["not-a-page-hash"]) == 0
+
+
+# --- SGLang stopping its storage threads (C1) -------------------------------------------------
+
+
+def stop_after(stop: threading.Event, delay_s: float, call):
+    """`call()` with `stop` set `delay_s` into it: (its result, seconds it ran past the set)."""
+    timer = threading.Timer(delay_s, stop.set)
+    t0 = time.monotonic()
+    timer.start()
+    out = call()
+    took = time.monotonic() - t0 - delay_s
+    timer.join()
+    return out, took
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_batch_ends_soon_after_sglang_sets_its_stop_event(s3, bucket, fault_proxy, transport):
+    # Through the proxy every request waits 0.4 s, one at a time: a batch of 8 pages takes
+    # over 3 s. SGLang sets its stop event, then joins the storage thread for 10 s and
+    # raises if it is still busy (the scheduler dies): the batch must return within a poll
+    # of the event, the pages not done being misses (reads) or False (writes).
+    from sglang_objectcache.harness.proxy import Faults
+
+    cfg = {**s3.config(bucket), "endpoint_url": fault_proxy.endpoint, "transport": transport, "max_concurrency": 1}
+    _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
+    fill_random(host)
+    keys, more = hashes(8, "s"), hashes(8, "t")
+    w, r = backend_for(cfg, host), backend_for(cfg, host)
+    assert w.batch_set_v1(keys, slots(range(8))) == [True] * 8
+    stop = threading.Event()
+    w.watch_stop(stop)
+    r.watch_stop(stop)
+    fault_proxy.set(Faults(latency_s=0.4))
+
+    got, took = stop_after(stop, 1.0, lambda: r.batch_get_v1(keys, slots(range(20, 28))))
+    hits = sum(got)
+    assert took < 0.35, took  # the GET in flight is abandoned, none starts after it
+    assert 1 <= hits < 8 and got == [True] * hits + [False] * (8 - hits), got
+    assert r.stats.counters["miss_stopped"] == 8 - hits
+    assert r.batch_exists(keys) == 0 and r.batch_get_v1(keys, slots(range(20, 28))) == [False] * 8  # while set
+
+    stop.clear()
+    put, took = stop_after(stop, 1.0, lambda: w.batch_set_v1(more, slots(range(8, 16))))
+    written = sum(put)
+    assert took < 0.75, took  # the PUT in flight is finished (0.4 s), none starts after it
+    assert 1 <= written < 8 and put == [True] * written + [False] * (8 - written), put
+    listed = {o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix=w.keys.namespace_prefix)["Contents"]}
+    assert [w.keys.object_key(k) in listed for k in more] == put
+
+    stop.clear()  # SGLang clears it once its threads are stopped: batches run again
+    fault_proxy.clear()
+    assert r.batch_get_v1(keys, slots(range(20, 28))) == [True] * 8
+    assert w.batch_set_v1(more, slots(range(8, 16))) == [True] * 8

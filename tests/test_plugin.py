@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -88,6 +89,49 @@ def test_controller_selects_the_zero_copy_path(monkeypatch):
     c.attach_storage_backend("objectcache", model_name="m", storage_backend_extra_config={"bucket": "b"})
     assert c.page_get_func == c._page_get_zero_copy
     assert c.page_set_func == c._page_set_zero_copy
+
+
+def test_sglang_stopping_its_storage_threads_ends_a_batch_in_flight(s3, bucket, fault_proxy, monkeypatch):
+    """SGLang's own attach (with the plugin's hooks) and its own `_stop_storage_threads`:
+    the prefetch thread is inside a batch_get_v1 on a slow store (0.4 s a GET, one at a
+    time, 12 pages: ~5 s). The stop sets the event and joins the thread for 10 s, then
+    raises (and with it the scheduler): the batch must end at once instead."""
+    from sglang.srt.managers import cache_controller
+    from sglang.srt.managers.cache_controller import HiCacheController
+    from test_backend import hashes, slots, storage_config
+
+    from sglang_objectcache.harness.proxy import Faults
+
+    monkeypatch.setattr(cache_controller, "get_parallel", lambda: SimpleNamespace(attn_dcp_size=1))
+    _, host = make_pools("mha", "layer_first", torch.bfloat16, 4)
+    c = object.__new__(HiCacheController)
+    c.enable_storage = False
+    c.storage_stop_event = threading.Event()
+    c.storage_host_pool = c.mem_pool_host = host
+    c.host_memory_mode = "cache"
+    c.page_size = 4
+    c._start_storage_threads = lambda: None
+    c._create_sync_groups = lambda: []
+    c._generate_storage_config = lambda model_name, extra: storage_config(extra)
+    cfg = {**s3.config(bucket), "endpoint_url": fault_proxy.endpoint, "transport": "obstore", "max_concurrency": 1}
+    c.attach_storage_backend("objectcache", model_name="m", storage_backend_extra_config=cfg)
+    backend = c.storage_backend
+    try:
+        keys = hashes(12, "j")
+        assert backend.batch_set_v1(keys, slots(range(12))) == [True] * 12
+        fault_proxy.set(Faults(latency_s=0.4))
+        got = []
+        c.prefetch_thread = threading.Thread(target=lambda: got.append(backend.batch_get_v1(keys, slots(range(12, 24)))))
+        c.prefetch_thread.start()
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        HiCacheController._stop_storage_threads(c)  # raises if the thread outlives its join
+        assert time.monotonic() - t0 < 0.5
+        hits = sum(got[0])
+        assert 1 <= hits < 12 and got[0] == [True] * hits + [False] * (12 - hits)
+    finally:
+        fault_proxy.clear()
+        backend.close()
 
 
 def test_layerwise_config_switches_to_the_external_linker(tiny_model):

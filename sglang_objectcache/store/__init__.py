@@ -15,11 +15,11 @@ from __future__ import annotations
 import importlib.util
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.store.base import (INTO, Buffer, GetResult, ObjectInfo, ObjectStat, ObjectStore, Receiver,
-                                          StoreError, etag_matches)
+from sglang_objectcache.store.base import (INTO, STOPPED, Buffer, GetResult, ObjectInfo, ObjectStat, ObjectStore,
+                                          Receiver, StoreError, etag_matches)
 
-__all__ = ["INTO", "Buffer", "GetResult", "ObjectInfo", "ObjectStat", "ObjectStore", "Receiver", "StoreError",
-           "etag_matches", "make_store", "open_store", "resolve_transport"]
+__all__ = ["INTO", "STOPPED", "Buffer", "GetResult", "ObjectInfo", "ObjectStat", "ObjectStore", "Receiver",
+           "StoreError", "etag_matches", "make_store", "open_store", "resolve_transport"]
 
 
 def resolve_transport(cfg: ObjectCacheConfig) -> str:

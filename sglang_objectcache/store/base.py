@@ -28,7 +28,11 @@ return one result per input, in input order. A per-item failure is returned as a
   `INTO` once all `size` bytes went through. It may ignore `into` for any object (that
   object then lands as a body, as without it), and a receiver may have been fed part of an
   object that then lands as a body (a read cut short, read again): what a receiver writes
-  must be the caller's scratch until `land` says otherwise.
+  must be the caller's scratch until `land` says otherwise. With `stop` (a
+  `threading.Event`: SGLang's, set when it stops its storage threads), once it is set no
+  GET starts and no result is handed to `land` any more (a `land` running goes on), GETs in
+  flight are abandoned where the transport can (obstore cancels them, boto3 cuts their
+  connections) and get_each returns within about `STOP_POLL_S` of it.
 - `get_ranges(reqs)`: for each (key, start, end) the bytes of [start, end); `None` if the
   key does not exist. Adjacent ranges of one key may be coalesced into one request; that
   is the transport's business.
@@ -37,7 +41,10 @@ return one result per input, in input order. A per-item failure is returned as a
 - `put_iter(items)`: `put_many` over an iterable, each PUT started as soon as its item is
   produced (the caller seals page i + 1 while page i uploads); results in input order.
   `items` may be drawn on the transport's own thread; an exception it raises stops the
-  batch and is re-raised.
+  batch and is re-raised. With `stop` (as get_each's), once it is set no more items are
+  drawn (the results end there) and a PUT not started yet is not sent: its result is
+  `STOPPED`. PUTs in flight are finished (each by its deadline): the caller may reuse the
+  memory it handed over only once no PUT can read it.
 - `exists_many(keys)`: True/False per key (HEAD), or a `StoreError`.
 - `exists_prefix(keys)`: `exists_many` for a leading run: the answers in order up to and
   including the first one that is not True; the HEADs past it may be cancelled unanswered.
@@ -115,6 +122,20 @@ INTO = _Into()  # get_each's result for an object that went whole through its Re
 GetResult = Union[Buffer, None, StoreError, _Into]
 
 
+class _Stopped:
+    def __repr__(self) -> str:
+        return "STOPPED"
+
+
+STOPPED = _Stopped()  # put_iter's result for a PUT not sent because `stop` was set
+# How often a batch looks at its `stop` event while it waits on the store.
+STOP_POLL_S = 0.02
+
+
+def stopped(stop: Optional[threading.Event]) -> bool:
+    return stop is not None and stop.is_set()
+
+
 class Receiver(ABC):
     """Where one object's bytes go as they arrive (`get_each`'s `into`): the caller checks
     and places each read while it is still in the CPU's cache, and the transport needs no
@@ -146,6 +167,10 @@ class Cutoff:
     def _stop(self, i: int) -> None:
         with self._lock:
             self.at = min(self.at, i)
+
+    def halt(self) -> None:
+        """Nothing more is landed (the batch was stopped from outside)."""
+        self._stop(-1)
 
     def __call__(self, i: int, result: GetResult) -> bool:
         """Land result i unless the batch stopped below it; False if the batch stops here."""
@@ -190,14 +215,21 @@ class ObjectStore(ABC):
         return [StoreError("client", f"{self.name}: stat is not supported")] * len(keys)
 
     def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]],
-                 size: Optional[int] = None, into: Optional[Callable[[int], Receiver]] = None) -> None:
+                 size: Optional[int] = None, into: Optional[Callable[[int], Receiver]] = None,
+                 stop: Optional[threading.Event] = None) -> None:
         cut = Cutoff(len(keys), land)
-        for i, r in enumerate(self.get_many(keys)):
-            if not cut(i, r):
+        for i, r in enumerate(self.get_many(keys)):  # one call: a stop is seen once it is over
+            if stopped(stop) or not cut(i, r):
                 return
 
-    def put_iter(self, items: Iterable[tuple[str, Buffer]], if_absent: bool = True) -> list[Union[bool, StoreError]]:
-        return self.put_many(list(items), if_absent)
+    def put_iter(self, items: Iterable[tuple[str, Buffer]], if_absent: bool = True,
+                 stop: Optional[threading.Event] = None) -> list[Union[bool, StoreError, _Stopped]]:
+        drawn = []
+        for item in items:
+            if stopped(stop):
+                break
+            drawn.append(item)
+        return self.put_many(drawn, if_absent)
 
     def exists_prefix(self, keys: Sequence[str]) -> list[Union[bool, StoreError]]:
         answers = self.exists_many(keys)

@@ -15,6 +15,7 @@ of `max_concurrency` and a batch of one runs inline.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
@@ -25,9 +26,9 @@ from botocore.handlers import add_expect_header
 
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
-from sglang_objectcache.store.base import (Buffer, Cutoff, GetResult, ObjectInfo, ObjectStat, ObjectStore, Receiver,
-                                            StoreError)
-from sglang_objectcache.store.boto_deadline import Call, Deadlines, PastDeadline
+from sglang_objectcache.store.base import (STOP_POLL_S, STOPPED, Buffer, Cutoff, GetResult, ObjectInfo, ObjectStat,
+                                            ObjectStore, Receiver, StoreError, stopped)
+from sglang_objectcache.store.boto_deadline import Call, Deadlines, Group, PastDeadline
 from sglang_objectcache.store.httpget import deadline_s
 
 # From benchmarks/results/transports.json: ~2.2 ms of client CPU per request caps boto3 at
@@ -169,23 +170,38 @@ class Boto3Store(ObjectStore):
         return self._map(self._get, keys)
 
     def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]],
-                 size: Optional[int] = None, into: Optional[Callable[[int], Receiver]] = None) -> None:
+                 size: Optional[int] = None, into: Optional[Callable[[int], Receiver]] = None,
+                 stop: Optional[threading.Event] = None) -> None:
         # `into` is not used: botocore reads each body into bytes of its own. With `size`,
         # each GET asks for size + 1 bytes and reads no more, even from a server that
         # ignores Range: a longer object arrives the wrong size, as with obstore.
-        get = (lambda k: self._get(k, 0, size + 1, sized=True)) if size is not None else self._get
+        calls = Group()  # the GETs in flight, to cut if SGLang stops the batch
+
+        def get(key: str) -> GetResult:
+            if size is None:
+                return self._get(key, group=calls)
+            return self._get(key, 0, size + 1, sized=True, group=calls)
+
         cut = Cutoff(len(keys), land)
         if len(keys) <= 1:
             for i, k in enumerate(keys):
-                cut(i, get(k))
+                if not stopped(stop):
+                    cut(i, get(k))
             return
 
         def one(i: int, key: str) -> None:
-            if i <= cut.at:  # else the batch stopped below it before it started
+            if i <= cut.at and not stopped(stop):  # else the batch stopped before it started
                 cut(i, get(key))
 
-        futures = [self._pool.submit(one, i, k) for i, k in enumerate(keys)]
-        wait(futures)  # every one, so no `land` runs after we return
+        pending = {self._pool.submit(one, i, k) for i, k in enumerate(keys)}
+        futures = list(pending)
+        while pending:  # every one, so no `land` runs after we return
+            _, pending = wait(pending, timeout=None if stop is None else STOP_POLL_S)
+            if pending and stopped(stop):
+                cut.halt()  # nothing more lands, and the GETs in flight end now
+                self._deadlines.end_now(calls)
+                wait(pending)
+                break
         for f in futures:
             if f.exception() is not None:
                 raise f.exception()
@@ -221,11 +237,14 @@ class Boto3Store(ObjectStore):
     def put_many(self, items: Sequence[tuple[str, Buffer]], if_absent: bool = True) -> list[Union[bool, StoreError]]:
         return self._map(lambda kv: self._put(kv[0], kv[1], if_absent), items)
 
-    def put_iter(self, items: Iterable[tuple[str, Buffer]], if_absent: bool = True) -> list[Union[bool, StoreError]]:
+    def put_iter(self, items: Iterable[tuple[str, Buffer]], if_absent: bool = True,
+                 stop: Optional[threading.Event] = None) -> list:
         futures = []
         try:
             for key, data in items:
-                futures.append(self._pool.submit(self._put, key, data, if_absent))
+                if stopped(stop):
+                    break
+                futures.append(self._pool.submit(self._put, key, data, if_absent, stop))
             return [f.result() for f in futures]
         finally:
             for f in futures:  # only if we got here by an exception: drop what has not started
@@ -259,17 +278,18 @@ class Boto3Store(ObjectStore):
 
     # --- one request each ---------------------------------------------------------------
 
-    def _timed(self, nbytes: Optional[int] = None, group: Optional[set] = None):
+    def _timed(self, nbytes: Optional[int] = None, group: Optional[Group] = None):
         """One call's deadlines (`boto_deadline`): `request_deadline_s` in all, and each
         attempt `httpget.deadline_s` of its bytes where they are known."""
         total = self.cfg.request_deadline_s
         return self._deadlines.call(total, total if nbytes is None else deadline_s(self.cfg, nbytes), group)
 
-    def _get(self, key: str, start: int = 0, end: int = 0, sized: bool = False) -> GetResult:
+    def _get(self, key: str, start: int = 0, end: int = 0, sized: bool = False,
+             group: Optional[Group] = None) -> GetResult:
         """The object, or its bytes [start, end) (`end` 0: to its end). Never more than
         `end` bytes are read, even from a server that ignores Range. `sized`: a GET from 0
         where an empty object is b"" (S3 answers its range with 416), as get_each wants."""
-        with self._timed(end - start if end else None) as call:
+        with self._timed(end - start if end else None, group) as call:
             try:
                 if not end:
                     return self._answer("GET", key, call, self._client.get_object(
@@ -301,7 +321,9 @@ class Boto3Store(ObjectStore):
         headers or body can parse as a success."""
         return self._error(op, key, PastDeadline("cut"), call) if call.timed_out else result
 
-    def _put(self, key: str, data: Buffer, if_absent: bool) -> Union[bool, StoreError]:
+    def _put(self, key: str, data: Buffer, if_absent: bool, stop: Optional[threading.Event] = None):
+        if stopped(stop):  # its turn came after SGLang stopped the batch
+            return STOPPED
         with self._timed(memoryview(data).nbytes) as call:  # one deadline, a conditional PUT sent again included
             return self._answer("PUT", key, call, self._conditional.put(
                 lambda conditional: self._put_once(key, data, conditional), if_absent))

@@ -60,6 +60,14 @@ class Call:
         return self.refused or (self.cut_at > 0 and self.cut_at == self.attempts)
 
 
+class Group:
+    """Calls that end together (one batch's)."""
+
+    def __init__(self):
+        self.calls: set[Call] = set()
+        self.ended = False
+
+
 class Deadlines:
     def __init__(self):
         self._local = threading.local()
@@ -83,13 +91,16 @@ class Deadlines:
         return True
 
     @contextmanager
-    def call(self, total_s: float, attempt_s: float, group: Optional[set] = None) -> Iterator[Call]:
+    def call(self, total_s: float, attempt_s: float, group: Optional["Group"] = None) -> Iterator[Call]:
         """One call on this thread: it ends by `total_s` from now, each attempt by
         `attempt_s` from its start. While it runs it is in `group` (for `end_now`)."""
         c = Call(time.monotonic() + total_s, min(attempt_s, total_s))
         self._local.call = c
         if group is not None:
-            group.add(c)
+            with self._cond:
+                group.calls.add(c)
+                if group.ended:  # the group was ended before this call began: no attempt starts
+                    c.end = time.monotonic()
         try:
             yield c
         finally:
@@ -98,21 +109,22 @@ class Deadlines:
                 if c.conn is not None and getattr(c.conn, "_objectcache_call", None) is c:
                     c.conn._objectcache_call = None
                 c.conn = None
+                if group is not None:
+                    group.calls.discard(c)
             self._local.call = None
-            if group is not None:
-                group.discard(c)
 
     def current(self) -> Optional[Call]:
         return getattr(self._local, "call", None)
 
-    def end_now(self, calls) -> None:
-        """End these calls now: their attempts are cut, and none starts again."""
+    def end_now(self, group: "Group") -> None:
+        """End the group's calls now, those to come too: their attempts are cut, and none
+        starts again."""
         now = time.monotonic()
         with self._cond:
-            for c in list(calls):
-                if not c.done:
-                    c.end = c.attempt_end = now
-                    heapq.heappush(self._heap, (now, next(self._seq), c))
+            group.ended = True
+            for c in group.calls:
+                c.end = c.attempt_end = now
+                heapq.heappush(self._heap, (now, next(self._seq), c))
             self._start()
             self._cond.notify()
 

@@ -50,8 +50,8 @@ from obstore.store import S3Store
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
 from sglang_objectcache.store import httpget, httpput
-from sglang_objectcache.store.base import (INTO, Buffer, Cutoff, GetResult, ObjectInfo, ObjectStat, ObjectStore,
-                                            Receiver, StoreError)
+from sglang_objectcache.store.base import (INTO, STOP_POLL_S, STOPPED, Buffer, Cutoff, GetResult, ObjectInfo,
+                                            ObjectStat, ObjectStore, Receiver, StoreError, stopped)
 
 # In-flight requests cost no thread here. A remote store's latency needs many in flight
 # (~1400 req/s per core at 20-40 ms is 28-56); 128 sends SGLang's 128-page batch in one
@@ -209,7 +209,8 @@ class ObstoreStore(ObjectStore):
     def stat_many(self, keys: Sequence[str]) -> list[Union[ObjectStat, None, StoreError]]:
         return self._run([self._stat(k) for k in keys])
 
-    def put_iter(self, items: Iterable[tuple[str, Buffer]], if_absent: bool = True) -> list[Union[bool, StoreError]]:
+    def put_iter(self, items: Iterable[tuple[str, Buffer]], if_absent: bool = True,
+                 stop: Optional[threading.Event] = None) -> list:
         async def run() -> list:
             # `items` is drawn on the loop (the caller's sealing runs here): one hand-off per
             # batch, not one per PUT. Each PUT starts before the next item is made.
@@ -218,8 +219,10 @@ class ObstoreStore(ObjectStore):
             try:
                 for key, data in items:
                     limit = limit or self._bytes_limit(memoryview(data).nbytes, PUT_BYTES_IN_FLIGHT)
-                    tasks.append(asyncio.ensure_future(self._limited(limit, self._put(key, data, if_absent))))
+                    tasks.append(asyncio.ensure_future(self._limited(limit, self._put(key, data, if_absent, stop))))
                     await asyncio.sleep(0)  # let it reach the network
+                    if stopped(stop):
+                        break
                 return await asyncio.gather(*tasks)
             finally:
                 for t in tasks:  # only if we got here by an exception: no-op once done
@@ -228,7 +231,8 @@ class ObstoreStore(ObjectStore):
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
 
     def get_each(self, keys: Sequence[str], land: Callable[[int, GetResult], Optional[bool]],
-                 size: Optional[int] = None, into: Optional[Callable[[int], Receiver]] = None) -> None:
+                 size: Optional[int] = None, into: Optional[Callable[[int], Receiver]] = None,
+                 stop: Optional[threading.Event] = None) -> None:
         cut = Cutoff(len(keys), land)
         tasks: list[asyncio.Future] = []
         fetching = set(range(len(keys)))  # only these may be cancelled: never a running `land`
@@ -257,14 +261,29 @@ class ObstoreStore(ObjectStore):
                         if j in fetching:
                             tasks[j].cancel()
 
+        async def halt_on_stop() -> None:
+            # SGLang is stopping its storage threads: land nothing more, and cancel every GET
+            # not landed yet (a cancelled GET of ours closes its connection, so nothing
+            # writes into a receiver's memory after that).
+            while not stop.is_set():
+                await asyncio.sleep(STOP_POLL_S)
+            cut.halt()
+            for j in list(fetching):
+                tasks[j].cancel()
+
         async def run() -> None:
             # The byte cap is held until each body is landed and can be freed.
             tasks.extend(asyncio.ensure_future(self._limited(limit, one(i, k))) for i, k in enumerate(keys))
-            # return_exceptions: a cancelled task must not end the gather while others
-            # may still call `land`.
-            for r in await asyncio.gather(*tasks, return_exceptions=True):
-                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-                    raise r
+            watch = asyncio.ensure_future(halt_on_stop()) if stop is not None else None
+            try:
+                # return_exceptions: a cancelled task must not end the gather while others
+                # may still call `land`.
+                for r in await asyncio.gather(*tasks, return_exceptions=True):
+                    if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                        raise r
+            finally:
+                if watch is not None:
+                    watch.cancel()
 
         asyncio.run_coroutine_threadsafe(run(), self._loop).result()
 
@@ -376,8 +395,10 @@ class ObstoreStore(ObjectStore):
             except Exception as e:  # noqa: BLE001
                 return self._error("GET", key, e)
 
-    async def _put(self, key: str, data: Buffer, if_absent: bool) -> Union[bool, StoreError]:
+    async def _put(self, key: str, data: Buffer, if_absent: bool, stop: Optional[threading.Event] = None):
         async with self._sem:
+            if stopped(stop):  # its turn came after SGLang stopped the batch
+                return STOPPED
             try:  # one deadline for the call: our client, obstore's retries, a conditional PUT sent again
                 return await self._within(self._conditional.put_async(
                     lambda conditional: self._put_once(key, data, conditional), if_absent))
