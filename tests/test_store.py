@@ -4,6 +4,7 @@ the startup check's errors, a stalled server, and that secrets never leak into m
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import random
 import signal
@@ -324,6 +325,80 @@ def test_nixl_without_nixl_says_what_is_missing(s3, bucket):
     assert "pip install nixl" in msg and "libcuobjclient.so.1" in msg and "transport: obstore or boto3" in msg
     assert s3.secret_key not in msg
     importlib.import_module("sglang_objectcache.store.nixl")  # the module itself imports without nixl
+
+
+class StandInAgent:
+    """NIXL is not installed here: the few agent calls `NixlObjStore._xfer` makes, with the
+    transfer's states scripted, and a record of what was released."""
+
+    def __init__(self, states):
+        self.states = iter(states)
+        self.released, self.deregistered = [], []
+
+    def register_memory(self, descs, kind, backends):
+        return f"reg-{kind}"
+
+    def get_xfer_descs(self, descs, kind):
+        return descs
+
+    def initialize_xfer(self, op, local, remote, name, backends):
+        return "handle"
+
+    def transfer(self, handle):
+        return next(self.states)
+
+    def check_xfer_state(self, handle):
+        state = next(self.states)
+        if isinstance(state, Exception):
+            raise state
+        return state
+
+    def release_xfer_handle(self, handle):
+        self.released.append(handle)
+
+    def deregister_memory(self, reg, backends):
+        self.deregistered.append(reg)
+
+
+def nixl_store(agent, timeout_s: float = 0.05):
+    import numpy as np
+
+    from sglang_objectcache.store.nixl import NixlObjStore
+
+    st = object.__new__(NixlObjStore)  # its __init__ needs nixl itself
+    st.cfg, st.bucket, st._np, st._agent, st._agent_name = ObjectCacheConfig(bucket="kv"), "kv", np, agent, "a"
+    st._control = type("Control", (), {"exists_many": lambda self, keys: [True] * len(keys)})()
+    st._timeout_s, st._abandoned, st._warned_abandon = timeout_s, [], False
+    return st
+
+
+@pytest.mark.parametrize("stuck", ["in_progress", "state_unreadable"])
+def test_nixl_keeps_the_memory_of_a_transfer_that_may_still_run(stuck, caplog):
+    # H11: a transfer past its wait may still write into its buffer: releasing its handle
+    # and deregistering (and freeing) the buffer would let it write into memory no longer
+    # its. It fails, and its handle and memory are kept.
+    tail = itertools.repeat("PROC") if stuck == "in_progress" else [RuntimeError("agent lost")]
+    agent = StandInAgent(itertools.chain(["PROC"], tail))
+    st = nixl_store(agent)
+    out = st._xfer("READ", [("k/1", 0, 16), ("k/2", 0, 16)])
+    assert all(isinstance(r, StoreError) for r in out), out
+    assert agent.released == [] and agent.deregistered == []
+    (handle, regs, memory), = st._abandoned
+    assert handle == "handle" and regs == ("reg-OBJ", "reg-DRAM") and memory.nbytes == 32
+    if stuck == "in_progress":  # another one: kept too, and not logged again
+        st._xfer("READ", [("k/3", 0, 8)])
+        assert len(st._abandoned) == 2
+    assert sum("kept (leaked)" in r.getMessage() for r in caplog.records) == 1  # logged once
+
+
+@pytest.mark.parametrize("end", ["DONE", "ERR"])
+def test_nixl_releases_a_transfer_that_is_over(end):
+    agent = StandInAgent(["PROC", "PROC", end])
+    st = nixl_store(agent, timeout_s=5.0)
+    out = st._xfer("READ", [("k/1", 0, 16)])
+    assert agent.released == ["handle"] and agent.deregistered == ["reg-OBJ", "reg-DRAM"]
+    assert st._abandoned == []
+    assert isinstance(out[0], StoreError) == (end == "ERR")
 
 
 def test_concurrency_is_the_users_or_the_transports_default(s3, bucket, transport):

@@ -3,7 +3,8 @@
 UNTESTED: this module has never run. NIXL is not installed in this environment, and its
 OBJ plugin needs NVIDIA's cuObject client (`libcuobjclient.so.1`, from the CUDA toolkit's
 GPUDirect Storage packages), which no package registry here provides. Only the failure
-paths (no `nixl`, OBJ plugin not loadable) are exercised by the tests. The calls follow
+paths (no `nixl`, OBJ plugin not loadable) and the transfer bookkeeping, against a stand-in
+agent (tests/test_store.py: what is released when), are exercised by the tests. The calls follow
 NIXL's Python API (`nixl._api.nixl_agent`) as used in /work/shared/research/s3-servers.md §6,
 where a DRAM<->OBJ round trip was shown to work against SeaweedFS with a stub cuObject.
 
@@ -23,6 +24,7 @@ still reads as None.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 from typing import Iterator, Optional, Sequence, Union
@@ -41,6 +43,7 @@ NO_OBJ = ("NIXL could not create its OBJ backend ({err}). The OBJ plugin links N
           "check `ldd libplugin_OBJ.so` in the nixl wheel's plugin directory, put the library on "
           "LD_LIBRARY_PATH, or use transport: obstore or boto3. Plugin params sent: {params}.")
 
+logger = logging.getLogger(__name__)
 _ids = itertools.count()
 
 
@@ -82,6 +85,8 @@ class NixlObjStore(ObjectStore):
         self._control = Boto3Store(cfg, max_concurrency)
         self.max_concurrency = self._control.max_concurrency
         self._timeout_s = cfg.connect_timeout_s + cfg.read_timeout_s * (cfg.retries + 1)
+        self._abandoned: list = []  # transfers past their wait, kept with their memory (`_abandon`)
+        self._warned_abandon = False
 
     def __repr__(self) -> str:
         return f"NixlObjStore(endpoint={C.endpoint_of(self.cfg)!r}, bucket={self.bucket!r})"
@@ -163,30 +168,51 @@ class NixlObjStore(ObjectStore):
         obj = [(0, n, dev[k], k) for k, n in extent.items()]
         remote = [(a, n, dev[k]) for (k, a, _), n in zip(reqs, lens)]
         reg_dram = reg_obj = handle = None
+        live = False  # a transfer was posted and is not known to be over
         try:
             reg_dram = agent.register_memory(dram, "DRAM", backends=["OBJ"])
             reg_obj = agent.register_memory(obj, "OBJ", backends=["OBJ"])
             handle = agent.initialize_xfer(op, agent.get_xfer_descs(local, "DRAM"),
                                            agent.get_xfer_descs(remote, "OBJ"), self._agent_name,
                                            backends=["OBJ"])
+            live = True
             state, deadline = agent.transfer(handle), time.monotonic() + self._timeout_s
             while state not in ("DONE", "ERR") and time.monotonic() < deadline:
                 time.sleep(0.0005)
                 state = agent.check_xfer_state(handle)
+            live = state not in ("DONE", "ERR")
             if state != "DONE":
                 raise RuntimeError(f"NIXL OBJ {op} ended in state {state}")
         except Exception as e:  # noqa: BLE001
             return self._failed(op, reqs, e)
         finally:
-            if handle is not None:
-                agent.release_xfer_handle(handle)
-            for reg in (reg_obj, reg_dram):
-                if reg is not None:
-                    agent.deregister_memory(reg, backends=["OBJ"])
+            if live:
+                self._abandon(op, handle, (reg_obj, reg_dram), buf if op == "READ" else arrs)
+            else:
+                if handle is not None:
+                    agent.release_xfer_handle(handle)
+                for reg in (reg_obj, reg_dram):
+                    if reg is not None:
+                        agent.deregister_memory(reg, backends=["OBJ"])
         if op == "WRITE":
             return [None] * len(reqs)
         mv = memoryview(buf)
         return [mv[o:o + n] for o, n in zip(offs, lens)]
+
+    def _abandon(self, op: str, handle, regs, memory) -> None:
+        """A transfer past its wait (or whose state could not be read) may still be writing
+        into `memory` (READ) or reading it (WRITE). Releasing its handle and deregistering
+        the memory, or letting a READ buffer be freed, would let it write into memory that
+        is no longer its (review H11). So all of it is kept, deliberately leaked, for the
+        life of the store: one buffer per timed-out transfer. (A WRITE reads the caller's
+        memory, which the caller reuses: the object may then be stored damaged, and its
+        checksums make it a miss on read, never wrong KV.)"""
+        self._abandoned.append((handle, regs, memory))
+        if not self._warned_abandon:
+            self._warned_abandon = True
+            logger.warning("objectcache: a NIXL OBJ %s did not finish within %gs; its handle and registered "
+                           "memory are kept (leaked) rather than released while it may still run (logged once)",
+                           op, self._timeout_s)
 
     def _failed(self, op: str, reqs, e: Exception) -> list:
         # A READ of a missing key fails the whole transfer; say None for those keys.
