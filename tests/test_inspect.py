@@ -5,6 +5,7 @@ Python tree nodes; the Prometheus exporter in multiprocess mode; the endpoint's 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import subprocess
@@ -20,14 +21,14 @@ from sglang_objectcache import objformat
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.inspect import accesslog, bucket, cli, gc, layout, treeview, verify
 from sglang_objectcache.keys import KeyScheme, Namespace
-from sglang_objectcache.store import make_store
+from sglang_objectcache.store import ObjectInfo, make_store
 
 PREFIX = "objectcache"
 GEOM = objformat.PageGeometry("mha", num_layers=2, tokens=4, row_bytes=(16, 16), dtype="bfloat16")
 
 
-def scheme(model: str = "tiny", geometry: objformat.PageGeometry = GEOM) -> KeyScheme:
-    return KeyScheme(PREFIX, Namespace(model=model, geometry=geometry, kv_shard="tp0of1", layers="0-2", identity=model))
+def scheme(model: str = "tiny", geometry: objformat.PageGeometry = GEOM, kv_shard: str = "tp0of1") -> KeyScheme:
+    return KeyScheme(PREFIX, Namespace(model=model, geometry=geometry, kv_shard=kv_shard, layers="0-2", identity=model))
 
 
 def page(ks: KeyScheme, page_hash: str, geometry: objformat.PageGeometry = GEOM, seed: int = 0) -> tuple[str, bytes]:
@@ -332,7 +333,8 @@ def test_access_log_is_one_object_per_server_rewritten_with_its_reads(store):
     other.record([k1], now=60.0)
     other.flush()  # over its limit: forgets its oldest read (k3)
     reads, logs = accesslog.read(store, ks.namespace_prefix)
-    assert reads == {c1: 200.0, c2: 300.0} and sorted(logs) == sorted([log.key, other.key])
+    # a read is stamped with the end of its second (its first page; one µs less per position)
+    assert reads == pytest.approx({c1: 201 - 1e-6, c2: 301 - 1e-6}) and sorted(logs) == sorted([log.key, other.key])
     assert accesslog.parse(b"junk\n" + c1.encode() + b"\tnope\n" + c2.encode() + b"\t7\n") == {c2: 7.0}
 
 
@@ -358,6 +360,57 @@ def test_gc_plan_ttl_then_capacity_least_recently_used_first():
     assert [v.key for v in gc.plan(pages, gc.Policy(ttl_s=600), now=1000).victims] == ["d", "e", "f", "c"]
     with pytest.raises(ValueError):
         gc.Policy()
+
+
+def test_gc_takes_pages_that_tie_together():
+    # H8: pages written together and never read tie on their last use. A cap cutting into
+    # them by key would keep a random part of a prefix (holes: the pages past a hole are
+    # unreachable); the whole group goes instead.
+    together = [gc.Page(k, 10, 100.0, written=100.0) for k in ("d4", "a1", "c3", "b2")]
+    pages = [gc.Page("z", 10, 50.0, written=50.0), *together, gc.Page("n1", 10, 200.0), gc.Page("n2", 10, 300.0)]
+    p = gc.plan(pages, gc.Policy(max_bytes=45), now=1000)
+    assert [v.key for v in p.victims] == ["z", "a1", "b2", "c3", "d4"]
+    assert p.kept_bytes == 20
+    # the same last use in two families (deployments) is two groups: the older write goes first
+    other = [gc.Page(k, 10, 100.0, written=90.0, family="B") for k in ("x1", "x2")]
+    p = gc.plan([*together, *other], gc.Policy(max_bytes=40), now=1000)
+    assert [v.key for v in p.victims] == ["x1", "x2"]
+
+
+def test_gc_keeps_or_deletes_every_shard_of_a_page_together(store, s3_config, capsys):
+    # H8: with TP=2 each rank stores its shard of every page in its own namespace, under a
+    # key unrelated to the other's. Both ranks read the same pages in the same order, a few
+    # hundred ms apart. A page with one shard gone is a miss on every rank, so a cap must
+    # take both shards or neither.
+    ranks = [scheme(kv_shard=f"tp{r}of2") for r in range(2)]
+    t = math.floor(time.time()) + 60
+    chain = [f"chain{i}" for i in range(6)]
+    for r, ks in enumerate(ranks):
+        store.put_many([page(ks, h, seed=i) for i, h in enumerate(chain)])
+        describe(store, ks)
+        log = accesslog.AccessLog(store, ks.namespace_prefix)
+        log.record([ks.object_key(h) for h in chain[:3]], now=t + 0.1 + 0.3 * r)  # one batch_get_v1
+        log.record([ks.object_key(h) for h in chain[3:]], now=t + 10.1 + 0.3 * r)  # a later one
+        log.flush()
+    cap = str(8 * GEOM.object_bytes)  # 4 of the 12 objects must go: the first batch's tail
+    assert cli.main(["gc", "--config", json.dumps(s3_config), "--max-bytes", cap, "--delete", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["deleted"] == 4
+    left = all_keys(store)
+    kept = [[ks.object_key(h) in left for ks in ranks] for h in chain]
+    assert kept == [[True, True]] + [[False, False]] * 2 + [[True, True]] * 3, kept
+
+
+def test_gc_joins_each_page_to_its_own_size_when_a_listing_repeats_a_key():
+    # H8: sizes were paired with last uses by position; a key listed twice shifted every
+    # later page onto another's size.
+    ks = scheme()
+    a, b = ks.object_key("a"), ks.object_key("b")
+    digest = ks.namespace.digest
+    ns = bucket.NamespaceScan(digest, pages=[ObjectInfo(a, 100, 10.0), ObjectInfo(a, 100, 10.0),
+                                             ObjectInfo(b, 7000, 20.5)])
+    got = gc.candidates(bucket.Scan(PREFIX, {digest: ns}), {digest: {b.rsplit("/", 1)[-1]: 30.0}})
+    assert sorted((p.key, p.size, p.last_used, p.written) for p in got) == sorted(
+        [(a, 100, 10.0, 10.0), (b, 7000, 30.0, 20.5)])
 
 
 def test_gc_cli_deletes_exactly_the_least_recently_used_and_compacts_logs(store, s3_config, capsys):

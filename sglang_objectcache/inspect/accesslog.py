@@ -13,8 +13,10 @@ read into one; a live server simply writes its own log again on its next flush.
 Trade-offs (also in docs/inspect.md): one PUT per server per interval while it has reads,
 of up to `max_keys` lines (~45 bytes each); reads after the last flush are lost if the
 server is killed (a clean close flushes), so GC may see a page as older than it is, never
-as younger; beyond `max_keys` pages a server forgets its oldest reads. Settings, by
-environment: `OBJECTCACHE_ACCESS_LOG_INTERVAL_S` (default 60; 0 turns the log off) and
+as younger (but for the second a read is rounded up to: reads are stamped by the second,
+so that shards of one page read by several ranks get one stamp); beyond `max_keys` pages
+a server forgets its oldest reads. Settings, by environment:
+`OBJECTCACHE_ACCESS_LOG_INTERVAL_S` (default 60; 0 turns the log off) and
 `OBJECTCACHE_ACCESS_LOG_MAX_KEYS` (default 100000).
 
 Server side: the cache core (`cache.ObjectCache`) calls `log_for(core)` at start, records
@@ -25,6 +27,7 @@ modes alike.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import socket
@@ -88,13 +91,17 @@ class AccessLog:
         self.failed_flushes = 0
 
     def record(self, object_keys: Iterable[str], now: Optional[float] = None) -> None:
-        """Pages read together, in prefix order. Each page is stamped a microsecond earlier
-        than the one before it, so among pages used together a capacity cap deletes the
-        tail of a prefix first (a deleted head page would make the rest unreachable)."""
-        now = time.time() if now is None else now
+        """Pages read together, in prefix order. The first is stamped with the end of the
+        second of the read and each next one a microsecond earlier, so among pages used
+        together a capacity cap deletes the tail of a prefix first (a deleted head page
+        would make the rest unreachable). The whole second makes the stamps of one page's
+        shards equal: the ranks of a TP/PP group read the same pages in the same order at
+        nearly the same moment, and GC keeps or deletes pages of equal stamps together
+        (`gc.plan`). Its end keeps every stamp later than the write of the page read."""
+        end = math.floor(time.time() if now is None else now) + 1
         with self._lock:
             for i, k in enumerate(object_keys):
-                self._reads[k.rsplit("/", 1)[-1]] = now - i * 1e-6
+                self._reads[k.rsplit("/", 1)[-1]] = end - (i + 1) * 1e-6
             self._dirty = True
             over = len(self._reads) > 2 * self.limit
         if over:

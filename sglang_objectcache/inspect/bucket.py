@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -129,8 +130,25 @@ def histogram(ages) -> dict[str, int]:
 
 
 def last_used(ns: NamespaceScan, access: dict[str, float]) -> dict[str, float]:
-    """Page key -> last use: the later of its write (LastModified) and its last logged read."""
-    return {o.key: max(o.last_modified, access.get(o.key.rsplit("/", 1)[-1], 0.0)) for o in ns.pages}
+    """Page key -> last use: the later of its write (LastModified, to the whole second, as
+    S3 gives it and as the access log stamps reads) and its last logged read."""
+    return {o.key: max(math.floor(o.last_modified), access.get(o.key.rsplit("/", 1)[-1], 0.0)) for o in ns.pages}
+
+
+def family(ns: NamespaceScan) -> str:
+    """Which namespaces hold shards of the same pages: the ranks of one deployment, whose
+    descriptions differ only in the TP rank (`kv_shard`), the PP stage (`layers`, and the
+    geometry's layer count) and the CP/DCP ranks in `extra`. A page's shards have unrelated
+    keys (the namespace is hashed into each), so GC tells them by their equal last use
+    within a family (`gc.plan`). A namespace without a valid description is its own."""
+    d = ns.description
+    if not d or ns.description_error:
+        return ns.digest
+    same = {k: v for k, v in d.items() if k not in ("kv_shard", "layers", "geometry", "extra")}
+    same["geometry"] = {k: v for k, v in d.get("geometry", {}).items() if k != "num_layers"}
+    same["kv_shard"] = re.sub(r"^tp\d+of", "tp*of", str(d.get("kv_shard", "")))
+    same["extra"] = re.sub(r"\b(d?cp)\d+of", r"\1*of", str(d.get("extra", "")))
+    return json.dumps(same, sort_keys=True)
 
 
 def summarize(s: Scan, access: Optional[dict[str, dict[str, float]]] = None, now: Optional[float] = None,

@@ -238,7 +238,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_gc(args) -> int:
-    from sglang_objectcache.inspect import bucket, gc, layout
+    from sglang_objectcache.inspect import gc, layout
 
     try:
         policy = gc.Policy(max_bytes=args.max_bytes, ttl_s=args.ttl)
@@ -249,10 +249,7 @@ def cmd_gc(args) -> int:
     with store, progress(not args.json) as p:
         s = _scan(args, store, cfg, p)
         reads = _reads(store, s, cfg.key_prefix)
-        pages = [gc.Page(k, o.size, lu)
-                 for d, ns in s.namespaces.items()
-                 for o, (k, lu) in zip(ns.pages, bucket.last_used(ns, reads[d][0]).items())]
-        plan = gc.plan(pages, policy)
+        plan = gc.plan(gc.candidates(s, {d: merged for d, (merged, _) in reads.items()}), policy)
         applied, compacted = None, []
         if args.delete:
             task = p.add_task("deleting", total=len(plan.victims))

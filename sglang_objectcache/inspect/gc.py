@@ -1,10 +1,19 @@
 """Keep the bucket bounded: a TTL and/or a capacity cap on page objects, least recently used first.
 
 A page's last use is the later of its LastModified (write) and its last read in the
-access logs (`accesslog.py`). `plan` is pure: pages idle longer than `ttl_s` go first;
-then, while the pages left exceed `max_bytes`, the least recently used go (ties by key, so
-a plan is deterministic). Only page objects are ever candidates: namespace descriptions,
-access logs and anything not in our layout are never deleted (`apply` re-checks each key).
+access logs (`accesslog.py`), both to the whole second. `plan` is pure: pages idle longer
+than `ttl_s` go first; then, while the pages left exceed `max_bytes`, the least recently
+used go. Pages go or stay in groups, never one by one inside a group: a group is the
+pages of one family of namespaces (the TP/PP ranks of one deployment, `bucket.family`)
+with the same last use. So pages written together and never read (their LastModified
+ties) go together, not a random cut of them by key, which would leave prefixes with holes;
+and the shards of one page, which the ranks write and read at the same moment (the access
+log stamps a read with its whole second, less a microsecond per position in its batch),
+go together, never one shard of a page kept without the others (no rank can hit a page
+whose other shards are gone). Groups go oldest first (then by write time); a cap may
+free up to a group more than it needs. Only page objects are ever candidates: namespace
+descriptions, access logs and anything not in our layout are never deleted (`apply`
+re-checks each key).
 
 Deleting is not atomic with serving: a server may read a page GC just deleted. That read
 is an ordinary miss (the page is recomputed and written again), never wrong data.
@@ -18,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from sglang_objectcache.inspect import accesslog, layout
+from sglang_objectcache.inspect import accesslog, bucket, layout
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,8 @@ class Page:
     key: str
     size: int
     last_used: float
+    written: float = 0.0  # LastModified
+    family: str = ""  # `bucket.family` of its namespace
 
 
 @dataclass(frozen=True)
@@ -66,21 +77,37 @@ class Plan:
 
 def plan(pages: list[Page], policy: Policy, now: Optional[float] = None) -> Plan:
     now = time.time() if now is None else now
-    lru = sorted(pages, key=lambda p: (p.last_used, p.key))
+    groups: dict[tuple[str, float], list[Page]] = {}
+    for p in pages:
+        groups.setdefault((p.family, p.last_used), []).append(p)
+    lru = sorted((sorted(g, key=lambda p: (p.written, p.key)) for g in groups.values()),
+                 key=lambda g: (g[0].last_used, g[0].written, g[0].family))
     victims, keep = [], []
-    for p in lru:
-        if policy.ttl_s is not None and now - p.last_used > policy.ttl_s:
-            victims.append(Victim(p.key, p.size, p.last_used, "ttl"))
+    for g in lru:
+        if policy.ttl_s is not None and now - g[0].last_used > policy.ttl_s:
+            victims += [Victim(p.key, p.size, p.last_used, "ttl") for p in g]
         else:
-            keep.append(p)
+            keep.append(g)
     if policy.max_bytes is not None:
-        kept = sum(p.size for p in keep)
-        for p in keep:  # oldest first
+        kept = sum(p.size for g in keep for p in g)
+        for g in keep:  # oldest first
             if kept <= policy.max_bytes:
                 break
-            victims.append(Victim(p.key, p.size, p.last_used, "capacity"))
-            kept -= p.size
+            victims += [Victim(p.key, p.size, p.last_used, "capacity") for p in g]
+            kept -= sum(p.size for p in g)
     return Plan(tuple(victims), len(pages), sum(p.size for p in pages), now)
+
+
+def candidates(scan, reads: dict[str, dict[str, float]]) -> list[Page]:
+    """Every page object of a `bucket.Scan`, once (a listing may repeat a key), with its own
+    size, its last use (`reads`: namespace -> content id -> last read) and its family."""
+    out = []
+    for digest, ns in scan.namespaces.items():
+        fam = bucket.family(ns)
+        used = bucket.last_used(ns, reads.get(digest, {}))
+        for o in {o.key: o for o in ns.pages}.values():  # joined by key, never by position
+            out.append(Page(o.key, o.size, used[o.key], o.last_modified, fam))
+    return out
 
 
 def apply(store, p: Plan, prefix: str, batch: int = 1000,
