@@ -68,6 +68,8 @@ class LayerwiseConfig:
 
     def __post_init__(self) -> None:
         _finite(self)
+        if self.host_cache_mb < 0:
+            raise ConfigError(f"host_cache_mb: must be >= 0 (0 turns the host tier off), got {self.host_cache_mb!r}")
         if not self.layer_timeout_s > 0:
             raise ConfigError(f"layer_timeout_s: must be > 0, got {self.layer_timeout_s!r}")
         if self.window_layers < 1:
@@ -189,6 +191,7 @@ class ObjectCacheConfig:
             # a down window longer than this reads as "the cache is off", not as a pause
             "negative_ttl_s": 0 <= self.negative_ttl_s <= 300,
             "exists_cache_entries": self.exists_cache_entries >= 0,
+            "small_object_warn_kb": self.small_object_warn_kb >= 0,
         }
         for key, ok in checks.items():
             if not ok:

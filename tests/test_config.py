@@ -114,6 +114,16 @@ def test_toml_inf_is_refused_too(tmp_path):
         parse("@" + str(p))
 
 
+@pytest.mark.parametrize("key,raw", [("layerwise.host_cache_mb", {"layerwise": {"host_cache_mb": -1}}),
+                                     ("small_object_warn_kb", {"small_object_warn_kb": -1})])
+def test_sizes_must_not_be_negative(key, raw):
+    # H12: "a bad value fails at startup with the key's name" (README); a negative host
+    # tier was taken as "off" without a word
+    with pytest.raises(ConfigError, match=f"^{key}"):
+        ObjectCacheConfig.from_dict(kv(**raw))
+    assert ObjectCacheConfig.from_dict(kv(layerwise={"host_cache_mb": 0})).layerwise.host_cache_mb == 0
+
+
 @pytest.mark.parametrize("value", [0, -1.0])
 def test_layer_timeout_must_be_positive(value):
     with pytest.raises(ConfigError, match="^layerwise.layer_timeout_s"):
