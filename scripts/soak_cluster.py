@@ -1,10 +1,13 @@
 """Soak: 64 clients against a SeaweedFS cluster (master, 3 volume servers keeping 2 copies,
 filer, S3 gateway: separate processes), one volume server killed in the middle.
 
-Phases, each every prompt sent `--rounds` times by 64 concurrent clients:
-  1. cold: computed and written back;
-  2. flushed: the device and host tiers dropped, so pages come back from the store;
-  3. flushed again, a volume server killed (SIGKILL) once a quarter of the phase is done.
+Phases, each sent by 64 concurrent clients, every prompt once (more prompts than clients,
+so loads keep starting all through a phase):
+  1. cold: `--prompts` prompts computed and written back;
+  2. flushed (device and host tiers dropped), the same prompts from the store, and a volume
+     server killed (SIGKILL) once a third of them have finished;
+  3. new prompts, computed and written back with that volume server still dead;
+  4. flushed, every prompt of phases 1 and 3 from the store again, the server still dead.
 Every answer is compared with a no-cache server's (greedy, top-2 logprobs, near-ties allowed
 as in the e2e suite). The server's RSS (whole process tree) is sampled each second.
 
@@ -39,9 +42,9 @@ MAX_NEW = 16  # greedy tokens compared with the reference, as in the e2e suite
 PAGE = 64  # cpu_args()' page size
 
 
-def prompts(n: int) -> list[str]:
-    rng = random.Random("soak")
-    return [f"soak {i} " + words(rng, rng.randint(330, 460)) for i in range(n)]
+def prompts(n: int, tag: str) -> list[str]:
+    rng = random.Random(tag)
+    return [f"{tag} {i} " + words(rng, rng.randint(330, 460)) for i in range(n)]
 
 
 class Sampler(threading.Thread):
@@ -94,43 +97,43 @@ def phase(name, server, texts, reference, t0, during=None):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompts", type=int, default=48)
-    p.add_argument("--rounds", type=int, default=4, help="each prompt sent this often per phase")
+    p.add_argument("--prompts", type=int, default=192, help="prompts of phase 1 (phase 3 adds a third more)")
     p.add_argument("--out", default="benchmarks/results/soak_cluster")
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="soak-"))
-    texts = prompts(a.prompts)
-    stream = [t for _ in range(a.rounds) for t in texts]
-    random.Random(1).shuffle(stream)
+    first, later = prompts(a.prompts, "soak"), prompts(a.prompts // 3, "soak-later")
     model = str(make_tiny_model(work / "model"))
     pool = ServerPool(model, str(work / "logs"))
     with SeaweedCluster(str(work / "cluster")) as cluster:
         cluster.create_bucket("soak")
         try:
             ref_server = pool.launch(cpu_args() + nocache_args(), name="reference")
-            reference = {t: ref_server.client.generate(t, max_new_tokens=MAX_NEW, top_logprobs=2) for t in texts}
+            reference = {t: ref_server.client.generate(t, max_new_tokens=MAX_NEW, top_logprobs=2)
+                         for t in first + later}
             ref_server.stop()
-            cfg = cluster.config("soak")
-            server = pool.launch(cpu_args(max_total_tokens=32768) + objectcache_args(cfg), name="soak")
+            server = pool.launch(cpu_args(max_total_tokens=32768) + objectcache_args(cluster.config("soak")),
+                                 name="soak")
             t0 = time.monotonic()
             sampler = Sampler(server, t0)
             sampler.start()
-            phases = [phase("cold", server, stream, reference, t0)]
-            time.sleep(3)  # the last write-backs
-            server.client.flush_cache()
-            phases.append(phase("from storage", server, stream, reference, t0))
-            time.sleep(3)
-            server.client.flush_cache()
             killed = {}
 
-            def kill_at_quarter(n):
-                if n >= len(stream) // 4 and not killed:
-                    killed["at_s"] = round(time.monotonic() - t0, 1)
-                    killed["after_requests"] = n
+            def kill_at_a_third(n):
+                if n >= len(first) // 3 and not killed:
+                    killed.update(at_s=round(time.monotonic() - t0, 1), after_requests=n)
                     cluster.kill_volume(0)
 
-            phases.append(phase("from storage, volume server killed", server, stream, reference, t0,
-                                during=kill_at_quarter))
+            def flushed():
+                time.sleep(3)  # the last write-backs
+                server.client.flush_cache()
+
+            phases = [phase("1 cold", server, first, reference, t0)]
+            flushed()
+            phases.append(phase("2 from storage, volume server killed", server, first, reference, t0,
+                                during=kill_at_a_third))
+            phases.append(phase("3 new prompts, a volume server dead", server, later, reference, t0))
+            flushed()
+            phases.append(phase("4 all from storage, a volume server dead", server, first + later, reference, t0))
             sampler.done.set()
             sampler.join()
             alive = server.alive() and server.client.healthy()
@@ -140,7 +143,7 @@ def main() -> None:
     result = {
         "command": command_line(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "clients": CLIENTS, "prompts": a.prompts, "rounds": a.rounds, "model": "tiny random-weight Llama (CPU)",
+        "clients": CLIENTS, "prompts": [len(first), len(later)], "model": "tiny random-weight Llama (CPU)",
         "store": "SeaweedFS 4.48 cluster: master, 3 volume servers (replication 001), filer, S3 gateway",
         "killed": killed, "server_alive_at_end": alive, "phases": phases,
         "rss_mib": {"first": round(rss[0][1] / 2**20), "peak": round(max(r for _, r in rss) / 2**20),
@@ -169,8 +172,8 @@ def plot(result: dict, path: str) -> None:
     ax.plot(ts, mib, label="server RSS (process tree), MiB")
     for ph in result["phases"]:
         ax.axvspan(ph["start_s"], ph["end_s"], alpha=0.08)
-        ax.text(ph["start_s"], max(mib) * 1.01, f"{ph['phase']}\n{ph['completed']}/{ph['sent']} ok, "
-                f"{ph['wrong_answers']} wrong", fontsize=7, va="bottom")
+        ax.text(ph["start_s"] + 0.5, max(mib) * 1.02, f"phase {ph['phase'].split()[0]}\n{ph['completed']}/"
+                f"{ph['sent']} ok\n{ph['wrong_answers']} wrong", fontsize=7, va="bottom")
     if result["killed"]:
         ax.axvline(result["killed"]["at_s"], color="red", linestyle="--", label="volume server killed")
     ax.set_xlabel("seconds")
@@ -178,7 +181,8 @@ def plot(result: dict, path: str) -> None:
     ax.set_ylim(0, max(mib) * 1.25)
     ax.set_title(f"{result['clients']} clients, SeaweedFS cluster, one volume server killed", fontsize=10)
     ax.legend(loc="lower right")
-    fig.tight_layout()
+    fig.text(0.01, 0.01, "; ".join(ph["phase"] for ph in result["phases"]), fontsize=7)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
