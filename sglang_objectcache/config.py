@@ -45,6 +45,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class LayerwiseConfig:
+    # Serve hits layer by layer through SGLang's external linker (layerwise/linker.py)
+    # instead of the HiCache L3 backend; the plugin rewrites the server flags.
     enabled: bool = False
     # Host-DRAM tier kept by layerwise mode (SGLang's own host tier is off there).
     host_cache_mb: int = 1024
@@ -64,6 +66,8 @@ class LayerwiseConfig:
     # A failed or late load re-queues its requests for a full recompute (needs
     # --disable-overlap-schedule); off, SGLang aborts them with HTTP 503.
     recompute_on_failure: bool = True
+    # Write the per-layer timeline of the last batches to this JSON file, plus a Chrome
+    # trace beside it (layerwise/timeline.py); empty = off, or OBJECTCACHE_TRACE's path.
     trace_path: str = ""
 
     def __post_init__(self) -> None:
@@ -84,7 +88,9 @@ class LayerwiseConfig:
 class SchedulerConfig:
     policy: str = "deadline"  # deadline | fair | fifo
     bandwidth_mbps: float = 0.0  # 0 = no cap
-    max_inflight: int = 32
+    max_inflight: int = 32  # at most this many transfers run at once
+    # deadline policy: a transfer this late (past its submission and its deadline) is no
+    # longer overtaken by transfers submitted after it.
     starvation_ms: float = 200.0
     # A queued write waits behind reads at most this long (backups are not latency-bound).
     write_starvation_ms: float = 2000.0
@@ -105,16 +111,18 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class ObjectCacheConfig:
-    bucket: str = ""
+    bucket: str = ""  # required: the S3 bucket that holds the page objects
     endpoint_url: str = ""  # empty = AWS S3 for `region`
-    region: str = "us-east-1"
+    region: str = "us-east-1"  # the region requests are signed for (SigV4)
+    # Static credentials; empty = the AWS chain (env, ~/.aws, instance role). Never logged.
     access_key_id: str = ""
-    secret_access_key: str = field(default="", repr=False)
-    session_token: str = field(default="", repr=False)
+    secret_access_key: str = field(default="", repr=False)  # goes with access_key_id
+    session_token: str = field(default="", repr=False)  # for temporary credentials
     addressing_style: str = "path"  # path | virtual
-    verify_tls: bool = True
+    verify_tls: bool = True  # check the endpoint's TLS certificate (https)
+    # Create the bucket at startup if it is missing; otherwise a missing bucket stops the server.
     create_bucket: bool = False
-    key_prefix: str = "objectcache"
+    key_prefix: str = "objectcache"  # every key is {key_prefix}/{namespace}/{shard}/{content}
     tenant_salt: str = ""  # separates deployments that must never share pages
     # An extra label in the namespace (it separates, it never joins): the namespace already
     # covers the weights (`identity.py`), so servers of one checkpoint share pages without it.
@@ -131,9 +139,9 @@ class ObjectCacheConfig:
     # storage-thread join (see SLOW_STORE_S). connect/read bound one attempt's stalls;
     # `request_deadline_s` bounds the whole call (obstore, boto3's stalls, our HTTP clients).
     connect_timeout_s: float = 1.0
-    read_timeout_s: float = 2.5
-    retries: int = 1
-    request_deadline_s: float = 4.0
+    read_timeout_s: float = 2.5  # one attempt's wait for the next bytes
+    retries: int = 1  # attempts after the first, by the client library
+    request_deadline_s: float = 4.0  # one whole call, its retries included
     # objectcache's own HTTP clients end a request that has not finished by
     # connect + read + size / min_rate (capped by request_deadline_s): a store trickling
     # bytes cannot hold a request forever. Mbit/s, as scheduler.bandwidth_mbps (8 = 1 MB/s).
@@ -157,11 +165,14 @@ class ObjectCacheConfig:
     http_put: bool = True
     # After a store failure, reads answer "miss" for this long instead of retrying at once.
     negative_ttl_s: float = 2.0
+    # Object keys remembered as present (known.py): no HEAD or PUT for them; 0 = none.
     exists_cache_entries: int = 200_000
     # Warn at startup when a page object is smaller than this: per-request cost dominates.
     small_object_warn_kb: int = 256
+    # Extra init parameters for NIXL's OBJ plugin (transport: nixl); values are never logged.
     nixl_plugin_params: Mapping[str, str] = field(default_factory=dict)
-    layerwise: LayerwiseConfig = field(default_factory=LayerwiseConfig)
+    layerwise: LayerwiseConfig = field(default_factory=LayerwiseConfig)  # the `layerwise` table
+    # The `scheduler` table: the transfer scheduler (sched.py) that orders layerwise mode's GETs and PUTs.
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
