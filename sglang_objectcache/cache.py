@@ -202,7 +202,7 @@ class ObjectCache:
             if result is INTO:
                 check()
             else:
-                objformat.decode(result, self.geometry, digest, verify=self.cfg.verify_checksums)
+                objformat.decode(result, self.geometry, digest)
         except objformat.UnsupportedFormat as e:
             logger.warning("objectcache: object %s is of another format (%s): a miss", name, e)
             return UNSUPPORTED
@@ -412,7 +412,7 @@ def _failing_bytes(store, g: objformat.PageGeometry, name: str, digest: bytes, e
         if blob is None or isinstance(blob, StoreError):
             return None, ""
         try:
-            objformat.decode(blob, g, digest, verify=True)
+            objformat.decode(blob, g, digest)
         except objformat.UnsupportedFormat:
             return blob, ""
         except objformat.FormatError as e:

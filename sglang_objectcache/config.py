@@ -218,12 +218,6 @@ class ObjectCacheConfig:
                 f"storage threads for 10 s and fails if a call outlasts that; lower them, or set "
                 f"allow_slow_store: true to accept the risk")
 
-    @property
-    def verify_checksums(self) -> bool:
-        """Always True. The setting is gone (`REMOVED`); this answers the callers that
-        still pass it on to `objformat.decode`."""
-        return True
-
     def attempts_s(self) -> float:
         """How long every attempt of one call may stall, reconnecting each time."""
         return (self.retries + 1) * (self.connect_timeout_s + self.read_timeout_s)

@@ -302,13 +302,12 @@ def verify_layers(header: Header, first: int, parts: Sequence, per_layer: int = 
             raise FormatError(f"layer {first + k} checksum mismatch")
 
 
-def decode(buf, expected: PageGeometry, key_digest: bytes, verify: bool = True) -> Header:
-    """Check a whole object: header, total size and (if verify) every layer's checksum."""
+def decode(buf, expected: PageGeometry, key_digest: bytes) -> Header:
+    """Check a whole object: header, total size and every layer's checksum."""
     mv = memoryview(buf).cast("B")
     if len(mv) != expected.object_bytes:
         _unpack_fixed(mv)  # another format version is unsupported, whatever its size
         raise FormatError(f"object is {len(mv)} bytes, expected {expected.object_bytes}")
     header = decode_header(mv, expected, key_digest)
-    if verify:
-        verify_layers(header, 0, [mv[s] for s in expected._table.slices])
+    verify_layers(header, 0, [mv[s] for s in expected._table.slices])
     return header

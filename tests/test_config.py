@@ -240,4 +240,4 @@ def test_verify_checksums_is_refused_checksums_are_always_verified(value, tmp_pa
     with pytest.raises(ConfigError, match=r"^verify_checksums: removed"):
         parse(f"@{path}")
     assert "verify_checksums" not in ObjectCacheConfig(bucket="kv").redacted()
-    assert ObjectCacheConfig(bucket="kv").verify_checksums is True
+    assert not hasattr(ObjectCacheConfig(bucket="kv"), "verify_checksums")
