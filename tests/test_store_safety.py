@@ -187,3 +187,26 @@ def test_boto3_calls_end_at_the_deadline_however_slowly_the_store_trickles(trick
                            for r in out), (name, out)
     finally:
         srv.close()
+
+
+# --- clock skew (H3) --------------------------------------------------------------------------
+
+def skewed(method, path, headers, body):
+    # what S3 answers a request signed more than 15 minutes off its clock
+    return "403 Forbidden", s3_error("RequestTimeTooSkewed",
+                                     "The difference between the request time and the current time is too large.")
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_clock_too_far_off_the_stores_is_named_at_startup(transport):
+    srv = FakeS3(skewed)
+    try:
+        store = make_store(ObjectCacheConfig.from_dict(srv.config(retries=0, transport=transport)))
+        with pytest.raises(StoreError) as e:
+            store.check()
+        assert e.value.kind == "auth"
+        assert "RequestTimeTooSkewed" in str(e.value) and "clock" in str(e.value)
+        assert "check access_key_id" not in str(e.value)  # not sent off to check the keys
+        store.close()
+    finally:
+        srv.close()

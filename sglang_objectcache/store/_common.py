@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable, Optional, Sequence
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.store.base import StoreError
+from sglang_objectcache.store.base import CLOCK_SKEW_HINT, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def check_timeouts(cfg: ObjectCacheConfig) -> tuple[float, float]:
 
 _AUTH_CODES = {
     "SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "ExpiredToken",
-    "InvalidToken", "TokenRefreshRequired", "InvalidSecurity", "AllAccessDisabled",
+    "InvalidToken", "TokenRefreshRequired", "InvalidSecurity", "AllAccessDisabled", "RequestTimeTooSkewed",
 }
 _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
                    "TooManyRequests", "RequestThrottled", "ServiceUnavailable"}
@@ -200,6 +200,8 @@ def check_error(cfg: ObjectCacheConfig, p: Probe) -> StoreError:
             hint = "the credentials are valid but lack s3:ListBucket/GetObject/PutObject/DeleteObject on it"
         elif p.code in ("ExpiredToken", "TokenRefreshRequired", "InvalidToken"):
             hint = "the session_token is expired or invalid; refresh the temporary credentials"
+        elif p.code == "RequestTimeTooSkewed":
+            hint = CLOCK_SKEW_HINT
         elif p.code == "NoCredentials":
             hint = ("no credentials found: set access_key_id/secret_access_key in the objectcache "
                     "config, or configure the AWS chain (AWS_ACCESS_KEY_ID, ~/.aws, instance role)")

@@ -69,6 +69,12 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 Buffer = Union[bytes, bytearray, memoryview]
 
 
+# S3 refuses a request signed more than 15 minutes off its own clock (403). botocore corrects
+# for it; obstore and our own clients sign with this machine's clock, so say what to fix.
+CLOCK_SKEW_HINT = ("this machine's clock and the store's differ by more than S3 allows (15 minutes); "
+                   "fix the clock (NTP)")
+
+
 class StoreError(Exception):
     """A store failure. `kind` is one of KINDS, so callers can count miss reasons."""
 
