@@ -200,3 +200,17 @@ def test_a_hung_worker_is_killed_and_replaced_and_lets_go_of_its_jobs(s3_config)
     finally:
         hung.kill()
         rig.close()
+
+
+def test_the_workers_argv_and_environment_carry_no_secret(rig, s3_config):
+    """E (issue 27): the store's keys reach the worker through its socket, never its argv or
+    environment, which other users of the machine can read (ps, /proc)."""
+    keys = hashes(2, "secret")
+    rig.put(keys, [1, 2])
+    assert rig.load(keys, [10, 11])[1]  # the worker is up and has read with the keys
+    pid = rig.loader.fetch._proc.pid
+    secret = s3_config["secret_access_key"].encode()
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert secret not in f.read()
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        assert secret not in f.read()
