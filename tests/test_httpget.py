@@ -62,6 +62,31 @@ def test_the_fast_paths_apply_with_keys_from_the_environment(s3, bucket, monkeyp
         st.close()
 
 
+def test_the_fast_paths_apply_with_keys_from_the_shared_credentials_file(s3, bucket, monkeypatch, tmp_path):
+    """No keys in the config or the environment, a profile in ~/.aws/credentials (as boto3's
+    chain, which obstore uses, finds them): the fast clients apply too."""
+    cfg = ObjectCacheConfig.from_dict({k: v for k, v in s3.config(bucket, transport="obstore").items()
+                                       if "key" not in k})
+    creds = tmp_path / "credentials"
+    keys = f"[kv]\naws_access_key_id = {s3.access_key}\naws_secret_access_key = {s3.secret_key}\n"
+    creds.write_text(keys)
+    with monkeypatch.context() as m:  # undone before the bucket fixture's own boto3 cleans up
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            m.delenv(name, raising=False)
+        m.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+        m.setenv("AWS_PROFILE", "kv")
+        st = ObstoreStore(cfg)
+        try:
+            assert st._http is not None and st._http_put is not None
+            data = blob(5000, 4)
+            assert st.put("file/k", data) is True
+            assert bytes(st.get("file/k")) == data
+        finally:
+            st.close()
+        creds.write_text(keys + "aws_session_token = temporary\n")
+        assert not httpget.applies(httpget.with_env_keys(cfg))  # temporary keys: left to obstore
+
+
 @pytest.mark.parametrize("size", [1000, 300_000, 2_500_000])  # one read, many, and landed off the loop
 def test_get_each_reads_the_same_bytes_as_obstore(s3, bucket, monkeypatch, size):
     fast, slow = store(s3, bucket), store(s3, bucket, http_get=False)

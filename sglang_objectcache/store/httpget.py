@@ -60,16 +60,38 @@ _READ_BYTES = 1 << 20
 
 
 def with_env_keys(cfg: ObjectCacheConfig) -> ObjectCacheConfig:
-    """`cfg` with the AWS chain's static keys from the environment (AWS_ACCESS_KEY_ID /
-    AWS_SECRET_ACCESS_KEY, as obstore itself reads them) where the config names none: the
-    fast clients then apply without keys in the config, which SGLang shows in its flags."""
+    """`cfg` with the AWS chain's static keys where the config names none: from the
+    environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), else from the shared
+    credentials file (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials, profile
+    AWS_PROFILE), the first two places boto3's chain looks, which obstore uses here. The fast
+    clients then apply without keys in the config, which SGLang shows in its flags.
+    Temporary keys (a session token, an instance role) are left to obstore, which refreshes them."""
     import dataclasses
     import os
 
-    key, secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
-    if cfg.access_key_id or not (key and secret) or os.environ.get("AWS_SESSION_TOKEN"):
+    if cfg.access_key_id:
+        return cfg
+    if os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        key, secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        token = os.environ.get("AWS_SESSION_TOKEN")
+    else:
+        key, secret, token = _shared_file_keys()
+    if not (key and secret) or token:
         return cfg
     return dataclasses.replace(cfg, access_key_id=key, secret_access_key=secret)
+
+
+def _shared_file_keys() -> tuple[str, str, str]:
+    import os
+
+    from botocore.credentials import SharedCredentialProvider
+
+    path = os.path.expanduser(os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"))
+    try:
+        creds = SharedCredentialProvider(path, os.environ.get("AWS_PROFILE", "default")).load()
+    except Exception:  # noqa: BLE001 - an unreadable file: obstore's chain says what is wrong
+        return "", "", ""
+    return (creds.access_key, creds.secret_key, creds.token or "") if creds else ("", "", "")
 
 
 def plain(cfg: ObjectCacheConfig) -> bool:
