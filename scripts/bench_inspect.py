@@ -39,7 +39,7 @@ def build(n: int):
     from sglang.srt.mem_cache.rust_tree_core.adapter import RustUnifiedTreeCore
     from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
 
-    from sglang_objectcache.inspect import treeview
+    from sglang_objectcache.sglang import treeview
 
     core = RustUnifiedTreeCore(CacheInitParams(disable=False, req_to_token_pool=None, token_to_kv_pool_allocator=None,
                                                page_size=PAGE, tree_components=(ComponentType.FULL,)))
@@ -72,7 +72,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/inspect_snapshot")
     args = p.parse_args()
 
-    from sglang_objectcache.inspect import treeview
+    from sglang_objectcache.sglang import treeview
     from sglang_objectcache.keys import KeyScheme, Namespace
     from sglang_objectcache.objformat import PageGeometry
 

@@ -48,7 +48,7 @@ def pools(page: int):
 def main() -> None:
     from test_backend import storage_config
 
-    from sglang_objectcache.backend import ObjectCacheStorage
+    from sglang_objectcache.sglang.hicache_backend import ObjectCacheStorage
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="page-size-") as tmp, SeaweedFS(tmp, buckets=("page-size",)) as s3:

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 
 import bench_storage as bs  # noqa: E402
 from benchutil import command_line, server_cpu_s  # noqa: E402
-from sglang_objectcache.backend import ObjectCacheStorage  # noqa: E402
+from sglang_objectcache.sglang.hicache_backend import ObjectCacheStorage  # noqa: E402
 
 
 def main() -> None:

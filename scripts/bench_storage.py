@@ -1,7 +1,7 @@
 """Storage data path: objectcache vs SGLang's in-tree S3 backend vs a raw S3 client, one SeaweedFS.
 
-For each page size (the same model shape, `--batch`-page batches, one pair of real SGLang
-0.5.23 KV pools: `MHATokenToKVPoolHost`, layout `--layout`), each of `--runs` runs starts
+For each page size (the same model shape, `--batch`-page batches, one pair of real
+SGLang KV pools: `MHATokenToKVPoolHost`, layout `--layout`), each of `--runs` runs starts
 one local SeaweedFS (loopback, temp dir, deleted after the run) and moves the same pages
 through every system against it:
   raw          the ceiling: a tuned parallel S3 client, no SGLang, no format: obstore's
@@ -288,7 +288,7 @@ def make_systems(srv: SeaweedFS, host, page_tokens: int, file_dir: str) -> dict:
     from sglang.srt.mem_cache.hicache_storage import HiCacheFile
     from sglang.srt.mem_cache.storage.seaweedfs.seaweedfs_store import SeaweedFSStore
 
-    from sglang_objectcache.backend import ObjectCacheStorage
+    from sglang_objectcache.sglang.hicache_backend import ObjectCacheStorage
 
     oc = ObjectCacheStorage(storage_config(srv.config("bench-objectcache", read_timeout_s=60.0)), host)
     oc.register_mem_pool_host(host)

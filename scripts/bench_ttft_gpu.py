@@ -2,7 +2,7 @@
 """TTFT on a GPU against context length (4K..64K): recompute, DRAM hit, objectcache page-mode
 and layerwise hits, side by side in one run.
 
-Component level, not a served SGLang: SGLang 0.5.23's CUDA engine needs its sgl-kernel and
+Component level, not a served SGLang: SGLang's CUDA engine needs its sgl-kernel and
 flashinfer wheels (hundreds of MiB), which cannot reach the lent GPU machine (no registry
 there, 64 MiB per transfer). So the forward is a random-weight Llama-style model written
 here in plain torch (bf16; fused QKV, RoPE, SDPA attention over K/V gathered from a paged

@@ -56,7 +56,7 @@ ENV = {
     "OBJECTCACHE_SERVER_URL": "`objectcache-inspect tree`: the server's URL (`--url`).",
     "OBJECTCACHE_API_KEY": "`objectcache-inspect tree`: the server's admin API key (`--api-key`).",
     "SGLANG_USE_CPU_ENGINE": "SGLang's own switch to its CPU engine; `1` (and no CUDA device) makes the "
-                             "plugin apply the CPU-engine shims (`cpu/compat.py`, docs/cpu.md).",
+                             "plugin apply the CPU-engine shims (`sglang/cpu/compat.py`, docs/cpu.md).",
     "OBJECTCACHE_TINY_MODEL_DIR": "Test fixtures (`harness/fixtures.py`): reuse this tiny-model directory.",
     "OBJECTCACHE_E2E_LOG_DIR": "Test fixtures: keep the SGLang server logs of end-to-end tests here.",
 }

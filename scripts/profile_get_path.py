@@ -48,7 +48,8 @@ os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
 import numpy as np  # noqa: E402
 
 import bench_storage as bs  # noqa: E402
-from sglang_objectcache import backend, hostpool, landing  # noqa: E402
+from sglang_objectcache import hostpool, landing  # noqa: E402
+from sglang_objectcache.sglang import hicache_backend as backend  # noqa: E402
 from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
 
 spent: Counter = Counter()

@@ -1,5 +1,5 @@
 """`ObjectCache`: the cache core beneath both faces, page mode's HiCache backend
-(`backend.py`) and the layerwise linker (`layerwise/linker.py`).
+(`sglang/hicache_backend.py`) and the layerwise linker (`sglang/layerwise_linker.py`).
 
 It owns everything that must mean the same in both modes, so each mode reads what the
 other wrote and both fail the same way:

@@ -80,7 +80,7 @@ class KeyScheme:
 
 @dataclass(frozen=True)
 class RankIdentity:
-    """One rank's description, neutral of SGLang: both modes build it (`rank.py`) and
+    """One rank's description, neutral of SGLang: both modes build it (`sglang/rank.py`) and
     derive the namespace from it here, so each reads what the other wrote."""
 
     model: ModelIdentity

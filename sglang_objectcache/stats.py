@@ -3,9 +3,10 @@
 Counter names are stable (they become Prometheus series): `pages_hit`, `pages_written`,
 `pages_skipped_existing`, `pages_deduped`, `bytes_read`, `bytes_written`, `get_requests`,
 `put_requests`, `head_requests`, `checksum_failures`, and `miss_<reason>` /
-`store_errors_<kind>` / `write_errors_<kind>`. SGLang's own StorageMetrics lists are
+`store_errors_<kind>` / `write_errors_<kind>`. The lists behind SGLang's StorageMetrics are
 drained on every get_stats() call, as SGLang expects (between calls, only the latest
-SGLANG_METRICS_KEEP entries of each are kept).
+SGLANG_METRICS_KEEP entries of each are kept); `sglang/stats_bridge.py` turns them into
+SGLang's type, so this module stays free of SGLang.
 """
 
 from __future__ import annotations
@@ -58,16 +59,15 @@ class Stats:
             if seconds > 0 and nbytes:
                 self._backup_bw.append(nbytes / seconds / 1e9)
 
-    def drain_sglang(self):
-        """SGLang's StorageMetrics with the lists gathered since the last call."""
-        from sglang.srt.observability.metrics_collector import StorageMetrics
-
+    def drain_transfer_lists(self) -> tuple[list, list, list, list]:
+        """(prefetch pages, backup pages, prefetch GB/s, backup GB/s) gathered since the last
+        call, emptied: SGLang's StorageMetrics fields, in its order (`sglang/stats_bridge.py`)."""
         with self._lock:
             lists = (self._prefetch_pgs, self._backup_pgs, self._prefetch_bw, self._backup_bw)
-            m = StorageMetrics(*(list(q) for q in lists))
+            out = tuple(list(q) for q in lists)
             for q in lists:
                 q.clear()
-        return m
+        return out
 
     def snapshot(self) -> dict:
         with self._lock:

@@ -42,7 +42,7 @@ def served_model(tmp_path_factory, monkeypatch):
     one small checkpoint shared by the session. Returns a setter for other ServerArgs."""
     from served import server_args_for, write_checkpoint
 
-    from sglang_objectcache import rank
+    from sglang_objectcache.sglang import rank
 
     path = write_checkpoint(tmp_path_factory.getbasetemp() / "served-model")
     current = {"args": server_args_for(path)}

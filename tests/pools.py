@@ -1,4 +1,4 @@
-"""Real SGLang 0.5.23 KV pools on the CPU (device pool + host pool), for backend tests."""
+"""Real SGLang KV pools on the CPU (device pool + host pool), for backend tests."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from pools import fill_random, make_pools, page_bytes
 
 from sglang_objectcache import hostpool
 from sglang_objectcache import landing as landing_mod
-from sglang_objectcache.backend import ObjectCacheStorage
+from sglang_objectcache.sglang.hicache_backend import ObjectCacheStorage
 from sglang_objectcache.s3server import SeaweedFS, free_port
 
 LAYOUTS = ("layer_first", "page_first", "page_first_direct")

@@ -14,10 +14,10 @@ from served import server_args_for, write_checkpoint
 from pools import LAYERS, fill_random, make_pools, page_bytes
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig, PoolName, PoolTransfer
 
-from sglang_objectcache import plugin, rank
-from sglang_objectcache.backend import ObjectCacheStorage
+from sglang_objectcache.sglang import plugin, rank
+from sglang_objectcache.sglang.hicache_backend import ObjectCacheStorage
 from sglang_objectcache.hostpool import UnsupportedPool
-from sglang_objectcache.layerwise.linker import ObjectCacheLinker, device_pool_view
+from sglang_objectcache.sglang.layerwise_linker import ObjectCacheLinker, device_pool_view
 from sglang_objectcache.store import StoreError
 
 PAGE = 4
@@ -170,7 +170,7 @@ def _flip_reads(store, times: int):
     get_many, get_ranges = store.get_many, store.get_ranges
     store.get_many = lambda keys: [mangle(r) for r in get_many(keys)]
     store.get_ranges = lambda reqs: [mangle(r) for r in get_ranges(reqs)]
-    store.get_each = lambda keys, land, size=None, into=None: [land(i, r) for i, r in enumerate(store.get_many(keys))]
+    store.get_each = lambda keys, land, size=None, into=None, stop=None: [land(i, r) for i, r in enumerate(store.get_many(keys))]
     return left
 
 
@@ -298,7 +298,7 @@ def test_a_slow_scrub_never_blocks_the_scheduler_and_the_write_back_waits_for_it
     for the scrub's re-read and delete. Now nothing waits; the recompute's write-back of the
     scrubbed page waits for the scrub instead (a conditional PUT before the delete would be
     refused by the corrupt object, and the page lost from the store)."""
-    from sglang_objectcache.layerwise import retry
+    from sglang_objectcache.sglang import recompute_hooks as retry
 
     lk, keys = stored_by_layerwise(s3_config, "slow", seed=6)
     gate = threading.Event()

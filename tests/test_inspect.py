@@ -19,7 +19,8 @@ import torch
 
 from sglang_objectcache import objformat
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.inspect import accesslog, bucket, cli, gc, layout, treeview, verify
+from sglang_objectcache.inspect import accesslog, bucket, cli, gc, layout, verify
+from sglang_objectcache.sglang import treeview
 from sglang_objectcache.keys import KeyScheme, Namespace
 from sglang_objectcache.store import ObjectInfo, make_store
 
@@ -590,7 +591,7 @@ def test_snapshot_reads_real_python_tree_nodes():
 
 
 def test_endpoint_parameters_are_validated_and_capped():
-    from sglang_objectcache.inspect import endpoint
+    from sglang_objectcache.sglang import tree_endpoint as endpoint
 
     class Tok:
         def encode(self, text):
@@ -613,7 +614,7 @@ def test_endpoint_follows_sglang_admin_key_convention():
     from fastapi.testclient import TestClient
     from sglang.srt.utils.auth import add_api_key_middleware
 
-    from sglang_objectcache.inspect import endpoint
+    from sglang_objectcache.sglang import tree_endpoint as endpoint
 
     app = FastAPI()
     app.add_api_route(endpoint.ROUTE, endpoint.tree_endpoint, methods=["GET"])
@@ -628,7 +629,7 @@ def test_endpoint_follows_sglang_admin_key_convention():
 
 
 def test_previews_are_decoded_or_withheld():
-    from sglang_objectcache.inspect import endpoint
+    from sglang_objectcache.sglang import tree_endpoint as endpoint
 
     class Tok:
         def decode(self, ids):
@@ -718,7 +719,7 @@ def test_tree_route_is_off_by_default_and_only_on_objectcache_servers(tiny_model
     from sglang.srt.entrypoints import http_server
     from sglang.srt.server_args import ServerArgs
 
-    from sglang_objectcache.inspect import endpoint, hooks
+    from sglang_objectcache.sglang import inspect_hooks as hooks, tree_endpoint as endpoint
 
     monkeypatch.delenv(endpoint.ENV, raising=False)
     reg = _Registry()
@@ -746,7 +747,7 @@ def test_tree_route_is_off_by_default_and_only_on_objectcache_servers(tiny_model
     layerwise.enable_unified_cache_external_linker = True
     layerwise.unified_cache_external_linker_backend = "dynamic"
     layerwise.unified_cache_external_linker_config = {"linker": "ObjectCacheLinker",
-                                                      "linker_module_path": "sglang_objectcache.layerwise.linker"}
+                                                      "linker_module_path": "sglang_objectcache.sglang.layerwise_linker"}
     assert routes_after(layerwise) == [endpoint.ROUTE]
 
 
@@ -771,7 +772,7 @@ def _client(monkeypatch, api_key, admin_api_key):
     from sglang.srt.entrypoints import http_server
     from sglang.srt.utils.auth import add_api_key_middleware
 
-    from sglang_objectcache.inspect import endpoint
+    from sglang_objectcache.sglang import tree_endpoint as endpoint
 
     tm = _TM()
     monkeypatch.setattr(http_server, "get_global_state", lambda: SimpleNamespace(tokenizer_manager=tm))
@@ -784,7 +785,7 @@ def _client(monkeypatch, api_key, admin_api_key):
 
 
 def test_tree_with_only_api_key_refuses_prefix_queries_and_previews(monkeypatch):
-    from sglang_objectcache.inspect import endpoint
+    from sglang_objectcache.sglang import tree_endpoint as endpoint
 
     user = {"Authorization": "Bearer user-key"}
     c, tm = _client(monkeypatch, "user-key", None)
@@ -818,7 +819,7 @@ def test_tree_scheduler_hook_applies_the_same_rule(monkeypatch):
     """SGLang's /dumper/{method} (DUMPER_SERVER_PORT=reuse) reaches the scheduler hook directly."""
     from sglang.srt.managers.io_struct import DumperControlReqInput
 
-    from sglang_objectcache.inspect import endpoint
+    from sglang_objectcache.sglang import tree_endpoint as endpoint
 
     core = rust_core()
     insert_host(core, list(range(8)))
@@ -865,7 +866,7 @@ def test_a_prefix_query_never_matches_another_cache_salt():
     from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
     from sglang.srt.mem_cache.unified_cache.unified_tree_core import UnifiedTreeNode
 
-    from sglang_objectcache.inspect import endpoint
+    from sglang_objectcache.sglang import tree_endpoint as endpoint
 
     secret = list(range(100, 112))
     core = rust_core()

@@ -17,11 +17,12 @@ from sglang_objectcache.keys import KeyScheme, RankIdentity, make_namespace
 from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.hosttier import HostTier
-from sglang_objectcache.layerwise.linker import device_pool_view
 from sglang_objectcache.layerwise.loader import LayerwiseLoader, auto_layers_per_get
 from sglang_objectcache.layerwise.timeline import Timeline, overlapped_layers
 from sglang_objectcache.s3server import SeaweedFS, free_port
 from sglang_objectcache.sched import Scheduler
+from sglang_objectcache.sglang import stats_bridge
+from sglang_objectcache.sglang.layerwise_linker import device_pool_view
 from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import make_store
 
@@ -399,7 +400,7 @@ def test_sglang_metric_lists_stay_bounded_without_get_stats():
         s.record_backup(k, 1 << 20, 0.01)
     lists = (s._prefetch_pgs, s._backup_pgs, s._prefetch_bw, s._backup_bw)
     assert all(0 < len(q) <= 5_000 for q in lists)  # a few thousand at most
-    m = s.drain_sglang()
+    m = stats_bridge.storage_metrics(s)
     assert isinstance(m.prefetch_pgs, list) and m.prefetch_pgs[-1] == 9_999  # the latest are kept
     assert 0 < len(m.backup_bandwidth) <= 5_000
     assert all(len(q) == 0 for q in lists)

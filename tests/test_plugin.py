@@ -1,10 +1,11 @@
-"""The plugin against SGLang 0.5.23's real machinery: version check, argparse, factory,
+"""The plugin against the supported SGLang's real machinery: version check, argparse, factory,
 zero-copy path selection, and the layerwise flag rewrite. No server is started."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import threading
 import time
 from types import SimpleNamespace
@@ -13,7 +14,8 @@ import pytest
 import torch
 from pools import make_pools
 
-import sglang_objectcache.plugin as plugin
+import sglang_objectcache.sglang.plugin as plugin
+from sglang_objectcache.sglang import compat
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,12 +33,13 @@ def test_other_sglang_versions_fail_with_one_clear_message(monkeypatch):
     import importlib.metadata
 
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.5.24")
-    with pytest.raises(plugin.IncompatibleSGLang, match=r"supports sglang==0\.5\.23 only; found sglang==0\.5\.24"):
+    supported = re.escape(compat.SUPPORTED_SGLANG)
+    with pytest.raises(plugin.IncompatibleSGLang, match=rf"supports sglang=={supported} only; found sglang==0\.5\.24"):
         plugin.check_sglang()
 
 
 def test_a_missing_internal_is_named(monkeypatch):
-    monkeypatch.setattr(plugin, "REQUIRED", plugin.REQUIRED + (("sglang.srt.server_args", "ServerArgs.no_such_hook"),))
+    monkeypatch.setattr(compat, "USES", compat.USES + ("sglang.srt.server_args:ServerArgs.no_such_hook",))
     with pytest.raises(plugin.IncompatibleSGLang, match="missing internals: sglang.srt.server_args.ServerArgs.no_such_hook"):
         plugin.check_sglang()
 
@@ -54,7 +57,7 @@ def test_factory_builds_the_backend(s3_config):
     from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory
     from test_backend import storage_config
 
-    from sglang_objectcache.backend import ObjectCacheStorage
+    from sglang_objectcache.sglang.hicache_backend import ObjectCacheStorage
 
     _, host = make_pools("mha", "layer_first", torch.bfloat16, 4)
     backend = StorageBackendFactory.create_backend("objectcache", storage_config(s3_config), host)
@@ -147,7 +150,7 @@ def test_layerwise_config_switches_to_the_external_linker(tiny_model):
     assert d["enable_unified_cache_external_linker"] is True
     assert d["unified_cache_external_linker_backend"] == "dynamic"
     assert d["unified_cache_external_linker_config"] == {
-        "linker": "ObjectCacheLinker", "linker_module_path": "sglang_objectcache.layerwise.linker",
+        "linker": "ObjectCacheLinker", "linker_module_path": "sglang_objectcache.sglang.layerwise_linker",
         "linker_extra_config": extra}
     assert d["disable_overlap_schedule"] is True  # C8: a failed load recomputes, never a 503
 
@@ -183,8 +186,8 @@ def test_layerwise_file_config_keeps_its_secrets_off_server_info(tiny_model, tmp
     from sglang.srt.mem_cache.unified_cache.linker_config import UnifiedCacheLinkerConfig
     from sglang.srt.server_args import ServerArgs
 
-    from sglang_objectcache.inspect import endpoint
-    from sglang_objectcache.layerwise.linker import ObjectCacheLinker
+    from sglang_objectcache.sglang import tree_endpoint as endpoint
+    from sglang_objectcache.sglang.layerwise_linker import ObjectCacheLinker
 
     secret = "wJalrXUtnFEMI-K7MDENG-not-for-server-info"
     (tmp_path / "oc.json").write_text(json.dumps({
@@ -222,7 +225,7 @@ def test_layerwise_file_config_keeps_its_secrets_off_server_info(tiny_model, tmp
 def test_tree_endpoint_knows_an_objectcache_server_from_its_resolved_args(tiny_model):
     from sglang.srt.server_args import ServerArgs
 
-    from sglang_objectcache.inspect import endpoint
+    from sglang_objectcache.sglang import tree_endpoint as endpoint
 
     def args(**kw):
         sa = ServerArgs(model_path=tiny_model, device="cpu", attention_backend="torch_native", **kw)

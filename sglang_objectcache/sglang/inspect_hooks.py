@@ -15,7 +15,7 @@ HookRegistry logs it and the feature is absent, and storage keeps working.
 The tree endpoint is off unless the server's environment has OBJECTCACHE_TREE_ENDPOINT=1:
 without it none of these hooks is registered. With it, the route is added only if the
 server uses objectcache (decided from its server args when the HTTP server starts), and
-the scheduler hook answers only on such a server (`endpoint.uses_objectcache`).
+the scheduler hook answers only on such a server (`tree_endpoint.uses_objectcache`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def in_http_process() -> bool:
 def register(registry) -> None:
     from sglang.srt.plugins.hook_registry import HookType
 
-    from sglang_objectcache.inspect import endpoint
+    from sglang_objectcache.sglang import tree_endpoint as endpoint
 
     if not endpoint.enabled():
         return
@@ -59,7 +59,7 @@ def register(registry) -> None:
 
 def note_handles(result, core, *args, **kwargs):
     """AFTER hook: remember the highest node handle a Rust core has returned."""
-    from sglang_objectcache.inspect import treeview
+    from sglang_objectcache.sglang import treeview
 
     try:
         r = getattr(result, "result", result)  # an insert step wraps its InsertResult

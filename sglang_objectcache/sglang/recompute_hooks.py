@@ -1,6 +1,6 @@
 """Recompute instead of abort when a layerwise load fails.
 
-SGLang 0.5.23 aborts (HTTP 503) every request whose external-linker load failed. For a
+SGLang aborts (HTTP 503) every request whose external-linker load failed. For a
 cache that is the wrong contract: a missing, corrupt, slow or unreachable object must
 cost time, never the request. Two narrow hooks turn the abort into a retraction:
 
@@ -30,7 +30,7 @@ _FLAG = "_objectcache_recompute"
 
 
 def _objectcache_linker(tree_cache):
-    from sglang_objectcache.layerwise.linker import ObjectCacheLinker
+    from sglang_objectcache.sglang.layerwise_linker import ObjectCacheLinker
 
     wrapper = getattr(tree_cache, "linker", None)
     linker = getattr(wrapper, "cache_linker", None)
@@ -43,7 +43,7 @@ def finish_loads_or_recompute(original, self, reqs):
     if not failed or linker is None or not linker.recompute_on_failure:
         return failed
     # Nothing here waits for a scrub of the failed pages (SGLang's scheduler thread must not):
-    # the recompute's write-back of a page under scrub waits for it instead (linker._write).
+    # the recompute's write-back of a page under scrub waits for it instead (layerwise_linker._write).
     keep_abort = []
     for req in failed:
         if req.inflight_middle_chunks > 0:  # a chunked prefill: later chunks build on it

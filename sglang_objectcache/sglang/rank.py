@@ -1,4 +1,4 @@
-"""A rank's identity, read from SGLang 0.5.23's objects: the one place both modes get it.
+"""A rank's identity, read from SGLang's objects: the one place both modes get it.
 
 Page mode sees a `HiCacheStorageConfig` and a host pool; layerwise mode sees the linker's
 `CacheInitParams` and the device pool. Both describe the same rank, and both end here in

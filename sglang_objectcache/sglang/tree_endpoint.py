@@ -38,7 +38,7 @@ import os
 
 from starlette.requests import Request
 
-from sglang_objectcache.inspect import treeview
+from sglang_objectcache.sglang import treeview
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Import-only stand-in for torchvision on the CPU-only install.
 
-SGLang 0.5.23 imports `torchvision.transforms` at module level for multimodal models,
+SGLang imports `torchvision.transforms` at module level for multimodal models,
 even when serving a text-only model. PyPI's torchvision wheels link libtorch_cuda and fail
 to import beside the CPU build of torch ("operator torchvision::nms does not exist"), so
 `scripts/install.sh` puts this package on sys.path instead, only on machines without CUDA.

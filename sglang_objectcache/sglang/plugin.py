@@ -1,9 +1,10 @@
 """The `sglang.srt.plugins` entry point: makes `--hicache-storage-backend objectcache` real.
 
 SGLang runs this in every process it starts (launcher, scheduler, detokenizer), before it
-applies hooks. This is the one module that touches SGLang internals; everything it hooks
-is listed in REQUIRED and checked first, so another SGLang version fails loudly here
-instead of misbehaving later. Registering the name alone is not enough in 0.5.23:
+applies hooks. Every hook target of this wing (`sglang_objectcache.sglang`), and everything
+else it relies on in SGLang, is listed in the manifest `compat.py` and checked first
+(`check_sglang`), so another SGLang version fails loudly here
+instead of misbehaving later. Registering the name alone is not enough in the supported SGLang:
 1. the factory's `_create_builtin_backend` is an if/elif that rejects unknown names;
 2. argparse `choices` for `--hicache-storage-backend` are fixed at parser build time;
 3. the controller picks the zero-copy v1 path only for a hard-coded list of names.
@@ -12,75 +13,27 @@ instead of misbehaving later. Registering the name alone is not enough in 0.5.23
 Layerwise mode (`"layerwise": {"enabled": true}` in the extra config) is SGLang's external
 linker, which excludes HiCache: a resolution hook on `handle_hicache` rewrites the flags to
 the linker before SGLang validates them, and two hooks turn a failed load into a recompute
-instead of an abort (`layerwise/retry.py`).
+instead of an abort (`recompute_hooks.py`).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
+
+from sglang_objectcache.sglang import compat
 
 logger = logging.getLogger(__name__)
 
 NAME = "objectcache"
-BACKEND_MODULE = "sglang_objectcache.backend"
+BACKEND_MODULE = "sglang_objectcache.sglang.hicache_backend"
 BACKEND_CLASS = "ObjectCacheStorage"
-SUPPORTED_SGLANG = "0.5.23"
-
-# (module, attribute path) pairs this plugin hooks or relies on.
-REQUIRED = (
-    ("sglang.srt.arg_groups.resolution_hooks", "register_resolution_hook"),
-    ("sglang.srt.arg_groups.overrides", "declare_resolution"),
-    ("sglang.srt.mem_cache.unified_cache.unified_cache_linker", "UnifiedCacheLinker"),
-    ("sglang.srt.mem_cache.unified_radix_cache", "UnifiedRadixCache.finish_external_linker_loads"),
-    ("sglang.srt.managers.scheduler", "Scheduler.process_batch_result"),
-    ("sglang.srt.managers.scheduler", "Scheduler._add_request_to_queue"),
-    ("sglang.srt.mem_cache.common", "release_kv_cache"),
-    ("sglang.srt.mem_cache.storage.backend_factory", "StorageBackendFactory._create_builtin_backend"),
-    ("sglang.srt.mem_cache.storage.backend_factory", "StorageBackendFactory.register_backend"),
-    ("sglang.srt.server_args", "ServerArgs.add_cli_args"),
-    ("sglang.srt.managers.cache_controller", "HiCacheController.attach_storage_backend"),
-    ("sglang.srt.managers.cache_controller", "HiCacheController._stop_storage_threads"),
-    ("sglang.srt.managers.cache_controller", "HiCacheController._page_get_zero_copy"),
-    ("sglang.srt.managers.cache_controller", "HiCacheController._page_set_zero_copy"),
-    ("sglang.srt.mem_cache.hicache_storage", "HiCacheStorage.batch_get_v1"),
-    ("sglang.srt.mem_cache.pool_host.base", "HostKVCache.__init__"),
-    ("sglang.srt.managers.scheduler_components.weight_updater",
-     "SchedulerWeightUpdaterManager.flush_cache_after_weight_update"),
-    ("sglang.srt.managers.scheduler", "Scheduler.flush_cache"),
-    ("sglang.srt.runtime_context", "get_server_args"),
-)
-
-
-class IncompatibleSGLang(RuntimeError):
-    pass
+SUPPORTED_SGLANG = compat.SUPPORTED_SGLANG
+IncompatibleSGLang = compat.IncompatibleSGLang
 
 
 def check_sglang() -> None:
-    """Raise IncompatibleSGLang naming the version and the first missing internal."""
-    try:
-        from importlib.metadata import version
-
-        found = version("sglang")
-    except Exception:  # noqa: BLE001 - not installed at all
-        raise IncompatibleSGLang("objectcache needs sglang==%s; sglang is not installed" % SUPPORTED_SGLANG)
-    missing = []
-    for mod_name, path in REQUIRED:
-        try:
-            obj = importlib.import_module(mod_name)
-            for part in path.split("."):
-                obj = getattr(obj, part)
-        except ImportError as e:  # the module itself does not import: say why
-            missing.append(f"{mod_name} ({type(e).__name__}: {e})")
-        except AttributeError:
-            missing.append(f"{mod_name}.{path}")
-    if found != SUPPORTED_SGLANG or missing:
-        raise IncompatibleSGLang(
-            f"objectcache supports sglang=={SUPPORTED_SGLANG} only; found sglang=={found}"
-            + (f", missing internals: {', '.join(missing)}" if missing else "")
-            + ". Pin sglang==%s, or use --hicache-storage-backend dynamic "
-            "(see README 'Fallback without the plugin')." % SUPPORTED_SGLANG
-        )
+    """Raise IncompatibleSGLang naming the version and every missing internal (`compat.py`)."""
+    compat.check()
 
 
 def _create_builtin_backend(original, cls_, backend_name, backend_class, storage_config, mem_pool_host):
@@ -151,7 +104,7 @@ def _flushed(result, scheduler, *args, **kwargs):
     return None
 
 
-LINKER_MODULE = "sglang_objectcache.layerwise.linker"
+LINKER_MODULE = "sglang_objectcache.sglang.layerwise_linker"
 LINKER_CLASS = "ObjectCacheLinker"
 
 
@@ -237,7 +190,7 @@ def register() -> None:
 
     from sglang.srt.arg_groups.resolution_hooks import register_resolution_hook
 
-    from sglang_objectcache.layerwise import retry
+    from sglang_objectcache.sglang import recompute_hooks as retry
 
     register_resolution_hook("handle_hicache")(_layerwise_to_linker)
     HookRegistry.register(
@@ -251,16 +204,16 @@ def register() -> None:
         HookType.AROUND,
     )
 
-    # --- objectcache-inspect: tree endpoint, access log, metrics (list: inspect/hooks.py) ---
+    # --- objectcache-inspect: tree endpoint, access log, metrics (list: inspect_hooks.py) ---
     try:
-        from sglang_objectcache.inspect import hooks as inspect_hooks
+        from sglang_objectcache.sglang import inspect_hooks
 
         inspect_hooks.register(HookRegistry)
     except Exception:  # noqa: BLE001 - optional features; caching must work without them
         logger.exception("objectcache: inspection hooks not registered")
     # --- end objectcache-inspect ---
 
-    from sglang_objectcache.cpu import compat
+    from sglang_objectcache.sglang.cpu import compat
 
     if compat.needed():
         compat.apply(HookRegistry)

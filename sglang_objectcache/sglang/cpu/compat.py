@@ -1,4 +1,4 @@
-"""Make SGLang 0.5.23's HiCache host pools work on its CPU engine (no CUDA driver).
+"""Make SGLang's HiCache host pools work on its CPU engine (no CUDA driver).
 
 Applied by the plugin in every SGLang process, and only when SGLANG_USE_CPU_ENGINE=1 and
 torch sees no CUDA device, so a GPU machine never runs any of this. Two gaps, both in
@@ -36,7 +36,7 @@ def apply(hooks) -> None:
     """Register the fixes on SGLang's HookRegistry (passed in so this module stays import-light)."""
     import importlib
 
-    from sglang_objectcache.cpu.kvcacheio import OPS
+    from sglang_objectcache.sglang.cpu.kvcacheio import OPS
 
     hooks.register(
         "sglang.srt.mem_cache.pool_host.base.HostKVCache.__init__", _no_pinning, _before()

@@ -1,6 +1,6 @@
 """`ObjectCacheLinker`: layerwise retrieval from the object store straight into the KV pool.
 
-SGLang 0.5.23's external linker (`UnifiedCacheLinker`, backend `dynamic`) is the one
+SGLang's external linker (`UnifiedCacheLinker`, backend `dynamic`) is the one
 interface that loads L3 KV into the device pool while the forward runs, with a per-layer
 counter the KV-pool accessors wait on; HiCache's L3 path always stages whole pages in
 host memory before the request may run. So layerwise mode is a linker (why, in detail:
@@ -9,7 +9,7 @@ docs/layerwise.md). The plugin switches to it when the objectcache config says
 
     --enable-unified-cache-external-linker --unified-cache-external-linker-backend dynamic
     --unified-cache-external-linker-config '{"linker": "ObjectCacheLinker",
-        "linker_module_path": "sglang_objectcache.layerwise.linker", "linker_extra_config": {...}}'
+        "linker_module_path": "sglang_objectcache.sglang.layerwise_linker", "linker_extra_config": {...}}'
 
 What each hook does here:
 - `lookup`: the leading run of pages present (host tier, known keys, then HEADs); it runs
@@ -39,7 +39,7 @@ import torch
 from sglang.srt.mem_cache.hicache_storage import PoolName
 from sglang.srt.mem_cache.unified_cache.unified_cache_linker import UnifiedCacheLinker
 
-from sglang_objectcache import kernels, objformat, rank, runtime
+from sglang_objectcache import kernels, objformat, runtime
 from sglang_objectcache.cache import ObjectCache, open_probe
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.layerwise.counter import LayerReadyCounter
@@ -49,6 +49,7 @@ from sglang_objectcache.layerwise.loader import LayerwiseLoader
 from sglang_objectcache.layerwise.timeline import Timeline
 from sglang_objectcache.objformat import PageGeometry
 from sglang_objectcache.sched import Scheduler
+from sglang_objectcache.sglang import rank
 from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import open_store
 

@@ -1,6 +1,6 @@
 """`ObjectCacheStorage`: SGLang HiCache's L3 storage backend over an S3-compatible store.
 
-Contract with SGLang 0.5.23's HiCacheController (managers/cache_controller.py):
+Contract with SGLang's HiCacheController (managers/cache_controller.py):
 - Pages are content-addressed: SGLang's page hash chain -> `keys.KeyScheme.object_key`.
   One object per page, layer-major (`objformat`), independent of the host layout.
 - `batch_exists(keys)` returns the length of the leading run of pages present.
@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig
 
-from sglang_objectcache import objformat, rank, runtime
+from sglang_objectcache import objformat, runtime
+from sglang_objectcache.sglang import rank, stats_bridge
 from sglang_objectcache.cache import CORRUPT, ObjectCache, open_probe
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.hostpool import HostPages
@@ -360,7 +361,7 @@ class ObjectCacheStorage(HiCacheStorage):
             logger.exception("objectcache: clear failed")
 
     def get_stats(self):
-        return self.stats.drain_sglang()
+        return stats_bridge.storage_metrics(self.stats)
 
     def close(self) -> None:
         try:

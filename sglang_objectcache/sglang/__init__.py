@@ -1,0 +1,20 @@
+"""The SGLang wing: every module that names an SGLang internal lives here.
+
+The rest of the package (the cache core `cache.py`, `store/`, `objformat.py`, `keys.py`,
+`layerwise/loader.py`, ...) never imports `sglang`; it sees neutral types (`keys.RankIdentity`,
+`objformat.PageGeometry`, `hostpool.HostPages` over a duck-typed pool). What this wing
+relies on in SGLang is listed in one manifest, `compat.py`, checked at import of the plugin
+and by tests/test_sglang_compat.py; docs/sglang-compat.md says what a version bump touches.
+
+    plugin.py            the `sglang.srt.plugins` entry point: registers every hook
+    hicache_backend.py   page mode: `ObjectCacheStorage(HiCacheStorage)`
+    layerwise_linker.py  layerwise mode: `ObjectCacheLinker(UnifiedCacheLinker)`, device pool view
+    recompute_hooks.py   a failed layerwise load is recomputed, not aborted
+    rank.py              a rank's identity from ServerArgs / storage config / linker params
+    stats_bridge.py      `Stats` -> SGLang's `StorageMetrics`
+    inspect_hooks.py     the inspector's hooks; tree_endpoint.py, treeview.py: the tree endpoint
+    cpu/                 shims that make HiCache's host pools work on SGLang's CPU engine
+
+Absolute imports (`from sglang.srt ...`) inside this package reach the real `sglang`: this
+package is `sglang_objectcache.sglang`, never a top-level `sglang`.
+"""
