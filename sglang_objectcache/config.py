@@ -45,7 +45,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class LayerwiseConfig:
-    # Serve hits layer by layer through SGLang's external linker (layerwise/linker.py)
+    # Serve hits layer by layer through SGLang's external linker (sglang/layerwise_linker.py)
     # instead of the HiCache L3 backend; the plugin rewrites the server flags.
     enabled: bool = False
     # Host-DRAM tier kept by layerwise mode (SGLang's own host tier is off there).
