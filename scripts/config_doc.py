@@ -41,6 +41,9 @@ ENV = {
     "AWS_SECRET_ACCESS_KEY": "Goes with `AWS_ACCESS_KEY_ID`.",
     "AWS_SESSION_TOKEN": "Set: temporary credentials; objectcache's own HTTP clients then leave the "
                          "keys to obstore/boto3.",
+    "AWS_SHARED_CREDENTIALS_FILE": "Where neither the config nor the environment gives a key, objectcache's "
+                                   "own HTTP clients read static keys from this file, as boto3's chain does.",
+    "AWS_PROFILE": "The profile read from that credentials file.",
     "OBJECTCACHE_TRACE": "Layerwise mode: a path for the per-layer timeline (as `layerwise.trace_path`, "
                          "which wins).",
     "OBJECTCACHE_KERNELS": "Backend of the KV scatter/gather kernels: `auto` (Triton on CUDA, torch "
@@ -281,7 +284,7 @@ def render() -> str:
         "",
         "Read by the code under `sglang_objectcache/` and `kernels/` (found in the source by",
         "`scripts/config_doc.py`). boto3 and obstore read the rest of the AWS chain themselves",
-        "(`AWS_PROFILE`, `AWS_REGION`, ...).",
+        "(`AWS_REGION`, `AWS_CONFIG_FILE`, ...).",
         "",
     ]
     lines += env_table()
