@@ -21,9 +21,10 @@ Nothing here imports SGLang at module import; `check()` does.
 
 from __future__ import annotations
 
+import functools
 import importlib
-import inspect
 import re
+import sys
 
 SUPPORTED_SGLANG = "0.5.23"
 
@@ -202,22 +203,31 @@ def resolve(entry: str):
 
 def declares(cls, name: str) -> bool:
     """Whether instances of `cls` have `name`: annotated, a class attribute, or assigned as
-    `self.<name>` in the source of the class or a base."""
+    `self.<name>` in the module source of the class or a base (a whole-file scan: cheap
+    enough for every process start, and it errs towards present)."""
     if hasattr(cls, name):
         return True
     pattern = re.compile(r"\bself\.%s\s*(?::[^=\n]*)?=(?!=)" % re.escape(name))
     for c in getattr(cls, "__mro__", (cls,)):
         if name in getattr(c, "__annotations__", {}):
             return True
-        if c.__module__ == "builtins":
-            continue
-        try:
-            src = inspect.getsource(c)
-        except (OSError, TypeError):
-            continue
-        if pattern.search(src):
+        src = _module_source(c.__module__)
+        if src and pattern.search(src):
             return True
     return False
+
+
+@functools.lru_cache(maxsize=None)
+def _module_source(module: str) -> str:
+    mod = sys.modules.get(module)
+    path = getattr(mod, "__file__", None)
+    if not path or not path.endswith(".py"):
+        return ""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def _entry_problem(entry: str):
