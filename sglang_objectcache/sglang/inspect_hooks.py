@@ -9,8 +9,9 @@ registered only in the process that needs it, so no process imports more than it
                  begin_insert, resume_insert, insert_host}                          (treeview)
     launcher     entrypoints.http_server._setup_and_run_http_server        BEFORE   the route
 
-None of these is required for caching: if a target is missing (another SGLang), SGLang's
-HookRegistry logs it and the feature is absent, and storage keeps working.
+None of these is required for caching, but all are listed in the manifest (`compat.HOOKS`),
+so the plugin's check names a missing one at startup like any other; were one to fail to
+apply anyway, SGLang's HookRegistry logs it, the feature is absent, and storage keeps working.
 
 The tree endpoint is off unless the server's environment has OBJECTCACHE_TREE_ENDPOINT=1:
 without it none of these hooks is registered. With it, the route is added only if the
