@@ -32,6 +32,7 @@ from sglang_objectcache.keys import KeyScheme, RankIdentity, make_namespace
 from sglang_objectcache.known import KnownKeys
 from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import INTO, StoreError, etag_matches
+from sglang_objectcache.store.base import CLOCK_SKEW_HINT
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class ObjectCache:
         # nothing, until SGLang flushes.
         self.suspended = False
         self.frozen = False  # a rotation failed: suspended for good
+        self._auth_warned = -60.0
         self.on_rotate: list[Callable[["ObjectCache"], None]] = []
         self._held: dict[str, int] = {}  # name -> scrubs now checking it
         self._waiting: list[tuple[frozenset, Callable[[], None]]] = []  # writes held back by a scrub
@@ -152,6 +154,19 @@ class ObjectCache:
         self.stats.inc(("write_errors_" if write else "store_errors_") + err.kind)
         if err.store_wide:
             (self.writes_down if write else self.reads_down).open(err)
+        elif err.kind == "auth":
+            self._warn_auth(err)
+
+    def _warn_auth(self, err: StoreError) -> None:
+        # Refused credentials (revoked, expired, a clock gone wrong) make every page a miss
+        # without taking the store down: say so, once a minute, or nobody knows.
+        now = time.monotonic()
+        if now - self._auth_warned < 60.0:
+            return
+        self._auth_warned = now
+        hint = f" ({CLOCK_SKEW_HINT})" if "RequestTimeTooSkewed" in str(err) else ""
+        logger.error("objectcache: the store refused our credentials: %s%s; pages are misses until it "
+                     "accepts them", err, hint)
 
     def note_ok(self) -> None:
         self.reads_down.ok()

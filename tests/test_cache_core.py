@@ -257,6 +257,30 @@ def test_a_per_object_client_error_never_marks_the_store_down(s3_config):
     assert b.batch_set_v1(hashes(2, "w2"), slots([3, 4])) == [True, True]  # ...never fails a write
 
 
+def test_refused_credentials_while_serving_are_logged_once_with_the_cause(s3_config, caplog):
+    """H3: keys revoked or a clock gone wrong make every call a 403: each page a miss, the
+    store not down. Nobody would know; so one error line (a minute apart), naming the clock
+    when S3 says the request time is too skewed."""
+    _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
+    b = backend(s3_config, host)
+    skew = StoreError("auth", "HTTP 403 RequestTimeTooSkewed", status=403)
+    with caplog.at_level("ERROR", logger="sglang_objectcache.cache"):
+        for _ in range(3):
+            b.cache.note_error(skew)
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(lines) == 1 and "refused our credentials" in lines[0] and "clock" in lines[0], lines
+    assert b.cache.can_read() and b.cache.can_write()  # a 4xx never opens the down window
+
+
+def test_a_rank_of_several_without_a_tp_group_refuses_to_start():
+    """H9: with no initialized TP group every rank used to read itself as tp0of1 and share
+    one namespace; with tp_size > 1 that is refused."""
+    params = SimpleNamespace(attn_tp_cache_group=None, tp_cache_group=None)
+    assert rank.tp_rank_size(params, SimpleNamespace(tp_size=1)) == (0, 1)
+    with pytest.raises(RuntimeError, match="tp_size > 1"):
+        rank.tp_rank_size(params, SimpleNamespace(tp_size=2))
+
+
 def test_while_the_store_is_down_batch_exists_answers_zero(s3_config):
     _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
     fill_random(host)
