@@ -50,7 +50,7 @@ class LayerwiseConfig:
     enabled: bool = False
     # Host-DRAM tier kept by layerwise mode (SGLang's own host tier is off there).
     host_cache_mb: int = 1024
-    # Pages fetched per ranged-GET group and layers fetched ahead of the forward.
+    # Layers of a batch staged (fetched ahead of the forward) at once: the staging memory bound.
     window_layers: int = 4
     # Consecutive layers of a page read by one ranged GET. 1 (the paper's pipeline) makes
     # the first layer arrive soonest; more cuts the request count by that factor, for

@@ -291,5 +291,5 @@ def check() -> None:
             f"objectcache supports sglang=={SUPPORTED_SGLANG} only; found sglang=={found}"
             + (f", missing internals: {', '.join(gaps)}" if gaps else "")
             + ". Pin sglang==%s, or use --hicache-storage-backend dynamic "
-            "(see README 'Fallback without the plugin')." % SUPPORTED_SGLANG
+            "(see docs/usage.md, 'Without the plugin')." % SUPPORTED_SGLANG
         )
