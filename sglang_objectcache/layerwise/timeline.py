@@ -65,7 +65,8 @@ class Timeline:
 
     def to_json(self) -> dict:
         with self._lock:
-            return {"clock": "time.perf_counter seconds", "batches": json.loads(json.dumps(list(self._batches.values())))}
+            batches = json.loads(json.dumps(list(self._batches.values())))
+            return {"clock": "time.perf_counter seconds", "batches": batches}
 
     def chrome_trace(self) -> dict:
         data = self.to_json()["batches"]

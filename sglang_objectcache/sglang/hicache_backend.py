@@ -299,7 +299,8 @@ class ObjectCacheStorage(HiCacheStorage):
             for name, digest, blob, flat in zip(names, digests, self.store.get_many(names), targets):
                 reason = cache.verdict(name, blob, digest)
                 if not reason:
-                    self.pages.flat_page(flat).write_page(0, memoryview(blob).cast("B")[self.pages.geometry.header_bytes:])
+                    payload = memoryview(blob).cast("B")[self.pages.geometry.header_bytes:]
+                    self.pages.flat_page(flat).write_page(0, payload)
                     cache.known.add(name)
                 elif reason == CORRUPT:
                     corrupt.append((name, digest))
@@ -327,7 +328,8 @@ class ObjectCacheStorage(HiCacheStorage):
                 name = ks.object_key(k)
                 if name not in cache.known:
                     row = np.empty((1, g.object_bytes), dtype=np.uint8)
-                    items.append((name, next(self._encode_pages(self.pages.flat_page(v), [ks.content_digest(k)], [0], row))))
+                    sealed = self._encode_pages(self.pages.flat_page(v), [ks.content_digest(k)], [0], row)
+                    items.append((name, next(sealed)))
             results = self.store.put_many(items, if_absent=True) if items else []
             return all(cache.wrote([n for n, _ in items], results, g.object_bytes))
         except Exception:  # noqa: BLE001

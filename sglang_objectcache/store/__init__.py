@@ -81,5 +81,6 @@ def warn_if_plain_http(endpoint_url: str) -> bool:
     if not local:
         logging.getLogger(__name__).warning(
             "objectcache: endpoint %s is plain http:// to another host: KV pages travel unencrypted and "
-            "unauthenticated; use https:// (or a private, trusted network)", f"{u.scheme}://{u.hostname}:{u.port or 80}")
+            "unauthenticated; use https:// (or a private, trusted network)",
+            f"{u.scheme}://{u.hostname}:{u.port or 80}")
     return not local
