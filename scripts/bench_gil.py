@@ -48,7 +48,7 @@ from sglang_objectcache.layerwise.hosttier import HostTier  # noqa: E402
 from sglang_objectcache.layerwise.loader import LayerwiseLoader  # noqa: E402
 from sglang_objectcache.layerwise.timeline import Timeline  # noqa: E402
 from sglang_objectcache.objformat import PageGeometry  # noqa: E402
-from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
+from objectcache_dev.s3server import SeaweedFS  # noqa: E402
 from sglang_objectcache.sched import Scheduler  # noqa: E402
 from sglang_objectcache.stats import Stats  # noqa: E402
 from sglang_objectcache.store import open_store  # noqa: E402

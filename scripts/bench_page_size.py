@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
 
-from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
+from objectcache_dev.s3server import SeaweedFS  # noqa: E402
 
 TOKENS = 4096
 BATCH = 128  # SGLang's STORAGE_BATCH_SIZE

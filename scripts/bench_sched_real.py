@@ -4,7 +4,7 @@ Concurrent requests load their prefix layer by layer from a real SeaweedFS (rang
 checksums, scatters into a KV pool) through one link capped by the scheduler's own token
 bucket; each request's forward waits for a layer, then computes it (`compute_ms`). Same
 objects, same cap, every policy, interleaved; medians over `--repeats`. See
-sglang_objectcache/layerwise/replay.py.
+objectcache_dev/replay.py.
 
     .venv/bin/python scripts/bench_sched_real.py            # ~10 min on 2 cores
     .venv/bin/python scripts/bench_sched_real.py --quick    # ~1 min
@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sglang_objectcache.layerwise.replay import Workload, compare  # noqa: E402
-from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
+from objectcache_dev.replay import Workload, compare  # noqa: E402
+from objectcache_dev.s3server import SeaweedFS  # noqa: E402
 
 
 def main() -> None:

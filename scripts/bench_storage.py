@@ -70,7 +70,7 @@ import torch  # noqa: E402
 from benchutil import command_line, pct, pin_client, pin_server, server_cpu_s  # noqa: E402
 
 from sglang_objectcache import objformat  # noqa: E402
-from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
+from objectcache_dev.s3server import SeaweedFS  # noqa: E402
 
 MiB = 1 << 20
 SYSTEMS = ("raw", "checked", "objectcache", "seaweedfs", "file")

@@ -31,7 +31,7 @@ from pathlib import Path
 from benchutil import command_line, pct, server_cpu_s
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.s3server import SeaweedFS
+from objectcache_dev.s3server import SeaweedFS
 from sglang_objectcache.store.base import StoreError
 from sglang_objectcache.store.boto import Boto3Store
 from sglang_objectcache.store.obstore_ import ObstoreStore

@@ -51,10 +51,10 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sglang_objectcache.harness.server import SGLangServer, cpu_args, cpu_env, nocache_args, objectcache_args  # noqa: E402
-from sglang_objectcache.harness.settle import until_quiet  # noqa: E402
-from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
-from sglang_objectcache.tinymodel import TinyModelSpec, make_tiny_model  # noqa: E402
+from objectcache_dev.harness.server import SGLangServer, cpu_args, cpu_env, nocache_args, objectcache_args  # noqa: E402
+from objectcache_dev.harness.settle import until_quiet  # noqa: E402
+from objectcache_dev.s3server import SeaweedFS  # noqa: E402
+from objectcache_dev.tinymodel import TinyModelSpec, make_tiny_model  # noqa: E402
 
 BENCH_MODEL = TinyModelSpec(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, head_dim=64,
                             intermediate_size=1536, vocab_size=2048, max_positions=32768)

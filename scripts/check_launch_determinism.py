@@ -25,9 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from e2e_support import MAX_NEW, drift, first_change, gap, prompts  # noqa: E402
 
-from sglang_objectcache.harness.client import Completion  # noqa: E402
-from sglang_objectcache.harness.server import ServerPool, cpu_args, nocache_args  # noqa: E402
-from sglang_objectcache.tinymodel import make_tiny_model  # noqa: E402
+from objectcache_dev.harness.client import Completion  # noqa: E402
+from objectcache_dev.harness.server import ServerPool, cpu_args, nocache_args  # noqa: E402
+from objectcache_dev.tinymodel import make_tiny_model  # noqa: E402
 
 
 def compare(run: list[Completion], first: list[Completion]) -> dict:

@@ -26,7 +26,7 @@ import bench_storage as bs  # noqa: E402
 from benchutil import command_line  # noqa: E402
 
 from sglang_objectcache import landing  # noqa: E402
-from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
+from objectcache_dev.s3server import SeaweedFS  # noqa: E402
 
 MiB = 1 << 20
 

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_storage as bs  # noqa: E402
 from benchutil import command_line, pin_client, pin_server, server_cpu_s  # noqa: E402
 
-from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
+from objectcache_dev.s3server import SeaweedFS  # noqa: E402
 
 
 def run(args) -> dict:

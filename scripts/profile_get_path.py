@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 import bench_storage as bs  # noqa: E402
 from sglang_objectcache import hostpool, landing  # noqa: E402
 from sglang_objectcache.sglang import hicache_backend as backend  # noqa: E402
-from sglang_objectcache.s3server import SeaweedFS  # noqa: E402
+from objectcache_dev.s3server import SeaweedFS  # noqa: E402
 
 spent: Counter = Counter()
 loop_threads: set[int] = set()  # bodies of OFFLOAD_BYTES and up are landed off the loop

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_storage as bs  # noqa: E402
 from benchutil import command_line  # noqa: E402
-from sglang_objectcache.s3server import SeaweedFS, free_port  # noqa: E402
+from objectcache_dev.s3server import SeaweedFS, free_port  # noqa: E402
 
 KiB, MiB = 1 << 10, 1 << 20
 

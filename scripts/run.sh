@@ -23,10 +23,10 @@ mkdir -p "$STATE"
 export AWS_ACCESS_KEY_ID=objectcache AWS_SECRET_ACCESS_KEY=objectcache-secret
 export SGLANG_USE_CPU_ENGINE=${SGLANG_USE_CPU_ENGINE:-$([ -x "$(command -v nvidia-smi)" ] && echo 0 || echo 1)}
 
-$PY -m sglang_objectcache.tinymodel "$STATE/tiny-llama" >/dev/null
+$PY -m objectcache_dev.tinymodel "$STATE/tiny-llama" >/dev/null
 echo "[run] tiny model in $STATE/tiny-llama"
 
-$PY -m sglang_objectcache.s3server start --dir "$STATE/s3" --port "$S3_PORT" --bucket objectcache \
+$PY -m objectcache_dev.s3server start --dir "$STATE/s3" --port "$S3_PORT" --bucket objectcache \
   --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" > "$STATE/s3.log" 2>&1 &
 S3_PID=$!
 trap 'kill $S3_PID 2>/dev/null; wait $S3_PID 2>/dev/null' EXIT

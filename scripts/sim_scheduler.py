@@ -1,4 +1,4 @@
-"""Added TTFT per scheduler policy, from the discrete-event simulator (`sglang_objectcache.sim`).
+"""Added TTFT per scheduler policy, from the discrete-event simulator (`objectcache_dev.sim`).
 
 Drives the real `Scheduler` in virtual time (model and simplifications: the `sim` module
 docstring). Every point runs each policy on the same requests, side by side, and reports
@@ -34,7 +34,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from sglang_objectcache.config import SchedulerConfig
-from sglang_objectcache.sim import System, Workload, make_requests, summarize, ttfts
+from objectcache_dev.sim import System, Workload, make_requests, summarize, ttfts
 
 POLICIES = {  # label -> (scheduler policy, deadline plan)
     "deadline": ("deadline", "arrival"),

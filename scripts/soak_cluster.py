@@ -30,12 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchutil import command_line, pct  # noqa: E402
 
-from sglang_objectcache.harness.compare import same_answer  # noqa: E402
+from objectcache_dev.harness.compare import same_answer  # noqa: E402
 
-from sglang_objectcache.harness.server import ServerPool, cpu_args, nocache_args, objectcache_args  # noqa: E402
-from sglang_objectcache.harness.workloads import words  # noqa: E402
-from sglang_objectcache.s3cluster import SeaweedCluster  # noqa: E402
-from sglang_objectcache.tinymodel import make_tiny_model  # noqa: E402
+from objectcache_dev.harness.server import ServerPool, cpu_args, nocache_args, objectcache_args  # noqa: E402
+from objectcache_dev.harness.workloads import words  # noqa: E402
+from objectcache_dev.s3cluster import SeaweedCluster  # noqa: E402
+from objectcache_dev.tinymodel import make_tiny_model  # noqa: E402
 
 CLIENTS = 64
 MAX_NEW = 16  # greedy tokens compared with the reference, as in the e2e suite

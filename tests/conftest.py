@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from sglang_objectcache.s3server import SeaweedFS
+from objectcache_dev.s3server import SeaweedFS
 
 _counter = itertools.count()
 
@@ -70,7 +70,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 # End-to-end fixtures (tiny model, SGLang server launcher, fault proxy): the same code users
-# load with `pytest -p sglang_objectcache.harness.fixtures`.
-from sglang_objectcache.harness.fixtures import fault_proxy, sglang_server, tiny_model  # noqa: E402,F401
+# load with `pytest -p objectcache_dev.harness.fixtures`.
+from objectcache_dev.harness.fixtures import fault_proxy, sglang_server, tiny_model  # noqa: E402,F401
 
 __all__ = ["fault_proxy", "sglang_server", "tiny_model"]  # fixtures pytest finds here

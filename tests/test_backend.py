@@ -14,7 +14,7 @@ from pools import fill_random, make_pools, page_bytes
 from sglang_objectcache import hostpool
 from sglang_objectcache import landing as landing_mod
 from sglang_objectcache.sglang.hicache_backend import ObjectCacheStorage
-from sglang_objectcache.s3server import SeaweedFS, free_port
+from objectcache_dev.s3server import SeaweedFS, free_port
 
 LAYOUTS = ("layer_first", "page_first", "page_first_direct")
 PAGE = 4
@@ -322,7 +322,7 @@ def test_a_batch_ends_soon_after_sglang_sets_its_stop_event(s3, bucket, fault_pr
     # over 3 s. SGLang sets its stop event, then joins the storage thread for 10 s and
     # raises if it is still busy (the scheduler dies): the batch must return within a poll
     # of the event, the pages not done being misses (reads) or False (writes).
-    from sglang_objectcache.harness.proxy import Faults
+    from objectcache_dev.harness.proxy import Faults
 
     cfg = {**s3.config(bucket), "endpoint_url": fault_proxy.endpoint, "transport": transport, "max_concurrency": 1}
     _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)

@@ -16,7 +16,7 @@ import pytest
 from test_layerwise import Rig, hashes
 
 from sglang_objectcache.layerwise.hosttier import HostTier
-from sglang_objectcache.s3server import SeaweedFS, free_port
+from objectcache_dev.s3server import SeaweedFS, free_port
 
 
 def wait_for(cond, timeout=10.0):

@@ -14,8 +14,8 @@ import pytest
 import requests
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.harness.server import cpu_args, objectcache_args
-from sglang_objectcache.harness.workloads import words
+from objectcache_dev.harness.server import cpu_args, objectcache_args
+from objectcache_dev.harness.workloads import words
 from sglang_objectcache.inspect import accesslog, cli, layout
 from sglang_objectcache.store import make_store
 

@@ -19,7 +19,7 @@ from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.hosttier import HostTier
 from sglang_objectcache.layerwise.loader import LayerwiseLoader, auto_layers_per_get
 from sglang_objectcache.layerwise.timeline import Timeline, overlapped_layers
-from sglang_objectcache.s3server import SeaweedFS, free_port
+from objectcache_dev.s3server import SeaweedFS, free_port
 from sglang_objectcache.sched import Scheduler
 from sglang_objectcache.sglang import stats_bridge
 from sglang_objectcache.sglang.layerwise_linker import device_pool_view

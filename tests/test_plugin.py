@@ -103,7 +103,7 @@ def test_sglang_stopping_its_storage_threads_ends_a_batch_in_flight(s3, bucket, 
     from sglang.srt.managers.cache_controller import HiCacheController
     from test_backend import hashes, slots, storage_config
 
-    from sglang_objectcache.harness.proxy import Faults
+    from objectcache_dev.harness.proxy import Faults
 
     monkeypatch.setattr(cache_controller, "get_parallel", lambda: SimpleNamespace(attn_dcp_size=1))
     _, host = make_pools("mha", "layer_first", torch.bfloat16, 4)

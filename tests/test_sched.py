@@ -18,7 +18,7 @@ from sglang_objectcache.sched import (
     layer_deadlines,
     plan_starts,
 )
-from sglang_objectcache.sim import System, Workload, added_ttft, make_requests, summarize
+from objectcache_dev.sim import System, Workload, added_ttft, make_requests, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 

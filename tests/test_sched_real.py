@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from sglang_objectcache.layerwise.replay import Workload, compare
+from objectcache_dev.replay import Workload, compare
 
 
 def test_deadline_order_beats_equal_sharing_under_a_cap(s3_config):

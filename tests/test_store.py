@@ -454,7 +454,7 @@ def test_the_local_server_gives_buckets_volumes_by_count_not_free_disk(tmp_path)
     # weed gives each bucket one volume. Left to itself it caps their count (`weed mini` at
     # free-disk / 256 MiB: a CI disk with 24 GiB free failed every PUT from the 95th bucket on,
     # HTTP 500). The count is ours to set, and a deleted bucket gives its volume back.
-    from sglang_objectcache.s3server import SeaweedFS
+    from objectcache_dev.s3server import SeaweedFS
 
     with SeaweedFS(str(tmp_path / "sw"), max_volumes=3) as srv:
         c = srv.client()
@@ -480,7 +480,7 @@ def test_the_local_server_refuses_to_start_on_a_disk_it_would_not_write_to(tmp_p
     # the client's timeout: a CI run spent 50 minutes in such timeouts. Starting must fail at once.
     from types import SimpleNamespace
 
-    from sglang_objectcache import s3server
+    from objectcache_dev import s3server
 
     real = os.statvfs(tmp_path)
     srv = s3server.SeaweedFS(str(tmp_path / "sw"), min_free_mb=64)
@@ -500,7 +500,7 @@ def test_the_local_server_leaves_nothing_in_tmp(tmp_path):
     # killed weed removes neither, and a test run used to leave hundreds behind.
     import glob
 
-    from sglang_objectcache.s3server import SeaweedFS
+    from objectcache_dev.s3server import SeaweedFS
 
     with SeaweedFS(str(tmp_path / "sw"), buckets=("tidy-bucket",)) as srv:
         srv.client().put_object(Bucket="tidy-bucket", Key="k", Body=b"x")
@@ -531,10 +531,10 @@ def test_the_local_server_cli_stops_weed_even_when_signalled_twice(tmp_path):
     import subprocess
     import sys
 
-    from sglang_objectcache.s3server import free_port
+    from objectcache_dev.s3server import free_port
 
     port, data = free_port(), str(tmp_path / "sw")
-    proc = subprocess.Popen([sys.executable, "-m", "sglang_objectcache.s3server", "start", "--dir", data,
+    proc = subprocess.Popen([sys.executable, "-m", "objectcache_dev.s3server", "start", "--dir", data,
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert "ready at" in proc.stdout.readline()

@@ -8,8 +8,8 @@ import uuid
 import pytest
 from e2e_support import BACKEND, BucketL3, FileL3, Reference
 
-from sglang_objectcache.harness.server import ServerPool
-from sglang_objectcache.tinymodel import TinyModelSpec, make_tiny_model
+from objectcache_dev.harness.server import ServerPool
+from objectcache_dev.tinymodel import TinyModelSpec, make_tiny_model
 
 
 @pytest.fixture(scope="session")

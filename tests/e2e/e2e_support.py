@@ -16,10 +16,10 @@ from pathlib import Path
 
 import requests
 
-from sglang_objectcache.harness.client import Completion
-from sglang_objectcache.harness.server import ServerPool, cpu_args, file_args, nocache_args, objectcache_args
-from sglang_objectcache.harness.settle import until_quiet
-from sglang_objectcache.harness.workloads import words
+from objectcache_dev.harness.client import Completion
+from objectcache_dev.harness.server import ServerPool, cpu_args, file_args, nocache_args, objectcache_args
+from objectcache_dev.harness.settle import until_quiet
+from objectcache_dev.harness.workloads import words
 
 BACKEND = os.environ.get("OBJECTCACHE_E2E_BACKEND", "objectcache")
 PAGE = 64

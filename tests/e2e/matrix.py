@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from e2e_support import MAX_NEW
-from sglang_objectcache.harness.compare import differences
+from objectcache_dev.harness.compare import differences
 
 ROWS: list["Tally"] = []
 COLUMNS = ("fault", "store", "sent", "completed", "errors", "wrong answers", "good objects deleted",

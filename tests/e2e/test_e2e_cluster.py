@@ -11,9 +11,9 @@ import pytest
 from e2e_support import BACKEND, BucketL3, full_pages, launch_on, prompts, wait_for_writes
 from matrix import Tally
 
-from sglang_objectcache.harness.proxy import FaultProxy
-from sglang_objectcache.harness.server import cpu_args
-from sglang_objectcache.s3cluster import SeaweedCluster
+from objectcache_dev.harness.proxy import FaultProxy
+from objectcache_dev.harness.server import cpu_args
+from objectcache_dev.s3cluster import SeaweedCluster
 
 pytestmark = [
     pytest.mark.e2e,

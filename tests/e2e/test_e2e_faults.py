@@ -14,8 +14,8 @@ from e2e_support import (
 )
 from matrix import Tally
 
-from sglang_objectcache.harness.proxy import FaultProxy, Faults
-from sglang_objectcache.s3server import SeaweedFS
+from objectcache_dev.harness.proxy import FaultProxy, Faults
+from objectcache_dev.s3server import SeaweedFS
 
 pytestmark = [
     pytest.mark.e2e,

@@ -17,9 +17,9 @@ import pytest
 from e2e_support import (
     BACKEND, MAX_NEW, BucketL3, computed, launch_on, outputs, prompts, update_weights_from_disk, wait_for_writes,
 )
-from sglang_objectcache.harness.compare import differences
+from objectcache_dev.harness.compare import differences
 
-from sglang_objectcache.harness.server import ServerPool
+from objectcache_dev.harness.server import ServerPool
 
 pytestmark = [
     pytest.mark.e2e,

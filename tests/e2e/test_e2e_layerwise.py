@@ -18,11 +18,11 @@ import pytest
 from e2e_support import (
     BACKEND, MAX_NEW, BucketL3, computed, full_pages, launch_on, outputs, prompts, settled, update_weights_from_disk, wait_for_writes,
 )
-from sglang_objectcache.harness.compare import differences
+from objectcache_dev.harness.compare import differences
 
-from sglang_objectcache.harness.proxy import FaultProxy, Faults
-from sglang_objectcache.harness.server import cpu_args
-from sglang_objectcache.harness.workloads import words
+from objectcache_dev.harness.proxy import FaultProxy, Faults
+from objectcache_dev.harness.server import cpu_args
+from objectcache_dev.harness.workloads import words
 from sglang_objectcache.layerwise.timeline import overlapped_layers
 
 pytestmark = [

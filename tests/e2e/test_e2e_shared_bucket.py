@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from e2e_support import MAX_NEW, full_pages, launch_on, prompts, wait_for_writes
-from sglang_objectcache.harness.compare import differences
+from objectcache_dev.harness.compare import differences
 
 pytestmark = pytest.mark.e2e
 

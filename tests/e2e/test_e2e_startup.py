@@ -9,7 +9,7 @@ import socket
 import pytest
 from e2e_support import BACKEND
 
-from sglang_objectcache.harness.server import ServerExited, cpu_args, nocache_args, objectcache_args
+from objectcache_dev.harness.server import ServerExited, cpu_args, nocache_args, objectcache_args
 
 pytestmark = [
     pytest.mark.e2e,
@@ -68,7 +68,7 @@ def test_a_launch_whose_port_is_taken_moves_to_another(sglang_server, monkeypatc
     # A port found free can be taken before SGLang binds it (CI once lost a launch that way:
     # SGLang logged the bind error and hung for the full timeout). Force it: the first port
     # the harness picks is already listening.
-    from sglang_objectcache.harness import server as harness_server
+    from objectcache_dev.harness import server as harness_server
 
     squatter = socket.socket()
     squatter.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from e2e_support import BACKEND, MAX_NEW, full_pages, launch_on, prompts, wait_for_writes
-from sglang_objectcache.harness.compare import differences, same_answer
+from objectcache_dev.harness.compare import differences, same_answer
 
 pytestmark = pytest.mark.e2e
 
@@ -113,7 +113,7 @@ def test_damaged_objects_are_misses_not_wrong_answers(main, l3, reference, damag
 
 def test_harness_cli_reports_storage_hits(main, tmp_path):
     script = Path(sys.executable).with_name("objectcache-harness")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "sglang_objectcache.harness.cli"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "objectcache_dev.harness.cli"]
     out = tmp_path / "harness.json"
     cmd += ["--url", main.url, "all", "--flush-between", "--rounds", "2", "--clients", "2",
             "--conversations", "2", "--system-tokens", "320", "--requests-per-round", "4",

@@ -10,7 +10,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
-from sglang_objectcache.harness.proxy import FaultProxy, Faults
+from objectcache_dev.harness.proxy import FaultProxy, Faults
 
 
 def _client(s3, endpoint, read_timeout=5, **config):
@@ -98,7 +98,7 @@ def test_latency_and_stall(s3, bucket, fault_proxy):
 
 
 def test_store_down_resets_the_client(s3):
-    from sglang_objectcache.s3server import free_port
+    from objectcache_dev.s3server import free_port
 
     with FaultProxy(free_port()) as proxy:  # nothing listens upstream
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
@@ -146,7 +146,7 @@ def test_mangle_flips_one_byte_the_same_each_time_and_keeps_the_framing(s3, buck
 
 
 def test_mangle_keeps_chunked_framing():
-    from sglang_objectcache.harness.proxy import _flip
+    from objectcache_dev.harness.proxy import _flip
 
     body = b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n"
     assert _flip(body, True, lambda n: 3) == body.replace(b"de", bytes([ord("d") ^ 0xFF]) + b"e")

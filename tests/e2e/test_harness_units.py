@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from sglang_objectcache.harness import cli
-from sglang_objectcache.harness.client import Completion
-from sglang_objectcache.harness.settle import until_quiet
-from sglang_objectcache.harness.workloads import LongDoc, MultiTurn, Report, Request, Result, RoundStats, SharedPrefix
+from objectcache_dev.harness import cli
+from objectcache_dev.harness.client import Completion
+from objectcache_dev.harness.settle import until_quiet
+from objectcache_dev.harness.workloads import LongDoc, MultiTurn, Report, Request, Result, RoundStats, SharedPrefix
 
 
 def _done(prompt=400, cached=384, tiers=(0, 0, 384), ttft=0.1, text="x"):
@@ -60,7 +60,7 @@ def _answer(ids, tops):
 
 
 def test_parity_forgives_only_a_flip_between_near_tied_tokens():
-    from sglang_objectcache.harness.compare import TIE, differences, same_answer
+    from objectcache_dev.harness.compare import TIE, differences, same_answer
 
     tie = ((7, -6.900), (9, -6.900 - TIE / 2))
     want = _answer([5, 7, 1], [((5, -6.8), (3, -7.0)), tie, ((1, -6.7), (2, -6.9))])

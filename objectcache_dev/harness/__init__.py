@@ -4,6 +4,6 @@
 - `workloads`, `cli`: the `objectcache-harness` command (multiturn, shared-prefix, long-doc).
 - `server`: launch/stop a real `sglang.launch_server` process tree; CPU, HiCache, reference flags.
 - `proxy`: a fault-injection HTTP proxy in front of an S3 endpoint.
-- `fixtures`: the same as pytest fixtures (`pytest -p sglang_objectcache.harness.fixtures`).
+- `fixtures`: the same as pytest fixtures (`pytest -p objectcache_dev.harness.fixtures`).
 See docs/harness.md.
 """

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sglang_objectcache.harness.client import Client, RequestError
-from sglang_objectcache.s3server import free_port
+from objectcache_dev.harness.client import Client, RequestError
+from objectcache_dev.s3server import free_port
 
 
 def cpu_args(page_size: int = 64, max_total_tokens: int = 8192, context_length: int = 4096) -> list[str]:

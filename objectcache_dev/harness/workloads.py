@@ -18,9 +18,9 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from sglang_objectcache.harness.client import Client, Completion, RequestError
+from objectcache_dev.harness.client import Client, Completion, RequestError
 # The tiny model's tokenizer was trained on exactly these words (one token each).
-from sglang_objectcache.tinymodel import _WORDS as WORDS
+from objectcache_dev.tinymodel import _WORDS as WORDS
 
 
 def words(rng: random.Random, n: int) -> str:

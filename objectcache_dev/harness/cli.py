@@ -14,8 +14,8 @@ import argparse
 import json
 import sys
 
-from sglang_objectcache.harness.client import Client
-from sglang_objectcache.harness.workloads import WORKLOADS, LongDoc, MultiTurn, Report, SharedPrefix, run_workload
+from objectcache_dev.harness.client import Client
+from objectcache_dev.harness.workloads import WORKLOADS, LongDoc, MultiTurn, Report, SharedPrefix, run_workload
 
 COLUMNS = (
     ("workload", "{:<13}"), ("round", "{:>5}"), ("flush", "{:>5}"), ("reqs", "{:>4}"), ("err", "{:>3}"),

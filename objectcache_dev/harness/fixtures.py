@@ -1,6 +1,6 @@
 """pytest fixtures for end-to-end tests against a real SGLang server (load with `-p` or import).
 
-    pytest -p sglang_objectcache.harness.fixtures ...      # or: from ...fixtures import *
+    pytest -p objectcache_dev.harness.fixtures ...      # or: from ...fixtures import *
 
 - `tiny_model` (session): a local tiny Llama directory (`OBJECTCACHE_TINY_MODEL_DIR` to reuse one).
 - `sglang_server` (module): a launcher, `sglang_server(args, name=...) -> SGLangServer`; every
@@ -15,9 +15,9 @@ import os
 
 import pytest
 
-from sglang_objectcache.harness.proxy import FaultProxy
-from sglang_objectcache.harness.server import ServerPool
-from sglang_objectcache.tinymodel import make_tiny_model
+from objectcache_dev.harness.proxy import FaultProxy
+from objectcache_dev.harness.server import ServerPool
+from objectcache_dev.tinymodel import make_tiny_model
 
 
 @pytest.fixture(scope="session")

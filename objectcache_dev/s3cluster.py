@@ -21,7 +21,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .s3server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, SeaweedFS, check_disk, free_port, weed_binary
+from objectcache_dev.s3server import (
+    DEFAULT_ACCESS_KEY,
+    DEFAULT_SECRET_KEY,
+    SeaweedFS,
+    check_disk,
+    free_port,
+    weed_binary,
+)
 
 REPLICATION = "001"
 
