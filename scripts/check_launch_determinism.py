@@ -4,7 +4,7 @@ Launches `--launches` plain servers (no radix cache, no HiCache: nothing of ours
 another, on the tiny model; sends each the same greedy prompts with top-2 logprobs; and
 compares every launch with the first. The e2e parity tests compare a cache server with a
 separately launched reference, so this sets what "the same answer" can mean there
-(tests/e2e/e2e_support.py: TIE). The committed results came from:
+(tests/support/e2e_support.py: TIE). The committed results came from:
 
     .venv/bin/python scripts/check_launch_determinism.py --launches 12 \
         --out benchmarks/results/launch_determinism_idle.json

@@ -36,7 +36,7 @@ status=0
 for step in "$@"; do
   case $step in
     tests)
-      $PY -m pytest tests/test_gpu.py -v -rs -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.txt"
+      $PY -m pytest tests/gpu/test_gpu.py -v -rs -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.txt"
       status=$((status | ${PIPESTATUS[0]})) ;;
     kernels)
       $PY scripts/bench_kernels.py --device cuda --sweep --budget 0.3 --out "$OUT/kernels_cuda.json" || status=1 ;;

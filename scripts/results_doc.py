@@ -422,7 +422,7 @@ BENCHMARKS = [
           "Layer-major object bytes moved into and out of a paged KV pool (Llama-8B rank, page 64), timed "
           "against a plain copy of the same bytes: on the H100 with CUDA-graph replays timed by events, on CPU "
           "the torch fallback. `*_random` places the pages at random slots; `*_all_layers` moves several layers "
-          "in one launch. The GPU tests (`tests/test_gpu.py`) check every dtype/page-size/MHA/MLA case byte for "
+          "in one launch. The GPU tests (`tests/gpu/test_gpu.py`) check every dtype/page-size/MHA/MLA case byte for "
           "byte on the device; CI has no GPU, and the last GPU test report is linked below.",
           ["kernels_cuda", "kernels_cpu"], r_kernels,
           extra=["gpu_tests.txt"]),

@@ -4,7 +4,7 @@ The rest of the package (the cache core `cache.py`, `store/`, `objformat.py`, `k
 `layerwise/loader.py`, ...) never imports `sglang`; it sees neutral types (`keys.RankIdentity`,
 `objformat.PageGeometry`, `hostpool.HostPages` over a duck-typed pool). What this wing
 relies on in SGLang is listed in one manifest, `compat.py`, checked at import of the plugin
-and by tests/test_sglang_compat.py; docs/sglang-compat.md says what a version bump touches.
+and by tests/unit/sglang/test_compat.py; docs/sglang-compat.md says what a version bump touches.
 
     plugin.py            the `sglang.srt.plugins` entry point: registers every hook
     hicache_backend.py   page mode: `ObjectCacheStorage(HiCacheStorage)`

@@ -12,7 +12,7 @@ objectcache supports exactly one SGLang release, `SUPPORTED_SGLANG`. What it rel
 `check()` runs when SGLang loads the plugin (`plugin.register`, in every SGLang process),
 before any hook is registered: another SGLang fails there with one error naming the version
 found, the one supported and every missing item, instead of misbehaving later.
-tests/test_sglang_compat.py checks the same list against the installed sglang, checks that
+tests/unit/sglang/test_compat.py checks the same list against the installed sglang, checks that
 the plugin registers no hook this manifest does not list, and instantiates the layerwise
 linker against SGLang's installed ABC. docs/sglang-compat.md says what a version bump touches.
 

@@ -4,7 +4,7 @@ UNTESTED: this module has never run. NIXL is not installed in this environment, 
 OBJ plugin needs NVIDIA's cuObject client (`libcuobjclient.so.1`, from the CUDA toolkit's
 GPUDirect Storage packages), which no package registry here provides. Only the failure
 paths (no `nixl`, OBJ plugin not loadable) and the transfer bookkeeping, against a stand-in
-agent (tests/test_store.py: what is released when), are exercised by the tests. The calls follow
+agent (tests/unit/store/test_transports.py: what is released when), are exercised by the tests. The calls follow
 NIXL's Python API (`nixl._api.nixl_agent`) as used in /work/shared/research/s3-servers.md §6,
 where a DRAM<->OBJ round trip was shown to work against SeaweedFS with a stub cuObject.
 

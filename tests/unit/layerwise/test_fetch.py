@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 import pytest
-from test_layerwise import Rig, hashes
+from layerwise_rig import Rig, hashes
 
-from sglang_objectcache.layerwise.hosttier import HostTier
 from objectcache_dev.s3server import SeaweedFS, free_port
+from sglang_objectcache.layerwise.hosttier import HostTier
 
 
 def wait_for(cond, timeout=10.0):

@@ -18,7 +18,7 @@ import time
 
 import pytest
 import torch
-from test_kernels import MATRIX, SENTINEL, Case, assert_pools_equal, random_bytes, ref_gather, ref_scatter, sentinel_like
+from kernel_cases import MATRIX, SENTINEL, Case, assert_pools_equal, random_bytes, ref_gather, ref_scatter, sentinel_like
 
 from sglang_objectcache import kernels, objformat
 from sglang_objectcache.config import ObjectCacheConfig, SchedulerConfig

@@ -1,6 +1,6 @@
 """A store that answers byte by byte (slowloris), for the deadline tests of objectcache's own
-HTTP clients (tests/test_httpget.py, tests/test_httpput.py) and of the transports
-(tests/test_store.py)."""
+HTTP clients (tests/unit/store/test_httpget.py, tests/unit/store/test_httpput.py) and of the transports
+(tests/unit/store/test_transports.py)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 from served import server_args_for, write_checkpoint
+from hicache import PAGE, hashes, slots, storage_config
 from pools import fill_random, make_pools, page_bytes
 
 from sglang_objectcache import hostpool
@@ -17,17 +18,6 @@ from sglang_objectcache.sglang.hicache_backend import ObjectCacheStorage
 from objectcache_dev.s3server import SeaweedFS, free_port
 
 LAYOUTS = ("layer_first", "page_first", "page_first_direct")
-PAGE = 4
-
-
-def storage_config(extra: dict, kind="mha", tp_rank=0, tp_size=1, model="tiny-model"):
-    from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
-
-    return HiCacheStorageConfig(
-        tp_rank=tp_rank, tp_size=tp_size, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1,
-        is_mla_model=kind == "mla", enable_storage_metrics=True, is_page_first_layout=False,
-        model_name=model, extra_config=dict(extra),
-    )
 
 
 def backend_for(extra, host, kind="mha", **kw) -> ObjectCacheStorage:
@@ -55,14 +45,6 @@ def landing(request, monkeypatch):
     monkeypatch.setattr(hostpool.HostPages, "write_layers", counted)
     copied["scatter"] = request.param == "scatter"
     yield copied
-
-
-def hashes(n: int, tag: str = "p") -> list[str]:
-    return [f"{tag}{i:062d}" for i in range(n)]
-
-
-def slots(pages: list[int]) -> torch.Tensor:
-    return torch.tensor([p * PAGE + t for p in pages for t in range(PAGE)], dtype=torch.int64)
 
 
 @pytest.mark.parametrize("kind,dtype", [("mha", torch.float16), ("mha", torch.bfloat16),

@@ -7,13 +7,14 @@ import glob
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 
 from sglang_objectcache.config import ConfigError, ObjectCacheConfig, parse
 from sglang_objectcache.store import httpget
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(Path(__file__).resolve().parents[2])
 SHIPPED = sorted(glob.glob(os.path.join(ROOT, "configs", "*")))
 # SGLang joins each storage thread for 10 s, then raises and the scheduler dies
 # (managers/cache_controller.py `_stop_storage_threads`).

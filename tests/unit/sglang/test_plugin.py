@@ -55,7 +55,7 @@ def test_cli_accepts_objectcache():
 
 def test_factory_builds_the_backend(s3_config):
     from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory
-    from test_backend import storage_config
+    from hicache import storage_config
 
     from sglang_objectcache.sglang.hicache_backend import ObjectCacheStorage
 
@@ -101,7 +101,7 @@ def test_sglang_stopping_its_storage_threads_ends_a_batch_in_flight(s3, bucket, 
     raises (and with it the scheduler): the batch must end at once instead."""
     from sglang.srt.managers import cache_controller
     from sglang.srt.managers.cache_controller import HiCacheController
-    from test_backend import hashes, slots, storage_config
+    from hicache import hashes, slots, storage_config
 
     from objectcache_dev.harness.proxy import Faults
 

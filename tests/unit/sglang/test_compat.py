@@ -15,7 +15,7 @@ import pytest
 
 from sglang_objectcache.sglang import compat
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_the_installed_sglang_is_the_supported_one():

@@ -1,9 +1,9 @@
 """Conditional PUTs against stores that answer them oddly (review B7), on every PUT client:
 obstore with objectcache's own PUT client in front (`httpput`), obstore alone, and boto3.
-The stores are fakes on 127.0.0.1 that answer canned replies (tests/http_support.py).
+The stores are fakes on 127.0.0.1 that answer canned replies (tests/support/http_support.py).
 Then reads bounded in bytes and time (H6, C2): a sized GET takes at most size + 1 bytes of
 any object (real SeaweedFS, and a fake that ignores Range), and a store that trickles
-bytes ends a boto3 call at its deadline (tests/trickle_support.py)."""
+bytes ends a boto3 call at its deadline (tests/support/trickle_support.py)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from sglang_objectcache.sched import (
 )
 from objectcache_dev.sim import System, Workload, added_ttft, make_requests, summarize
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sched(policy="deadline", **kw) -> Scheduler:

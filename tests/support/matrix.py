@@ -111,7 +111,7 @@ def write(path: str, command: str) -> None:
     lines = [
         "# Fault matrix",
         "",
-        "Made by the end-to-end suite (`tests/e2e/matrix.py`): each row is one fault test, counted",
+        "Made by the end-to-end suite (`tests/support/matrix.py`): each row is one fault test, counted",
         "as it ran, on a CPU SGLang server with the tiny model and SeaweedFS. \"wrong answers\" are",
         "greedy answers that differ from a no-cache server's; \"good objects deleted\" counts DELETEs",
         "that passed the fault proxy (every stored object is intact in these runs).",
