@@ -28,7 +28,7 @@ from sglang_objectcache.layerwise.hosttier import HostTier
 from sglang_objectcache.layerwise.loader import LayerwiseLoader
 from sglang_objectcache.layerwise.timeline import Timeline
 from sglang_objectcache.objformat import PageGeometry
-from sglang_objectcache.sched import Scheduler
+from sglang_objectcache.transfers import TransferScheduler
 from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import make_store
 
@@ -95,7 +95,7 @@ def run(store_cfg: dict, w: Workload, sched: SchedulerConfig, hashes: list[list[
     store = make_store(cfg)
     stats = Stats()
     loader = LayerwiseLoader(store=store, geometry=g, device_layers=pool, content_digest=keys.content_digest,
-                             counter=None, scheduler=Scheduler(sched), tier=HostTier(0),
+                             counter=None, scheduler=TransferScheduler(sched), tier=HostTier(0),
                              timeline=Timeline(), stats=stats, window_layers=LayerwiseConfig().window_layers,
                              layers_per_get=w.layers_per_get, layer_s=w.compute_ms / 1e3)
     added: list[float] = [0.0] * w.requests

@@ -1,4 +1,4 @@
-"""Discrete-event simulator for the transfer scheduler: virtual time, the real `Scheduler`.
+"""Discrete-event simulator for the transfer scheduler: virtual time, the real `TransferScheduler`.
 
 `added_ttft(...)` runs one workload twice (storage, and every byte already local) and
 returns each request's added TTFT. The model, each part a stated simplification:
@@ -42,11 +42,11 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from sglang_objectcache.config import SchedulerConfig
-from sglang_objectcache.sched import (
+from sglang_objectcache.transfers import (
     READ,
     WRITE,
     ComputeModel,
-    Scheduler,
+    TransferScheduler,
     Transfer,
     layer_deadlines,
     plan_starts,
@@ -162,7 +162,7 @@ class _Sim:
     def __init__(self, reqs: Sequence[Request], w: Workload, s: System, local: bool):
         self.w, self.s, self.local = w, s, local
         cfg = replace(s.sched, bandwidth_mbps=s.cap_gbps * 1000.0 if s.pace else 0.0)
-        self.sched = Scheduler(cfg)
+        self.sched = TransferScheduler(cfg)
         self.reqs = [_Req(r, w, s) for r in reqs]
         self.now = 0.0
         self.events: list = []

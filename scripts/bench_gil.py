@@ -49,7 +49,7 @@ from sglang_objectcache.layerwise.loader import LayerwiseLoader  # noqa: E402
 from sglang_objectcache.layerwise.timeline import Timeline  # noqa: E402
 from sglang_objectcache.objformat import PageGeometry  # noqa: E402
 from objectcache_dev.s3server import SeaweedFS  # noqa: E402
-from sglang_objectcache.sched import Scheduler  # noqa: E402
+from sglang_objectcache.transfers import TransferScheduler  # noqa: E402
 from sglang_objectcache.stats import Stats  # noqa: E402
 from sglang_objectcache.store import open_store  # noqa: E402
 
@@ -79,7 +79,7 @@ class Loading:
         self.counter = LayerReadyCounter(g.num_layers, 60.0, on_finish=lambda i: self.loader.stop(i))
         self.loader = LayerwiseLoader(
             store=store, geometry=g, device_layers=pools, content_digest=keys.content_digest,
-            counter=self.counter, scheduler=Scheduler(SchedulerConfig()), tier=HostTier(0),
+            counter=self.counter, scheduler=TransferScheduler(SchedulerConfig()), tier=HostTier(0),
             timeline=Timeline(max_batches=4), stats=self.stats, window_layers=4, layers_per_get=1, io_threads=threads,
             fetch=ProcessFetch(cfg, g, threads, pinned=False) if fetch == "process" else None)
         self.slots = torch.arange(len(names) * g.tokens)

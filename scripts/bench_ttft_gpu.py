@@ -7,7 +7,7 @@ flashinfer wheels (hundreds of MiB), which cannot reach the lent GPU machine (no
 there, 64 MiB per transfer). So the forward is a random-weight Llama-style model written
 here in plain torch (bf16; fused QKV, RoPE, SDPA attention over K/V gathered from a paged
 per-layer KV pool by slot, SwiGLU), and everything objectcache contributes is the real
-thing: its LayerwiseLoader, LayerReadyCounter, HostTier, Scheduler, obstore transport and
+thing: its LayerwiseLoader, LayerReadyCounter, HostTier, TransferScheduler, obstore transport and
 Triton scatter kernel, reading sealed objects from a real SeaweedFS on the same machine.
 
 Every prompt is a prefix of `ctx` tokens plus `--suffix` new tokens; TTFT runs from the
@@ -77,7 +77,7 @@ from sglang_objectcache.layerwise.loader import LayerwiseLoader  # noqa: E402
 from sglang_objectcache.layerwise.timeline import Timeline, overlapped_layers  # noqa: E402
 from sglang_objectcache.objformat import PageGeometry  # noqa: E402
 from objectcache_dev.s3server import SeaweedFS  # noqa: E402
-from sglang_objectcache.sched import Scheduler  # noqa: E402
+from sglang_objectcache.transfers import TransferScheduler  # noqa: E402
 from sglang_objectcache.stats import Stats  # noqa: E402
 from sglang_objectcache.store import open_store  # noqa: E402
 
@@ -329,7 +329,7 @@ def make_loader(bench, store, cfg, *, per_get: int, host_mb: int, stats, fetch: 
                                 on_wait=timeline.wait)
     loader = LayerwiseLoader(store=store, geometry=bench.g, device_layers=bench.model.pools(),
                              content_digest=bench.keys.content_digest, counter=counter,
-                             scheduler=Scheduler(SchedulerConfig()), tier=HostTier(host_mb << 20),
+                             scheduler=TransferScheduler(SchedulerConfig()), tier=HostTier(host_mb << 20),
                              timeline=timeline, stats=stats, window_layers=bench.a.window,
                              layers_per_get=per_get, io_threads=bench.a.io_threads,
                              fetch=ProcessFetch(cfg, bench.g, bench.a.io_threads, pinned=bench.dev.type == "cuda")

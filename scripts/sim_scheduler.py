@@ -1,6 +1,6 @@
 """Added TTFT per scheduler policy, from the discrete-event simulator (`objectcache_dev.sim`).
 
-Drives the real `Scheduler` in virtual time (model and simplifications: the `sim` module
+Drives the real `TransferScheduler` in virtual time (model and simplifications: the `sim` module
 docstring). Every point runs each policy on the same requests, side by side, and reports
 added TTFT (mean, p50, p99) and the ratio fair/deadline of the means and of the p99s.
 

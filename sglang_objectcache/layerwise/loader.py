@@ -52,7 +52,7 @@ import torch
 from sglang_objectcache import kernels, objformat
 from sglang_objectcache.layerwise.fetch import ThreadFetch
 from sglang_objectcache.objformat import FormatError, PageGeometry
-from sglang_objectcache.sched import READ, WRITE, Scheduler, Transfer
+from sglang_objectcache.transfers import READ, WRITE, TransferScheduler, Transfer
 from sglang_objectcache.store import StoreError
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def auto_layers_per_get(g: PageGeometry) -> int:
 
 class LayerwiseLoader:
     def __init__(self, *, store, geometry: PageGeometry, device_layers, content_digest: Callable,
-                 counter, scheduler: Scheduler, tier, timeline, stats, window_layers: int = 4,
+                 counter, scheduler: TransferScheduler, tier, timeline, stats, window_layers: int = 4,
                  layers_per_get: int = 0, io_threads: int = 8, layer_s: float = 0.002, on_store_error=None,
                  on_corrupt=None, fetch=None, on_missing=None):
         """`fetch`: a `fetch.ProcessFetch` (what the linker uses), else a ThreadFetch on

@@ -48,7 +48,7 @@ from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.loader import LayerwiseLoader
 from sglang_objectcache.layerwise.timeline import Timeline
 from sglang_objectcache.objformat import PageGeometry
-from sglang_objectcache.sched import Scheduler
+from sglang_objectcache.transfers import TransferScheduler
 from sglang_objectcache.sglang import rank
 from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import open_store
@@ -104,7 +104,7 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self.cache = ObjectCache(self.cfg, self.store, who, self.stats, probe=open_probe(self.cfg, self.store))
         self.tier = HostTier(lw.host_cache_mb << 20)
         self.timeline = Timeline()
-        self.scheduler = Scheduler(self.cfg.scheduler)  # owned by the loader's I/O thread
+        self.scheduler = TransferScheduler(self.cfg.scheduler)  # owned by the loader's I/O thread
         self.layer_done_counter = LayerReadyCounter(
             self.geometry.num_layers, lw.layer_timeout_s, on_finish=self._stop_batch, on_wait=self._on_wait)
         threads = min(32, self.store.max_concurrency)

@@ -30,7 +30,7 @@ from sglang_objectcache.layerwise.hosttier import HostTier
 from sglang_objectcache.layerwise.loader import LayerwiseLoader
 from sglang_objectcache.layerwise.timeline import Timeline
 from sglang_objectcache.objformat import PageGeometry
-from sglang_objectcache.sched import Scheduler
+from sglang_objectcache.transfers import TransferScheduler
 from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import make_store
 
@@ -183,7 +183,7 @@ class GpuRig:
         self.loader = LayerwiseLoader(
             store=self.store, geometry=self.g, device_layers=self.dst,
             content_digest=self.keys.content_digest, counter=self.counter,
-            scheduler=Scheduler(SchedulerConfig()), tier=HostTier(host_mb << 20),
+            scheduler=TransferScheduler(SchedulerConfig()), tier=HostTier(host_mb << 20),
             timeline=self.timeline, stats=self.stats, window_layers=2, layers_per_get=1,
             fetch=ProcessFetch(self.cfg, self.g, 4, pinned=True) if fetch == "process" else None)
 

@@ -16,7 +16,7 @@ from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.hosttier import HostTier
 from sglang_objectcache.layerwise.loader import LayerwiseLoader
 from sglang_objectcache.layerwise.timeline import Timeline
-from sglang_objectcache.sched import Scheduler
+from sglang_objectcache.transfers import TransferScheduler
 from sglang_objectcache.sglang.layerwise_linker import device_pool_view
 from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import make_store
@@ -53,7 +53,7 @@ class Rig:
         self.loader = LayerwiseLoader(
             store=self.store, geometry=self.g, device_layers=self.dst,
             content_digest=self.keys.content_digest, counter=self.counter,
-            scheduler=Scheduler(SchedulerConfig()), tier=self.tier, timeline=self.timeline,
+            scheduler=TransferScheduler(SchedulerConfig()), tier=self.tier, timeline=self.timeline,
             stats=self.stats, window_layers=window, layers_per_get=per_get, on_corrupt=lambda names, hashes: self.corrupt.extend(names),
             fetch=ProcessFetch(self.cfg, self.g, 4, pinned=False) if fetch == "process" else None)
 

@@ -15,7 +15,7 @@ from sglang_objectcache.config import ConfigError, ObjectCacheConfig, SchedulerC
 from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.loader import auto_layers_per_get
 from sglang_objectcache.layerwise.timeline import overlapped_layers
-from sglang_objectcache.sched import Scheduler
+from sglang_objectcache.transfers import TransferScheduler
 from sglang_objectcache.sglang import stats_bridge
 from sglang_objectcache.stats import Stats
 
@@ -203,7 +203,7 @@ def test_a_failed_load_with_queued_transfers_releases_its_staging(s3_config, fet
     still be released, not parked in `_draining` for ever (one leaked set per failed load)."""
     rig = Rig(s3_config, fetch=fetch)
     try:
-        rig.loader.sched = Scheduler(SchedulerConfig(max_inflight=1))  # the rest of the batch queues
+        rig.loader.sched = TransferScheduler(SchedulerConfig(max_inflight=1))  # the rest of the batch queues
         keys = hashes(40, "leak")
         rig.put(keys[1:], list(range(1, 40)))  # page 0 is missing: it fails every load
         allocs = []

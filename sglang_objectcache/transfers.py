@@ -187,7 +187,7 @@ class _Flow:
         self.index, self.finish_tag, self.queued, self.inflight = index, 0.0, {}, 0
 
 
-class Scheduler:
+class TransferScheduler:
     """Orders and paces transfers for all in-flight requests; see the module docstring."""
 
     def __init__(self, cfg: SchedulerConfig = SchedulerConfig()):

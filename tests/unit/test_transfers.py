@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from sglang_objectcache.config import ConfigError, ObjectCacheConfig, SchedulerConfig
-from sglang_objectcache.sched import (
+from sglang_objectcache.transfers import (
     WRITE,
     ComputeModel,
-    Scheduler,
+    TransferScheduler,
     Transfer,
     layer_deadlines,
     plan_starts,
@@ -23,11 +23,11 @@ from objectcache_dev.sim import System, Workload, added_ttft, make_requests, sum
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def sched(policy="deadline", **kw) -> Scheduler:
-    return Scheduler(SchedulerConfig(policy=policy, **{"max_inflight": 1000, **kw}))
+def sched(policy="deadline", **kw) -> TransferScheduler:
+    return TransferScheduler(SchedulerConfig(policy=policy, **{"max_inflight": 1000, **kw}))
 
 
-def order(s: Scheduler, now: float = 0.0) -> list[tuple[str, int]]:
+def order(s: TransferScheduler, now: float = 0.0) -> list[tuple[str, int]]:
     return [(t.request_id, t.layer) for t in s.next(now).start]
 
 
@@ -128,7 +128,7 @@ def test_max_inflight():
 
 
 # -- bounds -----------------------------------------------------------------------------------
-def _stream_behind(starvation_ms: float) -> tuple[float | None, Scheduler]:
+def _stream_behind(starvation_ms: float) -> tuple[float | None, TransferScheduler]:
     """A transfer due at 50 ms, then one more urgent transfer every 10 ms, one slot.
     Returns when the first one started (None: not within 2 s)."""
     s = sched("deadline", max_inflight=1, starvation_ms=starvation_ms)
