@@ -41,301 +41,37 @@ verify, host-pool copies) without the network.
 Writes JSON (every batch, per-system medians, ratios, targets, the command line) and a PNG;
 `<out>.partial.json` holds the page sizes done so far while it runs.
 
-    nice -n -10 .venv/bin/python scripts/bench_storage.py   # ~20 min on 2 cores; nice is optional
-    .venv/bin/python scripts/bench_storage.py --quick        # smoke run, ~1 min
+    nice -n -10 .venv/bin/python -m benchmarks.storage # ~20 min on 2 cores; nice is optional
+    .venv/bin/python -m benchmarks.storage --quick # smoke run, ~1 min
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from benchmarks import plot as plotting
+from benchmarks.clients import RawHttp, RawObstore, make_systems
+from benchmarks.rig import (MiB, CpuTimer, Shape, check_pages, host_indices, make_host, page_hashes, pct,
+                            pin_client, s3_server, zero_pages)
+from benchmarks.schema import command_line, write_result
+from objectcache_dev.s3server import SeaweedFS
+from sglang_objectcache import objformat
 
-from benchutil import command_line, pct, pin_client, pin_server, server_cpu_s  # noqa: E402
-
-from sglang_objectcache import objformat  # noqa: E402
-from objectcache_dev.s3server import SeaweedFS  # noqa: E402
-
-MiB = 1 << 20
 SYSTEMS = ("raw", "checked", "objectcache", "seaweedfs", "file")
 CLIENTS = ("raw", "checked")  # the lanes run on RawObstore, one per concurrency
-
-
-@dataclass(frozen=True)
-class Shape:
-    """Per-rank KV shape. Default: Llama-3.1-8B at TP 1 (32 layers, 8 KV heads x 128, bf16),
-    128 KiB of K+V per token: a 2-token page is 256 KiB, a 64-token page 8 MiB."""
-
-    layers: int = 32
-    kv_heads: int = 8
-    head_dim: int = 128
-    dtype: str = "bfloat16"
-
-    @property
-    def token_bytes(self) -> int:
-        return 2 * self.layers * self.kv_heads * self.head_dim * getattr(torch, self.dtype).itemsize
-
-
-def storage_config(extra: dict):
-    from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
-
-    return HiCacheStorageConfig(
-        tp_rank=0, tp_size=1, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1,
-        is_mla_model=False, enable_storage_metrics=False, is_page_first_layout=False,
-        model_name="meta-llama/Llama-3.1-8B-Instruct", extra_config=dict(extra),
-    )
-
-
-def make_host(shape: Shape, page_tokens: int, pages: int, layout: str):
-    """A real SGLang host pool with room for `pages` pages (and a one-page device pool)."""
-    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
-    from sglang.srt.mem_cache.pool_host.mha import MHATokenToKVPoolHost
-
-    dtype = getattr(torch, shape.dtype)
-    dev = MHATokenToKVPool(page_tokens, page_tokens, dtype, shape.kv_heads, shape.head_dim, shape.layers,
-                           "cpu", False, start_layer=0, end_layer=shape.layers)
-    info = dev.get_device_pool_infos()[0].buffer_info
-    host = MHATokenToKVPoolHost(info, 1.0, 0, page_tokens, layout, pin_memory=False,
-                                device_capacity_tokens=dev.size, start_layer=0, end_layer=shape.layers,
-                                host_token_capacity=(pages + 1) * page_tokens)
-    u8 = host.kv_buffer.view(torch.uint8)
-    g = torch.Generator().manual_seed(0)
-    for chunk in u8.view(-1).split(64 * MiB):  # bf16-like entropy, not compressible
-        chunk.copy_(torch.randint(0, 256, chunk.shape, dtype=torch.uint8, generator=g))
-    return host
-
-
-def host_indices(first_page: int, n: int, page_tokens: int) -> torch.Tensor:
-    return torch.arange(first_page * page_tokens, (first_page + n) * page_tokens, dtype=torch.int64)
-
-
-def page_hashes(n: int) -> list[str]:
-    return [uuid.uuid4().hex + uuid.uuid4().hex for _ in range(n)]
-
-
-# ---- the systems ------------------------------------------------------------------------
-
-
-class RawObstore:
-    """The ceiling: obstore's async API on one event loop, `conc` requests in flight, no
-    SGLang, no format, no copy out of the response buffer.
-
-    With `checked`, the floor of any checksummed cache instead: `get` checks each body's
-    xxh3 against `digests` and copies it into `sink` as it lands; `put` hashes each body
-    (as a writer of checksummed objects must) and is conditional."""
-
-    def __init__(self, srv: SeaweedFS, bucket: str, conc: int, checked: bool = False,
-                 digests: dict | None = None, sink: np.ndarray | None = None, ranged: bool = True):
-        import obstore
-        from obstore.store import S3Store
-
-        self.obstore, self.conc = obstore, conc
-        self.checked, self.digests, self.sink, self.ranged = checked, digests, sink, ranged
-        self.store = S3Store(bucket, endpoint=srv.endpoint, access_key_id=srv.access_key,
-                             secret_access_key=srv.secret_key, region="us-east-1",
-                             unsigned_payload=True,  # as objectcache's default
-                             client_options={"allow_http": True, "pool_max_idle_per_host": str(conc),
-                                             "timeout": "120s"})
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def _gather(self, fn, items):
-        sem = asyncio.Semaphore(self.conc)
-
-        async def one(x):
-            async with sem:
-                return await fn(x)
-
-        async def all_():
-            return await asyncio.gather(*(one(x) for x in items))
-
-        return asyncio.run_coroutine_threadsafe(all_(), self.loop).result()
-
-    def get(self, keys, size: int) -> list[int]:
-        """Each body's length (checked: 0 if its xxh3 does not match). Each object is
-        expected to be `size` bytes and read with one ranged GET of size + 1 bytes, as
-        objectcache does: one Rust future per object instead of two (response, then body;
-        `ranged=False`, compared in scripts/profile_get_path.py)."""
-        async def get(ik):
-            i, k = ik
-            body, release = await self._fetch(k, size)
-            try:
-                if not self.checked:
-                    return len(body)
-                if objformat.checksum(body) != self.digests[k]:
-                    return 0
-                np.copyto(self.sink[i % len(self.sink)], np.frombuffer(body, np.uint8))
-                return len(body)
-            finally:
-                release()
-
-        return self._gather(get, list(enumerate(keys)))
-
-    async def _fetch(self, k: str, size: int):
-        """(body, release): the body is valid until release()."""
-        if self.ranged:
-            return await self.obstore.get_range_async(self.store, k, start=0, end=size + 1), _nothing
-        return await (await self.obstore.get_async(self.store, k)).bytes_async(), _nothing
-
-    def put(self, items) -> int:
-        mode = "create" if self.checked else "overwrite"
-        if self.checked:
-            self.digests.update((k, objformat.checksum(v)) for k, v in items)
-        return sum(r is not None for r in
-                   self._gather(lambda kv: self.obstore.put_async(self.store, kv[0], kv[1], mode=mode), items))
-
-    def head(self, keys):
-        return self._gather(lambda k: self.obstore.head_async(self.store, k), keys)
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-
-
-def _nothing() -> None:
-    pass
-
-
-class RawHttp(RawObstore):
-    """The raw (or checked) lane with objectcache's own GET and PUT clients
-    (`store/httpget.py`, `store/httpput.py`): each body received into its connection's
-    reused buffer, each PUT sent from the caller's buffer. HEADs are obstore's."""
-
-    def __init__(self, srv: SeaweedFS, bucket: str, conc: int, checked: bool = False,
-                 digests: dict | None = None, sink: np.ndarray | None = None):
-        from sglang_objectcache.config import ObjectCacheConfig
-        from sglang_objectcache.store import httpget, httpput
-
-        super().__init__(srv, bucket, conc, checked, digests, sink)
-        cfg = ObjectCacheConfig.from_dict(srv.config(bucket, read_timeout_s=60.0))
-        self.http, self.http_put = httpget.HttpGet(cfg), httpput.HttpPut(cfg)
-
-    async def _fetch(self, k: str, size: int):
-        r = await self.http.get(k, size)
-        if not isinstance(r, tuple):
-            raise RuntimeError(f"raw http GET {k}: {r}")
-        return r
-
-    def put(self, items) -> int:
-        if self.checked:
-            self.digests.update((k, objformat.checksum(v)) for k, v in items)
-
-        async def put(kv):
-            r = await self.http_put.put(kv[0], kv[1], self.checked)
-            if r is not True:
-                raise RuntimeError(f"raw http PUT {kv[0]}: {r}")
-            return r
-
-        return sum(self._gather(put, items))
-
-    def close(self):
-        for http in (self.http, self.http_put):  # their idle sockets belong to the loop
-            self.loop.call_soon_threadsafe(http.close)
-        super().close()
-
-
-class Backend:
-    """One HiCacheStorage driven the way SGLang's cache controller drives it."""
-
-    def __init__(self, name: str, storage, page_tokens: int, generic: bool = False):
-        self.name, self.storage, self.P, self.generic = name, storage, page_tokens, generic
-
-    def set(self, keys, idx) -> int:
-        if self.generic:  # HiCacheController._generic_page_set
-            host = self.storage.mem_pool_host
-            data = [host.get_data_page(idx[i * self.P]) for i in range(len(keys))]
-            return len(keys) if self.storage.batch_set(keys, data) else 0
-        return sum(self.storage.batch_set_v1(keys, idx))
-
-    def get(self, keys, idx) -> int:
-        if self.generic:  # HiCacheController._generic_page_get
-            host = self.storage.mem_pool_host
-            pages = self.storage.batch_get(keys, [host.get_dummy_flat_data_page() for _ in keys])
-            n = 0
-            for i, page in enumerate(pages):
-                if page is None:
-                    break
-                host.set_from_flat_data_page(idx[i * self.P], page)
-                n += 1
-            return n
-        out = self.storage.batch_get_v1(keys, idx)
-        return next((i for i, ok in enumerate(out) if not ok), len(out))
-
-    def exists(self, keys, cold: bool) -> int:
-        if cold and hasattr(self.storage, "known"):
-            self.storage.known.clear()  # objectcache: as a fresh server would see them
-        return self.storage.batch_exists(keys)
-
-
-def make_systems(srv: SeaweedFS, host, page_tokens: int, file_dir: str) -> dict:
-    from sglang.srt.mem_cache.hicache_storage import HiCacheFile
-    from sglang.srt.mem_cache.storage.seaweedfs.seaweedfs_store import SeaweedFSStore
-
-    from sglang_objectcache.sglang.hicache_backend import ObjectCacheStorage
-
-    oc = ObjectCacheStorage(storage_config(srv.config("bench-objectcache", read_timeout_s=60.0)), host)
-    oc.register_mem_pool_host(host)
-    # SGLang's factory: SeaweedFSStore(storage_config, mem_pool_host), then the controller
-    # registers the host pool. Its defaults (16 workers) are what users get.
-    sw = SeaweedFSStore(storage_config({"endpoint": srv.endpoint, "bucket": "bench-seaweedfs",
-                                        "access_key": srv.access_key, "secret_key": srv.secret_key}), host)
-    sw.register_mem_pool_host(host)
-    fb = HiCacheFile(storage_config({"file_storage_path": file_dir}))
-    fb.register_mem_pool_host(host)
-    return {"objectcache": Backend("objectcache", oc, page_tokens),
-            "seaweedfs": Backend("seaweedfs", sw, page_tokens),
-            "file": Backend("file", fb, page_tokens, generic=True)}
-
-
-# ---- timing -----------------------------------------------------------------------------
-
-
-class Timer:
-    def __init__(self, srv_pid: int):
-        self.pid = srv_pid
-
-    def __call__(self, fn):
-        c0, s0, t0 = time.process_time(), server_cpu_s(self.pid), time.perf_counter()
-        result = fn()
-        wall = time.perf_counter() - t0
-        return result, {"wall_s": wall, "client_cpu_s": time.process_time() - c0,
-                        "server_cpu_s": server_cpu_s(self.pid) - s0}
-
-
-def check_pages(host, src_first: int, dst_first: int, n: int, P: int) -> None:
-    from sglang_objectcache.hostpool import HostPages
-
-    hp = HostPages(host)
-    for i in range(n):
-        for a, b in zip(hp.page_views((src_first + i) * P), hp.page_views((dst_first + i) * P)):
-            if not torch.equal(a, b):
-                raise AssertionError(f"page {i} differs after the read")
-
-
-def zero_pages(host, first: int, n: int, P: int) -> None:
-    from sglang_objectcache.hostpool import HostPages
-
-    hp = HostPages(host)
-    for i in range(n):
-        for v in hp.page_views((first + i) * P):
-            v.zero_()
 
 
 BUCKETS = ("bench-objectcache", "bench-seaweedfs", "bench-raw")
@@ -351,9 +87,7 @@ def run_geometry(args, shape: Shape, page_tokens: int, tmp: str) -> dict:
     fmt = {}
     for run in range(args.runs):
         run_dir = tempfile.mkdtemp(prefix=f"run{run}-", dir=tmp)
-        with SeaweedFS(os.path.join(run_dir, "s3"), buckets=BUCKETS) as srv:
-            if args.pin:
-                pin_server(srv.proc.pid)
+        with s3_server(os.path.join(run_dir, "s3"), BUCKETS, pin=args.pin) as srv:
             run_once(args, srv, host, P, big, run, run_dir, batches, fmt)
         shutil.rmtree(run_dir, ignore_errors=True)
     oc_g = fmt.pop("geometry")
@@ -386,7 +120,7 @@ def run_once(args, srv: SeaweedFS, host, P: int, big: bool, run: int, run_dir: s
     systems = make_systems(srv, host, P, os.path.join(run_dir, "file"))
     oc = systems["objectcache"].storage
     g = oc.pages.geometry
-    timer = Timer(srv.proc.pid)
+    timer = CpuTimer(srv.proc.pid)
     src, dst = host_indices(0, B, P), host_indices(B, B, P)
     # The raw client moves objectcache's object size; its bodies are the sealed pages.
     raw_bodies = [bytes(oc._encode_page(oc.pages, f"raw{i}", i * P)) for i in range(B)]
@@ -582,7 +316,7 @@ TARGETS = {
 # cores / (client + server CPU per page), so a ratio between two systems is bounded by their
 # CPU per page: `cpu_model` is that prediction, `any_client` the same with objectcache's own
 # client CPU taken as zero: the most any client could reach against the in-tree backend in
-# that run, given what the server spends per page (scripts/profile_server_put.py).
+# that run, given what the server spends per page (benchmarks/server_put.py).
 CPU_BOUNDS = [("set: objectcache / seaweedfs", ("objectcache", "set"), ("seaweedfs", "set"))]
 
 
@@ -638,14 +372,12 @@ def summarize(geo: dict) -> dict:
     return {"systems": per_system, "ratios": ratios, "cpu_bounds": bounds}
 
 
-def plot(out: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw(fig, out: dict) -> None:
+    """The storage figure (plot kind "storage"): per page size, MiB/s of get and set by system,
+    batch_exists latency, and every ratio against its target."""
     geos = out["geometries"]
-    fig, axes = plt.subplots(3, len(geos), figsize=(8 * len(geos), 14), squeeze=False, layout="constrained")
+    fig.set_size_inches(8 * len(geos), 14)
+    axes = fig.subplots(3, len(geos), squeeze=False)
     colors = {"raw": "0.55", "checked": "0.3", "objectcache": "C0", "seaweedfs": "C3", "file": "C2"}
     for j, geo in enumerate(geos):
         s = geo["summary"]["systems"]
@@ -706,11 +438,11 @@ def plot(out: dict, path: Path) -> None:
         ax.set_xlabel("pages/s ratio within each run: median of runs, bar = range;\n"
                       "dashed = target (green met, orange not); v = any client's CPU bound")
         ax.set_title(f"{label}: ratios over {out['runs']} runs")
+    host = out.get("machine") or out["host"]  # results before benchmarks.schema say "host"
     cores = ("server pinned to CPU 0, client to CPU 1" if out.get("pin")
-             else f"{out['host']['cpus']} cores shared by client and server")
+             else f"{host['cpus']} cores shared by client and server")
     fig.suptitle(f"HiCache L3 data path on one local SeaweedFS ({cores})\n{out['shape']['layers']} layers x {out['shape']['kv_heads']} KV heads x "
                  f"{out['shape']['head_dim']} {out['shape']['dtype']}, host layout {out['layout']}")
-    fig.savefig(path, dpi=100)
 
 
 def print_ratios(out: dict) -> None:
@@ -734,7 +466,7 @@ def print_ratios(out: dict) -> None:
               f"encode {1e3 * fw['encode_s_per_batch']:.1f} ms, verify+copy {1e3 * fw['decode_copy_s_per_batch']:.1f} ms")
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--page-tokens", nargs="+", type=int, default=[2, 16, 64],
                    help="page sizes in tokens (2, 16, 64 -> 256 KiB, 2 MiB, 8 MiB with the default shape)")
@@ -766,7 +498,11 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny run to check the script works")
     p.add_argument("--resummarize", metavar="JSON", help="summarize the batches of an earlier run again "
                    "(after a change to the summary), rewriting that JSON and its plot; runs nothing")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     if args.resummarize:
         return resummarize(Path(args.resummarize))
     if args.quick:
@@ -777,10 +513,7 @@ def main() -> None:
     if args.pin:
         pin_client()
     shape = Shape(args.layers, args.kv_heads, args.head_dim)
-    out = {"command": command_line(),
-           "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
-           "shape": asdict(shape), "layout": args.layout, "runs": args.runs,
+    out = {"command": command_line(), "shape": asdict(shape), "layout": args.layout, "runs": args.runs,
            "pin": {"server": [0], "client": [1]} if args.pin else None,
            "loadavg_before": os.getloadavg(), "geometries": []}
     base = Path(args.out)
@@ -796,11 +529,17 @@ def main() -> None:
             # A crash in a later page size (or a full disk) keeps what is done so far.
             partial.write_text(json.dumps(out, indent=1))
     out["loadavg_after"] = os.getloadavg()
-    base.with_suffix(".json").write_text(json.dumps(out, indent=1))
+    del out["command"], out["runs"]
+    path = write_result(base, args.runs, medians(out), extra=out, plot={"kind": "storage"})
     partial.unlink(missing_ok=True)
-    plot(out, base.with_suffix(".png"))
-    print_ratios(out)
-    print(f"\nwrote {base}.json and {base}.png")
+    print_ratios(out | {"runs": args.runs})
+    print(f"\nwrote {path} and {path.with_suffix('.png')}")
+
+
+def medians(out: dict) -> dict:
+    """Each page size's ratios (median over runs), keyed by page tokens."""
+    return {str(geo["page_tokens"]): {r["ratio"]: r["median"] for r in geo["summary"]["ratios"]}
+            for geo in out["geometries"]}
 
 
 def resummarize(path: Path) -> None:
@@ -808,8 +547,9 @@ def resummarize(path: Path) -> None:
     for geo in out["geometries"]:
         geo["summary"] = summarize(geo)
     out["resummarized"] = command_line()
+    out["plot"] = {"kind": "storage"}
     path.write_text(json.dumps(out, indent=1))
-    plot(out, path.with_suffix(".png"))
+    plotting.draw(out, path.with_suffix(".png"))
     print_ratios(out)
 
 
