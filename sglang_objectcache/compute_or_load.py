@@ -1,0 +1,156 @@
+"""Compute or load: how many of a hit's leading pages to load, the rest recomputed.
+
+Pure: no I/O, no clock, no SGLang. The caller measures (`RateMeter.observe_*`), asks
+(`choose`) and applies the answer by reporting fewer stored pages; the pages it does not
+load are computed by the forward like any miss, so the choice never changes an answer.
+
+Cost model (n pages of P tokens found, q new tokens after them, k pages loaded):
+- loading k pages:      load(k)    = latency + k * page_bytes / bandwidth     (load(0) = 0)
+- computing t tokens:   compute(t) = t / prefill_rate
+- page mode (HiCache prefetches, then the forward runs):
+      T(k) = load(k) + compute((n - k) * P + q)
+  linear in k past the first page, so the best k is 0 or n.
+- layerwise mode (layer l of the loaded head arrives while layer l-1 computes):
+      T(k) = load(k) / L + max(load(k) * (L - 1) / L, compute((n - k) * P + q))
+  the first layer's read is exposed; after that load and compute overlap, so a split
+  where the two are equal can beat both ends.
+The prefill rate is one number (tokens/s); attention's growth with context is not
+modelled, so it is measured on the forwards this server actually runs.
+
+While either rate is unmeasured (`cold`), or when no candidate beats loading everything by
+`margin`, the whole hit is loaded: that is what the cache did before this policy existed.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+Mode = Literal["page", "layerwise"]
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What is known of this server; None where it is not measured yet."""
+
+    latency_s: Optional[float] = None  # a store read's fixed cost
+    bytes_s: Optional[float] = None  # the store's read bandwidth, bytes/s
+    prefill_tokens_s: Optional[float] = None  # the engine's prefill rate, tokens/s
+
+    @property
+    def cold(self) -> bool:
+        return not (self.bytes_s and self.prefill_tokens_s and self.latency_s is not None)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A lookup's result, in the terms the cost model needs."""
+
+    pages: int  # leading pages found (all loadable)
+    page_tokens: int
+    page_bytes: int  # bytes one page's object holds for this rank, all layers
+    new_tokens: int  # tokens after the hit that are computed in any case
+    layers: int = 1
+
+
+@dataclass(frozen=True)
+class Choice:
+    load_pages: int
+    reason: str  # "cold" | "load" | "compute" | "split" | "empty"
+    predicted_s: Optional[float] = None  # T(load_pages); None when cold
+    load_all_s: Optional[float] = None  # T(pages), for the record
+
+
+def load_s(k: int, hit: Hit, r: Rates) -> float:
+    return 0.0 if k <= 0 else r.latency_s + k * hit.page_bytes / r.bytes_s
+
+
+def compute_s(tokens: int, r: Rates) -> float:
+    return tokens / r.prefill_tokens_s
+
+
+def ttft_s(k: int, hit: Hit, r: Rates, mode: Mode) -> float:
+    """T(k) of the module docstring."""
+    load = load_s(k, hit, r)
+    compute = compute_s((hit.pages - k) * hit.page_tokens + hit.new_tokens, r)
+    if mode == "page":
+        return load + compute
+    first = load / max(hit.layers, 1)
+    return first + max(load - first, compute)
+
+
+def _candidates(hit: Hit, r: Rates, mode: Mode) -> set[int]:
+    ks = {0, hit.pages}
+    if mode == "layerwise":
+        # load(k) = compute(rest) solved for k: where the two pipelined halves finish together.
+        per_page = hit.page_bytes / r.bytes_s + hit.page_tokens / r.prefill_tokens_s
+        k = (compute_s(hit.pages * hit.page_tokens + hit.new_tokens, r) - r.latency_s) / per_page
+        if math.isfinite(k):
+            ks.update(min(max(int(f(k)), 0), hit.pages) for f in (math.floor, math.ceil))
+    return ks
+
+
+def choose(hit: Hit, rates: Rates, mode: Mode, margin: float = 0.1) -> Choice:
+    """How many leading pages of `hit` to load. Another choice than all of them is made
+    only when its predicted TTFT is below (1 - margin) of loading all."""
+    if hit.pages <= 0:
+        return Choice(0, "empty")
+    if rates.cold:
+        return Choice(hit.pages, "cold")
+    load_all = ttft_s(hit.pages, hit, rates, mode)
+    best = min(_candidates(hit, rates, mode), key=lambda k: (ttft_s(k, hit, rates, mode), -k))
+    best_s = ttft_s(best, hit, rates, mode)
+    if best == hit.pages or best_s >= (1.0 - margin) * load_all:
+        return Choice(hit.pages, "load", load_all, load_all)
+    return Choice(best, "compute" if best == 0 else "split", best_s, load_all)
+
+
+class RateMeter:
+    """Online estimates behind `Rates`: decayed least squares of read time on bytes
+    (intercept = latency, slope = 1/bandwidth), and a decayed mean of prefill tokens/s.
+    Thread-safe; `warmup` samples of each before it reports a rate."""
+
+    def __init__(self, decay: float = 0.9, warmup: int = 3):
+        self.decay, self.warmup = decay, warmup
+        self._lock = threading.Lock()
+        self._reads = [0.0] * 5  # weights: sum w, w*x, w*y, w*x*x, w*x*y
+        self._n_reads = 0
+        self._prefill = [0.0, 0.0]  # sum w*tokens, sum w*seconds
+        self._n_prefill = 0
+
+    def observe_read(self, nbytes: int, seconds: float) -> None:
+        """One read batch: `nbytes` in all, `seconds` from issue to last byte."""
+        if nbytes <= 0 or not seconds > 0:
+            return
+        x, y = float(nbytes), float(seconds)
+        with self._lock:
+            s, d = self._reads, self.decay
+            for i, v in enumerate((1.0, x, y, x * x, x * y)):
+                s[i] = s[i] * d + v
+            self._n_reads += 1
+
+    def observe_prefill(self, tokens: int, seconds: float) -> None:
+        """One forward that computed `tokens` prompt tokens in `seconds`."""
+        if tokens <= 0 or not seconds > 0:
+            return
+        with self._lock:
+            p, d = self._prefill, self.decay
+            p[0], p[1] = p[0] * d + tokens, p[1] * d + seconds
+            self._n_prefill += 1
+
+    def rates(self) -> Rates:
+        with self._lock:
+            w, sx, sy, sxx, sxy = self._reads
+            latency = bytes_s = prefill = None
+            if self._n_reads >= self.warmup:
+                mx, my = sx / w, sy / w
+                var, cov = sxx / w - mx * mx, sxy / w - mx * my
+                # Reads of one size cannot separate latency from bandwidth: charge it all
+                # to bandwidth (latency 0), which favours loading, the conservative side.
+                slope = cov / var if var > 1e-9 * mx * mx and cov > 0 else my / mx
+                latency, bytes_s = max(0.0, my - slope * mx), 1.0 / slope
+            if self._n_prefill >= self.warmup:
+                prefill = self._prefill[0] / self._prefill[1]
+        return Rates(latency, bytes_s, prefill)

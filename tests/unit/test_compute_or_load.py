@@ -1,0 +1,126 @@
+"""The compute-or-load policy: its cost model and its online rates, with no server."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from sglang_objectcache.compute_or_load import Choice, Hit, Rates, RateMeter, choose, ttft_s
+
+MiB = 1 << 20
+# 4K prefix of 64-token pages, 1 MiB per page, 8 layers, 128 new tokens.
+HIT = Hit(pages=64, page_tokens=64, page_bytes=MiB, new_tokens=128, layers=8)
+
+
+def rates(bytes_s, prefill, latency=0.01) -> Rates:
+    return Rates(latency_s=latency, bytes_s=bytes_s, prefill_tokens_s=prefill)
+
+
+def test_cold_estimates_load_the_whole_hit():
+    for r in (Rates(), Rates(0.01, 1e9, None), Rates(None, 1e9, 1e4), Rates(0.01, None, 1e4)):
+        assert choose(HIT, r, "layerwise") == Choice(64, "cold")
+        assert choose(HIT, r, "page") == Choice(64, "cold")
+
+
+def test_no_hit_loads_nothing():
+    assert choose(Hit(0, 64, MiB, 10), rates(1e9, 1e4), "page").load_pages == 0
+
+
+@pytest.mark.parametrize("mode", ["page", "layerwise"])
+def test_a_store_that_keeps_up_loads_everything(mode):
+    # 1 GB/s: 64 MiB in 67 ms; recompute of 4K tokens at 5K tok/s takes 0.8 s.
+    c = choose(HIT, rates(1e9, 5e3), mode)
+    assert (c.load_pages, c.reason) == (64, "load")
+
+
+@pytest.mark.parametrize("mode", ["page", "layerwise"])
+def test_when_loading_cannot_win_everything_is_computed(mode):
+    # 10 MB/s: 6.7 s to load; recompute at 100K tok/s (a tiny model) takes 42 ms.
+    c = choose(HIT, rates(10e6, 1e5), mode)
+    assert (c.load_pages, c.reason) == (0, "compute")
+    assert c.predicted_s < 0.05 < c.load_all_s
+
+
+def test_layerwise_splits_where_load_and_compute_are_close():
+    # 50 MB/s: 1.34 s to load all; 4K tokens at 3K tok/s: 1.4 s to compute all.
+    r = rates(50e6, 3e3)
+    c = choose(HIT, r, "layerwise")
+    assert c.reason == "split" and 0 < c.load_pages < 64
+    # The split beats both ends by the margin the policy promises, in its own model.
+    both = min(ttft_s(0, HIT, r, "layerwise"), ttft_s(64, HIT, r, "layerwise"))
+    assert c.predicted_s < 0.9 * both
+    # And it sits where neither half waits long for the other: the best k of all k.
+    best = min(range(65), key=lambda k: ttft_s(k, HIT, r, "layerwise"))
+    assert abs(c.load_pages - best) <= 1
+
+
+def test_page_mode_never_splits():
+    # Serial load then compute is linear in k: a split is never better than an end.
+    for bw in (5e6, 20e6, 50e6, 200e6, 1e9):
+        for prefill in (1e3, 3e3, 1e4, 1e5):
+            c = choose(HIT, rates(bw, prefill), "page")
+            assert c.load_pages in (0, 64), (bw, prefill, c)
+
+
+def test_a_choice_within_the_margin_keeps_loading():
+    # Compute-all is ~5% faster than load-all: inside the 10% margin, so load.
+    r = rates(bytes_s=64 * MiB / 1.0, prefill=(64 * 64 + 128) / 0.95, latency=0.0)
+    assert choose(HIT, r, "page").load_pages == 64
+    assert choose(HIT, r, "page", margin=0.0).load_pages == 0
+
+
+def test_the_meter_is_cold_until_warm_and_recovers_latency_and_bandwidth():
+    m = RateMeter(warmup=3)
+    assert m.rates().cold
+    for nbytes in (MiB, 4 * MiB, 16 * MiB, 2 * MiB, 8 * MiB):
+        m.observe_read(nbytes, 0.02 + nbytes / 100e6)
+    for tokens in (512, 2048, 4096):
+        m.observe_prefill(tokens, tokens / 8e3)
+    r = m.rates()
+    assert not r.cold
+    assert r.latency_s == pytest.approx(0.02, rel=1e-6)
+    assert r.bytes_s == pytest.approx(100e6, rel=1e-6)
+    assert r.prefill_tokens_s == pytest.approx(8e3, rel=1e-6)
+
+
+def test_reads_of_one_size_charge_everything_to_bandwidth():
+    m = RateMeter(warmup=1)
+    for _ in range(4):
+        m.observe_read(4 * MiB, 0.1)
+    r = m.rates()
+    assert r.latency_s == 0.0 and r.bytes_s == pytest.approx(4 * MiB / 0.1)
+
+
+def test_the_meter_follows_a_store_that_slows_down():
+    m = RateMeter(decay=0.8, warmup=1)
+    for i in range(50):
+        m.observe_read(MiB * (1 + i % 4), MiB * (1 + i % 4) / 1e9)
+    for i in range(50):
+        m.observe_read(MiB * (1 + i % 4), MiB * (1 + i % 4) / 10e6)
+    assert m.rates().bytes_s == pytest.approx(10e6, rel=0.01)
+
+
+def test_the_meter_ignores_empty_and_nonsense_samples():
+    m = RateMeter(warmup=1)
+    for nbytes, s in ((0, 1.0), (MiB, 0.0), (MiB, -1.0), (MiB, float("nan"))):
+        m.observe_read(nbytes, s)
+        m.observe_prefill(nbytes, s)
+    assert m.rates() == Rates()
+
+
+def test_the_meter_takes_samples_from_many_threads():
+    m = RateMeter(warmup=1)
+
+    def feed():
+        for _ in range(2000):
+            m.observe_read(MiB, 0.01)
+            m.observe_prefill(100, 0.01)
+
+    threads = [threading.Thread(target=feed) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert m._n_reads == 8000 and m._n_prefill == 8000
+    assert m.rates().prefill_tokens_s == pytest.approx(1e4)
