@@ -242,3 +242,25 @@ def test_verify_checksums_is_refused_checksums_are_always_verified(value, tmp_pa
         parse(f"@{path}")
     assert "verify_checksums" not in ObjectCacheConfig(bucket="kv").redacted()
     assert not hasattr(ObjectCacheConfig(bucket="kv"), "verify_checksums")
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="^bucket"):
+        ObjectCacheConfig.from_dict({})
+    with pytest.raises(ConfigError, match="^bucketz: unknown"):
+        ObjectCacheConfig.from_dict({"bucket": "b", "bucketz": 1})
+    with pytest.raises(ConfigError, match="^max_concurrency"):
+        ObjectCacheConfig.from_dict({"bucket": "b", "max_concurrency": -1})
+    with pytest.raises(ConfigError, match="^read_timeout_s: expected a number"):
+        ObjectCacheConfig.from_dict({"bucket": "b", "read_timeout_s": "fast"})
+    with pytest.raises(ConfigError, match="^scheduler.policy"):
+        ObjectCacheConfig.from_dict({"bucket": "b", "scheduler": {"policy": "random"}})
+    with pytest.raises(ConfigError, match="^layerwise.nope"):
+        ObjectCacheConfig.from_dict({"bucket": "b", "layerwise": {"nope": 1}})
+    cfg = ObjectCacheConfig.from_dict({"bucket": "b", "access_key_id": "AK", "secret_access_key": "SHH",
+                                       "backend_name": "x", "interface_v1": 1})
+    assert "SHH" not in repr(cfg) and "SHH" not in str(cfg.redacted())
+    p = tmp_path / "c.toml"
+    p.write_text('bucket = "kv"\nmax_concurrency = 8\n[layerwise]\nenabled = true\n')
+    cfg = parse("@" + str(p))
+    assert cfg.max_concurrency == 8 and cfg.layerwise.enabled
