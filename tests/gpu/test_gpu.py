@@ -34,7 +34,7 @@ from sglang_objectcache.transfers import TransferScheduler
 from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import make_store
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 CUDA = torch.device("cuda")
 
