@@ -36,8 +36,8 @@ Each call is one kernel launch on GPU (the all-layers calls too) and one indexin
 layer and component with torch, never a loop over pages. Calls are stream-ordered on
 the current CUDA stream and do not synchronize.
 
-`backend`: "triton", "torch" or "auto" (default; the env `OBJECTCACHE_KERNELS` overrides
-it). Auto picks Triton for CUDA tensors and torch otherwise. Triton on CPU tensors runs
+`backend`: "triton", "torch" or "auto" (default); callers pass the config's
+`layerwise.kernels`. Auto picks Triton for CUDA tensors and torch otherwise. Triton on CPU tensors runs
 Triton's interpreter, only when `TRITON_INTERPRET=1`; that is how CI tests the kernels.
 """
 
@@ -60,8 +60,6 @@ __all__ = ["scatter_layer", "gather_layer", "scatter_all_layers", "gather_all_la
 
 def resolve_backend(device: torch.device, backend: str = "auto") -> str:
     """The backend a call on `device` uses: "triton" or "torch"."""
-    if backend == "auto":
-        backend = os.environ.get("OBJECTCACHE_KERNELS", "auto") or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":

@@ -4,12 +4,14 @@
     .venv/bin/python scripts/config_doc.py --check    # exit 1 if it is out of date
 
 Settings: every field of `ObjectCacheConfig` and its nested tables (`sglang_objectcache/config.py`),
-with its type, its default and its description, which is the comment above the field and the
+with its type, its default, the environment variable that sets it where the config does not
+(`config_parse.env_overlay`), and its description, which is the comment above the field and the
 comment on its line. A field with no comment gets an empty description, so give it one in
 config.py. Environment variables: every `os.environ` / `os.getenv` read under
-`sglang_objectcache/` and `kernels/`, found in the source (names, defaults, files);
+`sglang_objectcache/`, `kernels/` and `objectcache_dev/`, found in the source (names, defaults, files);
 what each one does is written in ENV below, and the script refuses to run while a variable
-read in the code has no entry there, or an entry names a variable no code reads.
+read in the code has no entry there, or an entry names a variable no code reads (LEAVING
+lists reads on their way out, documented while they last).
 tests/test_docs.py checks that the committed file is what this writes.
 """
 
@@ -27,15 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "configuration.md"
 CONFIG = ROOT / "sglang_objectcache" / "config.py"
-SOURCES = (ROOT / "sglang_objectcache", ROOT / "kernels")
+SOURCES = (ROOT / "sglang_objectcache", ROOT / "kernels", ROOT / "objectcache_dev")
 
 # What each environment variable does. The names, defaults and files come from the code.
+# objectcache's own settings are config fields (the settings tables above), each of which
+# the environment can also set; this lists what the code reads from the environment itself.
 ENV = {
-    "OBJECTCACHE_ENDPOINT_URL": "`endpoint_url` where the config does not set it (one config file for many hosts).",
-    "OBJECTCACHE_BUCKET": "`bucket` where the config does not set it.",
-    "OBJECTCACHE_REGION": "`region` where the config does not set it.",
-    "OBJECTCACHE_KEY_PREFIX": "`key_prefix` where the config does not set it.",
-    "OBJECTCACHE_TENANT_SALT": "`tenant_salt` where the config does not set it.",
     "AWS_ACCESS_KEY_ID": "Static key of the AWS chain. Where the config names no key, objectcache's own "
                          "HTTP clients sign with it (as obstore and boto3 do).",
     "AWS_SECRET_ACCESS_KEY": "Goes with `AWS_ACCESS_KEY_ID`.",
@@ -44,24 +43,22 @@ ENV = {
     "AWS_SHARED_CREDENTIALS_FILE": "Where neither the config nor the environment gives a key, objectcache's "
                                    "own HTTP clients read static keys from this file, as boto3's chain does.",
     "AWS_PROFILE": "The profile read from that credentials file.",
-    "OBJECTCACHE_TRACE": "Layerwise mode: a path for the per-layer timeline (as `layerwise.trace_path`, "
-                         "which wins).",
-    "OBJECTCACHE_KERNELS": "Backend of the KV scatter/gather kernels: `auto` (Triton on CUDA, torch "
-                           "elsewhere), `triton` or `torch`.",
     "TRITON_INTERPRET": "`1` lets the Triton kernels run on CPU tensors in Triton's interpreter (tests).",
-    "OBJECTCACHE_METRICS_INTERVAL_S": "Seconds between exports of objectcache's counters to Prometheus.",
     "PROMETHEUS_MULTIPROC_DIR": "Set by SGLang with `--enable-metrics`; without it no metrics exporter starts.",
-    "OBJECTCACHE_ACCESS_LOG_INTERVAL_S": "Seconds between rewrites of a server's access log in the bucket "
-                                         "(the last reads `objectcache-inspect gc` goes by).",
-    "OBJECTCACHE_ACCESS_LOG_MAX_KEYS": "Most pages one access log remembers per namespace.",
-    "OBJECTCACHE_TREE_ENDPOINT": "`1`/`true`/`yes`/`on`: serve `GET /objectcache/tree` "
-                                 "(`objectcache-inspect tree`); off otherwise.",
     "OBJECTCACHE_SERVER_URL": "`objectcache-inspect tree`: the server's URL (`--url`).",
     "OBJECTCACHE_API_KEY": "`objectcache-inspect tree`: the server's admin API key (`--api-key`).",
     "SGLANG_USE_CPU_ENGINE": "SGLang's own switch to its CPU engine; `1` (and no CUDA device) makes the "
                              "plugin apply the CPU-engine shims (`sglang/cpu/compat.py`, docs/cpu.md).",
     "OBJECTCACHE_TINY_MODEL_DIR": "Test fixtures (`harness/fixtures.py`): reuse this tiny-model directory.",
     "OBJECTCACHE_E2E_LOG_DIR": "Test fixtures: keep the SGLang server logs of end-to-end tests here.",
+}
+# Direct reads this release replaces with config fields: documented while the code still
+# has them, dropped (not refused as stale) once it has not.
+LEAVING = {
+    "OBJECTCACHE_TRACE": "Layerwise mode: a path for the per-layer timeline; being replaced by "
+                         "`layerwise.trace_path` (env `OBJECTCACHE_LAYERWISE_TRACE_PATH`).",
+    "OBJECTCACHE_TREE_ENDPOINT": "`1`/`true`/`yes`/`on`: serve `GET /objectcache/tree`; being replaced by "
+                                 "the field `tree_endpoint` (which the same variable sets).",
 }
 
 
@@ -128,18 +125,17 @@ def cell(text: str) -> str:
 
 
 def load_config():
-    """config.py of this checkout (it imports nothing but the standard library)."""
-    import importlib.util
+    """config.py of this checkout (it and config_parse.py import nothing but the standard library)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import importlib
 
-    if "objectcache_config_doc" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("objectcache_config_doc", CONFIG)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while building
-        spec.loader.exec_module(module)
-    return sys.modules["objectcache_config_doc"]
+    return importlib.import_module("sglang_objectcache.config")
 
 
 def settings_tables() -> list[str]:
+    import importlib
+
     config = load_config()
     docs = field_docs(CONFIG)
     top = config.ObjectCacheConfig
@@ -148,16 +144,18 @@ def settings_tables() -> list[str]:
         _TABLES[cls] = name
     out = []
     missing = []
+    env_name = importlib.import_module("sglang_objectcache.config_parse").env_name
     for title, prefix, cls in [("Top level", "", top)] + [(f"`{n}`", n + ".", c) for n, c in nested]:
         anchor = prefix.rstrip(".") or "top-level"
         out += [f'<a id="{anchor}"></a>', "", f"### {title}", "",
-                "| key | type | default | what it does |", "|---|---|---|---|"]
+                "| key | type | default | environment | what it does |", "|---|---|---|---|---|"]
         for f in dataclasses.fields(cls):
             annotation, text = docs[(cls.__name__, f.name)]
             if not text:
                 missing.append(f"{cls.__name__}.{f.name}")
+            env = "" if dataclasses.is_dataclass(default_of(f)) else f"`{env_name(prefix + f.name)}`"
             out.append(f"| `{prefix}{f.name}` | `{cell(annotation)}` | {cell(show_default(default_of(f)))} | "
-                       f"{cell(text)} |")
+                       f"{env} | {cell(text)} |")
         out.append("")
     if missing:
         print(f"config_doc: fields with no comment in config.py (add one): {', '.join(missing)}", file=sys.stderr)
@@ -228,7 +226,8 @@ def env_table() -> list[str]:
                     found[name].add(rel)
                     if isinstance(default, ast.Constant) and isinstance(default.value, str):
                         defaults[name].add(default.value)
-    undocumented = sorted(set(found) - set(ENV))
+    known = {**ENV, **{k: v for k, v in LEAVING.items() if k in found}}
+    undocumented = sorted(set(found) - set(known))
     stale = sorted(set(ENV) - set(found))
     if unresolved or undocumented or stale:
         raise SystemExit("config_doc: the ENV table in scripts/config_doc.py is out of step with the code: "
@@ -237,10 +236,10 @@ def env_table() -> list[str]:
                              undocumented and f"read in the code but not in ENV: {undocumented}",
                              stale and f"in ENV but read nowhere: {stale}"])))
     out = ["| variable | default | read in | what it does |", "|---|---|---|---|"]
-    for name in ENV:  # ENV's order: grouped by concern
+    for name in known:  # ENV's order: grouped by concern
         shown = " / ".join(f"`{d}`" if d else "empty" for d in sorted(defaults[name])) or "unset"
         files = "<br>".join(f"`{f}`" for f in sorted(found[name]))
-        out.append(f"| `{name}` | {shown} | {files} | {cell(ENV[name])} |")
+        out.append(f"| `{name}` | {shown} | {files} | {cell(known[name])} |")
     return out
 
 
@@ -274,6 +273,17 @@ def render() -> str:
         "- Credentials: prefer the AWS chain (environment, `~/.aws`, instance role) or an `@file`",
         "  config. SGLang logs its flags and shows them in `/server_info`, so keys in inline JSON",
         "  would leak there; objectcache never logs them.",
+        "- Every setting can also come from the environment: `OBJECTCACHE_<KEY>` for a top-level",
+        "  key, `OBJECTCACHE_<TABLE>_<KEY>` for a key of a table (`OBJECTCACHE_LAYERWISE_TRACE_PATH`),",
+        "  in upper case (the tables below name each one). The config wins: a variable applies only",
+        "  where the config does not set that key, so one config file can serve many hosts. An empty",
+        "  variable is unset; booleans take `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`, tables",
+        "  (`nixl_plugin_params`) a JSON object. A bad value is refused naming the key and the variable.",
+        "- Every process that needs a setting reads the same flag: the backend and the metrics",
+        "  exporter in SGLang's scheduler process, the tree endpoint in SGLang's HTTP process (it",
+        "  parses `--hicache-storage-backend-extra-config` from the server arguments); the layerwise",
+        "  fetch worker process gets its settings from its parent, pickled in its first message. An",
+        "  `OBJECTCACHE_*` variable reaches them all, as SGLang's processes inherit its environment.",
         "",
         "## Settings",
         "",
@@ -282,9 +292,9 @@ def render() -> str:
     lines += [
         "## Environment variables",
         "",
-        "Read by the code under `sglang_objectcache/` and `kernels/` (found in the source by",
-        "`scripts/config_doc.py`). boto3 and obstore read the rest of the AWS chain themselves",
-        "(`AWS_REGION`, `AWS_CONFIG_FILE`, ...).",
+        "Read by the code under `sglang_objectcache/`, `kernels/` and `objectcache_dev/` itself (found by",
+        "`scripts/config_doc.py`), besides the `OBJECTCACHE_<KEY>` variables of the settings above.",
+        "boto3 and obstore read the rest of the AWS chain themselves (`AWS_REGION`, `AWS_CONFIG_FILE`, ...).",
         "",
     ]
     lines += env_table()

@@ -2,22 +2,23 @@
 
 `--hicache-storage-backend-extra-config` takes JSON or `@file` (.json/.toml/.yaml); SGLang
 parses it and hands the dict to the backend. Every error names the offending key.
-Credentials may be given here, but the standard AWS chain (env, ~/.aws, instance role) is
-the better place; they are never logged (see `redacted`).
+Every field may also come from the environment, `OBJECTCACHE_<FIELD>` (a table's field:
+`OBJECTCACHE_<TABLE>_<FIELD>`, e.g. OBJECTCACHE_LAYERWISE_TRACE_PATH) where the config does
+not set it: the config wins (config_parse.env_overlay). Credentials may be given here, but
+the standard AWS chain (env, ~/.aws, instance role) is the better place; they are never
+logged (see `redacted`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import json
-import math
-import os
-import re
-import unicodedata
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+
+from sglang_objectcache.config_parse import (ConfigError, build, check_bucket, check_endpoint, check_key_prefix,
+                                             env_overlay, finite, load_dict, unprintable)
+
+__all__ = ["ConfigError", "LayerwiseConfig", "ObjectCacheConfig", "SchedulerConfig", "load_dict", "parse"]
 
 # Keys SGLang itself leaves in the dict (dynamic-backend plumbing, --file-storage-path).
 SGLANG_KEYS = frozenset(
@@ -37,10 +38,6 @@ REMOVED = {
 # end well inside that: the worst case of a call (`ObjectCacheConfig.worst_case_s`) above
 # this is refused unless `allow_slow_store` is set.
 SLOW_STORE_S = 8.0
-
-
-class ConfigError(ValueError):
-    """A bad objectcache setting. The message starts with the key's name."""
 
 
 @dataclass(frozen=True)
@@ -67,11 +64,14 @@ class LayerwiseConfig:
     # --disable-overlap-schedule); off, SGLang aborts them with HTTP 503.
     recompute_on_failure: bool = True
     # Write the per-layer timeline of the last batches to this JSON file, plus a Chrome
-    # trace beside it (layerwise/timeline.py); empty = off, or OBJECTCACHE_TRACE's path.
+    # trace beside it (layerwise/timeline.py); empty = off.
     trace_path: str = ""
+    # Backend of the KV scatter/gather kernels (`sglang_objectcache.kernels`): "auto" (Triton
+    # for CUDA tensors, torch otherwise), "triton" or "torch".
+    kernels: str = "auto"
 
     def __post_init__(self) -> None:
-        _finite(self)
+        finite(self)
         if self.host_cache_mb < 0:
             raise ConfigError(f"host_cache_mb: must be >= 0 (0 turns the host tier off), got {self.host_cache_mb!r}")
         if not self.layer_timeout_s > 0:
@@ -82,6 +82,8 @@ class LayerwiseConfig:
             raise ConfigError(f"layers_per_get: must be >= 1, or 0 for auto; got {self.layers_per_get!r}")
         if self.fetch not in ("process", "thread"):
             raise ConfigError(f"fetch: must be 'process' or 'thread', got {self.fetch!r}")
+        if self.kernels not in ("auto", "triton", "torch"):
+            raise ConfigError(f"kernels: must be auto, triton or torch, got {self.kernels!r}")
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class SchedulerConfig:
 
     def __post_init__(self) -> None:
         # inf is a real setting here: no starvation bound (what the simulator compares against)
-        _finite(self, unbounded=("starvation_ms", "write_starvation_ms"))
+        finite(self, unbounded=("starvation_ms", "write_starvation_ms"))
         if self.policy not in ("deadline", "fair", "fifo"):
             raise ConfigError(f"policy: must be deadline, fair or fifo, got {self.policy!r}")
         for key in ("bandwidth_mbps", "starvation_ms", "write_starvation_ms", "burst_ms"):
@@ -169,6 +171,18 @@ class ObjectCacheConfig:
     exists_cache_entries: int = 200_000
     # Warn at startup when a page object is smaller than this: per-request cost dominates.
     small_object_warn_kb: int = 256
+    # Seconds between exports of objectcache's counters to Prometheus (SGLang's --enable-metrics).
+    # The exporter runs in the scheduler process, beside the backend that holds this config.
+    metrics_interval_s: float = 1.0
+    # Seconds between rewrites of a server's access log in the bucket (the last reads
+    # `objectcache-inspect gc` goes by; inspect/accesslog.py); 0 turns the log off.
+    access_log_interval_s: float = 60.0
+    # Most pages one access log remembers per namespace; beyond it a server forgets its oldest reads.
+    access_log_max_keys: int = 100_000
+    # Serve `GET /objectcache/tree` (`objectcache-inspect tree`) on SGLang's HTTP server. That
+    # runs in SGLang's HTTP process, which reads it from the same extra-config flag (or the
+    # environment, OBJECTCACHE_TREE_ENDPOINT) as the backend does.
+    tree_endpoint: bool = False
     # Extra init parameters for NIXL's OBJ plugin (transport: nixl); values are never logged.
     nixl_plugin_params: Mapping[str, str] = field(default_factory=dict)
     layerwise: LayerwiseConfig = field(default_factory=LayerwiseConfig)  # the `layerwise` table
@@ -176,18 +190,18 @@ class ObjectCacheConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
-        _finite(self)
+        finite(self)
         if not self.bucket:
             raise ConfigError("bucket: required (the S3 bucket that holds the KV objects)")
-        _check_bucket(self.bucket)
+        check_bucket(self.bucket)
         if self.endpoint_url:
-            object.__setattr__(self, "endpoint_url", _check_endpoint(self.endpoint_url))
-        _check_key_prefix(self.key_prefix)
+            object.__setattr__(self, "endpoint_url", check_endpoint(self.endpoint_url))
+        check_key_prefix(self.key_prefix)
         for key in ("region", "access_key_id"):  # both go into our client's Authorization line
             value = getattr(self, key)
-            if _unprintable(value):
+            if unprintable(value):
                 raise ConfigError(f"{key}: must not contain control characters or whitespace, got {value!r}")
-        if _unprintable(self.session_token):  # sent as a header; never echoed
+        if unprintable(self.session_token):  # sent as a header; never echoed
             raise ConfigError("session_token: must not contain control characters or whitespace")
         checks = {
             "addressing_style": self.addressing_style in ("path", "virtual"),
@@ -203,6 +217,9 @@ class ObjectCacheConfig:
             "negative_ttl_s": 0 <= self.negative_ttl_s <= 300,
             "exists_cache_entries": self.exists_cache_entries >= 0,
             "small_object_warn_kb": self.small_object_warn_kb >= 0,
+            "metrics_interval_s": self.metrics_interval_s > 0,
+            "access_log_interval_s": self.access_log_interval_s >= 0,
+            "access_log_max_keys": self.access_log_max_keys >= 1,
         }
         for key, ok in checks.items():
             if not ok:
@@ -257,169 +274,9 @@ class ObjectCacheConfig:
         gone = sorted(set(raw) & set(REMOVED))
         if gone:
             raise ConfigError(f"{gone[0]}: {REMOVED[gone[0]]}; drop it from the config")
-        _env_defaults(raw)
-        return _build(cls, raw, "")
-
-
-def load_dict(text) -> dict:
-    """The dict behind SGLang's extra-config flag: JSON text, '@path' (json/toml/yaml) or a dict."""
-    if isinstance(text, Mapping):
-        return dict(text)
-    if text.startswith("@"):
-        path = text[1:]
-        with open(path, "rb") as f:
-            if path.endswith(".toml"):
-                import tomllib
-
-                return tomllib.load(f)
-            if path.endswith((".yaml", ".yml")):
-                import yaml
-
-                return yaml.safe_load(f)
-            return json.load(f)
-    return json.loads(text)
+        return build(cls, env_overlay(cls, raw))
 
 
 def parse(text) -> ObjectCacheConfig:
     """Parse JSON text or '@path' (json/toml/yaml), the way SGLang's flag does."""
     return ObjectCacheConfig.from_dict(load_dict(text))
-
-
-def _env_defaults(raw: dict) -> None:
-    # OBJECTCACHE_ENDPOINT_URL / OBJECTCACHE_BUCKET let one config file serve many hosts.
-    for key in ("endpoint_url", "bucket", "region", "key_prefix", "tenant_salt"):
-        env = os.environ.get("OBJECTCACHE_" + key.upper())
-        if env and key not in raw:
-            raw[key] = env
-
-
-def _finite(obj, unbounded: tuple = ()) -> None:
-    """JSON's Infinity/NaN (and TOML's inf/nan) pass `> 0`; they are no setting (except +inf
-    where a field says `unbounded`)."""
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        if f.name in unbounded and value == math.inf:
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{f.name}: must be a finite number, got {value!r}")
-
-
-def _unprintable(text: str) -> bool:
-    """Control characters (CR/LF, NUL, DEL, C1) or whitespace."""
-    return any(c.isspace() or unicodedata.category(c) == "Cc" for c in text)
-
-
-# S3 bucket naming rules (general purpose and directory buckets): lower-case letters, digits,
-# dots and hyphens, starting and ending with a letter or digit, at most 63 characters, no
-# two adjacent dots, not an IP address, none of S3's reserved prefixes and suffixes. S3's
-# minimum of 3 characters is left to the store (its check names the bucket at startup).
-_BUCKET = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?")
-_BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
-_BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--table-s3")
-
-
-def _check_bucket(bucket: str) -> None:
-    why = ""
-    if not _BUCKET.fullmatch(bucket):
-        why = ("1 to 63 lower-case letters, digits, '.' and '-', starting and ending with a letter or digit "
-               "(S3 bucket naming rules)")
-    elif ".." in bucket:
-        why = "no two adjacent dots"
-    elif bucket.startswith(_BUCKET_RESERVED_PREFIXES) or bucket.endswith(_BUCKET_RESERVED_SUFFIXES):
-        why = "a prefix or suffix S3 reserves"
-    else:
-        try:
-            ipaddress.ip_address(bucket)
-            why = "not an IP address"
-        except ValueError:
-            pass
-    if why:
-        raise ConfigError(f"bucket: invalid name {bucket!r}: {why}")
-
-
-def _check_endpoint(url: str) -> str:
-    """The endpoint with its scheme in lower case; ConfigError for anything but a plain
-    http(s)://host[:port][/path]."""
-    if "@" in url:  # user:password@host; never echoed, as it may hold credentials
-        raise ConfigError("endpoint_url: must not carry credentials (user:password@) or an '@'; "
-                          "use access_key_id/secret_access_key or the AWS chain")
-    if _unprintable(url):
-        raise ConfigError("endpoint_url: must not contain control characters or whitespace")
-    u = urlsplit(url)
-    if u.scheme not in ("http", "https"):  # urlsplit gives the scheme in lower case
-        raise ConfigError(f"endpoint_url: must start with http:// or https://, got {url!r}")
-    if u.query or u.fragment or url.rstrip().endswith(("?", "#")):
-        raise ConfigError(f"endpoint_url: must not have a query or fragment, got {url!r}")
-    try:
-        u.port  # noqa: B018 - raises on a port that is not a number in range
-    except ValueError:
-        raise ConfigError(f"endpoint_url: invalid port in {url!r}") from None
-    if not u.hostname:
-        raise ConfigError(f"endpoint_url: no host in {url!r}")
-    return u.scheme.lower() + url[len(u.scheme):]
-
-
-def _check_key_prefix(prefix: str) -> None:
-    """Keys are `{prefix.strip('/')}/...` and must be valid object_store paths."""
-    inner = prefix.strip("/")
-    why = ""
-    if not inner:
-        why = "must not be empty"
-    elif _unprintable(prefix):
-        why = "must not contain control characters or whitespace"
-    else:
-        segments = inner.split("/")
-        if "" in segments:
-            why = "must not contain an empty segment ('//')"
-        elif "." in segments or ".." in segments:
-            why = "must not contain '.' or '..' segments"
-    if why:
-        raise ConfigError(f"key_prefix: {why}, got {prefix!r}")
-
-
-def _build(cls, raw: Mapping[str, Any], where: str):
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"{where}{unknown[0]}: unknown objectcache setting; valid keys: {', '.join(sorted(known))}"
-        )
-    kwargs = {}
-    for name, value in raw.items():
-        f = known[name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kwargs[name] = _coerce(f"{where}{name}", value, default)
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:
-        raise ConfigError(f"{where}{e}") from None
-
-
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    if dataclasses.is_dataclass(default):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{name}: expected a table/object, got {type(value).__name__}")
-        return _build(type(default), value, name + ".")
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{name}: expected true/false, got {value!r}")
-    if isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected an integer, got {value!r}")
-    if isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
-    if isinstance(default, str):
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{name}: expected a string, got {value!r}")
-    if isinstance(default, Mapping):
-        if isinstance(value, Mapping):
-            return {str(k): str(v) for k, v in value.items()}
-        raise ConfigError(f"{name}: expected a table/object, got {type(value).__name__}")
-    return value

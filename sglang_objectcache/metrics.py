@@ -5,7 +5,7 @@ files under PROMETHEUS_MULTIPROC_DIR and the HTTP server's `/metrics` merges the
 scheduler process, where the backend lives, only has to create and update ordinary
 metrics. An exporter thread (one per process, started when objectcache is attached and
 SGLang's storage metrics are on) turns each live backend's `Stats` (stats.py) into them
-every `OBJECTCACHE_METRICS_INTERVAL_S` (default 1 s): counters advance by the delta since
+every `metrics_interval_s` of the config (default 1 s): counters advance by the delta since
 the last export, the GET latency histogram by its per-bucket deltas. Series:
 
     objectcache_storage_hits_total                  pages read and used
@@ -38,8 +38,6 @@ from typing import Optional
 from sglang_objectcache import runtime
 
 logger = logging.getLogger(__name__)
-
-INTERVAL_ENV = "OBJECTCACHE_METRICS_INTERVAL_S"
 
 _DIRECT = {
     "pages_hit": "storage_hits",
@@ -152,16 +150,16 @@ _thread: Optional[threading.Thread] = None
 _lock = threading.Lock()
 
 
-def start_exporter() -> bool:
-    """Start this process's exporter thread once. False when metrics are off."""
+def start_exporter(interval_s: float = 1.0) -> bool:
+    """Start this process's exporter thread once, exporting every `interval_s` (the config's
+    `metrics_interval_s`; the first caller's wins). False when metrics are off."""
     global _thread
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return False
     with _lock:
         if _thread is None:
             exporter = Exporter(Metrics())
-            interval = float(os.environ.get(INTERVAL_ENV, "1"))
-            _thread = threading.Thread(target=_run, args=(exporter, interval), name="objectcache-metrics",
+            _thread = threading.Thread(target=_run, args=(exporter, interval_s), name="objectcache-metrics",
                                        daemon=True)
             _thread.start()
     return True

@@ -15,9 +15,8 @@ of up to `max_keys` lines (~45 bytes each); reads after the last flush are lost 
 server is killed (a clean close flushes), so GC may see a page as older than it is, never
 as younger (but for the second a read is rounded up to: reads are stamped by the second,
 so that shards of one page read by several ranks get one stamp); beyond `max_keys` pages
-a server forgets its oldest reads. Settings, by environment:
-`OBJECTCACHE_ACCESS_LOG_INTERVAL_S` (default 60; 0 turns the log off) and
-`OBJECTCACHE_ACCESS_LOG_MAX_KEYS` (default 100000).
+a server forgets its oldest reads. Settings: the config's `access_log_interval_s` (default
+60; 0 turns the log off) and `access_log_max_keys` (default 100000).
 
 Server side: the cache core (`cache.ObjectCache`) calls `log_for(core)` at start, records
 the pages each face served (`observe_hits`) and flushes on close (`flush_log`), in both
@@ -42,16 +41,10 @@ from sglang_objectcache.store import StoreError
 
 logger = logging.getLogger(__name__)
 
-INTERVAL_ENV = "OBJECTCACHE_ACCESS_LOG_INTERVAL_S"
-MAX_KEYS_ENV = "OBJECTCACHE_ACCESS_LOG_MAX_KEYS"
-
-
-def interval_s() -> float:
-    return float(os.environ.get(INTERVAL_ENV, "60"))
-
-
-def max_keys() -> int:
-    return int(os.environ.get(MAX_KEYS_ENV, "100000"))
+# The config's defaults (`access_log_interval_s`, `access_log_max_keys`), for a log made
+# without one (tools, tests).
+INTERVAL_S = 60.0
+MAX_KEYS = 100_000
 
 
 def encode(entries: dict[str, float]) -> bytes:
@@ -80,9 +73,10 @@ def log_key(ns_prefix: str, now: float, tag: str = "") -> str:
 class AccessLog:
     """The reads of one namespace by this process, and the one object that holds them."""
 
-    def __init__(self, store, ns_prefix: str, limit: Optional[int] = None, now: Optional[float] = None):
+    def __init__(self, store, ns_prefix: str, limit: int = MAX_KEYS, now: Optional[float] = None,
+                 interval_s: float = INTERVAL_S):
         self.store, self.ns_prefix = store, ns_prefix
-        self.limit = max_keys() if limit is None else limit
+        self.limit, self.interval_s = limit, interval_s
         self.key = log_key(ns_prefix, time.time() if now is None else now)
         self._reads: dict[str, float] = {}
         self._dirty = True  # the first flush writes the (empty) object
@@ -154,13 +148,17 @@ _logs_lock = threading.Lock()
 
 def log_for(backend) -> Optional[AccessLog]:
     """The log of a cache core (`cache.ObjectCache`: made on first use, and made anew when
-    its namespace rotates), or None when the log is off."""
-    if getattr(backend, "keys", None) is None or interval_s() <= 0:
+    its namespace rotates), or None when the log is off. Its settings are the core's
+    config's (`backend.cfg`: access_log_interval_s, access_log_max_keys)."""
+    cfg = getattr(backend, "cfg", None)
+    interval_s = getattr(cfg, "access_log_interval_s", INTERVAL_S)
+    if getattr(backend, "keys", None) is None or interval_s <= 0:
         return None
     with _logs_lock:
         log = _logs.get(backend)
         if log is None or log.ns_prefix != backend.keys.namespace_prefix:
-            log = _logs[backend] = AccessLog(backend.store, backend.keys.namespace_prefix)
+            log = _logs[backend] = AccessLog(backend.store, backend.keys.namespace_prefix,
+                                             getattr(cfg, "access_log_max_keys", MAX_KEYS), interval_s=interval_s)
     _flusher.start()
     return log
 
@@ -191,7 +189,9 @@ class _Flusher:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(max(0.05, interval_s()))
+            with _logs_lock:  # one thread for every log of the process: it wakes for the most frequent
+                wait_s = min((log.interval_s for log in _logs.values()), default=INTERVAL_S)
+            self._wake.wait(max(0.05, wait_s))
             self._wake.clear()
             with _logs_lock:
                 logs = list(_logs.values())

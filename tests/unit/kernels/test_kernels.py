@@ -27,7 +27,6 @@ from kernel_cases import (SENTINEL, BACKENDS, random_bytes, sentinel_like, u8, C
 @pytest.fixture(autouse=True)
 def _interpret(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv("OBJECTCACHE_KERNELS", raising=False)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -195,12 +194,10 @@ def test_dispatch(monkeypatch):
     cpu = torch.device("cpu")
     assert resolve_backend(cpu) == "torch"
     assert resolve_backend(cpu, "triton") == "triton"  # the interpreter (fixture sets it)
-    monkeypatch.setenv("OBJECTCACHE_KERNELS", "triton")
-    assert resolve_backend(cpu) == "triton"
     assert resolve_backend(cpu, "torch") == "torch"
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-        resolve_backend(cpu)
+        resolve_backend(cpu, "triton")
     with pytest.raises(ValueError):
         resolve_backend(cpu, "cuda")
     if torch.cuda.is_available():
