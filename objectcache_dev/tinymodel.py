@@ -24,6 +24,10 @@ _WORDS = (
 ).split()
 
 
+# Bumped when the tokenizer's recipe changes, so a model directory made before is remade.
+TOKENIZER_VERSION = 2
+
+
 @dataclass(frozen=True)
 class TinyModelSpec:
     hidden_size: int = 128
@@ -44,18 +48,25 @@ def synthetic_corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
 
 
 def _train_tokenizer(out: Path, vocab_size: int) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Byte-level BPE over printable ASCII, filled up to `vocab_size` with plain-text tokens,
+    so that every id a random model can emit decodes to text: an id that decodes to "" (or
+    to half a UTF-8 character) makes streaming clients see no first token at all."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=["<s>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        # GPT-2's byte-level alphabet: printable ASCII is itself, space is Ġ, newline Ċ.
+        initial_alphabet=[chr(b) for b in range(33, 127)] + ["\u0120", "\u010a"],
     )
     tok.train_from_iterator(synthetic_corpus(), trainer=trainer)
+    # The corpus runs out of merges long before a few thousand ids: the rest are words.
+    filler = vocab_size - tok.get_vocab_size()
+    tok.add_tokens([AddedToken(f" w{i}", normalized=False) for i in range(max(filler, 0))])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
@@ -69,7 +80,8 @@ def make_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec = TinyModelS
 
     out = Path(out_dir)
     stamp = out / "objectcache_tiny_spec.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == asdict(spec):
+    made = {**asdict(spec), "tokenizer": TOKENIZER_VERSION}
+    if stamp.exists() and json.loads(stamp.read_text()) == made:
         return out
     out.mkdir(parents=True, exist_ok=True)
     _train_tokenizer(out, spec.vocab_size)
@@ -90,7 +102,7 @@ def make_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec = TinyModelS
     torch.manual_seed(spec.seed)
     model = LlamaForCausalLM(config).to(getattr(torch, spec.dtype))
     model.save_pretrained(str(out), safe_serialization=True)
-    stamp.write_text(json.dumps(asdict(spec)))
+    stamp.write_text(json.dumps(made))
     return out
 
 
