@@ -27,6 +27,13 @@ def words(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
+def prompts(n: int, seed: str, min_words: int = 330, max_words: int = 460) -> list[str]:
+    """n distinct prompts, the same for the same seed. The defaults pass SGLang's 256-token
+    storage-prefetch threshold on the tiny model; the unique head keeps first pages apart."""
+    rng = random.Random(seed)
+    return [f"{seed} {i} " + words(rng, rng.randint(min_words, max_words)) for i in range(n)]
+
+
 @dataclass(frozen=True)
 class Request:
     text: str

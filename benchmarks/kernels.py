@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Bandwidth of the KV scatter/gather kernels against a plain copy of the same bytes.
 
 For 1..1024 pages (powers of two) of a Llama-8B-like rank (8 KV heads x 128 x bf16, page
@@ -13,33 +12,29 @@ copy GB/s at the same size. Each op is checked byte-exact against the torch back
 CPU tensors run the torch fallback (what SGLang's CPU engine uses); CUDA runs the Triton
 kernels, timed with CUDA events around CUDA-graph replays (GPU time, not Python launch
 time, which is reported apart as `eager_us`), L2 flushed before each rep. `--sweep`
-(CUDA) also times kernel tunings. Writes benchmarks/results/kernels_{cpu,cuda}.json + .png.
+(CUDA) also times kernel tunings. Writes benchmarks/results/kernels_{cpu,cuda}.json (or
+`--out`) and its plot beside it.
 
-    .venv/bin/python scripts/bench_kernels.py                # CPU, or CUDA when present
-    .venv/bin/python scripts/bench_kernels.py --device cuda --sweep
+    .venv/bin/python -m benchmarks.kernels                # CPU, or CUDA when present
+    .venv/bin/python -m benchmarks.kernels --device cuda --sweep
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks.schema import RESULTS, write_result
 from sglang_objectcache import kernels
 from sglang_objectcache.objformat import PageGeometry
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def parse_args(argv=None):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--max-pages", type=int, default=1024)
@@ -53,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--sweep", action="store_true", help="CUDA: also time kernel tunings")
     p.add_argument("--out", default=None, help="JSON path; the plot goes beside it")
-    return p.parse_args(argv)
+    return p
 
 
 class Clock:
@@ -243,7 +238,6 @@ def run(args) -> dict:
                   f"  copy {row['copy_gbps']:8.2f} GB/s  ratio {row['ratio']:.2f}", flush=True)
     g = setup.geometry
     return {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "device": str(device), "backend": backend, "environment": environment(device),
         "geometry": {"kind": g.kind, "tokens": g.tokens, "row_bytes": list(g.row_bytes),
                      "dtype": g.dtype, "layers_all_layers_ops": g.num_layers,
@@ -284,14 +278,10 @@ def sweep(setup: Setup, clock: Clock, sizes: list[int]) -> list[dict]:
     return out
 
 
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw(fig, result: dict) -> None:
+    """The `kernels` plot kind (drawn by benchmarks.plot): GB/s, then op / copy, per size."""
     rows = result["results"]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
+    top, bottom = fig.subplots(2, 1, sharex=True)
     ops = list(dict.fromkeys(r["op"] for r in rows))
     copy = {r["pages"]: r["copy_gbps"] for r in rows if r["op"] == "scatter_layer"}
     top.plot(list(copy), list(copy.values()), "k-", lw=2, label="copy (same bytes, one layer)")
@@ -320,19 +310,21 @@ def plot(result: dict, path: Path) -> None:
     bottom.legend(fontsize=7)
     for ax in (top, bottom):
         ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+PLOT = {"kind": "kernels", "size": [9, 8], "dpi": 110}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     result = run(args)
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"kernels_{kind}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, out.with_suffix(".png"))
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    out = args.out or RESULTS / f"kernels_{kind}.json"
+    largest = max(r["pages"] for r in result["results"])
+    medians = {r["op"]: r["ratio_median"] for r in result["results"] if r["pages"] == largest}
+    path = write_result(out, runs=len(result["results"]), medians={"ratio_at_max_pages": medians},
+                        extra=result, plot=PLOT)
+    print(f"wrote {path} and {path.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

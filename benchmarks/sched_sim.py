@@ -17,8 +17,10 @@ Sweeps (Llama-3.1-8B: 32 layers, 128 KiB KV per token; 1024 new tokens per reque
 Policies: deadline (plan in arrival order), deadline+srpt (page mode: plan shortest
 remaining fetch first), fair (equal sharing), fifo.
 
-    .venv/bin/python scripts/sim_scheduler.py            # about 3 min on 2 cores
-    .venv/bin/python scripts/sim_scheduler.py --quick    # CI smoke run, seconds
+    .venv/bin/python -m benchmarks.sched_sim            # about 3 min on 2 cores
+    .venv/bin/python -m benchmarks.sched_sim --quick    # CI smoke run, seconds
+
+Writes benchmarks/results/sched_sim.json (`--out-dir`, `--name`) and its plot beside it.
 """
 
 from __future__ import annotations
@@ -26,15 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shlex
 import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from sglang_objectcache.config import SchedulerConfig
+from benchmarks.schema import write_result
 from objectcache_dev.sim import System, Workload, make_requests, summarize, ttfts
+from sglang_objectcache.config import SchedulerConfig
 
 POLICIES = {  # label -> (scheduler policy, deadline plan)
     "deadline": ("deadline", "arrival"),
@@ -82,19 +83,21 @@ def series(name, w, s, xs, vary, trials_of, labels=None):
         wx, sx = vary(w, s, x)
         labs = labels or labels_for(sx.mode)
         t0 = time.perf_counter()
-        rows.append({"x": x, "policies": point(wx, sx, labs, trials_of(wx)), "wall_s": round(time.perf_counter() - t0, 2)})
-        print(f"  {name} x={x}: " + ", ".join(f"{k} {v['mean']:.3f}s" for k, v in rows[-1]["policies"].items()), flush=True)
-    return {"name": name, "workload": asdict(w), "system": _sys_dict(s), "rows": rows}
+        rows.append({"x": x, "policies": point(wx, sx, labs, trials_of(wx)),
+                     "wall_s": round(time.perf_counter() - t0, 2)})
+        means = ", ".join(f"{k} {v['mean']:.3f}s" for k, v in rows[-1]["policies"].items())
+        print(f"  {name} x={x}: " + means, flush=True)
+    return {"name": name, "workload": asdict(w), "system": sys_dict(s), "rows": rows}
 
 
-def _sys_dict(s: System) -> dict:
+def sys_dict(s: System) -> dict:
     d = asdict(s)
     d.pop("plan")  # set per policy
     d["sched"].pop("policy")
     return d
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="few points, few requests (CI)")
     ap.add_argument("--out-dir", default="benchmarks/results")
@@ -104,7 +107,11 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-ms", type=float, default=10.0)
     ap.add_argument("--starvation-ms", type=float, default=SchedulerConfig().starvation_ms)
     ap.add_argument("--max-inflight", type=int, default=SchedulerConfig().max_inflight)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def sweeps(args) -> dict:
+    """Every sweep of the module docstring, by name."""
     q = args.quick
     trials = 2 if q else args.trials
     n_poisson = 40 if q else args.poisson_requests
@@ -114,20 +121,14 @@ def main(argv=None) -> int:
     trials_of = lambda w: 1 if w.prefix_tokens[0] == w.prefix_tokens[1] else trials  # noqa: E731
     caps = [10, 100] if q else [2.5, 5, 10, 25, 50, 100]
     set_cap = lambda w, s, x: (w, replace(s, cap_gbps=x))  # noqa: E731
-    out = {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "generated_by": "scripts/sim_scheduler.py",
-        "units": "added TTFT in seconds; caps in Gbit/s; load = offered bytes / cap",
-        "sweeps": {},
-    }
-    sw = out["sweeps"]
-    t_start = time.perf_counter()
+    sw = {}
 
     print("caps: burst of 8", flush=True)
     sw["caps"] = [
         series("page, prefix 32K", replace(burst8, prefix_tokens=FIXED), base_s, caps, set_cap, trials_of),
         series("page, prefix 8K-64K", burst8, base_s, caps, set_cap, trials_of),
-        series("layerwise, prefix 8K-64K (SGLang batches the burst)", burst8, replace(base_s, mode="layerwise"), caps, set_cap, trials_of),
+        series("layerwise, prefix 8K-64K (SGLang batches the burst)", burst8, replace(base_s, mode="layerwise"),
+               caps, set_cap, trials_of),
         series(
             "layerwise, prefix 8K-64K, one request per batch",
             burst8,
@@ -146,7 +147,8 @@ def main(argv=None) -> int:
         ),
     ]
     sw["uncapped"] = [
-        series(f"{mode}, prefix 8K-64K, {n} request(s)", replace(burst8, requests=n), replace(base_s, mode=mode), [0], set_cap, trials_of)
+        series(f"{mode}, prefix 8K-64K, {n} request(s)", replace(burst8, requests=n), replace(base_s, mode=mode),
+               [0], set_cap, trials_of)
         for mode in ("page", "layerwise")
         for n in (1, 8)
     ]
@@ -173,16 +175,19 @@ def main(argv=None) -> int:
         for mode in ("page", "layerwise")
     ]
     sw["loads"].append(
-        series("page, Poisson, with write-back of new KV", poisson, replace(base_s, cap_gbps=cap, writes=True), loads, set_load, one)
+        series("page, Poisson, with write-back of new KV", poisson, replace(base_s, cap_gbps=cap, writes=True),
+               loads, set_load, one)
     )
-    sw["loads"].append(series("page, Poisson bursts of 4", replace(poisson, burst=4), replace(base_s, cap_gbps=cap), loads, set_load, one))
+    sw["loads"].append(series("page, Poisson bursts of 4", replace(poisson, burst=4), replace(base_s, cap_gbps=cap),
+                              loads, set_load, one))
 
     print("starvation bound: Poisson, load 0.9", flush=True)
     bounds = [200.0, math.inf] if q else [200.0, 2000.0, 10000.0, math.inf]
     w09 = set_load(poisson, None, 0.9)[0]
     set_bound = lambda w, s, x: (w, replace(s, sched=replace(s.sched, starvation_ms=x)))  # noqa: E731
     sw["starve"] = [
-        series("page, Poisson load 0.9", w09, replace(base_s, cap_gbps=cap), bounds, set_bound, one, ["deadline+srpt", "deadline", "fair"])
+        series("page, Poisson load 0.9", w09, replace(base_s, cap_gbps=cap), bounds, set_bound, one,
+               ["deadline+srpt", "deadline", "fair"])
     ]
     for row in sw["starve"][0]["rows"]:
         row["x"] = "inf" if math.isinf(row["x"]) else row["x"]
@@ -200,15 +205,21 @@ def main(argv=None) -> int:
         )
     ]
 
-    out["headline"] = headline(sw)
-    out["wall_s"] = round(time.perf_counter() - t_start, 1)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{args.name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
-    os.replace(tmp, path)
-    plot(sw, out_dir / f"{args.name}.png")
+    return sw
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    t_start = time.perf_counter()
+    sw = sweeps(args)
+    out = {"units": "added TTFT in seconds; caps in Gbit/s; load = offered bytes / cap", "sweeps": sw,
+           "headline": headline(sw), "wall_s": round(time.perf_counter() - t_start, 1)}
+    medians = {f"{h['series']} @ {h['cap_gbps']} Gbit/s": h["ratio_mean"] for h in out["headline"]}
+    path = write_result(Path(args.out_dir) / f"{args.name}.json", runs=2 if args.quick else args.trials,
+                        medians={"fair_over_policy_mean": medians}, extra=out,
+                        plot={"kind": "sched_sim", "size": [14, 12], "dpi": 100,
+                              "suptitle": "Transfer scheduler, simulated (Llama-3.1-8B KV, 1024 new tokens, "
+                                          "10 ms first byte)"})
     print(json.dumps(out["headline"], indent=1))
     print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0
@@ -243,13 +254,10 @@ def headline(sw: dict) -> list:
     return rows
 
 
-def plot(sw: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(2, 2, figsize=(14, 12))
+def draw(fig, result: dict) -> None:
+    """The `sched_sim` plot kind (drawn by benchmarks.plot): four panels of the sweeps."""
+    sw = result["sweeps"]
+    ax = fig.subplots(2, 2)
     below = dict(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     a = ax[0][0]
     for s in sw["caps"]:
@@ -258,13 +266,15 @@ def plot(sw: dict, path: Path) -> None:
             if any(y is not None for y in ys):
                 a.plot([r["x"] for r in s["rows"]], ys, style, label=f"{lab}: {s['name']}")
     a.axhline(1.8, color="k", lw=0.8, ls=":")
-    a.set(xscale="log", xlabel="shared cap (Gbit/s)", ylabel="mean added TTFT, fair / policy", title="Burst of 8 requests")
+    a.set(xscale="log", xlabel="shared cap (Gbit/s)", ylabel="mean added TTFT, fair / policy",
+          title="Burst of 8 requests")
     a.legend(**below)
 
     a = ax[0][1]
     for s in sw["bursts"]:
         for lab, style in (("deadline", "-o"), ("deadline+srpt", "--s")):
-            a.plot([r["x"] for r in s["rows"]], [r["policies"][lab]["fair_over_this_mean"] for r in s["rows"]], style, label=f"{lab}: {s['name']}")
+            a.plot([r["x"] for r in s["rows"]], [r["policies"][lab]["fair_over_this_mean"] for r in s["rows"]],
+                   style, label=f"{lab}: {s['name']}")
     rows = sw["bursts"][0]["rows"]
     a.plot([r["x"] for r in rows], [r["serial_bound"] for r in rows], "k:", label="2N/(N+1): one by one vs equal share")
     a.set(xlabel="requests in the burst", ylabel="mean added TTFT, fair / policy", title="Burst size, 10 Gbit/s")
@@ -273,13 +283,11 @@ def plot(sw: dict, path: Path) -> None:
     for a, stat in ((ax[1][0], "mean"), (ax[1][1], "p99")):
         for s, ls in zip(sw["loads"][:2], ("-", "--")):
             for lab, mk in (("deadline", "o"), ("fair", "s"), ("fifo", "x")):
-                a.plot([r["x"] for r in s["rows"]], [r["policies"][lab][stat] for r in s["rows"]], ls + mk, ms=4, label=f"{lab}: {s['name']}")
-        a.set(xlabel="offered load (fraction of 25 Gbit/s)", ylabel=f"{stat} added TTFT (s)", yscale="log", title=f"Poisson arrivals, prefixes 8K-64K: {stat} (fifo = deadline here)")
+                a.plot([r["x"] for r in s["rows"]], [r["policies"][lab][stat] for r in s["rows"]], ls + mk, ms=4,
+                       label=f"{lab}: {s['name']}")
+        a.set(xlabel="offered load (fraction of 25 Gbit/s)", ylabel=f"{stat} added TTFT (s)", yscale="log",
+              title=f"Poisson arrivals, prefixes 8K-64K: {stat} (fifo = deadline here)")
         a.legend(**below)
-    fig.suptitle("Transfer scheduler, simulated (Llama-3.1-8B KV, 1024 new tokens, 10 ms first byte)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -4,30 +4,33 @@ Launches `--launches` plain servers (no radix cache, no HiCache: nothing of ours
 another, on the tiny model; sends each the same greedy prompts with top-2 logprobs; and
 compares every launch with the first. The e2e parity tests compare a cache server with a
 separately launched reference, so this sets what "the same answer" can mean there
-(tests/support/e2e_support.py: TIE). The committed results came from:
+(objectcache_dev/harness/compare.py: TIE). The committed results came from:
 
-    .venv/bin/python scripts/check_launch_determinism.py --launches 12 \
+    .venv/bin/python -m benchmarks.launch_determinism --launches 12 \
         --out benchmarks/results/launch_determinism_idle.json
-    .venv/bin/python scripts/check_launch_determinism.py --launches 10 --busy \
+    .venv/bin/python -m benchmarks.launch_determinism --launches 10 --busy \
         --out benchmarks/results/launch_determinism_busy.json
+
+Writes `--out` (no plot).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-from e2e_support import MAX_NEW, drift, first_change, gap, prompts  # noqa: E402
+from benchmarks.schema import write_result
+from objectcache_dev.harness.client import Completion
+from objectcache_dev.harness.compare import drift, first_change, gap
+from objectcache_dev.harness.server import ServerPool, cpu_args, nocache_args
+from objectcache_dev.harness.workloads import prompts
+from objectcache_dev.tinymodel import make_tiny_model
 
-from objectcache_dev.harness.client import Completion  # noqa: E402
-from objectcache_dev.harness.server import ServerPool, cpu_args, nocache_args  # noqa: E402
-from objectcache_dev.tinymodel import make_tiny_model  # noqa: E402
+MAX_NEW = 16  # greedy tokens compared between launches, as in the e2e parity tests
 
 
 def compare(run: list[Completion], first: list[Completion]) -> dict:
@@ -43,7 +46,7 @@ def compare(run: list[Completion], first: list[Completion]) -> dict:
             "flips": flips}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--launches", type=int, default=12)
     p.add_argument("--prompts", type=int, default=16)
@@ -51,7 +54,11 @@ def main() -> None:
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="set in every server's environment")
     p.add_argument("--busy", action="store_true",
                    help="keep one core busy during every odd-numbered launch (as on a loaded CI box)")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     env = dict(kv.split("=", 1) for kv in args.env)
     work = Path(tempfile.mkdtemp(prefix="launch-determinism-"))
     texts = prompts(args.prompts, "launch")
@@ -74,11 +81,12 @@ def main() -> None:
                   f"max drift {rows[-1]['max_logprob_drift']:.2e}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {"command": " ".join(sys.argv), "env": env, "launches": args.launches, "prompts": len(texts),
-              "max_new_tokens": MAX_NEW, "launches_differing_from_the_first": sum(not r["same_logprobs"] for r in rows),
-              "per_launch": rows}
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{result['launches_differing_from_the_first']} of {args.launches} launches differ from the first -> {args.out}")
+    differing = sum(not r["same_logprobs"] for r in rows)
+    result = {"env": env, "launches": args.launches, "prompts": len(texts), "max_new_tokens": MAX_NEW,
+              "launches_differing_from_the_first": differing, "per_launch": rows}
+    write_result(args.out, runs=args.launches, medians={"launches_differing_from_the_first": differing},
+                 extra=result)
+    print(f"{differing} of {args.launches} launches differ from the first -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """TTFT on a GPU against context length (4K..64K): recompute, DRAM hit, objectcache page-mode
 and layerwise hits, side by side in one run.
 
@@ -38,9 +37,9 @@ parallel batch, no GPU) and pinned H2D bandwidth, the two ceilings of the hit mo
 hit modes load the same bytes, so their first-token logits must equal dram's bit for bit
 (checked; `parity` in the JSON).
 
-    python scripts/bench_ttft_gpu.py --contexts 4096 16384 32768 65536 --reps 3
+    python -m benchmarks.ttft_gpu --contexts 4096 16384 32768 65536 --reps 3
 
-Writes benchmarks/results/ttft_gpu.json (with the command) and ttft_gpu.png, and the
+Writes benchmarks/results/ttft_gpu.json (or `--out`) and its plot beside it, and the
 layerwise mode's per-layer timelines as ttft_gpu_trace.json (Chrome trace).
 """
 
@@ -50,7 +49,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import platform
 import shutil
 import statistics
@@ -63,23 +61,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from sglang_objectcache import kernels, objformat  # noqa: E402
-from sglang_objectcache.config import ObjectCacheConfig, SchedulerConfig  # noqa: E402
-from sglang_objectcache.identity import ModelIdentity  # noqa: E402
-from sglang_objectcache.keys import KeyScheme, RankIdentity, make_namespace  # noqa: E402
-from sglang_objectcache.layerwise.counter import LayerReadyCounter  # noqa: E402
-from sglang_objectcache.layerwise.fetch import ProcessFetch  # noqa: E402
-from sglang_objectcache.layerwise.hosttier import HostTier  # noqa: E402
-from sglang_objectcache.layerwise.loader import LayerwiseLoader  # noqa: E402
-from sglang_objectcache.layerwise.timeline import Timeline, overlapped_layers  # noqa: E402
-from sglang_objectcache.objformat import PageGeometry  # noqa: E402
-from objectcache_dev.s3server import SeaweedFS  # noqa: E402
-from sglang_objectcache.transfers import TransferScheduler  # noqa: E402
-from sglang_objectcache.stats import Stats  # noqa: E402
-from sglang_objectcache.store import open_store  # noqa: E402
+from benchmarks import plot
+from benchmarks.rig import s3_server
+from benchmarks.schema import RESULTS, write_result
+from sglang_objectcache import kernels, objformat
+from sglang_objectcache.config import ObjectCacheConfig, SchedulerConfig
+from sglang_objectcache.identity import ModelIdentity
+from sglang_objectcache.keys import KeyScheme, RankIdentity, make_namespace
+from sglang_objectcache.layerwise.counter import LayerReadyCounter
+from sglang_objectcache.layerwise.fetch import ProcessFetch
+from sglang_objectcache.layerwise.hosttier import HostTier
+from sglang_objectcache.layerwise.loader import LayerwiseLoader
+from sglang_objectcache.layerwise.timeline import Timeline, overlapped_layers
+from sglang_objectcache.objformat import PageGeometry
+from sglang_objectcache.stats import Stats
+from sglang_objectcache.store import open_store
+from sglang_objectcache.transfers import TransferScheduler
 
 MODES = ("recompute", "dram", "page", "layerwise", "layerwise_thread", "layerwise_g4", "layerwise_gall",
          "layerwise_host", "layerwise_host_thread")
@@ -171,7 +168,7 @@ class Model:
         return [(k, v) for k, v in zip(self.k, self.v)]
 
 
-def parse_args(argv=None):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--contexts", type=int, nargs="+", default=[4096, 16384, 32768, 65536])
     p.add_argument("--suffix", type=int, default=256)
@@ -183,8 +180,8 @@ def parse_args(argv=None):
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--device", default="cuda")
     p.add_argument("--data-dir", default=None, help="SeaweedFS data (default: a temp dir)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/ttft_gpu.json"))
-    return p.parse_args(argv)
+    p.add_argument("--out", default=str(RESULTS / "ttft_gpu.json"))
+    return p
 
 
 class Bench:
@@ -274,9 +271,9 @@ class Bench:
         sync(self.dev)
         t0 = time.perf_counter()
         if mode == "dram":
-            logits = self._dram(ids[ctx:], ctx, prefix, new, self.dram[:, :n])
+            logits = self.load_dram(ids[ctx:], ctx, prefix, new, self.dram[:, :n])
         elif mode == "page":
-            logits = self._page(ids[ctx:], ctx, prefix, new, n)
+            logits = self.load_pages(ids[ctx:], ctx, prefix, new, n)
         else:
             loader, counter, _ = loaders[mode]
             idx = counter.update_producer()
@@ -291,7 +288,7 @@ class Bench:
         logits.argmax().item()
         return time.perf_counter() - t0, logits
 
-    def _dram(self, ids, ctx, prefix, new, host_layers):
+    def load_dram(self, ids, ctx, prefix, new, host_layers):
         """Layer l: pinned host -> device staging -> scatter on the copy stream, event l."""
         stream, events = self.copy_stream, []
         with on_stream(stream):
@@ -304,7 +301,7 @@ class Bench:
         wait = (lambda l: torch.cuda.current_stream().wait_event(events[l])) if events else None
         return self.model.forward(ids, ctx, prefix, new, wait=wait)
 
-    def _page(self, ids, ctx, prefix, new, n):
+    def load_pages(self, ids, ctx, prefix, new, n):
         g = self.g
         buf = self.page_buf[:n]
 
@@ -345,73 +342,78 @@ def waits(batch: dict) -> dict:
             "overlapped_layers": len(overlapped_layers(batch)), "layers": len(batch["layers"])}
 
 
-def main(argv=None) -> None:
-    a = parse_args(argv)
+def measure(a, b: "Bench", store, cfg, out: dict) -> None:
+    """Every mode at every context, `--reps` times after a warm-up; rows into `out`."""
+    stats = Stats()
+    host_mb = (max(a.contexts) // a.page) * b.g.object_bytes // (1 << 20) + 64
+    kinds = {"layerwise": dict(per_get=1, host_mb=0, stats=stats),
+             "layerwise_thread": dict(per_get=1, host_mb=0, stats=Stats(), fetch="thread"),
+             "layerwise_g4": dict(per_get=4, host_mb=0, stats=Stats()),
+             "layerwise_gall": dict(per_get=b.g.num_layers, host_mb=0, stats=Stats()),
+             "layerwise_host": dict(per_get=1, host_mb=host_mb, stats=Stats()),
+             "layerwise_host_thread": dict(per_get=1, host_mb=host_mb, stats=Stats(), fetch="thread")}
+    loaders = {m: make_loader(b, store, cfg, **kw) for m, kw in kinds.items() if m in a.modes}
+    for ctx in a.contexts:
+        out["ceilings"][str(ctx)] = c = b.ceilings(ctx)
+        print(f"ctx {ctx}: store {c['store_gbps']:.2f} GB/s, H2D {c['h2d_gbps']:.1f} GB/s", flush=True)
+        ref = None
+        for mode in a.modes:
+            b.run(mode, ctx, loaders)  # warm-up (and fills the host tier)
+            times = []
+            for _ in range(a.reps):
+                dt, logits = b.run(mode, ctx, loaders)
+                times.append(dt)
+            if mode == "dram":
+                ref = logits
+            elif mode != "recompute" and ref is not None:
+                out["parity"][f"{mode}@{ctx}"] = bool(torch.equal(logits, ref))
+            row = {"mode": mode, "ctx": ctx, "ttft_s": statistics.median(times), "all_s": times}
+            if mode in loaders:  # the last rep's per-layer timeline
+                row.update(waits(loaders[mode][2].batch(b.last_index)))
+            out["results"].append(row)
+            print(f"  {mode:15s} {row['ttft_s'] * 1e3:9.1f} ms", flush=True)
+    out["stats"] = stats.snapshot()
+    out["ratios"] = ratios(out["results"])
+    for lo, _, _ in loaders.values():
+        lo.close()
+    trace = Path(a.out).with_name(Path(a.out).stem + "_trace.json")
+    if "layerwise" in loaders:
+        trace.write_text(json.dumps(loaders["layerwise"][2].chrome_trace()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
     dev = torch.device(a.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("bench_ttft_gpu.py needs a CUDA GPU (the CPU bench is scripts/bench_ttft.py)")
+        sys.exit("benchmarks.ttft_gpu needs a CUDA GPU (the CPU benchmark is benchmarks.ttft)")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     data = a.data_dir or tempfile.mkdtemp(prefix="ttft-gpu-")
-    srv = SeaweedFS(os.path.join(data, "sw"), buckets=("ttftgpu",)).start()
-    cfg = ObjectCacheConfig.from_dict(srv.config("ttftgpu", transport="obstore"))
-    store = open_store(cfg)
-    out = {"command": "python scripts/bench_ttft_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "device": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or "cpu", "cpus": os.cpu_count(), "torch": torch.__version__,
-           "python": platform.python_version(), "model": a.model, "shape": SHAPES[a.model].__dict__,
-           "page": a.page, "suffix": a.suffix, "reps": a.reps, "io_threads": a.io_threads,
-           "window_layers": a.window, "transport": store.name, "results": [], "ceilings": {},
-           "parity": {}}
     try:
-        b = Bench(a, store, cfg, dev)
-        b.copy_stream = torch.cuda.Stream() if dev.type == "cuda" else None
-        b.page_buf = torch.empty((max(a.contexts) // a.page, b.g.object_bytes), dtype=torch.uint8,
-                                 pin_memory=dev.type == "cuda")
-        out["kv_bytes_per_token"] = b.g.payload_bytes // a.page
-        out["prepare"] = prep = b.prepare()
-        print(f"prepared {prep['objects']} objects of {prep['object_bytes'] >> 10} KiB in "
-              f"{prep['put_s']:.1f}s", flush=True)
-        stats = Stats()
-        host_mb = (max(a.contexts) // a.page) * b.g.object_bytes // (1 << 20) + 64
-        kinds = {"layerwise": dict(per_get=1, host_mb=0, stats=stats),
-                 "layerwise_thread": dict(per_get=1, host_mb=0, stats=Stats(), fetch="thread"),
-                 "layerwise_g4": dict(per_get=4, host_mb=0, stats=Stats()),
-                 "layerwise_gall": dict(per_get=b.g.num_layers, host_mb=0, stats=Stats()),
-                 "layerwise_host": dict(per_get=1, host_mb=host_mb, stats=Stats()),
-                 "layerwise_host_thread": dict(per_get=1, host_mb=host_mb, stats=Stats(), fetch="thread")}
-        loaders = {m: make_loader(b, store, cfg, **kw) for m, kw in kinds.items() if m in a.modes}
-        for ctx in a.contexts:
-            out["ceilings"][str(ctx)] = c = b.ceilings(ctx)
-            print(f"ctx {ctx}: store {c['store_gbps']:.2f} GB/s, H2D {c['h2d_gbps']:.1f} GB/s", flush=True)
-            ref = None
-            for mode in a.modes:
-                b.run(mode, ctx, loaders)  # warm-up (and fills the host tier)
-                times = []
-                for _ in range(a.reps):
-                    dt, logits = b.run(mode, ctx, loaders)
-                    times.append(dt)
-                if mode == "dram":
-                    ref = logits
-                elif mode != "recompute" and ref is not None:
-                    out["parity"][f"{mode}@{ctx}"] = bool(torch.equal(logits, ref))
-                row = {"mode": mode, "ctx": ctx, "ttft_s": statistics.median(times), "all_s": times}
-                if mode in loaders:  # the last rep's per-layer timeline
-                    row.update(waits(loaders[mode][2].batch(b.last_index)))
-                out["results"].append(row)
-                print(f"  {mode:15s} {row['ttft_s'] * 1e3:9.1f} ms", flush=True)
-        out["stats"] = stats.snapshot()
-        out["ratios"] = ratios(out["results"])
-        for lo, _, _ in loaders.values():
-            lo.close()
-        trace = Path(a.out).with_name(Path(a.out).stem + "_trace.json")
-        if "layerwise" in loaders:
-            trace.write_text(json.dumps(loaders["layerwise"][2].chrome_trace()))
+        with s3_server(Path(data) / "sw", ("ttftgpu",)) as srv:
+            cfg = ObjectCacheConfig.from_dict(srv.config("ttftgpu", transport="obstore"))
+            store = open_store(cfg)
+            out = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or "cpu",
+                   "model": a.model, "shape": SHAPES[a.model].__dict__,
+                   "page": a.page, "suffix": a.suffix, "reps": a.reps, "io_threads": a.io_threads,
+                   "window_layers": a.window, "transport": store.name, "results": [], "ceilings": {},
+                   "parity": {}}
+            try:
+                b = Bench(a, store, cfg, dev)
+                b.copy_stream = torch.cuda.Stream() if dev.type == "cuda" else None
+                b.page_buf = torch.empty((max(a.contexts) // a.page, b.g.object_bytes), dtype=torch.uint8,
+                                         pin_memory=dev.type == "cuda")
+                out["kv_bytes_per_token"] = b.g.payload_bytes // a.page
+                out["prepare"] = prep = b.prepare()
+                print(f"prepared {prep['objects']} objects of {prep['object_bytes'] >> 10} KiB in "
+                      f"{prep['put_s']:.1f}s", flush=True)
+                measure(a, b, store, cfg, out)
+            finally:
+                store.close()
     finally:
-        store.close()
-        srv.stop()
         if not a.data_dir:
             shutil.rmtree(data, ignore_errors=True)
-    Path(a.out).write_text(json.dumps(out, indent=1))
-    plot(out, Path(a.out).with_suffix(".png"))
+    medians = {r["mode"] + "@" + str(r["ctx"]): r["ttft_s"] for r in out["results"]}
+    write_result(a.out, runs=a.reps, medians=medians, extra=out, plot=plot_spec(out))
     for r in out["ratios"]:
         print(json.dumps(r))
     print("parity with dram (bit-equal logits):", out["parity"])
@@ -431,16 +433,15 @@ def ratios(results) -> list[dict]:
     return rows
 
 
-def plot(out: dict, path: Path) -> None:
-    from benchutil import loglog_plot
-
+def plot_spec(out: dict) -> dict:
+    """The result's `plot` field: median TTFT per mode against the context length."""
     lines = []
     for mode in MODES:
         pts = sorted((r["ctx"], r["ttft_s"] * 1e3) for r in out["results"] if r["mode"] == mode)
         if pts:
             lines.append((mode, *zip(*pts), "o"))
-    loglog_plot(path, lines, "context tokens (prefix; + %d new)" % out["suffix"], "TTFT (ms)",
-                f"{out['device']}, {out['model']}-shaped random model, SeaweedFS on the same host", dpi=110)
+    return plot.loglog(lines, "context tokens (prefix; + %d new)" % out["suffix"], "TTFT (ms)",
+                       f"{out['device']}, {out['model']}-shaped random model, SeaweedFS on the same host", dpi=110)
 
 
 if __name__ == "__main__":

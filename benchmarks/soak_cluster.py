@@ -11,40 +11,31 @@ so loads keep starting all through a phase):
 Every answer is compared with a no-cache server's (greedy, top-2 logprobs, near-ties allowed
 as in the e2e suite). The server's RSS (whole process tree) is sampled each second.
 
-    .venv/bin/python scripts/soak_cluster.py --out benchmarks/results/soak_cluster
+    .venv/bin/python -m benchmarks.soak_cluster --out benchmarks/results/soak_cluster
+
+Writes `--out`.json and its plot beside it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import random
-import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from benchutil import command_line, pct  # noqa: E402
-
-from objectcache_dev.harness.compare import same_answer  # noqa: E402
-
-from objectcache_dev.harness.server import ServerPool, cpu_args, nocache_args, objectcache_args  # noqa: E402
-from objectcache_dev.harness.workloads import words  # noqa: E402
-from objectcache_dev.s3cluster import SeaweedCluster  # noqa: E402
-from objectcache_dev.tinymodel import make_tiny_model  # noqa: E402
+from benchmarks.rig import pct
+from benchmarks.schema import write_result
+from objectcache_dev.harness.compare import same_answer
+from objectcache_dev.harness.server import ServerPool, cpu_args, nocache_args, objectcache_args
+from objectcache_dev.harness.workloads import prompts
+from objectcache_dev.s3cluster import SeaweedCluster
+from objectcache_dev.tinymodel import make_tiny_model
 
 CLIENTS = 64
 MAX_NEW = 16  # greedy tokens compared with the reference, as in the e2e suite
 PAGE = 64  # cpu_args()' page size
-
-
-def prompts(n: int, tag: str) -> list[str]:
-    rng = random.Random(tag)
-    return [f"{tag} {i} " + words(rng, rng.randint(330, 460)) for i in range(n)]
 
 
 class Sampler(threading.Thread):
@@ -95,11 +86,43 @@ def phase(name, server, texts, reference, t0, during=None):
     }
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", type=int, default=192, help="prompts of phase 1 (phase 3 adds a third more)")
     p.add_argument("--out", default="benchmarks/results/soak_cluster")
-    a = p.parse_args()
+    return p
+
+
+def soak(server, cluster, first, later, reference) -> tuple[list[dict], dict, list]:
+    """The four phases on `server`: (their records, when the volume server died, RSS samples)."""
+    t0 = time.monotonic()
+    sampler = Sampler(server, t0)
+    sampler.start()
+    killed = {}
+
+    def kill_at_a_third(n):
+        if n >= len(first) // 3 and not killed:
+            killed.update(at_s=round(time.monotonic() - t0, 1), after_requests=n)
+            cluster.kill_volume(0)
+
+    def flushed():
+        time.sleep(3)  # the last write-backs
+        server.client.flush_cache()
+
+    phases = [phase("1 cold", server, first, reference, t0)]
+    flushed()
+    phases.append(phase("2 from storage, volume server killed", server, first, reference, t0,
+                        during=kill_at_a_third))
+    phases.append(phase("3 new prompts, a volume server dead", server, later, reference, t0))
+    flushed()
+    phases.append(phase("4 all from storage, a volume server dead", server, first + later, reference, t0))
+    sampler.done.set()
+    sampler.join()
+    return phases, killed, sampler.samples
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     first, later = prompts(a.prompts, "soak"), prompts(a.prompts // 3, "soak-later")
     model = str(make_tiny_model(work / "model"))
@@ -113,35 +136,11 @@ def main() -> None:
             ref_server.stop()
             server = pool.launch(cpu_args(max_total_tokens=32768) + objectcache_args(cluster.config("soak")),
                                  name="soak")
-            t0 = time.monotonic()
-            sampler = Sampler(server, t0)
-            sampler.start()
-            killed = {}
-
-            def kill_at_a_third(n):
-                if n >= len(first) // 3 and not killed:
-                    killed.update(at_s=round(time.monotonic() - t0, 1), after_requests=n)
-                    cluster.kill_volume(0)
-
-            def flushed():
-                time.sleep(3)  # the last write-backs
-                server.client.flush_cache()
-
-            phases = [phase("1 cold", server, first, reference, t0)]
-            flushed()
-            phases.append(phase("2 from storage, volume server killed", server, first, reference, t0,
-                                during=kill_at_a_third))
-            phases.append(phase("3 new prompts, a volume server dead", server, later, reference, t0))
-            flushed()
-            phases.append(phase("4 all from storage, a volume server dead", server, first + later, reference, t0))
-            sampler.done.set()
-            sampler.join()
+            phases, killed, rss = soak(server, cluster, first, later, reference)
             alive = server.alive() and server.client.healthy()
         finally:
             pool.close()
-    rss = sampler.samples
     result = {
-        "command": command_line(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "clients": CLIENTS, "prompts": [len(first), len(later)], "model": "tiny random-weight Llama (CPU)",
         "store": "SeaweedFS 4.48 cluster: master, 3 volume servers (replication 001), filer, S3 gateway",
@@ -151,23 +150,17 @@ def main() -> None:
                     "peak_after_first_phase": round(max(r for t, r in rss if t >= phases[0]["end_s"]) / 2**20)},
         "rss_samples": [(t, round(r / 2**20)) for t, r in rss],
     }
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out + ".json").write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, a.out + ".png")
+    medians = {ph["phase"]: ph["latency_p50_s"] for ph in phases}
+    write_result(a.out, runs=len(phases), medians={"latency_p50_s": medians}, extra=result,
+                 plot={"kind": "soak_cluster", "size": [8, 4.5], "dpi": 120})
     for ph in phases:
         print({k: v for k, v in ph.items() if k != "errors"})
     print("killed", killed, "rss", result["rss_mib"], "alive", alive)
 
 
-def plot(result: dict, path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+def draw(fig, result: dict) -> None:
+    """The `soak_cluster` plot kind (drawn by benchmarks.plot): RSS over the four phases."""
+    ax = fig.subplots()
     ts, mib = zip(*result["rss_samples"])
     ax.plot(ts, mib, label="server RSS (process tree), MiB")
     for ph in result["phases"]:
@@ -182,9 +175,6 @@ def plot(result: dict, path: str) -> None:
     ax.set_title(f"{result['clients']} clients, SeaweedFS cluster, one volume server killed", fontsize=10)
     ax.legend(loc="lower right")
     fig.text(0.01, 0.01, "; ".join(ph["phase"] for ph in result["phases"]), fontsize=7)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ Two checkpoints, made locally:
 - `real-1gib`: 1 GiB of random bytes in 2 shards, page cache dropped before each cold run
   (posix_fadvise DONTNEED), sampled and full.
 
-    .venv/bin/python scripts/bench_fingerprint.py --out benchmarks/results/fingerprint
+    .venv/bin/python -m benchmarks.fingerprint --out benchmarks/results/fingerprint
+
+Writes `--out`.json and its plot beside it.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ import argparse
 import json
 import os
 import struct
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sglang_objectcache import identity  # noqa: E402
+from benchmarks.schema import write_result
+from sglang_objectcache import identity
 
 L, H, KV, I, V = 32, 4096, 1024, 14336, 128256  # Llama-3-8B
 
@@ -87,47 +88,45 @@ def timed(root: Path, full: bool, runs: int, cold: bool) -> list[float]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/fingerprint")
     ap.add_argument("--runs", type=int, default=5)
-    a = ap.parse_args()
-    results = {"command": " ".join(sys.argv), "runs": a.runs, "lanes": {}}
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
+    lanes = {}
     with tempfile.TemporaryDirectory() as tmp:
         big = Path(tmp) / "llama3-8b"
         tensors = llama3_8b_tensors()
         nbytes = write_shards(big, tensors, 4, fill=False)
-        results["lanes"]["llama3-8b sampled (sparse)"] = {
+        lanes["llama3-8b sampled (sparse)"] = {
             "seconds": timed(big, False, a.runs, cold=False), "tensor_bytes": nbytes,
             "tensors": len(tensors), "reads": 3 * len(tensors) + 2 * 4}
         real = Path(tmp) / "real-1gib"
         nbytes = write_shards(real, [(f"t{i}", [512 << 10]) for i in range(1024)], 2, fill=True)
         for name, full, cold in (("real-1gib sampled, cold", False, True), ("real-1gib sampled, warm", False, False),
                                  ("real-1gib full, cold", True, True)):
-            results["lanes"][name] = {"seconds": timed(real, full, a.runs, cold), "tensor_bytes": nbytes}
-    for lane in results["lanes"].values():
+            lanes[name] = {"seconds": timed(real, full, a.runs, cold), "tensor_bytes": nbytes}
+    for lane in lanes.values():
         s = sorted(lane["seconds"])
         lane["median_s"] = s[len(s) // 2]
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out + ".json").write_text(json.dumps(results, indent=1))
-    plot(results, a.out + ".png")
-    for name, lane in results["lanes"].items():
-        print(f"{name:32s} median {lane['median_s'] * 1e3:9.1f} ms  runs {[round(x * 1e3, 1) for x in lane['seconds']]}")
+    write_result(a.out, runs=a.runs, medians={name: lane["median_s"] for name, lane in lanes.items()},
+                 extra={"lanes": lanes}, plot={"kind": "fingerprint", "size": [7, 3], "dpi": 110})
+    for name, lane in lanes.items():
+        runs = [round(x * 1e3, 1) for x in lane["seconds"]]
+        print(f"{name:32s} median {lane['median_s'] * 1e3:9.1f} ms  runs {runs}")
 
 
-def plot(results: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(results["lanes"])
-    fig, ax = plt.subplots(figsize=(7, 3))
-    ax.barh(names, [results["lanes"][n]["median_s"] * 1e3 for n in names])
+def draw(fig, result: dict) -> None:
+    """The `fingerprint` plot kind (drawn by benchmarks.plot): median time per lane."""
+    names = list(result["lanes"])
+    ax = fig.subplots()
+    ax.barh(names, [result["lanes"][n]["median_s"] * 1e3 for n in names])
     ax.set_xscale("log")
-    ax.set_xlabel("weights fingerprint, ms (median of %d)" % results["runs"])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    ax.set_xlabel("weights fingerprint, ms (median of %d)" % result["runs"])
 
 
 if __name__ == "__main__":
