@@ -277,12 +277,12 @@ def test_sim_poisson_runs_and_serves_everyone():
 
 def test_sim_cli_quick(tmp_path):
     r = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "sim_scheduler.py"), "--quick", "--out-dir", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks.sched_sim", "--quick", "--out-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads((tmp_path / "sched_sim.json").read_text())
-    assert "sim_scheduler.py" in out["command"] and (tmp_path / "sched_sim.png").stat().st_size > 10_000
+    assert "-m benchmarks.sched_sim" in out["command"] and (tmp_path / "sched_sim.png").stat().st_size > 10_000
     page32 = next(h for h in out["headline"] if h["series"] == "page, prefix 32K" and h["cap_gbps"] == 10)
     assert page32["ratio_mean"] > 1.5 and page32["p99_no_worse"]
 
