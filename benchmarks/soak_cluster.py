@@ -174,7 +174,7 @@ def draw(fig, result: dict) -> None:
     ax.set_ylim(0, max(mib) * 1.25)
     ax.set_title(f"{result['clients']} clients, SeaweedFS cluster, one volume server killed", fontsize=10)
     ax.legend(loc="lower right")
-    fig.text(0.01, 0.01, "; ".join(ph["phase"] for ph in result["phases"]), fontsize=7)
+    fig.supxlabel("; ".join(ph["phase"] for ph in result["phases"]), x=0.01, ha="left", fontsize=7)
 
 
 if __name__ == "__main__":
