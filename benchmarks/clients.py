@@ -20,6 +20,9 @@ from benchmarks.rig import storage_config
 from objectcache_dev.s3server import SeaweedFS
 from sglang_objectcache import objformat
 
+# The buckets make_systems and the raw lanes write to (each server is made with them).
+BUCKETS = ("bench-objectcache", "bench-seaweedfs", "bench-raw")
+
 
 class RawObstore:
     """The ceiling: obstore's async API on one event loop, `conc` requests in flight, no

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from benchmarks import plot as plotting
-from benchmarks.clients import RawHttp, RawObstore, make_systems
+from benchmarks.clients import BUCKETS, RawHttp, RawObstore, make_systems
 from benchmarks.rig import (MiB, CpuTimer, Shape, check_pages, host_indices, make_host, page_hashes, pct,
                             pin_client, s3_server, zero_pages)
 from benchmarks.schema import command_line, write_result
@@ -72,9 +72,6 @@ from sglang_objectcache import objformat
 
 SYSTEMS = ("raw", "checked", "objectcache", "seaweedfs", "file")
 CLIENTS = ("raw", "checked")  # the lanes run on RawObstore, one per concurrency
-
-
-BUCKETS = ("bench-objectcache", "bench-seaweedfs", "bench-raw")
 
 
 def run_geometry(args, shape: Shape, page_tokens: int, tmp: str) -> dict:

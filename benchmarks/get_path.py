@@ -1,5 +1,5 @@
-"""Where objectcache's client CPU per GET goes, on the live path, beside the raw and checked
-lanes of bench_storage (same SeaweedFS, same object sizes, same process).
+"""A profile: where objectcache's client CPU per GET goes, on the live path, beside the raw and
+checked lanes of benchmarks.storage (same SeaweedFS, same object sizes, same process).
 
 Lanes, taken in turns, each `--reps` batches of `--batch` pages:
 - `objectcache`: its batch_get_v1 as it runs for this layout and page size;
@@ -13,7 +13,7 @@ Lanes, taken in turns, each `--reps` batches of `--batch` pages:
 - `objectcache_per_component`: as `objectcache`, with each component (K, V) of a page
   copied on its own, as pools whose components differ in shape are (and every pool was
   before `HostPages._join`);
-- `raw` / `checked`: bench_storage's lanes on objectcache's own GET client (`http/N`);
+- `raw` / `checked`: benchmarks.storage's lanes on objectcache's own GET client (`http/N`);
   `raw_obstore`: the raw lane on obstore.
 
 For each lane: the process's CPU per page and the CPU of the thread that runs the event loop
@@ -25,32 +25,28 @@ wrapping each (exclusive of the others): in all (`received_s`, `_check_page_s`,
 `write_layers_s`) and on the loop's thread (`*_on_loop_s`). The rest of the process's CPU
 is the GET client (and obstore's Rust runtime), the landing pool and the caller's thread.
 
-    .venv/bin/python scripts/profile_get_path.py --page-tokens 2 --layout layer_first --out ...
+    .venv/bin/python -m benchmarks.get_path --page-tokens 2 --layout layer_first --out ...
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import bench_storage as bs  # noqa: E402
-from sglang_objectcache import hostpool, landing  # noqa: E402
-from sglang_objectcache.sglang import hicache_backend as backend  # noqa: E402
-from objectcache_dev.s3server import SeaweedFS  # noqa: E402
+from benchmarks.clients import BUCKETS, RawHttp, RawObstore, make_systems
+from benchmarks.rig import Shape, host_indices, make_host, page_hashes, s3_server
+from benchmarks.schema import write_result
+from sglang_objectcache import hostpool, landing
+from sglang_objectcache.sglang import hicache_backend as backend
 
 spent: Counter = Counter()
 loop_threads: set[int] = set()  # bodies of OFFLOAD_BYTES and up are landed off the loop
@@ -94,7 +90,7 @@ def loop_cpu(loop) -> float:
     return asyncio.run_coroutine_threadsafe(now(), loop).result()
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--page-tokens", type=int, default=2)
     p.add_argument("--batch", type=int, default=128)
@@ -102,25 +98,29 @@ def main() -> None:
     p.add_argument("--conc", type=int, default=128, help="the raw and checked lanes' requests in flight")
     p.add_argument("--layout", default="page_first", choices=hostpool.LAYOUTS)
     p.add_argument("--out", default="benchmarks/results/get_path.json")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     for owner, name in ((landing.PageLanding, "received"), (backend.ObjectCacheStorage, "_check_page"),
                         (hostpool.HostPages, "write_layers")):
         count_cpu(owner, name)
     B, P = args.batch, args.page_tokens
-    host = bs.make_host(bs.Shape(), P, 2 * B, args.layout)
+    host = make_host(Shape(), P, 2 * B, args.layout)
     with tempfile.TemporaryDirectory(prefix="get-path-") as tmp, \
-            SeaweedFS(os.path.join(tmp, "s3"), buckets=bs.BUCKETS) as srv:
-        oc = bs.make_systems(srv, host, P, os.path.join(tmp, "file"))["objectcache"]
+            s3_server(os.path.join(tmp, "s3"), BUCKETS) as srv:
+        oc = make_systems(srv, host, P, os.path.join(tmp, "file"))["objectcache"]
         g = oc.storage.pages.geometry
-        keys, src, dst = bs.page_hashes(B), bs.host_indices(0, B, P), bs.host_indices(B, B, P)
+        keys, src, dst = page_hashes(B), host_indices(0, B, P), host_indices(B, B, P)
         assert oc.set(keys, src) == B
         bodies = [bytes(oc.storage._encode_page(oc.storage.pages, f"raw{i}", i * P)) for i in range(B)]
         raw_keys = [f"raw/{i}" for i in range(B)]
         sink = np.empty((B, g.object_bytes), np.uint8)
         digests: dict = {}
-        lanes = {name: bs.RawHttp(srv, "bench-raw", args.conc, name == "checked", digests, sink)
+        lanes = {name: RawHttp(srv, "bench-raw", args.conc, name == "checked", digests, sink)
                  for name in ("raw", "checked")}
-        lanes["raw_obstore"] = bs.RawObstore(srv, "bench-raw", args.conc)
+        lanes["raw_obstore"] = RawObstore(srv, "bench-raw", args.conc)
         lanes["checked"].put(list(zip(raw_keys, bodies)))
         knobs = {"MIN_PART_BYTES": hostpool, "MIN_OBJECT_BYTES": landing}
         defaults = {k: getattr(m, k) for k, m in knobs.items()}
@@ -172,30 +172,25 @@ def main() -> None:
                       for k in sorted({k for r in rs for k in r}) if k != "wall_s"}
                | {"wall_ms": statistics.median(r["wall_s"] for r in rs) * 1e3,
                   "pages_s": B / statistics.median(r["wall_s"] for r in rs)} for name, rs in rows.items()}
-    out = {"command": " ".join(sys.argv), "page_tokens": P, "object_bytes": g.object_bytes, "batch": B,
+    out = {"page_tokens": P, "object_bytes": g.object_bytes, "batch": B,
            "layout": args.layout, "conc": args.conc, "loadavg": os.getloadavg(), "unit": "microseconds of CPU per page (median batch); wall_ms per batch; pages_s: batch / median wall",
            "summary": summary, "batches": rows}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    plot(summary, args.out.removesuffix(".json") + ".png", g.object_bytes, args.layout)
+    write_result(args.out, args.reps, summary, extra=out, plot={"kind": "get_path", "dpi": 120})
     for name, s in summary.items():
         print(f"{name:12s} " + "  ".join(f"{k} {v:7.1f}" for k, v in s.items()))
 
 
-def plot(summary: dict, path: str, object_bytes: int, layout: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw(fig, out: dict) -> None:
+    """Plot kind "get_path": each lane's client CPU per page, stacked by where it goes."""
+    summary, object_bytes, layout = out["summary"], out["object_bytes"], out.get("layout", "page_first")
     parts = [("check", "checking the header and each layer's xxh3 (PageLanding.received or "
                         "_check_page)"),
              ("write_layers_s", f"HostPages.write_layers (copy into {layout})"),
              ("loop_rest", "rest of the event-loop thread"),
              ("other", "other threads (landing pool, obstore's Rust runtime, caller)")]
     names = list(summary)
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig.set_size_inches(8, 4.8)
+    ax = fig.subplots()
     bottom = [0.0] * len(names)
     for key, label in parts:
         vals = []
@@ -212,8 +207,6 @@ def plot(summary: dict, path: str, object_bytes: int, layout: str) -> None:
     ax.set_title(f"Where a {object_bytes / 1024:.0f} KiB GET's client CPU goes ({layout}; SeaweedFS, loopback)")
     ax.tick_params(axis="x", labelsize=7, rotation=20)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

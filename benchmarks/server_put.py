@@ -1,7 +1,7 @@
-"""Where SeaweedFS spends its CPU on a PUT, and how much of it any client could save.
+"""A profile: where SeaweedFS spends its CPU on a PUT, and how much of it any client could save.
 
-PUTs on this box are bound by the server's CPU (bench_storage: ~2.5-3.5 ms per 256 KiB
-page). This script measures that cost apart from any client: a raw obstore client (64 in
+PUTs on this box are bound by the server's CPU (benchmarks.storage: ~2.5-3.5 ms per 256 KiB
+page). This profile measures that cost apart from any client: a raw obstore client (64 in
 flight, unsigned payload) writes random pages of several sizes to one SeaweedFS, and for
 each size it records
 - the server's CPU per PUT (user and system, from /proc), over `--seconds` of PUTs;
@@ -10,7 +10,7 @@ each size it records
 - for the sizes in `--profile`, a Go CPU profile of the server over the same PUTs (weed's
   pprof endpoint), reduced to the share of each top function and of each caller of MD5.
 
-    .venv/bin/python scripts/profile_server_put.py --out benchmarks/results/server_put
+    .venv/bin/python -m benchmarks.server_put --out benchmarks/results/server_put
 """
 
 from __future__ import annotations
@@ -18,19 +18,16 @@ from __future__ import annotations
 import argparse
 import collections
 import gzip
-import json
 import os
-import sys
 import tempfile
 import threading
 import time
 import urllib.request
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import bench_storage as bs  # noqa: E402
-from benchutil import command_line  # noqa: E402
-from objectcache_dev.s3server import SeaweedFS, free_port  # noqa: E402
+from benchmarks.clients import RawObstore
+from benchmarks.rig import s3_server
+from benchmarks.schema import write_result
+from objectcache_dev.s3server import SeaweedFS, free_port
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -139,7 +136,7 @@ def reduce_profile(samples: list[tuple[list[str], int]], top: int = 12) -> dict:
 # ---- the run ---------------------------------------------------------------------------
 
 
-def put_for(client: bs.RawObstore, payloads: list, seconds: float, tag: str) -> int:
+def put_for(client: RawObstore, payloads: list, seconds: float, tag: str) -> int:
     """PUT batches of fresh keys (the payloads reused) for `seconds`; returns the count."""
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -148,7 +145,7 @@ def put_for(client: bs.RawObstore, payloads: list, seconds: float, tag: str) -> 
     return n
 
 
-def measure(srv: SeaweedFS, client: bs.RawObstore, size: int, seconds: float, profile: bool) -> dict:
+def measure(srv: SeaweedFS, client: RawObstore, size: int, seconds: float, profile: bool) -> dict:
     batch = max(16, min(128, (64 * MiB) // size))  # 16 in flight at least, as bench_storage's 8 MiB PUTs
     payloads = [os.urandom(size) for _ in range(batch)]
     put_for(client, payloads, 0, f"warm{size}")  # one batch: connections and the volume
@@ -185,23 +182,27 @@ def fit(rows: list[dict]) -> dict:
     return {"fixed_ms_per_put": (sy - b * sx) / sw, "ms_per_MiB": b}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes-kib", nargs="+", type=int, default=[64, 257, 1024, 2049, 8193],
                    help="object sizes (257 and 8193 KiB: a 256 KiB and an 8 MiB page with its 1 KiB header)")
     p.add_argument("--profile", nargs="+", type=int, default=[257, 8193], help="sizes (KiB) to profile")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--out", default="benchmarks/results/server_put")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="server-put-", dir=os.environ.get("BENCH_TMP")) as tmp, \
-            SeaweedFS(os.path.join(tmp, "s3"), buckets=("serverput",), debug_port=free_port()) as srv:
+            s3_server(os.path.join(tmp, "s3"), ("serverput",), debug_port=free_port()) as srv:
         srv.create_bucket("serverput")
-        client = bs.RawObstore(srv, "serverput", conc=64)
+        client = RawObstore(srv, "serverput", conc=64)
         try:
             rows = [measure(srv, client, kib * KiB, args.seconds, kib in args.profile) for kib in args.sizes_kib]
         finally:
             client.close()
-    out = {"command": command_line(), "client": "raw obstore, 64 PUTs in flight, unsigned payload",
+    out = {"client": "raw obstore, 64 PUTs in flight, unsigned payload",
            "cpus": os.cpu_count(), "loadavg_after": os.getloadavg(), "sizes": rows, "fit": fit(rows)}
     for r in rows:
         prof = r.get("profile")
@@ -211,19 +212,15 @@ def main() -> None:
         for c in (prof or {}).get("md5_by_caller", []):
             print(f"         md5 from {c['caller']}: {100 * c['share']:.1f}%")
     print(f"fit: {out['fit']['fixed_ms_per_put']:.2f} ms per PUT + {out['fit']['ms_per_MiB']:.2f} ms per MiB")
-    with open(args.out + ".json", "w") as f:
-        json.dump(out, f, indent=1)
-    plot(out, args.out + ".png")
+    medians = {str(r["object_bytes"]): r["server_ms_per_put"] for r in rows}
+    write_result(args.out, len(rows), medians, extra=out, plot={"kind": "server_put", "dpi": 110})
 
 
-def plot(out: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw(fig, out: dict) -> None:
+    """Plot kind "server_put": server CPU per PUT by size (with the fit), and MD5's share."""
     rows = out["sizes"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig.set_size_inches(11, 4)
+    a, b = fig.subplots(1, 2)
     xs = [r["object_bytes"] / MiB for r in rows]
     a.plot(xs, [r["server_ms_per_put"] for r in rows], "o-", label="measured")
     f = out["fit"]
@@ -249,8 +246,6 @@ def plot(out: dict, path: str) -> None:
     b.set_ylabel("% of the server's CPU during PUTs")
     b.legend(fontsize=6)
     fig.suptitle("SeaweedFS (weed server) CPU on PUTs: " + out["client"], fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

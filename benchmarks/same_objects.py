@@ -1,6 +1,6 @@
-"""Does the raw ceiling in bench_storage read cheaper objects than objectcache does?
+"""A probe: does the raw ceiling in benchmarks.storage read cheaper objects than objectcache does?
 
-bench_storage gives each lane its own objects: the raw lanes read what the raw client wrote
+benchmarks.storage gives each lane its own objects: the raw lanes read what the raw client wrote
 into `bench-raw`, objectcache reads its own pages in `bench-objectcache`. Where SeaweedFS is
 the bottleneck, what an object costs the server to serve decides the lane's rate. This probe
 writes 128 pages with objectcache, then copies the same bytes under raw keys into both
@@ -10,49 +10,41 @@ buckets, and times, batch by batch in a random order each round:
 - the raw client GETting the copies (`bench-raw`, and objectcache's bucket).
 Each batch records its wall time, the client's CPU and SeaweedFS's CPU.
 
-    nice -n -10 .venv/bin/python scripts/probe_same_objects.py [--pin] [--reps 60] --out benchmarks/results/same_objects
+    nice -n -10 .venv/bin/python -m benchmarks.same_objects [--pin] [--reps 60] --out benchmarks/results/same_objects
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import bench_storage as bs  # noqa: E402
-from benchutil import command_line, pin_client, pin_server, server_cpu_s  # noqa: E402
-
-from objectcache_dev.s3server import SeaweedFS  # noqa: E402
+from benchmarks.clients import BUCKETS, RawHttp, make_systems
+from benchmarks.rig import Shape, host_indices, make_host, page_hashes, pin_client, s3_server, server_cpu_s
+from benchmarks.schema import write_result
 
 
 def run(args) -> dict:
     import obstore
 
     B, P = args.batch, args.page_tokens
-    host = bs.make_host(bs.Shape(), P, 2 * B, args.layout)
-    src, dst = bs.host_indices(0, B, P), bs.host_indices(B, B, P)
+    host = make_host(Shape(), P, 2 * B, args.layout)
+    src, dst = host_indices(0, B, P), host_indices(B, B, P)
     batches: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="same-objects-") as d:
-        with SeaweedFS(os.path.join(d, "s3"), buckets=bs.BUCKETS) as srv:
-            if args.pin:
-                pin_server(srv.proc.pid)
-            oc = bs.make_systems(srv, host, P, os.path.join(d, "file"))["objectcache"]
-            keys = bs.page_hashes(B)
+        with s3_server(os.path.join(d, "s3"), BUCKETS, pin=args.pin) as srv:
+            oc = make_systems(srv, host, P, os.path.join(d, "file"))["objectcache"]
+            keys = page_hashes(B)
             if oc.set(keys, src) != B:
                 raise RuntimeError("objectcache did not store the batch")
             names = [oc.storage.keys.object_key(k) for k in keys]
             size = oc.storage.pages.geometry.object_bytes
-            in_oc = bs.RawHttp(srv, "bench-objectcache", 128)
-            in_raw = bs.RawHttp(srv, "bench-raw", 128)
+            in_oc = RawHttp(srv, "bench-objectcache", 128)
+            in_raw = RawHttp(srv, "bench-raw", 128)
             bodies = [bytes(obstore.get(in_oc.store, n).bytes()) for n in names]
             copies = {c: [f"raw/{uuid.uuid4().hex}" for _ in range(B)] for c in ("raw", "oc")}
             if in_raw.put(list(zip(copies["raw"], bodies))) != B or in_oc.put(list(zip(copies["oc"], bodies))) != B:
@@ -91,16 +83,12 @@ def run(args) -> dict:
     return {"batches": batches, "summary": summary}
 
 
-def plot(out: dict, path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
+def draw(fig, out: dict) -> None:
+    """Plot kind "same_objects": pages/s by lane, and server + client CPU per page."""
     s = out["summary"]
     names = list(s)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
+    fig.set_size_inches(11, 3.2)
+    axes = fig.subplots(1, 2)
     axes[0].barh(names, [s[n]["pages_s"] for n in names], color=["C1"] + ["C0"] * (len(names) - 1))
     axes[0].set_xlabel("pages/s (median batch)")
     axes[1].barh(names, [s[n]["server_cpu_ms_per_page"] for n in names], label="SeaweedFS")
@@ -115,11 +103,9 @@ def plot(out: dict, path: Path) -> None:
     cores = "server on CPU 0, client on CPU 1" if out["pin"] else "2 cores shared"
     fig.suptitle(f"The same objects, {out['page_kv_bytes'] // 1024} KiB pages ({cores}), {out['reps']} rounds",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--page-tokens", type=int, default=2)
     p.add_argument("--layout", default="layer_first")
@@ -127,17 +113,18 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=60)
     p.add_argument("--pin", action="store_true", help="SeaweedFS on CPU 0, this process on CPU 1")
     p.add_argument("--out", default="benchmarks/results/same_objects")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     if args.pin:
         pin_client()
-    out = {"command": command_line(), "pin": args.pin, "reps": args.reps,
-           "page_kv_bytes": args.page_tokens * bs.Shape().token_bytes, "layout": args.layout,
+    out = {"pin": args.pin, "reps": args.reps,
+           "page_kv_bytes": args.page_tokens * Shape().token_bytes, "layout": args.layout,
            "loadavg_before": os.getloadavg()}
     out.update(run(args))
-    base = Path(args.out)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    base.with_suffix(".json").write_text(json.dumps(out, indent=1))
-    plot(out, base.with_suffix(".png"))
+    write_result(args.out, args.reps, out["summary"], extra=out, plot={"kind": "same_objects"})
     for name, s in out["summary"].items():
         print(f"{name:38s} {s['pages_s']:7.0f} pages/s  client {s['client_cpu_ms_per_page']:.3f}  "
               f"server {s['server_cpu_ms_per_page']:.3f} CPU ms/page  objectcache / this {s['objectcache_over_this']:.2f}x")

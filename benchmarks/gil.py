@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """How much a layerwise load slows the serving process's launch path: fetch in threads vs
 in the fetch worker process, side by side in one run.
 
@@ -13,7 +12,7 @@ GET, over and over. Reported per condition: the loop's time per op against the s
 with no load (`slowdown`), and the load's throughput (so a fetcher cannot look good by
 fetching less). Conditions run in turns, `--rounds` times, in a fresh order each round.
 
-    .venv/bin/python scripts/bench_gil.py          # ~2 min
+    .venv/bin/python -m benchmarks.gil          # ~2 min
 
 Writes benchmarks/results/gil.json (with the command) and gil.png.
 """
@@ -23,35 +22,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from sglang_objectcache import objformat  # noqa: E402
-from sglang_objectcache.config import ObjectCacheConfig, SchedulerConfig  # noqa: E402
-from sglang_objectcache.identity import ModelIdentity  # noqa: E402
-from sglang_objectcache.keys import KeyScheme, RankIdentity, make_namespace  # noqa: E402
-from sglang_objectcache.layerwise.counter import LayerReadyCounter  # noqa: E402
-from sglang_objectcache.layerwise.fetch import ProcessFetch  # noqa: E402
-from sglang_objectcache.layerwise.hosttier import HostTier  # noqa: E402
-from sglang_objectcache.layerwise.loader import LayerwiseLoader  # noqa: E402
-from sglang_objectcache.layerwise.timeline import Timeline  # noqa: E402
-from sglang_objectcache.objformat import PageGeometry  # noqa: E402
-from objectcache_dev.s3server import SeaweedFS  # noqa: E402
-from sglang_objectcache.transfers import TransferScheduler  # noqa: E402
-from sglang_objectcache.stats import Stats  # noqa: E402
-from sglang_objectcache.store import open_store  # noqa: E402
+from benchmarks.schema import RESULTS, write_result
+from objectcache_dev.s3server import SeaweedFS
+from sglang_objectcache import objformat
+from sglang_objectcache.config import ObjectCacheConfig, SchedulerConfig
+from sglang_objectcache.identity import ModelIdentity
+from sglang_objectcache.keys import KeyScheme, RankIdentity, make_namespace
+from sglang_objectcache.layerwise.counter import LayerReadyCounter
+from sglang_objectcache.layerwise.fetch import ProcessFetch
+from sglang_objectcache.layerwise.hosttier import HostTier
+from sglang_objectcache.layerwise.loader import LayerwiseLoader
+from sglang_objectcache.layerwise.timeline import Timeline
+from sglang_objectcache.objformat import PageGeometry
+from sglang_objectcache.stats import Stats
+from sglang_objectcache.store import open_store
+from sglang_objectcache.transfers import TransferScheduler
 
 CONDITIONS = ("idle", "thread", "process")
 
@@ -121,7 +115,7 @@ class Loading:
         self.loader.close()
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pages", type=int, default=64)
     p.add_argument("--layers", type=int, default=16)
@@ -130,8 +124,12 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=16, help="fetch threads (in either place)")
     p.add_argument("--seconds", type=float, default=3.0, help="of the launch loop per measurement")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/gil.json"))
-    a = p.parse_args(argv)
+    p.add_argument("--out", default=str(RESULTS / "gil.json"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
 
     g = PageGeometry("mha", a.layers, a.page, (a.row, a.row), "uint8")
     data = tempfile.mkdtemp(prefix="bench-gil-")
@@ -184,9 +182,6 @@ def main(argv=None) -> None:
         shutil.rmtree(data, ignore_errors=True)
     med = {c: statistics.median(s["us_per_op"] for s in samples[c]) for c in CONDITIONS}
     out = {
-        "command": "python scripts/bench_gil.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__},
         "geometry": {"pages": a.pages, "layers": a.layers, "layer_bytes": g.layer_bytes,
                      "gets_per_load": a.pages * a.layers}, "threads": a.threads, "seconds": a.seconds,
         "samples": samples, "us_per_op_median": med,
@@ -196,21 +191,16 @@ def main(argv=None) -> None:
                                            for c in loads},
         "load_gbps_alone": solo, "failed_loads": failed,
     }
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=1))
-    plot(out, Path(a.out).with_suffix(".png"))
+    write_result(a.out, a.rounds, med, extra=out, plot={"kind": "gil", "dpi": 110})
     print(json.dumps({k: out[k] for k in ("us_per_op_median", "slowdown_vs_idle", "thread_over_process",
                                           "load_gbps_while_looping_median", "load_gbps_alone", "failed_loads")},
                      indent=1))
 
 
-def plot(out: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.8))
+def draw(fig, out: dict) -> None:
+    """Plot kind "gil": the launch loop's time per op by condition, and the load's rate meanwhile."""
+    fig.set_size_inches(9, 3.8)
+    ax1, ax2 = fig.subplots(1, 2)
     conds = list(out["us_per_op_median"])
     ax1.bar(conds, [out["us_per_op_median"][c] for c in conds], color=["grey", "tab:red", "tab:green"])
     for c in conds:
@@ -222,8 +212,6 @@ def plot(out: dict, path: Path) -> None:
     ax2.set_ylabel("load GB/s meanwhile (median)")
     ax2.set_title("fetch where: thread vs worker process")
     fig.suptitle(f"{out['machine']['cpus']} CPUs, {out['geometry']['gets_per_load']} ranged GETs per load", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

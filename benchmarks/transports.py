@@ -13,8 +13,8 @@ The sweep repeats (`--rounds-small`) and `summary` keeps the median and range pe
 this machine is shared, and one sweep's numbers move with other people's load.
 Writes JSON (raw cells, summary, load average, the command line) and a PNG plot.
 
-    .venv/bin/python scripts/bench_transports.py            # ~12 min on 2 cores
-    .venv/bin/python scripts/bench_transports.py --quick    # smoke run
+    .venv/bin/python -m benchmarks.transports            # ~12 min on 2 cores
+    .venv/bin/python -m benchmarks.transports --quick    # smoke run
 """
 
 from __future__ import annotations
@@ -22,22 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
-from benchutil import command_line, pct, server_cpu_s
-
+from benchmarks.rig import MiB, pct, s3_server, server_cpu_s
+from benchmarks.schema import write_result
 from sglang_objectcache.config import ObjectCacheConfig
-from objectcache_dev.s3server import SeaweedFS
 from sglang_objectcache.store.base import StoreError
 from sglang_objectcache.store.boto import Boto3Store
 from sglang_objectcache.store.obstore_ import ObstoreStore
 
 TRANSPORTS = {"boto3": Boto3Store, "obstore": ObstoreStore}
-MiB = 1 << 20
 
 
 def check(results, what: str) -> None:
@@ -92,12 +88,9 @@ def single(store, op: str, keys: list[str], data: bytes, n: int) -> dict:
 
 
 def run(args) -> dict:
-    out = {"command": command_line(), "host": {
-        "cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
-        "niceness": os.nice(0)},
-        "batch": args.batch, "loadavg_before": os.getloadavg(), "cells": [], "single": []}
+    out = {"niceness": os.nice(0), "batch": args.batch, "loadavg_before": os.getloadavg(), "cells": [], "single": []}
     with tempfile.TemporaryDirectory(prefix="bench-transports-") as tmp, \
-            SeaweedFS(tmp, buckets=("bench",)) as srv:
+            s3_server(tmp, ("bench",)) as srv:
         cfg = ObjectCacheConfig.from_dict(srv.config("bench", read_timeout_s=60.0))
         pid = srv.proc.pid
         for size_kib in args.sizes_kib:
@@ -157,14 +150,11 @@ def summarize(cells: list[dict]) -> list[dict]:
     return rows
 
 
-def plot(out: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw(fig, out: dict) -> None:
+    """Plot kind "transports": MiB/s and CPU per request against concurrency, per size and op."""
     sizes = sorted({c["size_kib"] for c in out["summary"]})
-    fig, axes = plt.subplots(2, len(sizes) * 2, figsize=(6 * len(sizes), 7), squeeze=False)
+    fig.set_size_inches(6 * len(sizes), 7)
+    axes = fig.subplots(2, len(sizes) * 2, squeeze=False)
     for j, size in enumerate(sizes):
         for i, op in enumerate(("GET", "PUT")):
             ax, cpu_ax = axes[0][2 * j + i], axes[1][2 * j + i]
@@ -187,12 +177,11 @@ def plot(out: dict, path: Path) -> None:
             cpu_ax.set_xlabel("max_concurrency")
             cpu_ax.set_ylabel("CPU ms / request")
             cpu_ax.legend(fontsize=7)
-    fig.suptitle(f"objectcache transports on local SeaweedFS ({out['host']['cpus']} cores shared by client and server)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    host = out.get("machine") or out["host"]  # results before benchmarks.schema say "host"
+    fig.suptitle(f"objectcache transports on local SeaweedFS ({host['cpus']} cores shared by client and server)")
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=list(TRANSPORTS))
     p.add_argument("--sizes-kib", nargs="+", type=int, default=[256, 8192])
@@ -207,18 +196,20 @@ def main() -> None:
     p.add_argument("--single-big", type=int, default=8)
     p.add_argument("--out", default="benchmarks/results/transports")
     p.add_argument("--quick", action="store_true", help="tiny run to check the script works")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     if args.quick:
         args.sizes_kib, args.batch, args.conc_small, args.conc_big = [256, 4096], 16, [1, 8], [1, 8]
         args.reps_small = args.reps_big = args.rounds_small = args.rounds_big = 1
         args.single_small = args.single_big = 4
     out = run(args)
     out["loadavg_after"] = os.getloadavg()
-    base = Path(args.out)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    base.with_suffix(".json").write_text(json.dumps(out, indent=1))
-    plot(out, base.with_suffix(".png"))
-    print(f"wrote {base}.json and {base}.png")
+    rounds = max(args.rounds_small, args.rounds_big)
+    path = write_result(args.out, rounds, out["summary"], extra=out, plot={"kind": "transports", "dpi": 110})
+    print(f"wrote {path} and {path.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -15,29 +15,23 @@ Lanes:
 - `copy_per_component`: the same with one copy per component (as before 30fd5e5);
 - `copy_flat`: one contiguous copy of the payload, the floor of any copy.
 
-    .venv/bin/python scripts/bench_page_work.py --out benchmarks/results/page_work
+    .venv/bin/python -m benchmarks.page_work --out benchmarks/results/page_work
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+import numpy as np
+import xxhash
 
-import numpy as np  # noqa: E402
-import xxhash  # noqa: E402
-
-import bench_storage as bs  # noqa: E402
-from benchutil import command_line  # noqa: E402
-from sglang_objectcache import objformat  # noqa: E402
-from sglang_objectcache.hostpool import HostPages  # noqa: E402
+from benchmarks.rig import Shape, make_host
+from benchmarks.schema import write_result
+from sglang_objectcache import objformat
+from sglang_objectcache.hostpool import HostPages
 
 KEY = b"k" * 16
 
@@ -49,7 +43,7 @@ def decode_whole(obj, g, key) -> None:
 
 
 def one(layout: str, page_tokens: int, n: int, reps: int) -> dict:
-    pages = HostPages(bs.make_host(bs.Shape(), page_tokens, n, layout))
+    pages = HostPages(make_host(Shape(), page_tokens, n, layout))
     g, hb = pages.geometry, pages.geometry.header_bytes
     rng = np.random.default_rng(0)
     objs = [objformat.sealed(g, KEY, rng.integers(0, 256, g.payload_bytes, np.uint8)) for _ in range(n)]
@@ -93,32 +87,33 @@ def one(layout: str, page_tokens: int, n: int, reps: int) -> dict:
     return out
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--page-tokens", nargs="+", type=int, default=[2, 64])
     p.add_argument("--layouts", nargs="+", default=["page_first", "layer_first"])
     p.add_argument("--objects", type=int, default=0, help="objects per cold pass (0: 128 small or 16 large)")
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--out", default="benchmarks/results/page_work")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     runs = [one(layout, pt, args.objects or (128 if pt < 16 else 16), args.reps)
             for layout in args.layouts for pt in args.page_tokens]
     for r in runs:
         print(f"{r['layout']:11s} {r['object_bytes'] / 1024:6.0f} KiB  " + "  ".join(
             f"{k} {r['hot_us'][k]:.1f}/{r['cold_us'][k]:.1f}" for k in r["hot_us"]) + "  (us hot/cold)")
-    with open(args.out + ".json", "w") as f:
-        json.dump({"command": command_line(), "shape": bs.Shape().__dict__, "unit": "microseconds per page, median pass",
-                   "runs": runs}, f, indent=1)
-    plot(runs, args.out + ".png")
+    medians = {f"{r['layout']} {r['page_tokens']}": {"hot_us": r["hot_us"], "cold_us": r["cold_us"]} for r in runs}
+    write_result(args.out, runs, medians, plot={"kind": "page_work", "dpi": 110},
+                 extra={"shape": Shape().__dict__, "unit": "microseconds per page, median pass"})
 
 
-def plot(runs: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 4), squeeze=False)
+def draw(fig, out: dict) -> None:
+    """Plot kind "page_work": per layout and page size, each lane hot and cold, over a cold flat copy."""
+    runs = out["runs"]
+    fig.set_size_inches(4 * len(runs), 4)
+    axes = fig.subplots(1, len(runs), squeeze=False)
     for ax, r in zip(axes[0], runs):
         base = r["cold_us"]["copy_flat"]
         names = list(r["cold_us"])
@@ -130,8 +125,6 @@ def plot(runs: list[dict], path: str) -> None:
         ax.set_ylabel("per page, / a cold flat copy", fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle("Checking and copying one page, no network", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Lanes, each writing `--batch` fresh pages per batch, taking turns in a random or
 - `objectcache`: `batch_set_v1` as shipped (`http_put` on where it applies);
 - `objectcache_obstore_put`: the same with `http_put: false` (every PUT through obstore);
 - `seaweedfs`: SGLang's in-tree backend (boto3, 16 threads);
-- `raw_obstore` / `raw_http`: bench_storage's raw lanes (64 in flight) on each client.
+- `raw_obstore` / `raw_http`: benchmarks.storage's raw lanes (64 in flight) on each client.
 Per lane: pages/s (median batch), this process's and the server's CPU per page.
 
 With `--parts`, three more lanes split `batch_set_v1`'s client CPU:
@@ -16,33 +16,29 @@ With `--parts`, three more lanes split `batch_set_v1`'s client CPU:
 - `put_iter`: the store's `put_iter` of already sealed bodies (the hand-off to the
   transport's loop, the semaphore, `HttpPut`), to set beside `raw_http` on the same bodies.
 
-    .venv/bin/python scripts/bench_put_client.py --out benchmarks/results/put_client
-    .venv/bin/python scripts/bench_put_client.py --parts --out benchmarks/results/put_path
+    .venv/bin/python -m benchmarks.put_client --out benchmarks/results/put_client
+    .venv/bin/python -m benchmarks.put_client --parts --out benchmarks/results/put_path
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import bench_storage as bs  # noqa: E402
-from benchutil import command_line, server_cpu_s  # noqa: E402
-from sglang_objectcache.sglang.hicache_backend import ObjectCacheStorage  # noqa: E402
+from benchmarks.clients import BUCKETS, Backend, RawHttp, RawObstore, make_systems
+from benchmarks.rig import Shape, host_indices, make_host, s3_server, server_cpu_s, storage_config
+from benchmarks.schema import write_result
+from sglang_objectcache.sglang.hicache_backend import ObjectCacheStorage
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--page-tokens", type=int, default=2, help="2: 256 KiB pages with the default shape")
     p.add_argument("--layout", default="page_first")
@@ -51,27 +47,31 @@ def main() -> None:
     p.add_argument("--settle-s", type=float, default=0.5)
     p.add_argument("--parts", action="store_true", help="add the lanes that split batch_set_v1's CPU")
     p.add_argument("--out", default="benchmarks/results/put_client")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     P, B = args.page_tokens, args.batch
-    host = bs.make_host(bs.Shape(), P, 2 * B, args.layout)
+    host = make_host(Shape(), P, 2 * B, args.layout)
     with tempfile.TemporaryDirectory(prefix="put-client-") as tmp, \
-            bs.SeaweedFS(os.path.join(tmp, "s3"), buckets=bs.BUCKETS) as srv:
-        systems = bs.make_systems(srv, host, P, os.path.join(tmp, "file"))
+            s3_server(os.path.join(tmp, "s3"), BUCKETS) as srv:
+        systems = make_systems(srv, host, P, os.path.join(tmp, "file"))
         oc = systems["objectcache"]
-        plain = ObjectCacheStorage(bs.storage_config(srv.config("bench-objectcache", read_timeout_s=60.0,
+        plain = ObjectCacheStorage(storage_config(srv.config("bench-objectcache", read_timeout_s=60.0,
                                                                 http_put=False)), host)
         plain.register_mem_pool_host(host)
         if oc.storage.store._http_put is None or plain.store._http_put is not None:
             raise SystemExit("the two objectcache lanes must differ in their PUT client")
-        src = bs.host_indices(0, B, P)
+        src = host_indices(0, B, P)
         bodies = [bytes(oc.storage._encode_page(oc.storage.pages, f"raw{i}", i * P)) for i in range(B)]
-        raws = {"raw_obstore": bs.RawObstore(srv, "bench-raw", 64), "raw_http": bs.RawHttp(srv, "bench-raw", 64)}
+        raws = {"raw_obstore": RawObstore(srv, "bench-raw", 64), "raw_http": RawHttp(srv, "bench-raw", 64)}
 
         def fresh() -> list[str]:
             return [uuid.uuid4().hex for _ in range(B)]
 
         lanes = {"objectcache": lambda: oc.set(fresh(), src),
-                 "objectcache_obstore_put": lambda: bs.Backend("plain", plain, P).set(fresh(), src),
+                 "objectcache_obstore_put": lambda: Backend("plain", plain, P).set(fresh(), src),
                  "seaweedfs": lambda: systems["seaweedfs"].set(fresh(), src),
                  **{name: (lambda r=r: r.put([(f"r/{k}", b) for k, b in zip(fresh(), bodies)]))
                     for name, r in raws.items()}}
@@ -104,7 +104,7 @@ def main() -> None:
             c["vs_seaweedfs"] = c["pages_s"] / base
         print(f"{name:24s} {c.get('pages_s', 0):7.1f} pages/s  {c.get('vs_seaweedfs', 0):.2f}x in-tree  client "
               f"{c['client_ms_per_page']:.3f}  server {c['server_ms_per_page']:.3f} ms/page")
-    out = {"command": command_line(), "object_bytes": g.object_bytes, "layout": args.layout, "batch": B,
+    out = {"object_bytes": g.object_bytes, "layout": args.layout, "batch": B,
            "reps": args.reps, "loadavg_after": os.getloadavg(), "lanes": lanes_out}
     if args.parts:
         cpu = {name: c["client_ms_per_page"] for name, c in lanes_out.items()}
@@ -112,9 +112,8 @@ def main() -> None:
                                     "put_iter_over_raw_http": cpu["put_iter"] - cpu["raw_http"],
                                     "objectcache_over_raw_http": cpu["objectcache"] - cpu["raw_http"]}
         print(out["split_ms_per_page"])
-    with open(args.out + ".json", "w") as f:
-        json.dump(out, f, indent=1)
-    plot(out, args.out + ".png")
+    medians = {name: {k: v for k, v in c.items() if k != "batches"} for name, c in lanes_out.items()}
+    write_result(args.out, args.reps, medians, extra=out, plot={"kind": "put_client", "dpi": 110})
 
 
 PARTS = ("seal", "objectcache_no_store")
@@ -139,15 +138,12 @@ def parts(oc, src, bodies: list[bytes], fresh) -> dict:
             "put_iter": lambda: sum(r is True for r in put_iter(zip([f"p/{k}" for k in fresh()], bodies)))}
 
 
-def plot(out: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw(fig, out: dict) -> None:
+    """Plot kind "put_client": pages/s by lane, and client + server CPU per page."""
     names = list(out["lanes"])
     lanes = [out["lanes"][n] for n in names]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig.set_size_inches(11, 4)
+    a, b = fig.subplots(1, 2)
     stored = [n for n in names if "pages_s" in out["lanes"][n]]
     a.bar(stored, [out["lanes"][n]["pages_s"] for n in stored], color=["C0", "C9", "C3", "0.55", "0.3", "C2"])
     a.set_ylabel("pages/s (median batch)")
@@ -163,8 +159,6 @@ def plot(out: dict, path: str) -> None:
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     fig.suptitle(f"batch_set of {out['batch']} x {out['object_bytes'] / 1024:.0f} KiB pages, one SeaweedFS, "
                  f"{out['reps']} batches per lane", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
