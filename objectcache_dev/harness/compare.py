@@ -9,7 +9,7 @@ from .client import Completion
 # SGLang's CPU engine is not bitwise reproducible from one launch to the next: of 22 plain
 # no-cache launches (nothing of ours), one drifted from the first of its run by up to 7.8e-3
 # (two bf16 ulps) on every prompt and flipped 2 of 16 greedy answers, both at exact ties
-# (scripts/check_launch_determinism.py, benchmarks/results/launch_determinism_*.json). The
+# (benchmarks/launch_determinism.py, benchmarks/results/launch_determinism_*.json). The
 # reference and the server under test are different launches, so a flip between two
 # near-equal tokens is not a cache fault.
 TIE = 0.02
