@@ -26,6 +26,7 @@ from sglang_objectcache.keys import KeyScheme, RankIdentity, make_namespace
 from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.hosttier import HostTier
 from sglang_objectcache.layerwise.loader import LayerwiseLoader
+from sglang_objectcache.layerwise.settings import LoaderParts, LoaderSettings
 from sglang_objectcache.layerwise.timeline import Timeline
 from sglang_objectcache.objformat import PageGeometry
 from sglang_objectcache.transfers import TransferScheduler
@@ -94,10 +95,11 @@ def run(store_cfg: dict, w: Workload, sched: SchedulerConfig, hashes: list[list[
             for _ in range(g.num_layers)]
     store = make_store(cfg)
     stats = Stats()
-    loader = LayerwiseLoader(store=store, geometry=g, device_layers=pool, content_digest=keys.content_digest,
-                             counter=None, scheduler=TransferScheduler(sched), tier=HostTier(0),
-                             timeline=Timeline(), stats=stats, window_layers=LayerwiseConfig().window_layers,
-                             layers_per_get=w.layers_per_get, layer_s=w.compute_ms / 1e3)
+    parts = LoaderParts(store=store, content_digest=keys.content_digest, scheduler=TransferScheduler(sched),
+                        tier=HostTier(0), timeline=Timeline(), stats=stats)
+    settings = LoaderSettings(window_layers=LayerwiseConfig().window_layers, layers_per_get=w.layers_per_get,
+                              layer_s=w.compute_ms / 1e3)
+    loader = LayerwiseLoader(g, pool, parts, settings)
     added: list[float] = [0.0] * w.requests
     failed: list[bool] = [False] * w.requests
     t_zero = time.monotonic() + 0.2

@@ -42,15 +42,8 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from sglang_objectcache.config import SchedulerConfig
-from sglang_objectcache.transfers import (
-    READ,
-    WRITE,
-    ComputeModel,
-    TransferScheduler,
-    Transfer,
-    layer_deadlines,
-    plan_starts,
-)
+from sglang_objectcache.deadlines import ComputeModel, layer_deadlines, plan_starts
+from sglang_objectcache.transfers import READ, WRITE, Transfer, TransferScheduler
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ layerwise pipeline (`time.monotonic()`) drive the same object.
 Contract
 - A `Transfer` is one fetch (or write) the caller performs: layer `layer` of one request's
   prefix KV (or a whole page or page group in page mode, `layer == -1`). `deadline` is the
-  absolute time the forward will consume it (`layer_deadlines`, `plan_starts`); `payload`
+  absolute time the forward will consume it (`deadlines.py`); `payload`
   is the caller's own (e.g. the (key, start, end) ranges). Transfers compare by identity.
 - `submit(transfers, now)` queues them. Submit a request's transfers in consumption order
   (layer 0 first, pages in prefix order): that order breaks remaining ties.
@@ -51,11 +51,9 @@ Read policies (`SchedulerConfig.policy`)
   (each request is a flow; the transfer with the smallest start tag goes next).
 - "fifo": request arrival order, then layer order.
 
-Deadlines. `ComputeModel` is the per-layer forward time (shared by simulator and pipeline);
-`layer_deadlines` turns a forward start into per-layer consumption times; `plan_starts`
-projects forward starts for requests served in the GPU's order under a bandwidth estimate.
-The deadline policy is only as good as these deadlines: if queued requests are given their
-arrival as start, a burst ties layer by layer and EDF degenerates into round-robin.
+Deadlines come from the caller (`deadlines.py` has the arithmetic). The deadline policy is
+only as good as they are: if queued requests are given their arrival as start, a burst
+ties layer by layer and EDF degenerates into round-robin.
 """
 
 from __future__ import annotations
@@ -64,7 +62,7 @@ import heapq
 import itertools
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 from sglang_objectcache.config import SchedulerConfig
 
@@ -127,7 +125,6 @@ class TokenBucket:
 
 class _Entry:
     __slots__ = ("t", "key", "qtime", "seq", "live")
-
 
     def __init__(self, t: Transfer, key: tuple, qtime: float, seq: int):
         self.t, self.key, self.qtime, self.seq, self.live = t, key, qtime, seq, True
@@ -294,6 +291,11 @@ class TransferScheduler:
     def queue_depth(self) -> int:
         return self._reads.count + self._writes.count
 
+    @property
+    def inflight_count(self) -> int:
+        """Transfers started and not yet `done`."""
+        return len(self._inflight)
+
     # -- internals --------------------------------------------------------------------
     def _key(self, t: Transfer, flow: _Flow, seq: int) -> tuple:
         if t.kind == WRITE:
@@ -321,46 +323,3 @@ class TransferScheduler:
     def _forget(self, request_id: str, flow: _Flow) -> None:
         if not flow.queued and not flow.inflight:
             del self._flows[request_id]
-
-
-# -- deadlines ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ComputeModel:
-    """Seconds one decoder layer of a prefill takes: a + b*new + c*new*context, summed over
-    the batch's requests (a once per batch). With no cached prefix (new == context) this is
-    a + b*t + c*t^2. The defaults are a FLOP-count estimate for Llama-3.1-8B bf16 on one
-    H100 (about 1.5 s for a 32K prefill, 1.5 ms per layer for 1K new tokens on a 32K
-    prefix), not a measurement; fit a, b, c to your own forward timings."""
-
-    a: float = 30e-6
-    b: float = 6.0e-10
-    c: float = 2.5e-11
-
-    def layer_s(self, new_tokens: int, context_tokens: int) -> float:
-        return self.a + self.b * new_tokens + self.c * new_tokens * context_tokens
-
-    def batch_layer_s(self, reqs: Iterable[tuple[int, int]]) -> float:
-        """`reqs`: (new_tokens, context_tokens) per request of one prefill batch."""
-        return self.a + sum(self.b * n + self.c * n * ctx for n, ctx in reqs)
-
-
-def layer_deadlines(start: float, num_layers: int, layer_s: float | Sequence[float]) -> list[float]:
-    """When the forward consumes each layer: layer l is needed once layers < l have run."""
-    per = [layer_s] * num_layers if isinstance(layer_s, (int, float)) else list(layer_s)
-    out, t = [], start
-    for s in per[:num_layers]:
-        out.append(t)
-        t += s
-    return out
-
-
-def plan_starts(free_at: float, jobs: Sequence[tuple[float, int, float]], rate: float) -> list[float]:
-    """Projected forward start of each job, in the GPU's order. A job is (ready time, bytes
-    still to fetch, compute seconds); it starts after the previous one and lasts the longer
-    of its compute and its bytes at `rate` bytes/s (0: bandwidth not the limit)."""
-    starts, t = [], free_at
-    for ready, nbytes, compute_s in jobs:
-        t = max(t, ready)
-        starts.append(t)
-        t += max(compute_s, nbytes / rate if rate > 0 else 0.0)
-    return starts

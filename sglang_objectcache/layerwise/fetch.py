@@ -1,18 +1,19 @@
 """Where a layerwise load's GETs run and where their bytes land: the loader's fetchers.
 
-Contract. A fetch job is one READ transfer of the loader: ranged GETs of layers `layers`
-for the pages `group` of a batch (`ranges[j]` is page `group[j]`'s range). The fetcher
-GETs them, copies each layer of each page into that layer's staging buffer at row
-`group[j]`, hashes every staged row (xxh3, the bytes that will be scattered) and, where a
-range starts at byte 0, checks the header against the page's expected key digest. It
-reports one outcome per page, in `ranges` order, to `on_result(tid, outcomes, arrived,
-started)` (perf_counter times; CLOCK_MONOTONIC, so comparable across processes):
+Contract. A fetch job (`messages.FetchJob`) is one READ transfer of the loader: ranged
+GETs of layers `layers` for the pages `group` of a batch (`ranges[j]` is page `group[j]`'s
+range). `submit(job, staged)` GETs them, copies each layer of each page into that layer's
+staging buffer `staged[layer]` at row `group[j]`, hashes every staged row (xxh3, the bytes
+that will be scattered) and, where a range starts at byte 0, checks the header against the
+page's expected key digest. It reports a `messages.JobDone` to `on_result`, with one
+outcome per page in `ranges` order (perf_counter times; CLOCK_MONOTONIC, so comparable
+across processes):
 
-    ("ok", header | None, {layer: xxh3}, raw header bytes | None)
-    ("store", kind, message)    a StoreError of that kind
-    ("missing",)                no such object
-    ("corrupt", message)        wrong size or a bad header
-    ("unsupported", message)    another format version: a miss, never scrubbed
+    Staged(header | None, {layer: xxh3}, raw header bytes | None)
+    StoreFailed(kind, message)   a StoreError of that kind
+    Missing()                    no such object
+    Corrupt(message)             wrong size or a bad header
+    Unsupported(message)         another format version: a miss, never scrubbed
 
 It never compares a layer's hash with the header's: that needs the page's header, which
 may come in another job; the loader does it. Staging buffers come from the fetcher
@@ -43,18 +44,28 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import send_handle
 from typing import Callable, Optional
 
 import torch
 
-from sglang_objectcache.layerwise.fetch_worker import run_job
+from sglang_objectcache.layerwise.fetch_worker import failed_job, run_job
+from sglang_objectcache.layerwise.messages import (
+    FetchJob,
+    Init,
+    JobDone,
+    MapSegment,
+    Quit,
+    StoreFailed,
+    UnmapSegment,
+)
 from sglang_objectcache.objformat import PageGeometry
 
 logger = logging.getLogger(__name__)
 
-OnResult = Callable[[int, list, float, float], None]
+OnResult = Callable[[JobDone], None]
 
 
 class ThreadFetch:
@@ -71,12 +82,11 @@ class ThreadFetch:
     def release(self, buf: torch.Tensor) -> None:
         pass
 
-    def submit(self, tid: int, ranges, group, layers, staged: dict, digests) -> None:
-        job = (tid, ranges, group, layers, None, digests)
-        self._pool.submit(self._run, job, {layer: staged[layer].numpy() for layer in layers})
+    def submit(self, job: FetchJob, staged: dict) -> None:
+        self._pool.submit(self._run, job, {layer: staged[layer].numpy() for layer in job.layers})
 
-    def _run(self, job, rows) -> None:
-        self.on_result(job[0], *run_job(self.store, self.g, job, rows))
+    def _run(self, job: FetchJob, rows: dict) -> None:
+        self.on_result(run_job(self.store, self.g, job, rows))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -168,7 +178,7 @@ class ProcessFetch:
                 pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=env, close_fds=True)
             child.close()
             self._conn = conn = Connection(parent.detach())
-            conn.send(("init", self.cfg, self.g, self.threads))
+            conn.send(Init(self.cfg, self.g, self.threads))
             for seg in self._segments.values():
                 self._send_map(seg)
             threading.Thread(target=self._read, args=(conn, self._proc), name="objectcache-fetch-reader",
@@ -192,7 +202,7 @@ class ProcessFetch:
             raise
 
     def _send_map(self, seg: _Segment) -> None:
-        self._conn.send(("map", seg.sid, seg.rows, self.g.layer_bytes))
+        self._conn.send(MapSegment(seg.sid, seg.rows, self.g.layer_bytes))
         send_handle(self._conn, seg.fd, self._proc.pid)
 
     def _tell(self, send) -> None:
@@ -212,11 +222,10 @@ class ProcessFetch:
             try:
                 if conn.poll(tick):
                     msg = conn.recv()
-                    if msg[0] == "got":
-                        _, tid, outcomes, arrived, started = msg
+                    if isinstance(msg, JobDone):
                         with self._lock:
-                            self._inflight.pop(tid, None)
-                        self.on_result(tid, outcomes, arrived, started)
+                            self._inflight.pop(msg.tid, None)
+                        self.on_result(msg)
             except (EOFError, OSError):
                 break
             if time.monotonic() >= next_check:
@@ -262,15 +271,15 @@ class ProcessFetch:
         if hung:
             logger.error("objectcache: the layerwise fetch worker hung (%s); killed it, %d jobs failed; "
                          "a new one starts with the next load", hung, len(lost))
-            outcome = ("store", "timeout", f"fetch worker hung: {hung}")
+            outcome = StoreFailed("timeout", f"fetch worker hung: {hung}")
         else:
             if not self._closed:
                 logger.error("objectcache: the layerwise fetch worker exited (code %s); %d jobs failed; "
                              "it restarts with the next load", proc.poll(), len(lost))
-            outcome = ("store", "client", "fetch worker exited")
+            outcome = StoreFailed("client", "fetch worker exited")
         now = time.perf_counter()
         for tid, (n, _) in lost.items():
-            self.on_result(tid, [outcome] * n, now, now)
+            self.on_result(JobDone(tid, [outcome] * n, now, now))
 
     def alloc(self, rows: int) -> torch.Tensor:
         with self._lock:
@@ -284,23 +293,22 @@ class ProcessFetch:
         with self._lock:
             seg = self._segments.pop(buf.data_ptr(), None)
             if seg is not None:
-                self._tell(lambda: self._conn.send(("unmap", seg.sid)))
+                self._tell(lambda: self._conn.send(UnmapSegment(seg.sid)))
         if seg is not None:
             seg.free()
 
-    def submit(self, tid: int, ranges, group, layers, staged: dict, digests) -> None:
-        sids = {layer: self._segments[staged[layer].data_ptr()].sid for layer in layers}
+    def submit(self, job: FetchJob, staged: dict) -> None:
+        sids = {layer: self._segments[staged[layer].data_ptr()].sid for layer in job.layers}
         with self._lock:
             try:
                 if self._conn is None and not self._closed:
                     self._spawn()
-                self._conn.send(("get", tid, ranges, group, layers, sids, digests))
-                self._inflight[tid] = (len(ranges), time.monotonic() + self.deadline_s)
+                self._conn.send(replace(job, sids=sids))
+                self._inflight[job.tid] = (len(job.ranges), time.monotonic() + self.deadline_s)
                 return
             except Exception as e:  # noqa: BLE001 - the worker cannot start or is gone
                 err = f"fetch worker unavailable: {type(e).__name__}: {e}"
-        now = time.perf_counter()
-        self.on_result(tid, [("store", "client", err)] * len(ranges), now, now)
+        self.on_result(failed_job(job, "client", err))
 
     def close(self) -> None:
         self._closed = True
@@ -309,7 +317,7 @@ class ProcessFetch:
             self._proc = self._conn = None
             if conn is not None:
                 try:
-                    conn.send(("quit",))
+                    conn.send(Quit())
                 except OSError:
                     pass
         if proc is not None:

@@ -1,10 +1,10 @@
 """The layerwise fetch worker process, and the per-job work every fetcher shares.
 
 `python -m sglang_objectcache.layerwise.fetch_worker FD` serves one `fetch.ProcessFetch`
-over the Unix socket FD: ("init", config, geometry, threads) first, then ("map", sid, rows,
-width) plus the segment's memfd, ("unmap", sid), ("get", tid, ranges, group, layers,
-{layer: sid}, digests) and ("quit",). It answers each get with ("got", tid, outcomes,
-arrived, started). It exits when the socket closes, so it never outlives its server.
+over the Unix socket FD with the messages of `messages.py`: `Init` first, then
+`MapSegment` (plus the segment's memfd), `UnmapSegment`, `FetchJob` and `Quit`. It
+answers each FetchJob with a `JobDone`. It exits when the socket closes, so it never
+outlives its server.
 
 No torch here: the worker starts in well under a second and holds no CUDA context.
 """
@@ -24,87 +24,96 @@ from multiprocessing.reduction import recv_handle
 import numpy as np
 
 from sglang_objectcache import objformat
+from sglang_objectcache.layerwise.messages import (
+    Corrupt,
+    FetchJob,
+    Init,
+    JobDone,
+    MapSegment,
+    Missing,
+    Outcome,
+    Quit,
+    Staged,
+    StoreFailed,
+    UnmapSegment,
+    Unsupported,
+)
 from sglang_objectcache.objformat import FormatError, PageGeometry
 from sglang_objectcache.store import StoreError
 
 logger = logging.getLogger(__name__)
 
 
-def stage(g: PageGeometry, ranges, group, layers, rows: dict, digests, results) -> list:
-    """The outcome of each page of one job (see the module docstring); `rows[layer]` is
-    that layer's staging buffer as a numpy [pages, layer_bytes] array."""
-    out = []
-    for j, ((_, start, end), r) in enumerate(zip(ranges, results)):
-        if isinstance(r, StoreError):
-            # 416: the range starts past the end: the object is shorter than its geometry
-            out.append(("corrupt", f"truncated: {r}") if r.status == 416 else ("store", r.kind, str(r)))
-            continue
-        if r is None:
-            out.append(("missing",))
-            continue
-        mv = memoryview(r).cast("B")
-        if mv.nbytes != end - start:
-            out.append(("corrupt", f"{mv.nbytes} bytes for a {end - start}-byte range"))
-            continue
-        header = raw = None
-        if start == 0:
-            raw = bytes(mv[: g.header_bytes])
-            try:
-                header = objformat.decode_header(raw, g, digests[j])
-            except objformat.UnsupportedFormat as e:
-                out.append(("unsupported", str(e)))
-                continue
-            except FormatError as e:
-                out.append(("corrupt", str(e)))
-                continue
-        sums, i = {}, group[j]
-        for layer in layers:
-            s, e = g.layer_range(layer)
-            row = rows[layer][i]
-            row[:] = mv[s - start : e - start]
-            sums[layer] = objformat.checksum(row)
-        out.append(("ok", header, sums, raw))
-    return out
+def stage_page(g: PageGeometry, job: FetchJob, j: int, rows: dict, r) -> Outcome:
+    """The outcome of page `job.group[j]` (see fetch.py), given what its GET returned;
+    `rows[layer]` is that layer's staging buffer as a numpy [pages, layer_bytes] array."""
+    _, start, end = job.ranges[j]
+    if isinstance(r, StoreError):
+        # 416: the range starts past the end: the object is shorter than its geometry
+        return Corrupt(f"truncated: {r}") if r.status == 416 else StoreFailed(r.kind, str(r))
+    if r is None:
+        return Missing()
+    mv = memoryview(r).cast("B")
+    if mv.nbytes != end - start:
+        return Corrupt(f"{mv.nbytes} bytes for a {end - start}-byte range")
+    header = raw = None
+    if start == 0:
+        raw = bytes(mv[: g.header_bytes])
+        try:
+            header = objformat.decode_header(raw, g, job.digests[j])
+        except objformat.UnsupportedFormat as e:
+            return Unsupported(str(e))
+        except FormatError as e:
+            return Corrupt(str(e))
+    sums, i = {}, job.group[j]
+    for layer in job.layers:
+        s, e = g.layer_range(layer)
+        row = rows[layer][i]
+        row[:] = mv[s - start : e - start]
+        sums[layer] = objformat.checksum(row)
+    return Staged(header, sums, raw)
 
 
-def run_job(store, g: PageGeometry, job: tuple, rows: dict) -> tuple[list, float, float]:
-    """GET and stage one job: (outcomes, arrived, started)."""
-    _, ranges, group, layers, _, digests = job
+def run_job(store, g: PageGeometry, job: FetchJob, rows: dict) -> JobDone:
+    """GET and stage one job."""
     started = time.perf_counter()
     try:
-        results = store.get_ranges(ranges)
+        results = store.get_ranges(job.ranges)
     except Exception as e:  # noqa: BLE001 - transports should not raise; be safe
-        results = [StoreError("client", f"{type(e).__name__}: {e}")] * len(ranges)
+        results = [StoreError("client", f"{type(e).__name__}: {e}")] * len(job.ranges)
     arrived = time.perf_counter()
     try:
-        return stage(g, ranges, group, layers, rows, digests, results), arrived, started
+        outcomes = [stage_page(g, job, j, rows, r) for j, r in enumerate(results)]
     except Exception as e:  # noqa: BLE001 - a bug here fails the batch, not the thread
         logger.exception("objectcache: staging a fetched range failed")
-        return [("store", "client", f"{type(e).__name__}: {e}")] * len(ranges), arrived, started
+        outcomes = [StoreFailed("client", f"{type(e).__name__}: {e}")] * len(job.ranges)
+    return JobDone(job.tid, outcomes, arrived, started)
+
+
+def failed_job(job: FetchJob, kind: str, reason: str) -> JobDone:
+    """Job `job` answered with one StoreFailed(kind, reason) per page, now."""
+    now = time.perf_counter()
+    return JobDone(job.tid, [StoreFailed(kind, reason)] * len(job.ranges), now, now)
 
 
 def serve(conn: Connection) -> None:
     from sglang_objectcache.store import make_store
 
-    _, cfg, g, threads = conn.recv()
+    init: Init = conn.recv()
     try:
-        store, broken = make_store(cfg), None
+        store, broken = make_store(init.cfg), None
     except Exception as e:  # noqa: BLE001 - answer every job with the reason instead
         store, broken = None, f"fetch worker has no store: {type(e).__name__}: {e}"
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="objectcache-fetch")
+    pool = ThreadPoolExecutor(init.threads, thread_name_prefix="objectcache-fetch")
     send_lock = threading.Lock()
     bufs: dict[int, np.ndarray] = {}
 
-    def job(msg, rows, reason=None) -> None:
+    def run(job: FetchJob, rows: dict, reason=None) -> None:
         reason = reason or broken
-        if reason:
-            now = time.perf_counter()
-            res = ([("store", "client", reason)] * len(msg[1]), now, now)
-        else:
-            res = run_job(store, g, msg, rows)
+        done = failed_job(job, "client", reason) if reason else run_job(store, init.geometry, job, rows)
         try:
             with send_lock:
-                conn.send(("got", msg[0], *res))
+                conn.send(done)
         except OSError:  # the server is gone; recv() below sees it too
             pass
 
@@ -113,20 +122,18 @@ def serve(conn: Connection) -> None:
             msg = conn.recv()
         except (EOFError, OSError):
             break
-        kind = msg[0]
-        if kind == "get":
-            rows = {layer: bufs.get(sid) for layer, sid in msg[5].items()}
+        if isinstance(msg, FetchJob):
+            rows = {layer: bufs.get(sid) for layer, sid in msg.sids.items()}
             missing = any(r is None for r in rows.values())  # a bug: answer it, keep the worker
-            pool.submit(job, msg[1:], rows, "staging not mapped" if missing else None)
-        elif kind == "map":
-            _, sid, rows, width = msg
+            pool.submit(run, msg, rows, "staging not mapped" if missing else None)
+        elif isinstance(msg, MapSegment):
             fd = recv_handle(conn)
-            mm = mmap.mmap(fd, rows * width)
+            mm = mmap.mmap(fd, msg.rows * msg.width)
             os.close(fd)
-            bufs[sid] = np.frombuffer(mm, np.uint8).reshape(rows, width)
-        elif kind == "unmap":
-            bufs.pop(msg[1], None)  # a running job's view keeps the mapping until it ends
-        elif kind == "quit":
+            bufs[msg.sid] = np.frombuffer(mm, np.uint8).reshape(msg.rows, msg.width)
+        elif isinstance(msg, UnmapSegment):
+            bufs.pop(msg.sid, None)  # a running job's view keeps the mapping until it ends
+        elif isinstance(msg, Quit):
             break
     pool.shutdown(wait=False, cancel_futures=True)
     if store is not None:

@@ -31,7 +31,6 @@ wrote, and both fail alike.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 from typing import Optional
 
@@ -46,6 +45,7 @@ from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.hosttier import HostTier
 from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.loader import LayerwiseLoader
+from sglang_objectcache.layerwise.settings import LoaderHooks, LoaderParts, LoaderSettings
 from sglang_objectcache.layerwise.timeline import Timeline
 from sglang_objectcache.objformat import PageGeometry
 from sglang_objectcache.transfers import TransferScheduler
@@ -111,12 +111,12 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         fetch = ProcessFetch(self.cfg, self.geometry, threads, pinned=self.device_layers[0][0].is_cuda) \
             if lw.fetch == "process" else None
         self.loader = LayerwiseLoader(
-            store=self.store, geometry=self.geometry, device_layers=self.device_layers,
-            content_digest=lambda h: self.cache.keys.content_digest(h), counter=self.layer_done_counter,
-            scheduler=self.scheduler, tier=self.tier, timeline=self.timeline, stats=self.stats,
-            window_layers=lw.window_layers, layers_per_get=lw.layers_per_get, io_threads=threads,
-            on_store_error=self.cache.note_error, on_corrupt=self._drop_corrupt, fetch=fetch,
-            on_missing=self._forget,
+            self.geometry, self.device_layers,
+            LoaderParts(store=self.store, content_digest=lambda h: self.cache.keys.content_digest(h),
+                        scheduler=self.scheduler, tier=self.tier, timeline=self.timeline, stats=self.stats,
+                        counter=self.layer_done_counter, fetch=fetch),
+            LoaderSettings(window_layers=lw.window_layers, layers_per_get=lw.layers_per_get, io_threads=threads),
+            LoaderHooks(on_store_error=self.cache.note_error, on_corrupt=self._drop_corrupt, on_missing=self._forget),
         )
         self.pools = {PoolName.KV: kvcache}
         self.recompute_on_failure = lw.recompute_on_failure and bool(server_args.disable_overlap_schedule)
@@ -129,8 +129,9 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self._suppressed: set[str] = set()
         self._epoch = 0
         self._last_wait: tuple[int, int, float] = (-1, -1, 0.0)
-        # JSON + Chrome trace of the last batches (layerwise.trace_path or OBJECTCACHE_TRACE).
-        self._trace_path = lw.trace_path or os.environ.get("OBJECTCACHE_TRACE", "")
+        # JSON + Chrome trace of the last batches (layerwise.trace_path, or its environment
+        # variable OBJECTCACHE_LAYERWISE_TRACE_PATH through the config's overlay).
+        self._trace_path = lw.trace_path
         self._encode_pool = None  # GPU offloads wait for their D2H copy off the scheduler thread
         self._batch_names: dict[int, list[str]] = {}
         runtime.register(self)

@@ -28,6 +28,7 @@ from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.hosttier import HostTier
 from sglang_objectcache.layerwise.loader import LayerwiseLoader
+from sglang_objectcache.layerwise.settings import LoaderParts, LoaderSettings
 from sglang_objectcache.layerwise.timeline import Timeline
 from sglang_objectcache.objformat import PageGeometry
 from sglang_objectcache.transfers import TransferScheduler
@@ -181,11 +182,12 @@ class GpuRig:
 
         self.counter.complete = spy
         self.loader = LayerwiseLoader(
-            store=self.store, geometry=self.g, device_layers=self.dst,
-            content_digest=self.keys.content_digest, counter=self.counter,
-            scheduler=TransferScheduler(SchedulerConfig()), tier=HostTier(host_mb << 20),
-            timeline=self.timeline, stats=self.stats, window_layers=2, layers_per_get=1,
-            fetch=ProcessFetch(self.cfg, self.g, 4, pinned=True) if fetch == "process" else None)
+            self.g, self.dst,
+            LoaderParts(store=self.store, content_digest=self.keys.content_digest,
+                        scheduler=TransferScheduler(SchedulerConfig()), tier=HostTier(host_mb << 20),
+                        timeline=self.timeline, stats=self.stats, counter=self.counter,
+                        fetch=ProcessFetch(self.cfg, self.g, 4, pinned=True) if fetch == "process" else None),
+            LoaderSettings(window_layers=2, layers_per_get=1))
 
     def slots(self, pages) -> torch.Tensor:
         return torch.tensor([p * PAGE + t for p in pages for t in range(PAGE)], dtype=torch.int64)
@@ -201,7 +203,7 @@ class GpuRig:
         layer, then read its K/V. Returns (ok, bytes read per layer, copy events still
         running when wait_until returned)."""
         if block_copy_s:  # hold the copy stream, so every scatter completes late
-            with torch.cuda.stream(self.loader._copy_stream):
+            with torch.cuda.stream(self.loader.device.copy_stream):
                 torch.cuda._sleep(int(block_copy_s * 1.4e9))
         idx = self.counter.update_producer()
         dst = self.slots(pages).to(CUDA)

@@ -15,6 +15,7 @@ from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.hosttier import HostTier
 from sglang_objectcache.layerwise.loader import LayerwiseLoader
+from sglang_objectcache.layerwise.settings import LoaderHooks, LoaderParts, LoaderSettings
 from sglang_objectcache.layerwise.timeline import Timeline
 from sglang_objectcache.transfers import TransferScheduler
 from sglang_objectcache.sglang.layerwise_linker import device_pool_view
@@ -29,7 +30,7 @@ class Rig:
     """A source pool whose pages are in the bucket, and a destination pool to load into."""
 
     def __init__(self, s3_config: dict, *, host_mb: int = 0, timeout_s: float = 5.0, window: int = 4,
-                 layers: int = 3, per_get: int = 1, fetch: str = "process"):
+                 layers: int = 3, per_get: int = 1, fetch: str = "process", sched=SchedulerConfig()):
         self.cfg = ObjectCacheConfig.from_dict(s3_config)
         self.src_dev, _ = make_pools("mha", page_size=PAGE, host=False)
         self.dst_dev, _ = make_pools("mha", page_size=PAGE, host=False)
@@ -50,12 +51,13 @@ class Rig:
         self.corrupt = []
         self.counter = LayerReadyCounter(self.g.num_layers, timeout_s, on_finish=lambda i: self.loader.stop(i),
                                          on_wait=self.timeline.wait)
-        self.loader = LayerwiseLoader(
-            store=self.store, geometry=self.g, device_layers=self.dst,
-            content_digest=self.keys.content_digest, counter=self.counter,
-            scheduler=TransferScheduler(SchedulerConfig()), tier=self.tier, timeline=self.timeline,
-            stats=self.stats, window_layers=window, layers_per_get=per_get, on_corrupt=lambda names, hashes: self.corrupt.extend(names),
+        parts = LoaderParts(
+            store=self.store, content_digest=self.keys.content_digest, scheduler=TransferScheduler(sched),
+            tier=self.tier, timeline=self.timeline, stats=self.stats, counter=self.counter,
             fetch=ProcessFetch(self.cfg, self.g, 4, pinned=False) if fetch == "process" else None)
+        self.loader = LayerwiseLoader(
+            self.g, self.dst, parts, LoaderSettings(window_layers=window, layers_per_get=per_get),
+            LoaderHooks(on_corrupt=lambda names, hashes: self.corrupt.extend(names)))
 
     def slots(self, pages) -> torch.Tensor:
         return torch.tensor([p * PAGE + t for p in pages for t in range(PAGE)], dtype=torch.int64)

@@ -1,4 +1,5 @@
-"""Transfer scheduler (`sched.py`) with a fake clock, and the simulator that drives it."""
+"""Transfer scheduler (`transfers.py`) with a fake clock, its deadline arithmetic
+(`deadlines.py`), and the simulator that drives it."""
 
 from __future__ import annotations
 
@@ -10,14 +11,8 @@ from pathlib import Path
 import pytest
 
 from sglang_objectcache.config import ConfigError, ObjectCacheConfig, SchedulerConfig
-from sglang_objectcache.transfers import (
-    WRITE,
-    ComputeModel,
-    TransferScheduler,
-    Transfer,
-    layer_deadlines,
-    plan_starts,
-)
+from sglang_objectcache.deadlines import ComputeModel, layer_deadlines, plan_starts
+from sglang_objectcache.transfers import WRITE, Transfer, TransferScheduler
 from objectcache_dev.sim import System, Workload, added_ttft, make_requests, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,8 +115,9 @@ def test_max_inflight():
     d = s.next(0.0)
     assert [t.layer for t in d.start] == [0, 1, 2]
     assert s.next(0.0) == ([], None)  # full: nothing to do until a done()
-    assert s.stats(0.0).inflight == 3
+    assert s.stats(0.0).inflight == s.inflight_count == 3
     s.done(d.start[1], 0.1)
+    assert s.inflight_count == 2  # the public view the loader's rate estimate reads
     assert [t.layer for t in s.next(0.1).start] == [3]
     with pytest.raises(KeyError):
         s.done(d.start[1], 0.2)  # done twice
@@ -185,8 +181,10 @@ def test_cancel_drops_queued_keeps_inflight():
     st = s.stats(0.0)
     assert (st.queued_reads, st.inflight, st.queued_bytes) == (2, 2, 200)
     assert s.cancel("nobody") == []
+    assert s.inflight_count == 2  # cancelling never touches started transfers
     for t in running:
         s.done(t, 0.1)
+    assert s.inflight_count == 0
     assert [r for r, _ in order(s, 0.1)] == ["b", "b"]
 
 

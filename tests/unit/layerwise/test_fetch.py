@@ -189,8 +189,8 @@ def test_a_hung_worker_is_killed_and_replaced_and_lets_go_of_its_jobs(s3_config)
         os.kill(hung.pid, signal.SIGSTOP)  # alive, never answers
         t0 = time.monotonic()
         assert rig.load(keys, [20, 21, 22])[1] is False  # the layer timeout released the forward
-        assert rig.loader._jobs and rig.loader._draining  # waiting for the worker's answers
-        let_go = wait_for(lambda: not rig.loader._jobs and not rig.loader._draining, fetch.deadline_s + 5)
+        assert rig.loader._jobs and rig.loader.batches.draining  # waiting for the worker's answers
+        let_go = wait_for(lambda: not rig.loader._jobs and not rig.loader.batches.draining, fetch.deadline_s + 5)
         assert let_go, "the hung worker's jobs were never let go"
         assert time.monotonic() - t0 < fetch.deadline_s + 3
         assert wait_for(lambda: not alive(hung.pid)) and fetch._proc is None

@@ -13,9 +13,9 @@ from objectcache_dev.s3server import SeaweedFS, free_port
 from sglang_objectcache import objformat
 from sglang_objectcache.config import ConfigError, ObjectCacheConfig, SchedulerConfig
 from sglang_objectcache.layerwise.counter import LayerReadyCounter
-from sglang_objectcache.layerwise.loader import auto_layers_per_get
+from sglang_objectcache.layerwise.messages import Stop
+from sglang_objectcache.layerwise.settings import auto_layers_per_get
 from sglang_objectcache.layerwise.timeline import overlapped_layers
-from sglang_objectcache.transfers import TransferScheduler
 from sglang_objectcache.sglang import stats_bridge
 from sglang_objectcache.stats import Stats
 
@@ -200,10 +200,9 @@ def test_counter_without_loads_never_blocks():
 
 def test_a_failed_load_with_queued_transfers_releases_its_staging(s3_config, fetch):
     """A failed load cancels its queued transfers, which never come back: its staging must
-    still be released, not parked in `_draining` for ever (one leaked set per failed load)."""
-    rig = Rig(s3_config, fetch=fetch)
+    still be released, not parked in `draining` for ever (one leaked set per failed load)."""
+    rig = Rig(s3_config, fetch=fetch, sched=SchedulerConfig(max_inflight=1))  # the rest of the batch queues
     try:
-        rig.loader.sched = TransferScheduler(SchedulerConfig(max_inflight=1))  # the rest of the batch queues
         keys = hashes(40, "leak")
         rig.put(keys[1:], list(range(1, 40)))  # page 0 is missing: it fails every load
         allocs = []
@@ -211,7 +210,7 @@ def test_a_failed_load_with_queued_transfers_releases_its_staging(s3_config, fet
         rig.loader.fetch.alloc = lambda rows: allocs.append(rows) or alloc(rows)
         for _ in range(20):
             assert rig.load(keys, list(range(40)))[1] is False
-        assert rig.loader._draining == {}
+        assert rig.loader.batches.draining == {}
         assert len(allocs) <= 2 * rig.g.num_layers  # reused, not made anew per load
         if fetch == "process":
             assert len(rig.loader.fetch._segments) <= 2 * rig.g.num_layers
@@ -238,7 +237,7 @@ def test_staging_buffers_keep_their_size_across_small_and_large_loads(s3_config,
             assert rig.load(keys[:2], [50 + 2 * k, 51 + 2 * k])[1]
         assert rig.same(list(range(1, 21)), list(range(30, 50)))
         assert len(allocs) == rig.g.num_layers  # one set, made by the first load, reused since
-        assert all(t.shape[0] >= 20 for t in rig.loader._free)
+        assert all(t.shape[0] >= 20 for t in rig.loader.staging.free)
     finally:
         rig.close()
 
@@ -288,7 +287,7 @@ def test_stop_gives_up_on_a_stuck_or_gone_io_thread(s3_config, monkeypatch):
         real_handle = rig.loader._handle
 
         def stuck_on_stop(msg):
-            if msg[0] == "stop":
+            if isinstance(msg, Stop):
                 gate.wait()  # the I/O thread is stuck (until the test lets it go)
             real_handle(msg)
 
