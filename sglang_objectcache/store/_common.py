@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable, Optional, Sequence
 
-from sglang_objectcache.config import ObjectCacheConfig
+from sglang_objectcache.store.settings import StoreSettings
 from sglang_objectcache.store.base import CLOCK_SKEW_HINT, StoreError
 
 logger = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ CHECK_CONNECT_TIMEOUT_S = 2.0
 CHECK_READ_TIMEOUT_S = 5.0
 
 
-def check_timeouts(cfg: ObjectCacheConfig) -> tuple[float, float]:
-    return min(cfg.connect_timeout_s, CHECK_CONNECT_TIMEOUT_S), min(cfg.read_timeout_s, CHECK_READ_TIMEOUT_S)
+def check_timeouts(settings: StoreSettings) -> tuple[float, float]:
+    return min(settings.connect_timeout_s, CHECK_CONNECT_TIMEOUT_S), min(settings.read_timeout_s, CHECK_READ_TIMEOUT_S)
 
 _AUTH_CODES = {
     "SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "ExpiredToken",
@@ -132,10 +132,10 @@ class ConditionalPuts:
         return reply.error
 
 
-def concurrency(cfg: ObjectCacheConfig, override: Optional[int], transport_default: int) -> int:
+def concurrency(settings: StoreSettings, override: Optional[int], transport_default: int) -> int:
     """Requests in flight: an explicit override, else the user's `max_concurrency` if set
     (non-zero), else the transport's own measured default (see bench_transports.py)."""
-    return override or cfg.max_concurrency or transport_default
+    return override or settings.max_concurrency or transport_default
 
 
 def kind_for(status: int, code: str) -> str:
@@ -150,8 +150,8 @@ def kind_for(status: int, code: str) -> str:
     return "client"
 
 
-def endpoint_of(cfg: ObjectCacheConfig) -> str:
-    return cfg.endpoint_url.rstrip("/") or f"https://s3.{cfg.region}.amazonaws.com"
+def endpoint_of(settings: StoreSettings) -> str:
+    return settings.endpoint_url.rstrip("/") or f"https://s3.{settings.region}.amazonaws.com"
 
 
 @dataclass(frozen=True)
@@ -162,8 +162,8 @@ class Redactor:
     secrets: tuple[str, ...]
 
     @classmethod
-    def of(cls, cfg: ObjectCacheConfig) -> "Redactor":
-        return cls(tuple(s for s in (cfg.secret_access_key, cfg.session_token) if s))
+    def of(cls, settings: StoreSettings) -> "Redactor":
+        return cls(tuple(s for s in (settings.secret_access_key, settings.session_token) if s))
 
     def __call__(self, text: str) -> str:
         for s in self.secrets:
@@ -183,13 +183,13 @@ class Probe:
     status: int = 0
 
 
-def check_error(cfg: ObjectCacheConfig, p: Probe) -> StoreError:
-    ep, b = endpoint_of(cfg), cfg.bucket
+def check_error(settings: StoreSettings, p: Probe) -> StoreError:
+    ep, b = endpoint_of(settings), settings.bucket
     if p.kind == "unreachable":
         return StoreError("unreachable", f"cannot reach S3 endpoint {ep}: {p.code}")
     if p.kind == "timeout":
         return StoreError(
-            "timeout", f"S3 endpoint {ep} did not answer within {check_timeouts(cfg)[1]:g}s ({p.code}); "
+            "timeout", f"S3 endpoint {ep} did not answer within {check_timeouts(settings)[1]:g}s ({p.code}); "
             "is the server overloaded or stalled?")
     if p.kind == "no_bucket":
         return StoreError(
@@ -212,7 +212,7 @@ def check_error(cfg: ObjectCacheConfig, p: Probe) -> StoreError:
     return StoreError(p.kind, f"S3 check of bucket '{b}' at {ep} failed: HTTP {p.status} {p.code}".rstrip(), p.status)
 
 
-def run_check(cfg: ObjectCacheConfig, probe: Callable[[], Probe], create: Callable[[], None],
+def run_check(settings: StoreSettings, probe: Callable[[], Probe], create: Callable[[], None],
               create_bucket: bool) -> None:
     """Probe the bucket; create it if asked and missing; raise a user-facing StoreError."""
     p = probe()
@@ -220,7 +220,7 @@ def run_check(cfg: ObjectCacheConfig, probe: Callable[[], Probe], create: Callab
         create()
         p = probe()
     if p.kind != "ok":
-        raise check_error(cfg, p)
+        raise check_error(settings, p)
 
 
 # --- ranged reads ------------------------------------------------------------------------

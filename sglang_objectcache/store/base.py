@@ -2,7 +2,7 @@
 
 A transport moves bytes. It knows nothing of KV, pages, layouts or SGLang, and it never
 retries by hand: retries and timeouts are the client library's own (botocore's retry
-modes, obstore's retry config), set from `ObjectCacheConfig`.
+modes, obstore's retry config), set from `StoreSettings` (settings.py).
 
 Batch methods run their requests concurrently, at most `max_concurrency` at a time, and
 return one result per input, in input order. A per-item failure is returned as a

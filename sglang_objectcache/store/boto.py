@@ -19,17 +19,15 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
-import boto3
 from botocore import exceptions as bx
-from botocore.config import Config
-from botocore.handlers import add_expect_header
 
-from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
 from sglang_objectcache.store.base import (STOP_POLL_S, STOPPED, Buffer, Cutoff, GetResult, ObjectInfo, ObjectStat,
                                             ObjectStore, Receiver, StoreError, stopped)
+from sglang_objectcache.store.boto_client import (body_of, classify, deadline_settings, make_bucket, make_client,
+                                                   probe, status_code)
 from sglang_objectcache.store.boto_deadline import Call, Deadlines, Group, PastDeadline
-from sglang_objectcache.store.httpget import deadline_s
+from sglang_objectcache.store.settings import StoreSettings, deadline_s
 
 # From benchmarks/results/transports.json: ~2.2 ms of client CPU per request caps boto3 at
 # ~450 req/s per core, which 16 threads keep busy even at 35 ms of store latency; at 64,
@@ -40,123 +38,24 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def deadline_settings(cfg: ObjectCacheConfig) -> tuple[float, int]:
-    """(read timeout, attempts) for botocore so that a call whose every attempt stalls ends by
-    `request_deadline_s`. botocore has no total deadline of its own: its read timeout is per
-    socket read, so a store that trickles a body byte by byte is not cut (obstore's and our
-    own clients' are); the read timeout is cut to what the deadline leaves after a connect,
-    and only the retries that fit the deadline are made."""
-    read_s = min(cfg.read_timeout_s, max(0.1, cfg.request_deadline_s - cfg.connect_timeout_s))
-    per = cfg.connect_timeout_s + read_s
-    attempts, used = 1, per
-    # botocore waits up to 2 ** (n - 1) s before its n-th retry (throttling; 50 ms x that otherwise)
-    while attempts <= cfg.retries and used + 2 ** (attempts - 1) + per <= cfg.request_deadline_s:
-        used += 2 ** (attempts - 1) + per
-        attempts += 1
-    return read_s, attempts
-
-
-def make_client(cfg: ObjectCacheConfig, *, connect_s: float, read_s: float, attempts: int, pool: int):
-    """A boto3 S3 client for `cfg`. Explicit keys win; otherwise boto3's credential chain."""
-    session = boto3.session.Session(
-        aws_access_key_id=cfg.access_key_id or None,
-        aws_secret_access_key=cfg.secret_access_key or None,
-        aws_session_token=cfg.session_token or None,
-        region_name=cfg.region,
-    )
-    conf = Config(
-        region_name=cfg.region,
-        connect_timeout=connect_s,
-        read_timeout=read_s,
-        retries={"mode": cfg.retry_mode, "total_max_attempts": attempts},
-        max_pool_connections=pool,
-        tcp_keepalive=True,
-        s3={"addressing_style": cfg.addressing_style},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-    client = session.client("s3", endpoint_url=cfg.endpoint_url or None, verify=cfg.verify_tls, config=conf)
-    # botocore sends every PUT body with "Expect: 100-continue": one more round trip per
-    # PUT, and a fixed 1 s wait when the server is slow to answer it. Pages are small
-    # enough to just send.
-    client.meta.events.unregister("before-call.s3", add_expect_header)
-    return client
-
-
-def make_bucket(cfg: ObjectCacheConfig) -> None:
-    """Create `cfg.bucket` (used by every transport's check, since obstore cannot)."""
-    connect_s, read_s = C.check_timeouts(cfg)
-    client = make_client(cfg, connect_s=connect_s, read_s=read_s, attempts=1, pool=1)
-    kw = {}
-    if cfg.region != "us-east-1":  # S3 rejects an explicit us-east-1 location
-        kw["CreateBucketConfiguration"] = {"LocationConstraint": cfg.region}
-    try:
-        client.create_bucket(Bucket=cfg.bucket, **kw)
-    except bx.ClientError as e:
-        status, code = _status_code(e)
-        if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):  # a racing creator
-            raise StoreError(C.kind_for(status, code) if status != 404 else "client",
-                             f"cannot create bucket '{cfg.bucket}' at {C.endpoint_of(cfg)}: "
-                             f"HTTP {status} {code}", status) from None
-    except Exception as e:  # noqa: BLE001 - the probe that follows reports network errors
-        raise StoreError("unreachable", f"cannot create bucket '{cfg.bucket}' at "
-                         f"{C.endpoint_of(cfg)}: {C.net_reason(str(e))}") from None
-    finally:
-        client.close()
-
-
-def _status_code(e: bx.ClientError) -> tuple[int, str]:
-    return (e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0),
-            e.response.get("Error", {}).get("Code", ""))
-
-
-class _BufferReader:
-    """A seekable file over a buffer: botocore accepts bytes or files, not memoryviews, and
-    `bytes(view)` would copy every PUT. Reads return zero-copy slices."""
-
-    def __init__(self, view: memoryview):
-        self._v, self._pos = view, 0
-
-    def read(self, n: int = -1) -> memoryview:
-        end = len(self._v) if n is None or n < 0 else min(len(self._v), self._pos + n)
-        out, self._pos = self._v[self._pos:end], end
-        return out
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self._pos = pos if whence == 0 else (self._pos + pos if whence == 1 else len(self._v) + pos)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def __len__(self) -> int:
-        return len(self._v)
-
-
-def _body(data: Buffer):
-    if isinstance(data, (bytes, bytearray)):
-        return data
-    return _BufferReader(memoryview(data).cast("B"))
-
-
 class Boto3Store(ObjectStore):
     name = "boto3"
 
-    def __init__(self, cfg: ObjectCacheConfig, max_concurrency: Optional[int] = None):
-        self.cfg = cfg
-        self.bucket = cfg.bucket
-        self.max_concurrency = C.concurrency(cfg, max_concurrency, DEFAULT_CONCURRENCY)
-        self._redact = C.Redactor.of(cfg)
-        read_s, attempts = deadline_settings(cfg)
-        self._client = make_client(cfg, connect_s=cfg.connect_timeout_s, read_s=read_s,
+    def __init__(self, settings: StoreSettings, max_concurrency: Optional[int] = None):
+        self.settings = settings
+        self.bucket = settings.bucket
+        self.max_concurrency = C.concurrency(settings, max_concurrency, DEFAULT_CONCURRENCY)
+        self._redact = C.Redactor.of(settings)
+        read_s, attempts = deadline_settings(settings)
+        self._client = make_client(settings, connect_s=settings.connect_timeout_s, read_s=read_s,
                                    attempts=attempts, pool=self.max_concurrency)
         self._deadlines = Deadlines()
         self._deadlines.install(self._client)
         self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="objectcache-boto3")
-        self._conditional = C.ConditionalPuts(f"{C.endpoint_of(cfg)}/{cfg.bucket}")
+        self._conditional = C.ConditionalPuts(f"{C.endpoint_of(settings)}/{settings.bucket}")
 
     def __repr__(self) -> str:
-        return f"Boto3Store(endpoint={C.endpoint_of(self.cfg)!r}, bucket={self.bucket!r}, " \
+        return f"Boto3Store(endpoint={C.endpoint_of(self.settings)!r}, bucket={self.bucket!r}, " \
                f"max_concurrency={self.max_concurrency})"
 
     # --- batch calls --------------------------------------------------------------------
@@ -280,9 +179,9 @@ class Boto3Store(ObjectStore):
 
     def _timed(self, nbytes: Optional[int] = None, group: Optional[Group] = None):
         """One call's deadlines (`boto_deadline`): `request_deadline_s` in all, and each
-        attempt `httpget.deadline_s` of its bytes where they are known."""
-        total = self.cfg.request_deadline_s
-        return self._deadlines.call(total, total if nbytes is None else deadline_s(self.cfg, nbytes), group)
+        attempt `settings.deadline_s` of its bytes where they are known."""
+        total = self.settings.request_deadline_s
+        return self._deadlines.call(total, total if nbytes is None else deadline_s(self.settings, nbytes), group)
 
     def _get(self, key: str, start: int = 0, end: int = 0, sized: bool = False,
              group: Optional[Group] = None) -> GetResult:
@@ -307,7 +206,7 @@ class Boto3Store(ObjectStore):
                         f"GET {self.bucket}/{key}: body cut short, {len(data)} of {expected} bytes"))
                 return self._answer("GET", key, call, memoryview(data)[start:end] if whole else data)
             except bx.ClientError as e:
-                status, code = _status_code(e)
+                status, code = status_code(e)
                 if status == 404 and code != "NoSuchBucket" and not call.timed_out:
                     return None
                 if status == 416 and sized and not call.timed_out:
@@ -331,12 +230,12 @@ class Boto3Store(ObjectStore):
     def _put_once(self, key: str, data: Buffer, conditional: bool) -> Union[bool, C.Refused, StoreError]:
         try:
             if conditional:
-                self._client.put_object(Bucket=self.bucket, Key=key, Body=_body(data), IfNoneMatch="*")
+                self._client.put_object(Bucket=self.bucket, Key=key, Body=body_of(data), IfNoneMatch="*")
             else:
-                self._client.put_object(Bucket=self.bucket, Key=key, Body=_body(data))
+                self._client.put_object(Bucket=self.bucket, Key=key, Body=body_of(data))
             return True
         except bx.ClientError as e:
-            status, code = _status_code(e)
+            status, code = status_code(e)
             return C.Refused(status, code, e.response.get("Error", {}).get("Message", ""), self._error("PUT", key, e))
         except Exception as e:  # noqa: BLE001
             return self._error("PUT", key, e)
@@ -347,7 +246,7 @@ class Boto3Store(ObjectStore):
                 self._client.head_object(Bucket=self.bucket, Key=key)
                 return self._answer("HEAD", key, call, True)
             except bx.ClientError as e:
-                if _status_code(e)[0] == 404 and not call.timed_out:  # a HEAD has no body: a missing
+                if status_code(e)[0] == 404 and not call.timed_out:  # a HEAD has no body: a missing
                     return False  # bucket looks the same
                 return self._error("HEAD", key, e, call)
             except Exception as e:  # noqa: BLE001
@@ -359,7 +258,7 @@ class Boto3Store(ObjectStore):
                 r = self._client.head_object(Bucket=self.bucket, Key=key)
                 return self._answer("HEAD", key, call, ObjectStat(r["ContentLength"], r.get("ETag", "").strip('"')))
             except bx.ClientError as e:
-                if _status_code(e)[0] == 404 and not call.timed_out:  # as in _exists
+                if status_code(e)[0] == 404 and not call.timed_out:  # as in _exists
                     return None
                 return self._error("HEAD", key, e, call)
             except Exception as e:  # noqa: BLE001
@@ -370,49 +269,21 @@ class Boto3Store(ObjectStore):
         call = call or self._deadlines.current()
         if isinstance(e, PastDeadline) or (call is not None and call.timed_out):
             return StoreError("timeout", self._redact(
-                f"{where}: not done within its deadline ({self.cfg.request_deadline_s:g}s a call; each attempt "
-                f"connect + read + its bytes at {self.cfg.min_rate_mbps:g} Mbit/s)"))
-        status = 0
-        if isinstance(e, bx.ClientError):
-            status, code = _status_code(e)
-            kind, what = C.kind_for(status, code), f"HTTP {status} {code}"
-        elif isinstance(e, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
-            kind, what = "timeout", "connect timed out" if isinstance(e, bx.ConnectTimeoutError) else "read timed out"
-        elif isinstance(e, (bx.ConnectionError, bx.HTTPClientError)):
-            kind, what = C.net_failure(str(getattr(e, "kwargs", {}).get("error", e)))
-        elif isinstance(e, bx.NoCredentialsError):
-            kind, what = "auth", "no AWS credentials found (config keys or the AWS chain)"
-        else:
-            kind, what = "client", f"{type(e).__name__}: {e}"
+                f"{where}: not done within its deadline ({self.settings.request_deadline_s:g}s a call; each attempt "
+                f"connect + read + its bytes at {self.settings.min_rate_mbps:g} Mbit/s)"))
+        kind, what, status = classify(e)
         return StoreError(kind, self._redact(f"{where}: {what}"), status)
 
     # --- startup ------------------------------------------------------------------------
 
     def check(self, create_bucket: bool = False) -> None:
-        connect_s, read_s = C.check_timeouts(self.cfg)
-        client = make_client(self.cfg, connect_s=connect_s, read_s=read_s, attempts=1, pool=1)
+        connect_s, read_s = C.check_timeouts(self.settings)
+        client = make_client(self.settings, connect_s=connect_s, read_s=read_s, attempts=1, pool=1)
         try:
-            C.run_check(self.cfg, lambda: self._probe(client), lambda: make_bucket(self.cfg), create_bucket)
+            C.run_check(self.settings, lambda: probe(client, self.settings), lambda: make_bucket(self.settings),
+                        create_bucket)
         finally:
             client.close()
-
-    def _probe(self, client) -> C.Probe:
-        # ListObjectsV2 rather than HeadBucket: a HEAD error has no body, so it cannot say
-        # SignatureDoesNotMatch from InvalidAccessKeyId or NoSuchBucket from a 404 route.
-        try:
-            client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
-            return C.Probe("ok")
-        except bx.ClientError as e:
-            status, code = _status_code(e)
-            return C.Probe(C.kind_for(status, code), code, status)
-        except bx.ConnectTimeoutError:
-            return C.Probe("unreachable", f"connect timed out after {C.check_timeouts(self.cfg)[0]:g}s")
-        except bx.ReadTimeoutError:
-            return C.Probe("timeout", "connected, but no response")
-        except (bx.ConnectionError, bx.HTTPClientError) as e:
-            return C.Probe(*C.net_failure(str(getattr(e, "kwargs", {}).get("error", e))))
-        except bx.NoCredentialsError:
-            return C.Probe("auth", "NoCredentials")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -4,7 +4,7 @@ botocore's read timeout is per socket read: a store that trickles bytes (headers
 never trips it, and holds a call, and SGLang's storage thread with it, for as long as it
 likes (review C2, H6). `Deadlines` gives each call an end (`request_deadline_s` from its
 start) and each attempt of it another (connect + read + its bytes at `min_rate_mbps`, as
-objectcache's own HTTP clients: `httpget.deadline_s`). A watchdog thread shuts down the
+objectcache's own HTTP clients: `settings.deadline_s`). A watchdog thread shuts down the
 socket of an attempt past its end, which ends the read blocked on it at once; botocore may
 then retry inside the call's end, and an attempt that would start after that is refused
 (`PastDeadline`, which botocore does not retry). `end_now` ends calls early the same way

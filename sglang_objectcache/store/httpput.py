@@ -7,7 +7,7 @@ client millisecond is taken from the server. `batch_set_v1` spent 0.40 ms of cli
 per 257 KiB page with obstore's PUTs and 0.26 ms with this client, side by side
 (benchmarks/results/put_client.json).
 
-Narrow like `httpget` and used where it applies (`httpget.plain`: plain http://, static
+Narrow like `httpget` and used where it applies (`http1.plain`: plain http://, static
 keys, path style) with `http_put` on and `sign_payload` off, since the body is not signed
 (UNSIGNED-PAYLOAD, as obstore's PUTs by default). It answers only what it can be sure of:
 `True` for a 200, and for a conditional PUT the store refused in a way
@@ -20,7 +20,7 @@ A PUT is safe to send twice: the key names its content, so a second conditional 
 a first that landed answers "exists", and an unconditional one writes the same bytes. A
 PUT that makes no progress for `read_timeout_s` (no byte sent, no reply) is a
 `StoreError("timeout")` at once, so a slow store is not waited on twice. So is a PUT not
-over by its deadline (`httpget.deadline_s`: connect + read + size / `min_rate_mbps`, at most
+over by its deadline (`settings.deadline_s`: connect + read + size / `min_rate_mbps`, at most
 `request_deadline_s`), or whose reply's headers have not all come within `read_timeout_s`
 of the body's last byte: a store that reads or answers byte by byte cannot hold a PUT
 forever.
@@ -33,16 +33,16 @@ import socket
 from typing import Optional, Union
 from urllib.parse import urlsplit
 
-from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.store import _common as C
 from sglang_objectcache.store.base import Buffer, StoreError
-from sglang_objectcache.store.httpget import FALL_BACK, _Signer, connect, deadline_s, plain
+from sglang_objectcache.store.http1 import FALL_BACK, Signer, connect, plain
+from sglang_objectcache.store.settings import StoreSettings, deadline_s
 
 _REPLY_BYTES = 64 << 10  # a PUT's reply is headers and, for an error, a short XML body
 
 
-def applies(cfg: ObjectCacheConfig) -> bool:
-    return cfg.http_put and not cfg.sign_payload and plain(cfg)
+def applies(settings: StoreSettings) -> bool:
+    return settings.http_put and not settings.sign_payload and plain(settings)
 
 
 class _Stalled(Exception):
@@ -52,16 +52,16 @@ class _Stalled(Exception):
 class HttpPut:
     """PUTs on the running event loop, one connection per PUT in flight."""
 
-    def __init__(self, cfg: ObjectCacheConfig):
-        u = urlsplit(cfg.endpoint_url)
+    def __init__(self, settings: StoreSettings):
+        u = urlsplit(settings.endpoint_url)
         self._addr = (u.hostname, u.port or 80)
-        self._signer, self._bucket, self._cfg = _Signer(cfg), cfg.bucket, cfg
-        self._connect_s, self._read_s = cfg.connect_timeout_s, cfg.read_timeout_s
+        self._signer, self._bucket, self._settings = Signer(settings), settings.bucket, settings
+        self._connect_s, self._read_s = settings.connect_timeout_s, settings.read_timeout_s
         self._idle: list[socket.socket] = []
 
     async def put(self, key: str, data: Buffer, if_absent: bool) -> Union[bool, C.Refused, StoreError, object]:
         body = memoryview(data).cast("B")
-        budget = deadline_s(self._cfg, body.nbytes)
+        budget = deadline_s(self._settings, body.nbytes)
         deadline = (asyncio.get_running_loop().time() + budget, f"not done within its {budget:g}s deadline "
                                                                  f"({body.nbytes} bytes)")
         try:

@@ -29,7 +29,7 @@ import os
 import time
 from typing import Iterator, Optional, Sequence, Union
 
-from sglang_objectcache.config import ObjectCacheConfig
+from sglang_objectcache.store.settings import StoreSettings
 from sglang_objectcache.store import _common as C
 from sglang_objectcache.store.base import Buffer, GetResult, ObjectInfo, ObjectStat, ObjectStore, StoreError
 from sglang_objectcache.store.boto import Boto3Store
@@ -47,49 +47,49 @@ logger = logging.getLogger(__name__)
 _ids = itertools.count()
 
 
-def obj_params(cfg: ObjectCacheConfig) -> dict[str, str]:
+def obj_params(settings: StoreSettings) -> dict[str, str]:
     """OBJ plugin init params (names from NIXL's obj plugin README); nixl_plugin_params win."""
-    p = {"bucket": cfg.bucket, "region": cfg.region,
-         "use_virtual_addressing": str(cfg.addressing_style == "virtual").lower(),
+    p = {"bucket": settings.bucket, "region": settings.region,
+         "use_virtual_addressing": str(settings.addressing_style == "virtual").lower(),
          "req_checksum": "supported"}
-    if cfg.endpoint_url:
-        p["endpoint_override"] = cfg.endpoint_url
-        p["scheme"] = cfg.endpoint_url.split("://", 1)[0]
-    if cfg.access_key_id:  # else the AWS SDK's own credential chain
-        p.update(access_key=cfg.access_key_id, secret_key=cfg.secret_access_key)
-        if cfg.session_token:
-            p["session_token"] = cfg.session_token
-    p.update(cfg.nixl_plugin_params)
+    if settings.endpoint_url:
+        p["endpoint_override"] = settings.endpoint_url
+        p["scheme"] = settings.endpoint_url.split("://", 1)[0]
+    if settings.access_key_id:  # else the AWS SDK's own credential chain
+        p.update(access_key=settings.access_key_id, secret_key=settings.secret_access_key)
+        if settings.session_token:
+            p["session_token"] = settings.session_token
+    p.update(settings.nixl_plugin_params)
     return p
 
 
 class NixlObjStore(ObjectStore):
     name = "nixl"
 
-    def __init__(self, cfg: ObjectCacheConfig, max_concurrency: Optional[int] = None):
+    def __init__(self, settings: StoreSettings, max_concurrency: Optional[int] = None):
         try:
             import numpy as np
             from nixl._api import nixl_agent, nixl_agent_config
         except ImportError:
             raise StoreError("client", NO_NIXL) from None
-        self.cfg, self.bucket, self._np = cfg, cfg.bucket, np
-        redact = C.Redactor.of(cfg)
+        self.settings, self.bucket, self._np = settings, settings.bucket, np
+        redact = C.Redactor.of(settings)
         self._agent_name = f"objectcache-{os.getpid()}-{next(_ids)}"
-        params = obj_params(cfg)
+        params = obj_params(settings)
         try:
             self._agent = nixl_agent(self._agent_name, nixl_agent_config(backends=[]))
             self._agent.create_backend("OBJ", params)
         except Exception as e:  # noqa: BLE001 - nixl raises its own binding errors
             shown = {k: ("***" if k in ("secret_key", "session_token") else v) for k, v in params.items()}
             raise StoreError("client", redact(NO_OBJ.format(err=f"{type(e).__name__}: {e}", params=shown))) from None
-        self._control = Boto3Store(cfg, max_concurrency)
+        self._control = Boto3Store(settings, max_concurrency)
         self.max_concurrency = self._control.max_concurrency
-        self._timeout_s = cfg.connect_timeout_s + cfg.read_timeout_s * (cfg.retries + 1)
+        self._timeout_s = settings.connect_timeout_s + settings.read_timeout_s * (settings.retries + 1)
         self._abandoned: list = []  # transfers past their wait, kept with their memory (`_abandon`)
         self._warned_abandon = False
 
     def __repr__(self) -> str:
-        return f"NixlObjStore(endpoint={C.endpoint_of(self.cfg)!r}, bucket={self.bucket!r})"
+        return f"NixlObjStore(endpoint={C.endpoint_of(self.settings)!r}, bucket={self.bucket!r})"
 
     # --- control plane: boto3 -----------------------------------------------------------
 
@@ -217,6 +217,6 @@ class NixlObjStore(ObjectStore):
     def _failed(self, op: str, reqs, e: Exception) -> list:
         # A READ of a missing key fails the whole transfer; say None for those keys.
         exists = self._control.exists_many([k for k, _, _ in reqs]) if op == "READ" else [True] * len(reqs)
-        err = StoreError("server", C.Redactor.of(self.cfg)(f"NIXL OBJ {op} of {len(reqs)} objects in "
+        err = StoreError("server", C.Redactor.of(self.settings)(f"NIXL OBJ {op} of {len(reqs)} objects in "
                                                            f"{self.bucket}: {type(e).__name__}: {e}"))
         return [None if x is False else (x if isinstance(x, StoreError) else err) for x in exists]

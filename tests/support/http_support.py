@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.store import make_store
+from sglang_objectcache.store import StoreSettings, make_store
 from sglang_objectcache.store.obstore_ import ObstoreStore
 
 
@@ -33,7 +33,7 @@ def silent_store(s3, bucket, read_timeout_s: float) -> Iterator[ObstoreStore]:
     threading.Thread(target=lambda: [held.append(srv.accept()) for _ in range(4)], daemon=True).start()
     cfg = {**s3.config(bucket), "endpoint_url": f"http://127.0.0.1:{srv.getsockname()[1]}", "transport": "obstore",
            "read_timeout_s": read_timeout_s}
-    st = ObstoreStore(ObjectCacheConfig.from_dict(cfg))
+    st = ObstoreStore(StoreSettings.of(ObjectCacheConfig.from_dict(cfg)))
     try:
         yield st
     finally:

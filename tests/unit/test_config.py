@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sglang_objectcache.config import ConfigError, ObjectCacheConfig, parse
-from sglang_objectcache.store import httpget
+from sglang_objectcache.store import StoreSettings, http1
 
 ROOT = str(Path(__file__).resolve().parents[2])
 SHIPPED = sorted(glob.glob(os.path.join(ROOT, "configs", "*")))
@@ -184,7 +184,7 @@ def test_endpoint_scheme_is_case_insensitive():
     cfg = ObjectCacheConfig(bucket="kv", endpoint_url="HTTP://127.0.0.1:8333", access_key_id="a",
                             secret_access_key="s")
     assert cfg.endpoint_url == "http://127.0.0.1:8333"
-    assert httpget.plain(cfg)
+    assert http1.plain(StoreSettings.of(cfg))
     assert ObjectCacheConfig(bucket="kv", endpoint_url="Https://s3.example.com/base").endpoint_url == \
         "https://s3.example.com/base"
     assert ObjectCacheConfig(bucket="kv", endpoint_url="http://[::1]:9000").endpoint_url == "http://[::1]:9000"

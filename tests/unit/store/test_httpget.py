@@ -13,11 +13,16 @@ from types import SimpleNamespace
 import pytest
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.store import INTO, Receiver, StoreError, httpget
+from sglang_objectcache.store import INTO, Receiver, StoreError, StoreSettings, http1, httpget
 from sglang_objectcache.store.obstore_ import ObstoreStore
+from sglang_objectcache.store.settings import deadline_s
 
 from http_support import blob, silent_store, store
 from trickle_support import endless_body, endless_headers
+
+
+def settings_of(raw: dict) -> StoreSettings:
+    return StoreSettings.of(ObjectCacheConfig.from_dict(raw))
 
 
 def calls(monkeypatch, st: ObstoreStore) -> dict:
@@ -38,11 +43,11 @@ def calls(monkeypatch, st: ObstoreStore) -> dict:
 
 def test_it_applies_only_where_it_can_sign_and_speak(s3, bucket):
     base = s3.config(bucket)
-    assert httpget.applies(ObjectCacheConfig.from_dict(base))
+    assert httpget.applies(settings_of(base))
     for other in ({"http_get": False}, {"endpoint_url": base["endpoint_url"].replace("http:", "https:")},
                   {"addressing_style": "virtual"}, {"session_token": "t"},
                   {"access_key_id": "", "secret_access_key": ""}):
-        assert not httpget.applies(ObjectCacheConfig.from_dict({**base, **other})), other
+        assert not httpget.applies(settings_of({**base, **other})), other
 
 
 def test_the_fast_paths_apply_with_keys_from_the_environment(s3, bucket, monkeypatch):
@@ -52,7 +57,7 @@ def test_the_fast_paths_apply_with_keys_from_the_environment(s3, bucket, monkeyp
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    st = ObstoreStore(ObjectCacheConfig.from_dict(cfg))
+    st = ObstoreStore(settings_of(cfg))
     try:
         assert st._http is not None and st._http_put is not None
         data = blob(5000, 3)
@@ -65,8 +70,7 @@ def test_the_fast_paths_apply_with_keys_from_the_environment(s3, bucket, monkeyp
 def test_the_fast_paths_apply_with_keys_from_the_shared_credentials_file(s3, bucket, monkeypatch, tmp_path):
     """No keys in the config or the environment, a profile in ~/.aws/credentials (as boto3's
     chain, which obstore uses, finds them): the fast clients apply too."""
-    cfg = ObjectCacheConfig.from_dict({k: v for k, v in s3.config(bucket, transport="obstore").items()
-                                       if "key" not in k})
+    cfg = settings_of({k: v for k, v in s3.config(bucket, transport="obstore").items() if "key" not in k})
     creds = tmp_path / "credentials"
     keys = f"[kv]\naws_access_key_id = {s3.access_key}\naws_secret_access_key = {s3.secret_key}\n"
     creds.write_text(keys)
@@ -84,7 +88,7 @@ def test_the_fast_paths_apply_with_keys_from_the_shared_credentials_file(s3, buc
         finally:
             st.close()
         creds.write_text(keys + "aws_session_token = temporary\n")
-        assert not httpget.applies(httpget.with_env_keys(cfg))  # temporary keys: left to obstore
+        assert not httpget.applies(http1.with_env_keys(cfg))  # temporary keys: left to obstore
 
 
 @pytest.mark.parametrize("size", [1000, 300_000, 2_500_000])  # one read, many, and landed off the loop
@@ -127,7 +131,7 @@ def test_wrong_credentials_are_an_auth_error_as_before(s3, bucket):
     st = store(s3, bucket)
     st.put_many([("a/1", blob(100, 1))])
     st.close()
-    bad = ObstoreStore(ObjectCacheConfig.from_dict(s3.config(bucket, secret_access_key="wrong", transport="obstore")))
+    bad = ObstoreStore(settings_of(s3.config(bucket, secret_access_key="wrong", transport="obstore")))
     try:
         got = []
         bad.get_each(["a/1"], lambda i, r: got.append(r), size=100)
@@ -240,7 +244,7 @@ def test_an_idle_connection_the_server_closed_is_not_reused(server_does):
 def timed_get(cfg: ObjectCacheConfig, size: int, cap_s: float = 8.0):
     """(result, seconds) of one HttpGet GET; a GET still running after `cap_s` is a failure
     of the deadline, not a hang of the test."""
-    client = httpget.HttpGet(cfg)
+    client = httpget.HttpGet(StoreSettings.of(cfg))
 
     async def main():
         try:
@@ -285,16 +289,16 @@ def test_trickled_headers_end_within_a_read_timeout():
 
 
 def test_the_deadline_grows_with_the_size_up_to_request_deadline_s():
-    cfg = ObjectCacheConfig(bucket="b")  # connect 1, read 2.5, 8 Mbit/s, request_deadline_s 4
-    assert httpget.deadline_s(cfg, 0) == pytest.approx(3.5)
-    assert httpget.deadline_s(cfg, 250_000) == pytest.approx(3.75)
-    assert httpget.deadline_s(cfg, 8 << 20) == pytest.approx(4.0)
-    fast = ObjectCacheConfig(bucket="b", min_rate_mbps=800.0, request_deadline_s=6.0)
-    assert httpget.deadline_s(fast, 100_000_000) == pytest.approx(1.0 + 2.5 + 1.0)
+    cfg = StoreSettings.of(ObjectCacheConfig(bucket="b"))  # connect 1, read 2.5, 8 Mbit/s, request_deadline_s 4
+    assert deadline_s(cfg, 0) == pytest.approx(3.5)
+    assert deadline_s(cfg, 250_000) == pytest.approx(3.75)
+    assert deadline_s(cfg, 8 << 20) == pytest.approx(4.0)
+    fast = StoreSettings.of(ObjectCacheConfig(bucket="b", min_rate_mbps=800.0, request_deadline_s=6.0))
+    assert deadline_s(fast, 100_000_000) == pytest.approx(1.0 + 2.5 + 1.0)
 
 
 class FrozenClock:
-    """`httpget.dt` at a fixed instant, so that two signers' requests can be compared."""
+    """`http1.dt` at a fixed instant, so that two signers' requests can be compared."""
 
     timezone = _dt.timezone
 
@@ -304,10 +308,10 @@ class FrozenClock:
             return _dt.datetime(2026, 12, 7, 12, 0, 0, tzinfo=tz)
 
 
-def signer_for(endpoint_url: str) -> httpget._Signer:
-    # not an ObjectCacheConfig: the config refuses userinfo, the signer must not rely on it
-    return httpget._Signer(SimpleNamespace(endpoint_url=endpoint_url, bucket="b", access_key_id="AK",
-                                           secret_access_key="SK", region="us-east-1"))
+def signer_for(endpoint_url: str) -> http1.Signer:
+    # not StoreSettings of a config: the config refuses userinfo, the signer must not rely on it
+    return http1.Signer(SimpleNamespace(endpoint_url=endpoint_url, bucket="b", access_key_id="AK",
+                                        secret_access_key="SK", region="us-east-1"))
 
 
 @pytest.mark.parametrize("endpoint, host", [
@@ -316,7 +320,7 @@ def signer_for(endpoint_url: str) -> httpget._Signer:
     ("http://user:pw@[::1]:9000/base", "[::1]:9000"),
 ])
 def test_the_host_header_is_hostname_and_port_never_userinfo(monkeypatch, endpoint, host):
-    monkeypatch.setattr(httpget, "dt", FrozenClock)
+    monkeypatch.setattr(http1, "dt", FrozenClock)
     request = signer_for(endpoint).request("k/1").decode()
     assert f"\r\nhost: {host}\r\n" in request, request
     assert "user" not in request and "pw" not in request, request

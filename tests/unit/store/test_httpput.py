@@ -14,9 +14,14 @@ from http_support import blob, silent_store, store
 from trickle_support import endless_body, endless_headers
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.store import StoreError, httpget, httpput
+from sglang_objectcache.store import StoreError, StoreSettings, httpput
 from sglang_objectcache.store._common import Refused
+from sglang_objectcache.store.http1 import FALL_BACK
 from sglang_objectcache.store.obstore_ import ObstoreStore
+
+
+def settings_of(raw: dict) -> StoreSettings:
+    return StoreSettings.of(ObjectCacheConfig.from_dict(raw))
 
 
 def counted(monkeypatch, st: ObstoreStore) -> dict:
@@ -26,7 +31,7 @@ def counted(monkeypatch, st: ObstoreStore) -> dict:
 
     async def wrapped(*a):
         r = await put(*a)
-        n["fallback" if r is httpget.FALL_BACK else "http"] += 1
+        n["fallback" if r is FALL_BACK else "http"] += 1
         return r
 
     monkeypatch.setattr(st._http_put, "put", wrapped)
@@ -35,12 +40,12 @@ def counted(monkeypatch, st: ObstoreStore) -> dict:
 
 def test_it_applies_only_where_it_can_sign_and_speak(s3, bucket):
     base = s3.config(bucket)
-    assert httpput.applies(ObjectCacheConfig.from_dict(base))
+    assert httpput.applies(settings_of(base))
     for other in ({"http_put": False}, {"sign_payload": True},
                   {"endpoint_url": base["endpoint_url"].replace("http:", "https:")},
                   {"addressing_style": "virtual"}, {"session_token": "t"},
                   {"access_key_id": "", "secret_access_key": ""}):
-        assert not httpput.applies(ObjectCacheConfig.from_dict({**base, **other})), other
+        assert not httpput.applies(settings_of({**base, **other})), other
 
 
 def test_puts_write_the_bytes_and_are_conditional(s3, bucket, monkeypatch):
@@ -65,7 +70,7 @@ def test_puts_write_the_bytes_and_are_conditional(s3, bucket, monkeypatch):
 
 
 def test_wrong_keys_are_an_auth_error_named_by_obstore(s3, bucket, monkeypatch):
-    st = ObstoreStore(ObjectCacheConfig.from_dict(s3.config(bucket, transport="obstore", secret_access_key="wrong")))
+    st = ObstoreStore(settings_of(s3.config(bucket, transport="obstore", secret_access_key="wrong")))
     try:
         n = counted(monkeypatch, st)
         got = st.put_many([("m/1", blob(10, 1))])
@@ -128,7 +133,7 @@ def test_a_connection_the_server_ends_is_not_reused(how):
     cfg = ObjectCacheConfig.from_dict({"endpoint_url": f"http://127.0.0.1:{srv.sock.getsockname()[1]}",
                                        "bucket": "b", "access_key_id": "a", "secret_access_key": "s",
                                        "read_timeout_s": 2.0})
-    client = httpput.HttpPut(cfg)
+    client = httpput.HttpPut(StoreSettings.of(cfg))
 
     async def main():
         for i in range(3):
@@ -149,16 +154,16 @@ def xml_error(status: str, code: str) -> bytes:
 
 
 @pytest.mark.parametrize("reply, conditional, expect", [
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", True, httpget.FALL_BACK),
-    (b"HTTP/1.1 503 Slow Down\r\nContent-Length: 4\r\n\r\nbusy", True, httpget.FALL_BACK),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", True, FALL_BACK),
+    (b"HTTP/1.1 503 Slow Down\r\nContent-Length: 4\r\n\r\nbusy", True, FALL_BACK),
     # a refusal is the conditional-PUT rules' to read only for a conditional PUT, and only
     # with a code they know (store/_common.py refusal)
-    (b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\n\r\n", False, httpget.FALL_BACK),
-    (xml_error("409 Conflict", "OperationAborted"), True, httpget.FALL_BACK),
+    (b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\n\r\n", False, FALL_BACK),
+    (xml_error("409 Conflict", "OperationAborted"), True, FALL_BACK),
     (xml_error("409 Conflict", "ConditionalRequestConflict"), True, 409),
     (xml_error("412 Precondition Failed", "PreconditionFailed"), True, 412),
     (xml_error("501 Not Implemented", "NotImplemented"), True, 501),
-    (xml_error("501 Not Implemented", "NotImplemented"), False, httpget.FALL_BACK),
+    (xml_error("501 Not Implemented", "NotImplemented"), False, FALL_BACK),
 ], ids=["unframed", "server_error", "412_unconditional", "409_other", "409_race", "412_exists", "501_conditional",
         "501_unconditional"])
 def test_what_it_answers_and_what_it_leaves_to_obstore(reply, conditional, expect):
@@ -166,10 +171,10 @@ def test_what_it_answers_and_what_it_leaves_to_obstore(reply, conditional, expec
     srv = OneReplyServer(reply, close_after=1)
     cfg = ObjectCacheConfig.from_dict({"endpoint_url": f"http://127.0.0.1:{srv.sock.getsockname()[1]}",
                                        "bucket": "b", "access_key_id": "a", "secret_access_key": "s"})
-    client = httpput.HttpPut(cfg)
+    client = httpput.HttpPut(StoreSettings.of(cfg))
     try:
         got = asyncio.run(client.put("k", b"x" * 10, conditional))
-        if expect is httpget.FALL_BACK:
+        if expect is FALL_BACK:
             assert got is expect
         else:
             assert isinstance(got, Refused) and got.status == expect == got.error.status, got
@@ -183,7 +188,7 @@ def test_what_it_answers_and_what_it_leaves_to_obstore(reply, conditional, expec
 def timed_put(cfg: ObjectCacheConfig, data: bytes, cap_s: float = 8.0):
     """(result, seconds) of one HttpPut PUT; one still running after `cap_s` is a failure of
     the deadline, not a hang of the test."""
-    client = httpput.HttpPut(cfg)
+    client = httpput.HttpPut(StoreSettings.of(cfg))
 
     async def main():
         try:

@@ -16,7 +16,8 @@ import uuid
 import pytest
 
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.store import ObjectStat, StoreError, etag_matches, make_store, resolve_transport
+from sglang_objectcache.store import (ObjectStat, StoreError, StoreSettings, etag_matches, make_store,
+                                      resolve_transport)
 from sglang_objectcache.store._common import plan_ranges
 
 TRANSPORTS = ["boto3", "obstore"]
@@ -366,7 +367,8 @@ def nixl_store(agent, timeout_s: float = 0.05):
     from sglang_objectcache.store.nixl import NixlObjStore
 
     st = object.__new__(NixlObjStore)  # its __init__ needs nixl itself
-    st.cfg, st.bucket, st._np, st._agent, st._agent_name = ObjectCacheConfig(bucket="kv"), "kv", np, agent, "a"
+    st.settings, st.bucket, st._np = StoreSettings.of(ObjectCacheConfig(bucket="kv")), "kv", np
+    st._agent, st._agent_name = agent, "a"
     st._control = type("Control", (), {"exists_many": lambda self, keys: [True] * len(keys)})()
     st._timeout_s, st._abandoned, st._warned_abandon = timeout_s, [], False
     return st
@@ -612,10 +614,10 @@ def test_obstore_cuts_a_trickling_body_at_the_deadline(s3, bucket):
 
 
 def test_boto3_makes_only_the_retries_that_fit_the_deadline():
-    from sglang_objectcache.store.boto import deadline_settings
+    from sglang_objectcache.store.boto_client import deadline_settings
 
     def cfg(**kw):
-        return ObjectCacheConfig(bucket="kv", **kw)
+        return StoreSettings.of(ObjectCacheConfig(bucket="kv", **kw))
 
     assert deadline_settings(cfg()) == (2.5, 1)  # 1 + 2.5, and a retry would not fit 4 s
     assert deadline_settings(cfg(request_deadline_s=8.0)) == (2.5, 2)
