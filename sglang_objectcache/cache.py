@@ -9,12 +9,12 @@ other wrote and both fail the same way:
 - known keys, and the leading run of pages present (`leading_run`), asked of a store with
   short timeouts (`probe_config`): lookups may run on SGLang's scheduler thread;
 - store health. Only store-wide failures (connection, timeout, 5xx, throttling) open a
-  down window: reads and lookups answer "miss" at once for `negative_ttl_s`. A failed
-  write opens one for writes; a failed read never fails a write. A per-object 4xx is that
-  object's miss only;
+  down window (`health.DownWindow`): reads and lookups answer "miss" at once for
+  `negative_ttl_s`. A failed write opens one for writes; a failed read never fails a
+  write. A per-object 4xx is that object's miss only;
 - whether a fetched object is usable (`verdict`), the one decision both modes take;
-- the scrub, which deletes only what is proven corrupt (`prove_corrupt`), and holds back
-  writes of the names it is checking until it ends (`after_scrub`);
+- the scrub, which deletes only what is proven corrupt (`scrub.prove_corrupt`), and holds
+  back writes of the names it is checking until it ends (`after_scrub`, `scrub.Holds`);
 - write-result accounting (`wrote`) and the observers (access log, metrics), called here
   explicitly rather than hooked onto a face.
 """
@@ -23,49 +23,22 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from typing import Callable, Optional, Sequence
 
 from sglang_objectcache import objformat
+from sglang_objectcache.health import DownWindow
 from sglang_objectcache.keys import KeyScheme, RankIdentity, make_namespace
 from sglang_objectcache.known import KnownKeys
 from sglang_objectcache.stats import Stats
-from sglang_objectcache.store import INTO, StoreError, etag_matches
+from sglang_objectcache.scrub import Holds, prove_corrupt
+from sglang_objectcache.store import INTO, StoreError
 from sglang_objectcache.store.base import CLOCK_SKEW_HINT
 
 logger = logging.getLogger(__name__)
 
 # verdicts: '' (usable) or a miss reason
 NOT_FOUND, STORE_ERROR, CORRUPT, UNSUPPORTED = "not_found", "store_error", "corrupt", "unsupported"
-
-
-class DownWindow:
-    """A store that failed store-wide is left alone for `ttl` seconds."""
-
-    def __init__(self, ttl: float, what: str):
-        self.ttl, self.what = ttl, what
-        self._until = 0.0
-        self._reason = ""
-        self._lock = threading.Lock()
-
-    def __bool__(self) -> bool:
-        return time.monotonic() < self._until
-
-    def open(self, err: StoreError) -> None:
-        with self._lock:
-            first = not self
-            self._until = time.monotonic() + self.ttl
-            self._reason = str(err)
-        if first:
-            logger.warning("objectcache: store error (%s): %s; %s for %.1fs", err.kind, err, self.what, self.ttl)
-
-    def ok(self) -> None:
-        if self._reason and not self:
-            with self._lock:
-                if self._reason:
-                    logger.info("objectcache: store reachable again")
-                    self._reason = ""
 
 
 def probe_config(cfg):
@@ -106,9 +79,7 @@ class ObjectCache:
         self.frozen = False  # a rotation failed: suspended for good
         self._auth_warned = -60.0
         self.on_rotate: list[Callable[["ObjectCache"], None]] = []
-        self._held: dict[str, int] = {}  # name -> scrubs now checking it
-        self._waiting: list[tuple[frozenset, Callable[[], None]]] = []  # writes held back by a scrub
-        self._held_lock = threading.Lock()
+        self._holds = Holds()  # names under scrub, and the writes waiting on them
         self._scrubber = None  # one thread: `scrub_later`'s scrubs run one at a time
         self.describe()
 
@@ -233,11 +204,11 @@ class ObjectCache:
         """Delete the objects among `names` proven corrupt (`prove_corrupt`), so their pages
         can be stored again; forget every one that is gone. Returns the deleted names.
         Writes of `names` wait until it ends (`after_scrub`)."""
-        self._hold(names)
+        self._holds.hold(names)
         try:
             return self._scrub(names, digests)
         finally:
-            self._release(names)
+            self._holds.release(names)
 
     def scrub_later(self, names: Sequence[str], digests: Sequence[bytes]) -> None:
         """`scrub` on the cache's scrub thread; returns at once. Callers on SGLang's scheduler
@@ -245,7 +216,7 @@ class ObjectCache:
         store). The names are held from this call on, so a write issued before the scrub
         has even started still waits for it."""
         names, digests = list(names), list(digests)
-        self._hold(names)
+        self._holds.hold(names)
         try:
             if self._scrubber is None:
                 from concurrent.futures import ThreadPoolExecutor
@@ -253,7 +224,7 @@ class ObjectCache:
                 self._scrubber = ThreadPoolExecutor(1, thread_name_prefix="objectcache-scrub")
             self._scrubber.submit(self._scrub_then_release, names, digests)
         except Exception:  # noqa: BLE001 - closed: no scrub, and nothing may wait for one
-            self._release(names)
+            self._holds.release(names)
 
     def _scrub_then_release(self, names: list[str], digests: list[bytes]) -> None:
         try:
@@ -261,43 +232,18 @@ class ObjectCache:
         except Exception:  # noqa: BLE001 - a failed scrub deletes nothing; writes go on
             logger.exception("objectcache: scrub failed")
         finally:
-            self._release(names)
+            self._holds.release(names)
 
     def held(self, name: str) -> bool:
         """A scrub is checking `name` (or is about to)."""
-        return name in self._held
+        return name in self._holds
 
     def after_scrub(self, names: Sequence[str], fn: Callable[[], None]) -> None:
         """Run `fn` (a write of `names`) now if no scrub holds any of them, else once the
         last such scrub ends, on its thread. A write that raced the scrub would be refused by
         the corrupt object (writes are conditional), which the scrub then deletes: the page
         would be gone from the store, yet known, until computed again."""
-        with self._held_lock:
-            if any(n in self._held for n in names):
-                self._waiting.append((frozenset(names), fn))
-                return
-        fn()
-
-    def _hold(self, names: Sequence[str]) -> None:
-        with self._held_lock:
-            for n in names:
-                self._held[n] = self._held.get(n, 0) + 1
-
-    def _release(self, names: Sequence[str]) -> None:
-        with self._held_lock:
-            for n in names:
-                left = self._held.get(n, 0) - 1
-                if left > 0:
-                    self._held[n] = left
-                else:
-                    self._held.pop(n, None)
-            ready = [fn for held, fn in self._waiting if not any(n in self._held for n in held)]
-            self._waiting = [(held, fn) for held, fn in self._waiting if any(n in self._held for n in held)]
-        for fn in ready:
-            try:
-                fn()
-            except Exception:  # noqa: BLE001 - one failed write must not keep the others back
-                logger.exception("objectcache: a write held back by a scrub failed")
+        self._holds.after(names, fn)
 
     def _scrub(self, names: Sequence[str], digests: Sequence[bytes]) -> list[str]:
         doomed = []
@@ -351,7 +297,7 @@ class ObjectCache:
             if log is not None:
                 log.flush()
             if metrics:
-                prom.start_exporter()
+                prom.start_exporter(self.cfg.metrics_interval_s)
         except Exception:  # noqa: BLE001 - observability never blocks serving
             logger.exception("objectcache: access log / metrics not started")
 
@@ -379,72 +325,3 @@ class ObjectCache:
         if self.probe is not self.store:
             self.probe.close()
 
-
-def prove_corrupt(store, geometry: objformat.PageGeometry, names: Sequence[str], digests: Sequence[bytes],
-                  stats: Optional[Stats] = None) -> list[Optional[str]]:
-    """Per name: why the *stored* object is corrupt, '' if that is not proven (fine, of
-    another format, or damaged only on the way), None if it is gone.
-
-    Proof is stable, never one bad read: the size the store reports differs from the
-    geometry's (a truncated or extended object; an object of another format version is
-    not ours to judge), or a re-read fails its checks and its bytes are the ones the store
-    holds (their MD5 is the ETag). Where the ETag is no MD5, two re-reads must return the
-    same failing bytes. A body mangled on the way fails the ETag test and deletes nothing
-    (`scrub_transient` counts it). Every object read here is read at most at its size."""
-    out: list[Optional[str]] = []
-    for name, digest, st in zip(names, digests, store.stat_many(list(names))):
-        if st is None:
-            out.append(None)
-        elif isinstance(st, StoreError):
-            out.append("")
-        elif st.size != geometry.object_bytes:
-            out.append(_wrong_size(store, geometry, name, st.size))
-        else:
-            out.append(_failing_bytes(store, geometry, name, digest, st.etag, stats))
-    return out
-
-
-def _wrong_size(store, g: objformat.PageGeometry, name: str, size: int) -> str:
-    why = f"stored size {size}, expected {g.object_bytes}"
-    if not size:
-        return why
-    (head,) = store.get_ranges([(name, 0, min(size, g.header_bytes))])
-    if head is None or isinstance(head, StoreError):
-        return ""
-    try:
-        objformat._unpack_fixed(memoryview(head).cast("B"))
-    except objformat.UnsupportedFormat:
-        return ""  # another format version: not ours to judge
-    except objformat.FormatError:
-        pass
-    return why
-
-
-def _failing_bytes(store, g: objformat.PageGeometry, name: str, digest: bytes, etag: str,
-                   stats: Optional[Stats]) -> str:
-    def read():
-        (blob,) = store.get_ranges([(name, 0, g.object_bytes)])
-        if blob is None or isinstance(blob, StoreError):
-            return None, ""
-        try:
-            objformat.decode(blob, g, digest)
-        except objformat.UnsupportedFormat:
-            return blob, ""
-        except objformat.FormatError as e:
-            return blob, str(e)
-        return blob, ""
-
-    blob, why = read()
-    if not why:
-        return ""
-    same = etag_matches(blob, etag)
-    if same is None:  # no MD5 ETag: a second read must agree byte for byte
-        again, why2 = read()
-        same = why2 == why and again is not None and bytes(again) == bytes(blob)
-    if not same:
-        if stats is not None:
-            stats.inc("scrub_transient")
-        logger.warning("objectcache: object %s read back damaged (%s) but the store holds other bytes; "
-                       "kept (damaged on the way?)", name, why)
-        return ""
-    return why

@@ -20,7 +20,7 @@ headers: the first `objformat.ALIGN` bytes are read, then the object up to the s
 header claims (+1).
 
 `repair` deletes nothing on the strength of the run's one read. It asks the store for proof
-(`cache.prove_corrupt`, as the server's scrub does): the stored size differs from the
+(`scrub.prove_corrupt`, as the server's scrub does): the stored size differs from the
 geometry's, or a bounded re-read fails its checks and its bytes are the ones the store holds
 (their MD5 is the ETag; two identical failing reads where the ETag is no MD5). Each object
 is checked against what its key must hold: its namespace's geometry (its header's, where the
@@ -178,8 +178,8 @@ def verify(store, s: Scan, batch: int = 16, sample: Optional[int] = None, seed: 
 
 def repair(store, report: Report, prefix: str) -> Repair:
     """Delete the objects `report` found corrupt, misplaced or orphaned that the store
-    proves are (`cache.prove_corrupt`); keep the rest, and every unsupported one."""
-    from sglang_objectcache.cache import prove_corrupt
+    proves are (`scrub.prove_corrupt`); keep the rest, and every unsupported one."""
+    from sglang_objectcache.scrub import prove_corrupt
 
     candidates = [f for f in report.findings if f.problem in REPAIRABLE]
     for f in candidates:  # defence in depth: never anything but our page objects

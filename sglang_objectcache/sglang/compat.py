@@ -2,7 +2,9 @@
 
 objectcache supports exactly one SGLang release, `SUPPORTED_SGLANG`. What it relies on:
 - `HOOKS`: every target handed to SGLang's `HookRegistry` (plugin, recompute hooks,
-  inspector hooks, CPU-engine shims), and `RESOLUTION_HOOKS`, the resolution steps wrapped;
+  inspector hooks, CPU-engine shims) with our handler and when it is registered: the
+  wing registers its hooks from this table (`register_hooks`), so the two cannot drift;
+  and `RESOLUTION_HOOKS`, the resolution steps wrapped;
 - `PATCHED`: module attributes set directly (the CPU engine's io ops);
 - `USES`: every SGLang class, function or method this wing imports, subclasses or calls;
 - `READS`: attributes read on SGLang's objects (ServerArgs, storage config, linker params,
@@ -31,42 +33,49 @@ SUPPORTED_SGLANG = "0.5.23"
 # The modules of this wing an SGLang version bump may have to change (docs/sglang-compat.md).
 WING = (
     "plugin.py", "hicache_backend.py", "layerwise_linker.py", "recompute_hooks.py", "rank.py",
-    "stats_bridge.py", "inspect_hooks.py", "tree_endpoint.py", "treeview.py", "cpu/compat.py",
+    "stats_bridge.py", "inspect_hooks.py", "tree_endpoint.py", "treeview.py", "treecores.py", "treestore.py",
+    "flat_pages.py", "cpu/compat.py",
     "cpu/kvcacheio.py", "cpu/standin/",
 )
 
-# (target as "module:attribute.path", hook type, who registers it). The HookRegistry target
-# is the module and the path joined by a dot (`hook_target`).
+_RUST_CORE = "sglang.srt.mem_cache.rust_tree_core.adapter:RustUnifiedTreeCore"
+
+# Every hook this wing registers, and the one table it registers them from (`register_hooks`):
+# (target as "module:attribute.path", hook type, our handler as "module:function" under
+# `sglang_objectcache.sglang`, when it is registered, why). The HookRegistry target is the
+# module and the path joined by a dot (`hook_target`). When: "always" (plugin.register, in
+# every process), "scheduler" / "http" (inspect_hooks.register, in that process only),
+# "cpu" (cpu/compat.apply, on SGLang's CPU engine without CUDA).
 HOOKS = (
-    ("sglang.srt.mem_cache.storage.backend_factory:StorageBackendFactory._create_builtin_backend",
-     "AROUND", "plugin: build the backend for the name 'objectcache'"),
-    ("sglang.srt.server_args:ServerArgs.add_cli_args", "AFTER",
-     "plugin: add 'objectcache' to --hicache-storage-backend's choices"),
+    ("sglang.srt.mem_cache.storage.backend_factory:StorageBackendFactory._create_builtin_backend", "AROUND",
+     "plugin:_create_builtin_backend", "always", "build the backend for the name 'objectcache'"),
+    ("sglang.srt.server_args:ServerArgs.add_cli_args", "AFTER", "plugin:_add_choice", "always",
+     "add 'objectcache' to --hicache-storage-backend's choices"),
     ("sglang.srt.managers.cache_controller:HiCacheController.attach_storage_backend", "AFTER",
-     "plugin: zero-copy page functions; hand over storage_stop_event"),
+     "plugin:_select_zero_copy", "always", "zero-copy page functions"),
+    ("sglang.srt.managers.cache_controller:HiCacheController.attach_storage_backend", "AFTER",
+     "plugin:_share_stop_event", "always", "hand over storage_stop_event"),
     ("sglang.srt.managers.scheduler_components.weight_updater:"
      "SchedulerWeightUpdaterManager.flush_cache_after_weight_update", "AFTER",
-     "plugin: rotate the namespace after a weight update"),
-    ("sglang.srt.managers.scheduler:Scheduler.flush_cache", "AFTER", "plugin: resume storage after a flush"),
+     "plugin:_weights_updated", "always", "rotate the namespace after a weight update"),
+    ("sglang.srt.managers.scheduler:Scheduler.flush_cache", "AFTER", "plugin:_flushed", "always",
+     "resume storage after a flush"),
     ("sglang.srt.mem_cache.unified_radix_cache:UnifiedRadixCache.finish_external_linker_loads", "AROUND",
-     "recompute_hooks: take back the abort of a failed layerwise load"),
+     "recompute_hooks:finish_loads_or_recompute", "always", "take back the abort of a failed layerwise load"),
     ("sglang.srt.managers.scheduler:Scheduler.process_batch_result", "AROUND",
-     "recompute_hooks: requeue the requests whose load failed"),
+     "recompute_hooks:requeue_after_result", "always", "requeue the requests whose load failed"),
     ("sglang.srt.managers.scheduler:Scheduler.handle_dumper_control", "AROUND",
-     "inspect_hooks: answer the tree request in the scheduler"),
-    ("sglang.srt.mem_cache.rust_tree_core.adapter:RustUnifiedTreeCore.match_prefix", "AFTER",
-     "inspect_hooks: note node handles (treeview)"),
-    ("sglang.srt.mem_cache.rust_tree_core.adapter:RustUnifiedTreeCore.begin_insert", "AFTER",
-     "inspect_hooks: note node handles (treeview)"),
-    ("sglang.srt.mem_cache.rust_tree_core.adapter:RustUnifiedTreeCore.resume_insert", "AFTER",
-     "inspect_hooks: note node handles (treeview)"),
-    ("sglang.srt.mem_cache.rust_tree_core.adapter:RustUnifiedTreeCore.insert_host", "AFTER",
-     "inspect_hooks: note node handles (treeview)"),
+     "tree_endpoint:scheduler_dispatch", "scheduler", "answer the tree request in the scheduler"),
+    (_RUST_CORE + ".match_prefix", "AFTER", "inspect_hooks:note_handles", "scheduler", "note node handles (treeview)"),
+    (_RUST_CORE + ".begin_insert", "AFTER", "inspect_hooks:note_handles", "scheduler", "note node handles (treeview)"),
+    (_RUST_CORE + ".resume_insert", "AFTER", "inspect_hooks:note_handles", "scheduler", "note node handles (treeview)"),
+    (_RUST_CORE + ".insert_host", "AFTER", "inspect_hooks:note_handles", "scheduler", "note node handles (treeview)"),
     ("sglang.srt.entrypoints.http_server:_setup_and_run_http_server", "BEFORE",
-     "inspect_hooks: add GET /objectcache/tree"),
+     "tree_endpoint:add_routes", "http", "add GET /objectcache/tree"),
     ("sglang.srt.mem_cache.pool_host.base:HostKVCache.__init__", "BEFORE",
-     "cpu/compat: unpinned host pools on the CPU engine"),
+     "cpu.compat:_no_pinning", "cpu", "unpinned host pools on the CPU engine"),
 )
+WHEN = ("always", "scheduler", "http", "cpu")
 
 # Resolution steps wrapped with register_resolution_hook (must be in _OVERRIDABLE_HOOKS).
 RESOLUTION_HOOKS = (
@@ -201,6 +210,21 @@ def resolve(entry: str):
     return obj
 
 
+def handlers(when: str) -> list[tuple[str, str, object]]:
+    """(HookRegistry target, hook type name, our handler) of each hook registered `when`
+    (one of `WHEN`), in the manifest's order. Imports the handlers' modules."""
+    return [(hook_target(entry), kind, resolve(f"{__package__}.{handler}"))
+            for entry, kind, handler, w, _why in HOOKS if w == when]
+
+
+def register_hooks(registry, when: str) -> None:
+    """Hand SGLang's HookRegistry every hook of the manifest registered `when`."""
+    from sglang.srt.plugins.hook_registry import HookType
+
+    for target, kind, fn in handlers(when):
+        registry.register(target, fn, HookType[kind])
+
+
 def declares(cls, name: str) -> bool:
     """Whether instances of `cls` have `name`: annotated, a class attribute, or assigned as
     `self.<name>` in the module source of the class or a base (a whole-file scan: cheap
@@ -243,7 +267,7 @@ def _entry_problem(entry: str):
 def missing() -> list[str]:
     """Every manifest item the installed sglang lacks (empty: all present)."""
     out: list[str] = []
-    for entry in [h[0] for h in HOOKS] + list(USES):
+    for entry in list(dict.fromkeys(h[0] for h in HOOKS)) + list(USES):
         problem = _entry_problem(entry)
         if problem and problem not in out:
             out.append(problem)

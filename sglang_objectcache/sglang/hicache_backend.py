@@ -20,6 +20,8 @@ Contract with SGLang's HiCacheController (managers/cache_controller.py):
 - Nothing raises into SGLang's threads and nothing returns None where SGLang wants a result
   (a None silently kills its prefetch thread). A missing, corrupt or truncated object, a
   timeout or any store error is a miss, counted in `stats` (by reason) and logged once.
+- The legacy flat-page API (`get`, `set`, `batch_get`, `batch_set`), used only off the v1
+  path, is `flat_pages.FlatPageAPI`, mixed in here.
 - Namespace, known keys, store health, existence, the usability check, the scrub and
   write accounting belong to the cache core (`cache.ObjectCache`), shared with layerwise
   mode; this class maps SGLang's calls and types onto it and the host pool.
@@ -40,6 +42,7 @@ from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageC
 
 from sglang_objectcache import objformat, runtime
 from sglang_objectcache.sglang import rank, stats_bridge
+from sglang_objectcache.sglang.flat_pages import FlatPageAPI
 from sglang_objectcache.cache import CORRUPT, ObjectCache, open_probe
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.hostpool import HostPages
@@ -51,7 +54,7 @@ from sglang_objectcache.store import INTO, STOPPED, open_store
 logger = logging.getLogger(__name__)
 
 
-class ObjectCacheStorage(HiCacheStorage):
+class ObjectCacheStorage(FlatPageAPI, HiCacheStorage):
     def __init__(self, storage_config: HiCacheStorageConfig, mem_pool_host: Any = None):
         # The `dynamic` factory passes a kwargs dict as the second argument; the plugin's
         # factory hook passes the host pool. Either way the pool also arrives through
@@ -159,67 +162,27 @@ class ObjectCacheStorage(HiCacheStorage):
         return starts.flatten().tolist()
 
     def _batch_get(self, keys: List[str], slots: List[int]) -> List[bool]:
-        if self.pages is None:
-            self.stats.miss("no_pool", len(keys))
+        stop = self._stop
+        refused = ("no_pool" if self.pages is None else "store_down" if not self.cache.can_read()
+                   else "stopped" if self._stopped() else "")
+        if refused:
+            self.stats.miss(refused, len(keys))
             return [False] * len(keys)
         cache = self.cache
-        if not cache.can_read():
-            self.stats.miss("store_down", len(keys))
-            return [False] * len(keys)
-        stop = self._stop
-        if self._stopped():
-            self.stats.miss("stopped", len(keys))
-            return [False] * len(keys)
         g, ks = self.pages.geometry, cache.keys  # one namespace for the whole batch
-        names = [ks.object_key(k) for k in keys]
-        digests = [ks.content_digest(k) for k in keys]
-        out = [False] * len(keys)
-        misses: dict[int, str] = {}
-        corrupt: list[int] = []
-        lock = threading.Lock()  # boto3 lands pages on several threads at once
-        given: dict[int, PageLanding] = {}
-
-        def into(i: int) -> PageLanding:
-            # A GET that can streams the object through this, which checks it and puts it
-            # in its slot while it arrives; the page then lands as INTO.
-            given[i] = PageLanding(self.pages, slots[i], digests[i])
-            return given[i]
-
-        def land(i: int, blob) -> bool:
-            # On the transport's thread as each GET lands, in any order: checked, then
-            # copied into its host slot (this batch's own) unless a lower page has missed.
-            if self._stopped():  # SGLang is stopping: nothing more goes into the host pool
-                with lock:
-                    misses[i] = "stopped"
-                return False
-            landing = given.get(i)
-            reason = cache.verdict(names[i], blob, digests[i], landing.check if landing else None)
-            with lock:
-                if reason:
-                    misses[i] = reason
-                    if reason == CORRUPT:
-                        corrupt.append(i)
-                below_miss = any(j < i for j in misses)
-            if reason:
-                # Only the leading run counts: cancel the GETs above a missing page. A corrupt
-                # one makes the batch suspect: let every page be checked (and scrubbed).
-                return reason == CORRUPT
-            if not below_miss:
-                if blob is not INTO:  # else it is in the slot already
-                    self.pages.write_page(slots[i], memoryview(blob).cast("B")[g.header_bytes:])
-                cache.known.add(names[i])
-                out[i] = True
-            return True
-
+        batch = _Landing(self, [ks.object_key(k) for k in keys], [ks.content_digest(k) for k in keys], slots)
+        names = batch.names
         t0 = time.perf_counter()
-        self.store.get_each(names, land, size=g.object_bytes, into=into if PageLanding.pays(g) else None, stop=stop)
+        self.store.get_each(names, batch.land, size=g.object_bytes, into=batch.into if PageLanding.pays(g) else None,
+                            stop=stop)
         elapsed = time.perf_counter() - t0
-        if corrupt:  # proven and deleted here, not on the transport's thread that found them
-            cache.scrub([names[i] for i in corrupt], [digests[i] for i in corrupt])
+        out = batch.out
+        if batch.corrupt:  # proven and deleted here, not on the transport's thread that found them
+            cache.scrub([names[i] for i in batch.corrupt], [batch.digests[i] for i in batch.corrupt])
         hits = next((i for i, ok in enumerate(out) if not ok), len(out))
         out[hits:] = [False] * (len(out) - hits)  # pages that landed above a miss
         if hits < len(keys):  # the first page not copied is a miss: get_each lands every lower one
-            self.stats.miss(misses.get(hits, "stopped"), len(keys) - hits)  # (unless SGLang stopped it)
+            self.stats.miss(batch.misses.get(hits, "stopped"), len(keys) - hits)  # (unless SGLang stopped it)
         if hits:
             cache.note_ok()
             cache.observe_hits(names[:hits])
@@ -279,63 +242,6 @@ class ObjectCacheStorage(HiCacheStorage):
             objformat.seal(g, digest, mv)
             yield mv
 
-    # ---- HiCacheStorage: legacy flat-page API ------------------------------------------
-    # Used only when SGLang does not select the v1 path (e.g. `dynamic` without
-    # interface_v1). A flat page is the host layout's own page order (get_data_page).
-
-    def get(self, key, target_location=None, target_sizes=None) -> Optional[torch.Tensor]:
-        return self.batch_get([key], [target_location] if target_location is not None else None)[0]
-
-    def batch_get(self, keys, target_locations=None, target_sizes=None):
-        try:
-            cache = self.cache
-            if self.pages is None or not cache.can_read() or self._stopped():
-                return [None] * len(keys)
-            targets = target_locations or [self.mem_pool_host.get_dummy_flat_data_page() for _ in keys]
-            ks = cache.keys
-            names = [ks.object_key(k) for k in keys]
-            digests = [ks.content_digest(k) for k in keys]
-            out, corrupt = [], []
-            for name, digest, blob, flat in zip(names, digests, self.store.get_many(names), targets):
-                reason = cache.verdict(name, blob, digest)
-                if not reason:
-                    payload = memoryview(blob).cast("B")[self.pages.geometry.header_bytes:]
-                    self.pages.flat_page(flat).write_page(0, payload)
-                    cache.known.add(name)
-                elif reason == CORRUPT:
-                    corrupt.append((name, digest))
-                out.append(None if reason else flat)
-            if corrupt:  # proven on fresh reads, never on the bytes that failed
-                cache.scrub(*zip(*corrupt))
-            hits = next((i for i, r in enumerate(out) if r is None), len(out))
-            cache.observe_hits(names[:hits])
-            return out
-        except Exception:  # noqa: BLE001
-            logger.exception("objectcache: batch_get failed")
-            return [None] * len(keys)
-
-    def set(self, key, value=None, target_location=None, target_sizes=None) -> bool:
-        return self.batch_set([key], [value])
-
-    def batch_set(self, keys, values=None, target_locations=None, target_sizes=None) -> bool:
-        try:
-            cache = self.cache
-            if self.pages is None or not cache.can_write() or self._stopped():
-                return False
-            ks, g = cache.keys, self.pages.geometry
-            items = []
-            for k, v in zip(keys, values):
-                name = ks.object_key(k)
-                if name not in cache.known:
-                    row = np.empty((1, g.object_bytes), dtype=np.uint8)
-                    sealed = self._encode_pages(self.pages.flat_page(v), [ks.content_digest(k)], [0], row)
-                    items.append((name, next(sealed)))
-            results = self.store.put_many(items, if_absent=True) if items else []
-            return all(cache.wrote([n for n, _ in items], results, g.object_bytes))
-        except Exception:  # noqa: BLE001
-            logger.exception("objectcache: batch_set failed")
-            return False
-
     # ---- HiCacheStorage: management ----------------------------------------------------
 
     def clear(self) -> None:
@@ -372,6 +278,53 @@ class ObjectCacheStorage(HiCacheStorage):
             self.store.close()
         except Exception:  # noqa: BLE001
             logger.exception("objectcache: close failed")
+
+
+class _Landing:
+    """One `batch_get_v1`'s pages as they land, on the transport's threads, in any order:
+    each is checked, then copied into its host slot (this batch's own) unless a lower page
+    has missed. `out[i]` is True for a page copied; `misses` and `corrupt` say why not."""
+
+    def __init__(self, backend: ObjectCacheStorage, names: List[str], digests: List[bytes], slots: List[int]):
+        self.backend, self.names, self.digests, self.slots = backend, names, digests, slots
+        self.out = [False] * len(names)
+        self.misses: dict[int, str] = {}
+        self.corrupt: list[int] = []
+        self.given: dict[int, PageLanding] = {}
+        self.lock = threading.Lock()  # boto3 lands pages on several threads at once
+
+    def into(self, i: int) -> PageLanding:
+        # A GET that can streams the object through this, which checks it and puts it
+        # in its slot while it arrives; the page then lands as INTO.
+        self.given[i] = PageLanding(self.backend.pages, self.slots[i], self.digests[i])
+        return self.given[i]
+
+    def land(self, i: int, blob) -> bool:
+        """False cancels the GETs not yet done (get_each)."""
+        b = self.backend
+        if b._stopped():  # SGLang is stopping: nothing more goes into the host pool
+            with self.lock:
+                self.misses[i] = "stopped"
+            return False
+        landing = self.given.get(i)
+        reason = b.cache.verdict(self.names[i], blob, self.digests[i], landing.check if landing else None)
+        with self.lock:
+            if reason:
+                self.misses[i] = reason
+                if reason == CORRUPT:
+                    self.corrupt.append(i)
+            below_miss = any(j < i for j in self.misses)
+        if reason:
+            # Only the leading run counts: cancel the GETs above a missing page. A corrupt
+            # one makes the batch suspect: let every page be checked (and scrubbed).
+            return reason == CORRUPT
+        if not below_miss:
+            if blob is not INTO:  # else it is in the slot already
+                header = b.pages.geometry.header_bytes
+                b.pages.write_page(self.slots[i], memoryview(blob).cast("B")[header:])
+            b.cache.known.add(self.names[i])
+            self.out[i] = True
+        return True
 
 
 def _safe(cfg: ObjectCacheConfig) -> str:

@@ -1,7 +1,8 @@
-"""Every hook the inspection features (tree endpoint, access log, metrics) put into SGLang.
+"""The hooks of the inspection features (the tree endpoint) into SGLang, per process.
 
-Called once from the plugin's `register()` in every SGLang process; each hook is
-registered only in the process that needs it, so no process imports more than it uses:
+Called once from the plugin's `register()` in every SGLang process; each hook is registered
+only in the process that needs it, so no process imports more than it uses. The hooks are
+rows of the manifest's table (`compat.HOOKS`, when "scheduler" or "http"):
 
     process      target                                                   hook     for
     scheduler    managers.scheduler.Scheduler.handle_dumper_control        AROUND   tree request
@@ -9,14 +10,17 @@ registered only in the process that needs it, so no process imports more than it
                  begin_insert, resume_insert, insert_host}                          (treeview)
     launcher     entrypoints.http_server._setup_and_run_http_server        BEFORE   the route
 
-None of these is required for caching, but all are listed in the manifest (`compat.HOOKS`),
-so the plugin's check names a missing one at startup like any other; were one to fail to
-apply anyway, SGLang's HookRegistry logs it, the feature is absent, and storage keeps working.
+None of these is required for caching, but all are in the manifest, so the plugin's check
+names a missing one at startup like any other; were one to fail to apply anyway, SGLang's
+HookRegistry logs it, the feature is absent, and storage keeps working.
 
-The tree endpoint is off unless the server's environment has OBJECTCACHE_TREE_ENDPOINT=1:
-without it none of these hooks is registered. With it, the route is added only if the
-server uses objectcache (decided from its server args when the HTTP server starts), and
-the scheduler hook answers only on such a server (`tree_endpoint.uses_objectcache`).
+Whether the endpoint is on is the objectcache config's `tree_endpoint` (or its environment
+overlay, OBJECTCACHE_TREE_ENDPOINT=1), which is known only from the server args, and SGLang
+loads plugins before it has them (the launcher before it parses the command line, the
+scheduler before it publishes them). So the hooks are always registered, and each decides
+when it runs (`tree_endpoint.enabled(server_args)`): the route is added only on a server
+that uses objectcache with the endpoint on, and the scheduler hook answers only there.
+Noting a Rust core's node handles costs a dict lookup per tree operation, on or off.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import sys
 logger = logging.getLogger(__name__)
 
 SCHEDULER_MODULE = "sglang.srt.managers.scheduler"
-RUST_CORE = "sglang.srt.mem_cache.rust_tree_core.adapter.RustUnifiedTreeCore"
 
 
 def in_scheduler_process() -> bool:
@@ -42,30 +45,22 @@ def in_http_process() -> bool:
 
 
 def register(registry) -> None:
-    from sglang.srt.plugins.hook_registry import HookType
+    from sglang_objectcache.sglang import compat
 
-    from sglang_objectcache.sglang import tree_endpoint as endpoint
-
-    if not endpoint.enabled():
-        return
     if in_scheduler_process():
-        registry.register(f"{SCHEDULER_MODULE}.Scheduler.handle_dumper_control",
-                          endpoint.scheduler_dispatch, HookType.AROUND)
-        for method in ("match_prefix", "begin_insert", "resume_insert", "insert_host"):
-            registry.register(f"{RUST_CORE}.{method}", note_handles, HookType.AFTER)
+        compat.register_hooks(registry, "scheduler")
     if in_http_process():
-        registry.register("sglang.srt.entrypoints.http_server._setup_and_run_http_server",
-                          endpoint.add_routes, HookType.BEFORE)
+        compat.register_hooks(registry, "http")
 
 
 def note_handles(result, core, *args, **kwargs):
     """AFTER hook: remember the highest node handle a Rust core has returned."""
-    from sglang_objectcache.sglang import treeview
+    from sglang_objectcache.sglang import treecores
 
     try:
         r = getattr(result, "result", result)  # an insert step wraps its InsertResult
         if r is not None:
-            treeview.note_ids(core, *(getattr(r, f, None) for f in (
+            treecores.note_ids(core, *(getattr(r, f, None) for f in (
                 "last_device_node", "last_host_node", "best_match_node", "last_visited_node_id",
                 "inserted_host_node")))
     except Exception:  # noqa: BLE001 - never fail a tree operation over bookkeeping

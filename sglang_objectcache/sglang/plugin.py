@@ -153,67 +153,33 @@ def _layerwise_to_linker(server_args, previous) -> None:
 
 
 def register() -> None:
-    """Entry point. SGLang logs (and survives) an exception here; the message says why."""
+    """Entry point. SGLang logs (and survives) an exception here; the message says why.
+    Every hook comes from the manifest's table (`compat.HOOKS`): those registered "always"
+    here, the inspector's by `inspect_hooks.register`, the CPU shims by `cpu.compat.apply`."""
     try:
         check_sglang()
     except IncompatibleSGLang as e:
         logger.error("%s", e)
         raise
 
+    from sglang.srt.arg_groups.resolution_hooks import register_resolution_hook
     from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory
-    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+    from sglang.srt.plugins.hook_registry import HookRegistry
 
     if NAME not in StorageBackendFactory._registry:
         StorageBackendFactory.register_backend(NAME, BACKEND_MODULE, BACKEND_CLASS)
-    # A classmethod reaches an AROUND hook with cls as the first positional argument.
-    HookRegistry.register(
-        "sglang.srt.mem_cache.storage.backend_factory.StorageBackendFactory._create_builtin_backend",
-        _create_builtin_backend,
-        HookType.AROUND,
-    )
-    HookRegistry.register("sglang.srt.server_args.ServerArgs.add_cli_args", _add_choice, HookType.AFTER)
-    HookRegistry.register(
-        "sglang.srt.managers.cache_controller.HiCacheController.attach_storage_backend",
-        _select_zero_copy,
-        HookType.AFTER,
-    )
-    HookRegistry.register(
-        "sglang.srt.managers.cache_controller.HiCacheController.attach_storage_backend",
-        _share_stop_event,
-        HookType.AFTER,
-    )
-
-    HookRegistry.register(
-        "sglang.srt.managers.scheduler_components.weight_updater.SchedulerWeightUpdaterManager."
-        "flush_cache_after_weight_update", _weights_updated, HookType.AFTER)
-    HookRegistry.register("sglang.srt.managers.scheduler.Scheduler.flush_cache", _flushed, HookType.AFTER)
-
-    from sglang.srt.arg_groups.resolution_hooks import register_resolution_hook
-
-    from sglang_objectcache.sglang import recompute_hooks as retry
-
+    # A classmethod (the factory's) reaches an AROUND hook with cls as the first positional argument.
+    compat.register_hooks(HookRegistry, "always")
     register_resolution_hook("handle_hicache")(_layerwise_to_linker)
-    HookRegistry.register(
-        "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.finish_external_linker_loads",
-        retry.finish_loads_or_recompute,
-        HookType.AROUND,
-    )
-    HookRegistry.register(
-        "sglang.srt.managers.scheduler.Scheduler.process_batch_result",
-        retry.requeue_after_result,
-        HookType.AROUND,
-    )
 
-    # --- objectcache-inspect: tree endpoint, access log, metrics (list: inspect_hooks.py) ---
-    try:
+    try:  # objectcache-inspect: tree endpoint (inspect_hooks.py)
         from sglang_objectcache.sglang import inspect_hooks
 
         inspect_hooks.register(HookRegistry)
     except Exception:  # noqa: BLE001 - optional features; caching must work without them
         logger.exception("objectcache: inspection hooks not registered")
-    # --- end objectcache-inspect ---
 
-    from sglang_objectcache.sglang.cpu import compat
+    from sglang_objectcache.sglang.cpu import compat as cpu
 
-    if compat.needed():
-        compat.apply(HookRegistry)
+    if cpu.needed():
+        cpu.apply(HookRegistry)

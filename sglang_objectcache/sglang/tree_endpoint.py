@@ -8,10 +8,13 @@ scheduler's `handle_dumper_control` and answers `method == "objectcache.tree"` i
 every other method goes to SGLang as before.
 
 Contract of the endpoint:
-- Off unless enabled: the route exists only when the environment of the server has
-  `OBJECTCACHE_TREE_ENDPOINT=1` AND the server uses objectcache (`--hicache-storage-backend
-  objectcache`, the `dynamic` backend with an objectcache `module_path`, or the layerwise
-  linker); otherwise 404, and the scheduler hook answers nothing either.
+- Off unless enabled: the route exists only when the server uses objectcache
+  (`--hicache-storage-backend objectcache`, the `dynamic` backend with an objectcache
+  `module_path`, or the layerwise linker) AND its objectcache config says `tree_endpoint:
+  true` (or, where the config does not set it, the environment has
+  `OBJECTCACHE_TREE_ENDPOINT=1`: the config's overlay); otherwise 404, and the scheduler
+  hook answers nothing either. Both processes read the config from their server args, as
+  the backend or linker does (`enabled`).
 - GET only, read-only (see `treeview`), bounded: `max_nodes` <= 10,000 and `max_bytes`
   <= 8 MiB per scheduler, `preview_tokens` <= 256, one HEAD batch (`store=head`).
 - Auth is SGLang's `AuthLevel.ADMIN_OPTIONAL`, as for `/hicache/storage-backend*`: with
@@ -34,7 +37,6 @@ Contract of the endpoint:
 from __future__ import annotations
 
 import logging
-import os
 
 from starlette.requests import Request
 
@@ -45,15 +47,10 @@ logger = logging.getLogger(__name__)
 ROUTE = "/objectcache/tree"
 METHOD = "objectcache.tree"
 _INT_PARAMS = ("max_nodes", "max_bytes", "max_depth", "preview_tokens")
-ENV = "OBJECTCACHE_TREE_ENDPOINT"
+ENV = "OBJECTCACHE_TREE_ENDPOINT"  # the config's environment overlay of `tree_endpoint`
 NEEDS_ADMIN = ("prefix queries need --admin-api-key: start the server with it and pass that key "
                "(a prefix query tells whether a prompt was sent)")
 WITHHELD = "token text and object keys are withheld: set --admin-api-key (and pass it) to see them"
-
-
-def enabled() -> bool:
-    """OBJECTCACHE_TREE_ENDPOINT=1 (or true/yes/on) in the server's environment."""
-    return os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _arg(server_args, name):
@@ -66,29 +63,55 @@ def _arg(server_args, name):
         return getattr(server_args, name, None)
 
 
-def uses_objectcache(server_args) -> bool:
-    """Whether this server stores KV with objectcache: page mode (the backend by name, or
-    SGLang's `dynamic` backend pointed at our module) or layerwise mode (our linker)."""
-    if server_args is None:
-        return False
-    backend = _arg(server_args, "hicache_storage_backend")
-    if backend == "objectcache":
-        return True
-    if backend == "dynamic":
-        from sglang_objectcache.config import load_dict
+def _objectcache_extra(server_args):
+    """The extra config this server passes objectcache (a dict, JSON text or "@path"; {} if
+    none), or None if the server does not store KV with objectcache: page mode (the backend
+    by name, or SGLang's `dynamic` backend pointed at our module) or layerwise mode (our linker)."""
+    from sglang_objectcache.config import load_dict
 
+    if server_args is None:
+        return None
+    backend = _arg(server_args, "hicache_storage_backend")
+    if backend in ("objectcache", "dynamic"):
+        text = _arg(server_args, "hicache_storage_backend_extra_config") or {}
+        if backend == "objectcache":
+            return text
         try:
-            extra = load_dict(_arg(server_args, "hicache_storage_backend_extra_config") or {})
+            extra = load_dict(text)
         except Exception:  # noqa: BLE001 - unreadable: SGLang itself will say so
             extra = {}
         if str(extra.get("module_path", "")).startswith("sglang_objectcache"):
-            return True
+            return extra
     if _arg(server_args, "enable_unified_cache_external_linker") and \
             _arg(server_args, "unified_cache_external_linker_backend") == "dynamic":
         cfg = _arg(server_args, "unified_cache_external_linker_config")
         if isinstance(cfg, dict) and str(cfg.get("linker_module_path", "")).startswith("sglang_objectcache"):
-            return True
-    return False
+            return cfg.get("linker_extra_config") or {}
+    return None
+
+
+def uses_objectcache(server_args) -> bool:
+    """Whether this server stores KV with objectcache (in either mode)."""
+    return _objectcache_extra(server_args) is not None
+
+
+def enabled(server_args) -> bool:
+    """Whether this server serves the endpoint: it uses objectcache, and the objectcache
+    config it passes (read as its backend or linker reads it, environment overlay included)
+    says `tree_endpoint`. A config that does not parse means no endpoint: the backend or
+    linker refuses to start on it anyway."""
+    from sglang_objectcache.config import ObjectCacheConfig, load_dict
+
+    extra = _objectcache_extra(server_args)
+    if extra is None:
+        return False
+    try:
+        extra = load_dict(extra)
+        if set(extra) == {"objectcache_config"}:  # the plugin's layerwise form: "@path"
+            extra = load_dict(extra["objectcache_config"])
+        return ObjectCacheConfig.from_dict(extra).tree_endpoint
+    except Exception:  # noqa: BLE001 - see above
+        return False
 
 
 def admin_key_set(server_args) -> bool:
@@ -125,10 +148,10 @@ def find_backend(tree_cache):
 
 def scheduler_dispatch(original, self, recv_req):
     """AROUND hook on Scheduler.handle_dumper_control."""
-    if getattr(recv_req, "method", None) != METHOD or not enabled():
+    if getattr(recv_req, "method", None) != METHOD:
         return original(self, recv_req)
     server_args = getattr(self, "server_args", None)
-    if not uses_objectcache(server_args):
+    if not enabled(server_args):
         return original(self, recv_req)
     from sglang.srt.managers.io_struct import DumperControlReqOutput
 
@@ -152,25 +175,21 @@ def scheduler_dispatch(original, self, recv_req):
 
 def add_routes(*args, **kwargs):
     """BEFORE hook on http_server._setup_and_run_http_server(server_args, ...): add the route
-    once, if enabled (OBJECTCACHE_TREE_ENDPOINT=1) and this server uses objectcache."""
+    once, if this server uses objectcache with `tree_endpoint` on (`enabled`)."""
     try:
-        if not enabled():
-            return None
         server_args = args[0] if args else kwargs.get("server_args")
         if server_args is None:
             from sglang.srt.runtime_context import get_server_args
 
             server_args = get_server_args()
-        if not uses_objectcache(server_args):
-            logger.warning("objectcache: %s=1 but this server does not use objectcache: %s not added",
-                           ENV, ROUTE)
+        if not enabled(server_args):
             return None
         from sglang.srt.entrypoints import http_server
 
         app = http_server.app
         if not any(getattr(r, "path", None) == ROUTE for r in app.router.routes):
             app.add_api_route(ROUTE, tree_endpoint, methods=["GET"])
-            logger.info("objectcache: %s enabled (%s=1)", ROUTE, ENV)
+            logger.info("objectcache: %s enabled (tree_endpoint)", ROUTE)
     except Exception:  # noqa: BLE001 - a missing debug route must not stop the server
         logger.exception("objectcache: could not add %s", ROUTE)
     return None

@@ -36,11 +36,10 @@ def apply(hooks) -> None:
     """Register the fixes on SGLang's HookRegistry (passed in so this module stays import-light)."""
     import importlib
 
+    from sglang_objectcache.sglang import compat
     from sglang_objectcache.sglang.cpu.kvcacheio import OPS
 
-    hooks.register(
-        "sglang.srt.mem_cache.pool_host.base.HostKVCache.__init__", _no_pinning, _before()
-    )
+    compat.register_hooks(hooks, "cpu")  # _no_pinning on HostKVCache.__init__
     for name in _POOL_MODULES:
         mod = importlib.import_module(name)
         for op, fn in OPS.items():
@@ -48,8 +47,3 @@ def apply(hooks) -> None:
                 setattr(mod, op, fn)
     logger.info("objectcache: CPU engine fixes applied (unpinned host pools, torch direct io)")
 
-
-def _before():
-    from sglang.srt.plugins.hook_registry import HookType
-
-    return HookType.BEFORE

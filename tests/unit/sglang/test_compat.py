@@ -28,9 +28,17 @@ def test_every_hook_target_and_used_name_exists(entry):
 
 
 def test_every_hook_target_is_callable():
-    for entry, kind, _why in compat.HOOKS:
+    for entry, kind, _handler, _when, _why in compat.HOOKS:
         assert callable(compat.resolve(entry)), entry
         assert kind in ("AROUND", "AFTER", "BEFORE"), entry
+
+
+def test_every_handler_in_the_table_is_a_function_of_the_wing():
+    for entry, _kind, handler, when, _why in compat.HOOKS:
+        assert when in compat.WHEN, entry
+        fn = compat.resolve(f"sglang_objectcache.sglang.{handler}")
+        assert callable(fn) and fn.__module__.startswith("sglang_objectcache.sglang."), handler
+    assert sum(len(compat.handlers(w)) for w in compat.WHEN) == len(compat.HOOKS)
 
 
 @pytest.mark.parametrize("cls_entry,names", [(r[0], r[1]) for r in compat.READS]
@@ -78,8 +86,8 @@ def test_the_plugin_registers_only_listed_hooks(monkeypatch):
     monkeypatch.setattr(cpu_compat, "needed", lambda: True)
     plugin.register()
 
-    listed = {(compat.hook_target(e), kind) for e, kind, _ in compat.HOOKS}
-    assert set(seen) == listed
+    listed = [(compat.hook_target(e), kind) for e, kind, _, _, _ in compat.HOOKS]
+    assert sorted(seen) == sorted(listed)  # each once: both attach hooks, the four Rust core ones
     assert set(steps) == {name for name, _ in compat.RESOLUTION_HOOKS}
 
 
@@ -181,5 +189,5 @@ def test_a_fake_controller_gets_the_zero_copy_path():
 
 def test_the_compat_doc_lists_every_hook_target():
     doc = (ROOT / "docs" / "sglang-compat.md").read_text()
-    assert [e for e, _, _ in compat.HOOKS if f"`{compat.hook_target(e)}`" not in doc] == []
+    assert [e for e, *_ in compat.HOOKS if f"`{compat.hook_target(e)}`" not in doc] == []
     assert "SUPPORTED_SGLANG" in doc

@@ -73,12 +73,12 @@ class _Registry:
 
 def _objectcache_args(**kw):
     return SimpleNamespace(**{
-        "hicache_storage_backend": "objectcache", "hicache_storage_backend_extra_config": None,
+        "hicache_storage_backend": "objectcache", "hicache_storage_backend_extra_config": {"bucket": "b"},
         "enable_unified_cache_external_linker": False, "unified_cache_external_linker_backend": None,
         "unified_cache_external_linker_config": None, "api_key": None, "admin_api_key": None, **kw})
 
 
-def test_tree_route_is_off_by_default_and_only_on_objectcache_servers(tiny_model, monkeypatch):
+def test_tree_route_is_off_by_default_and_only_on_objectcache_servers(tiny_model, monkeypatch, tmp_path):
     from fastapi import FastAPI
     from sglang.srt.entrypoints import http_server
     from sglang.srt.server_args import ServerArgs
@@ -88,7 +88,8 @@ def test_tree_route_is_off_by_default_and_only_on_objectcache_servers(tiny_model
     monkeypatch.delenv(endpoint.ENV, raising=False)
     reg = _Registry()
     hooks.register(reg)  # this (pytest) process is what the plugin takes for SGLang's HTTP process
-    assert reg.calls == []
+    # Always registered: on or off is the objectcache config's, known only from the server args.
+    assert [fn for _, fn in reg.calls] == [endpoint.add_routes]
 
     def routes_after(server_args) -> list[str]:
         app = FastAPI()
@@ -98,20 +99,30 @@ def test_tree_route_is_off_by_default_and_only_on_objectcache_servers(tiny_model
 
     plain = ServerArgs(model_path=tiny_model, device="cpu", attention_backend="torch_native")
     plain.resolve_once()
-    assert routes_after(plain) == [] and routes_after(_objectcache_args()) == []  # no env: off
+    assert routes_after(plain) == [] and routes_after(_objectcache_args()) == []  # no field, no env: off
+    on = {"bucket": "b", "tree_endpoint": True}
+    assert routes_after(_objectcache_args(hicache_storage_backend_extra_config=on)) == [endpoint.ROUTE]
+    assert routes_after(_objectcache_args(hicache_storage_backend_extra_config=json.dumps(on))) == [endpoint.ROUTE]
+    assert routes_after(_objectcache_args(hicache_storage_backend_extra_config={"tree_endpoint": True})) == []  # invalid
 
-    monkeypatch.setenv(endpoint.ENV, "1")
-    reg = _Registry()
-    hooks.register(reg)
-    assert [fn for _, fn in reg.calls] == [endpoint.add_routes]
+    monkeypatch.setenv(endpoint.ENV, "1")  # the config's environment overlay
     assert routes_after(plain) == []  # plugin installed, objectcache not used: 404
     assert routes_after(_objectcache_args()) == [endpoint.ROUTE]
+    off = {"bucket": "b", "tree_endpoint": False}
+    assert routes_after(_objectcache_args(hicache_storage_backend_extra_config=off)) == []  # the config wins
     layerwise = _objectcache_args()
     layerwise.hicache_storage_backend = None
     layerwise.enable_unified_cache_external_linker = True
     layerwise.unified_cache_external_linker_backend = "dynamic"
     layerwise.unified_cache_external_linker_config = {"linker": "ObjectCacheLinker",
-                                                      "linker_module_path": "sglang_objectcache.sglang.layerwise_linker"}
+                                                      "linker_module_path": "sglang_objectcache.sglang.layerwise_linker",
+                                                      "linker_extra_config": {"bucket": "b"}}
+    assert routes_after(layerwise) == [endpoint.ROUTE]
+    monkeypatch.delenv(endpoint.ENV)
+    assert routes_after(layerwise) == []
+    path = tmp_path / "oc.json"  # the plugin's layerwise form: the config file's path, never its contents
+    path.write_text(json.dumps(on))
+    layerwise.unified_cache_external_linker_config["linker_extra_config"] = {"objectcache_config": f"@{path}"}
     assert routes_after(layerwise) == [endpoint.ROUTE]
 
 

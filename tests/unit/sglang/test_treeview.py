@@ -13,7 +13,7 @@ from inspect_support import page, scheme
 from inspect_support import store_fixture  # noqa: F401  (pytest finds it as `store`)
 from tree_cores import insert_device, insert_host, rust_core
 
-from sglang_objectcache.sglang import treeview
+from sglang_objectcache.sglang import treecores, treestore, treeview
 
 
 class FakeBackend:
@@ -67,7 +67,7 @@ def test_snapshot_of_the_rust_core_spans_parents_tiers_and_prefix(store):
 def test_rust_handle_scan_is_incremental_and_sees_new_nodes():
     core = rust_core()
     handles = [insert_host(core, [i] * 8).inserted_host_node for i in range(12)]
-    treeview.note_ids(core, *handles)  # what the plugin's hook on insert_host does
+    treecores.note_ids(core, *handles)  # what the plugin's hook on insert_host does
     tc = SimpleNamespace(tree_core=core, page_size=4)
     first = treeview.snapshot(tc, None, probe_budget=5)
     assert not first["complete"] and first["totals"]["nodes"] == 4  # handles 0 (root) to 4
@@ -200,16 +200,16 @@ def test_store_head_is_one_bounded_batch_skipped_while_reads_are_down(store):
     assert [n["store"]["present"] for n in snap["nodes"]] == [4]
 
     # A store that hangs costs the scheduler the deadline once; the next request skips it.
-    hung = _SlowStore(store, treeview.STORE_HEAD_DEADLINE_S + 1.5)
+    hung = _SlowStore(store, treestore.STORE_HEAD_DEADLINE_S + 1.5)
     backend.store = hung
     t0 = time.monotonic()
     snap = treeview.snapshot(tc, backend, q)
-    assert time.monotonic() - t0 < treeview.STORE_HEAD_DEADLINE_S + 0.8
+    assert time.monotonic() - t0 < treestore.STORE_HEAD_DEADLINE_S + 0.8
     assert "not done" in snap["store_head"]["skipped"] and snap["query"]["store_pages_present"] is None
     assert all("present" not in n["store"] for n in snap["nodes"])
     snap = treeview.snapshot(tc, backend, q)
     assert "still running" in snap["store_head"]["skipped"] and len(hung.calls) == 1
-    assert treeview._last_probe.done.wait(5)
+    assert treestore._last_probe.done.wait(5)
 
     # Reads marked down (the cache core's negative TTL): no HEAD at all.
     slow.calls.clear()
