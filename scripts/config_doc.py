@@ -124,18 +124,36 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def load_config():
-    """config.py of this checkout (it and config_parse.py import nothing but the standard library)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    import importlib
+def _load(name: str, path: Path):
+    import importlib.util
 
-    return importlib.import_module("sglang_objectcache.config")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while building
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_config():
+    """config.py of this checkout, read from its file (the venv's install may be another
+    checkout's). It imports nothing but the standard library and config_parse.py, which is
+    read from its file too and stands in for the package's while config.py loads."""
+    if "objectcache_config_doc" not in sys.modules:
+        name = "sglang_objectcache.config_parse"
+        installed = sys.modules.get(name)
+        parse = _load("objectcache_config_doc_parse", CONFIG.with_name("config_parse.py"))
+        sys.modules[name] = parse
+        try:
+            _load("objectcache_config_doc", CONFIG).config_parse = parse
+        finally:
+            if installed is None:
+                del sys.modules[name]
+            else:
+                sys.modules[name] = installed
+    return sys.modules["objectcache_config_doc"]
 
 
 def settings_tables() -> list[str]:
-    import importlib
-
     config = load_config()
     docs = field_docs(CONFIG)
     top = config.ObjectCacheConfig
@@ -144,7 +162,7 @@ def settings_tables() -> list[str]:
         _TABLES[cls] = name
     out = []
     missing = []
-    env_name = importlib.import_module("sglang_objectcache.config_parse").env_name
+    env_name = config.config_parse.env_name
     for title, prefix, cls in [("Top level", "", top)] + [(f"`{n}`", n + ".", c) for n, c in nested]:
         anchor = prefix.rstrip(".") or "top-level"
         out += [f'<a id="{anchor}"></a>', "", f"### {title}", "",
