@@ -41,6 +41,7 @@ from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.hosttier import HostTier
 from sglang_objectcache.layerwise.loader import LayerwiseLoader
+from sglang_objectcache.layerwise.settings import LoaderParts, LoaderSettings
 from sglang_objectcache.layerwise.timeline import Timeline
 from sglang_objectcache.objformat import PageGeometry
 from sglang_objectcache.stats import Stats
@@ -71,11 +72,12 @@ class Loading:
         self.g, self.names, self.hashes = g, names, hashes_
         self.stats = Stats()
         self.counter = LayerReadyCounter(g.num_layers, 60.0, on_finish=lambda i: self.loader.stop(i))
-        self.loader = LayerwiseLoader(
-            store=store, geometry=g, device_layers=pools, content_digest=keys.content_digest,
-            counter=self.counter, scheduler=TransferScheduler(SchedulerConfig()), tier=HostTier(0),
-            timeline=Timeline(max_batches=4), stats=self.stats, window_layers=4, layers_per_get=1, io_threads=threads,
-            fetch=ProcessFetch(cfg, g, threads, pinned=False) if fetch == "process" else None)
+        parts = LoaderParts(store=store, content_digest=keys.content_digest,
+                            scheduler=TransferScheduler(SchedulerConfig()), tier=HostTier(0),
+                            timeline=Timeline(max_batches=4), stats=self.stats, counter=self.counter,
+                            fetch=ProcessFetch(cfg, g, threads, pinned=False) if fetch == "process" else None)
+        self.loader = LayerwiseLoader(g, pools, parts,
+                                      LoaderSettings(window_layers=4, layers_per_get=1, io_threads=threads))
         self.slots = torch.arange(len(names) * g.tokens)
         self.failed = 0
         self._go = threading.Event()
