@@ -9,8 +9,9 @@ numbers) and which are earlier runs kept for the record (listed with their comma
 TARGETS says how each target's latest value is read. The script refuses to run while a
 JSON file in benchmarks/results/ is in neither list, so a new run has to be placed.
 
-To add a benchmark: put its JSON (with a `command` field) and plot in benchmarks/results/,
-add a `Bench` with a renderer for its key numbers, and move the run it replaces to `older`.
+To add a benchmark: a module benchmarks/<name>.py whose run writes its JSON and plot into
+benchmarks/results/ (benchmarks.schema.write_result records the `command`), then a `Bench`
+here with a renderer for its key numbers, and the run it replaces moved to `older`.
 To add a target: add a `Target` whose `measure` reads the latest JSON.
 tests/test_docs.py checks that the committed files are what this writes.
 """
@@ -90,7 +91,11 @@ def table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def script_of(command: str) -> str | None:
-    for word in shlex.split(command):
+    """The file a command runs: `-m benchmarks.<name>` -> benchmarks/<name>.py, or a scripts/*.py."""
+    words = shlex.split(command)
+    for i, word in enumerate(words):
+        if word == "-m" and i + 1 < len(words):
+            return words[i + 1].replace(".", "/") + ".py"
         m = re.search(r"scripts/[\w./-]+\.py", word)
         if m:
             return m.group(0)
@@ -441,7 +446,7 @@ BENCHMARKS = [
           "p99 worse, so objectcache plans in arrival order.",
           ["sched_sim"], r_sched_sim),
     Bench("storage", "Storage data path (HiCache L3) against SGLang's in-tree backends",
-          "`scripts/bench_storage.py` starts one SeaweedFS and moves the same pages, with real SGLang host "
+          "`python -m benchmarks.storage` starts one SeaweedFS and moves the same pages, with real SGLang host "
           "pools, through: `raw`, the ceiling (a tuned parallel S3 client, no SGLang, no format; obstore and "
           "objectcache's own GET client, best of both); `checked`, raw plus one xxh3 and one copy per page, the "
           "floor of any checksummed cache; objectcache's `batch_get_v1` / `batch_set_v1` / `batch_exists`; "
