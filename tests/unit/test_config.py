@@ -23,8 +23,8 @@ SGLANG_JOIN_S = 10.0
 
 @pytest.fixture(autouse=True)
 def no_env(monkeypatch):
-    for key in ("ENDPOINT_URL", "BUCKET", "REGION", "KEY_PREFIX", "TENANT_SALT"):
-        monkeypatch.delenv("OBJECTCACHE_" + key, raising=False)
+    for name in [n for n in os.environ if n.startswith("OBJECTCACHE_")]:  # every field has its variable
+        monkeypatch.delenv(name)
 
 
 def uncapped_s(cfg: ObjectCacheConfig) -> float:
@@ -188,6 +188,38 @@ def test_endpoint_scheme_is_case_insensitive():
     assert ObjectCacheConfig(bucket="kv", endpoint_url="Https://s3.example.com/base").endpoint_url == \
         "https://s3.example.com/base"
     assert ObjectCacheConfig(bucket="kv", endpoint_url="http://[::1]:9000").endpoint_url == "http://[::1]:9000"
+
+
+# --- the environment overlay: OBJECTCACHE_<FIELD>, the config wins ---------------------------
+
+
+def test_every_field_can_come_from_the_environment_and_the_config_wins(monkeypatch):
+    for name, value in {"BUCKET": "from-env", "RETRIES": "0", "VERIFY_TLS": "off", "METRICS_INTERVAL_S": "0.5",
+                        "TREE_ENDPOINT": "1", "ACCESS_LOG_MAX_KEYS": "7", "LAYERWISE_TRACE_PATH": "/tmp/t.json",
+                        "LAYERWISE_KERNELS": "torch", "NIXL_PLUGIN_PARAMS": '{"a": "b"}', "REGION": ""}.items():
+        monkeypatch.setenv("OBJECTCACHE_" + name, value)
+    cfg = parse('{"retries": 2, "layerwise": {"kernels": "triton"}}')
+    assert cfg.bucket == "from-env" and cfg.retries == 2 and cfg.verify_tls is False
+    assert cfg.metrics_interval_s == 0.5 and cfg.tree_endpoint is True and cfg.access_log_max_keys == 7
+    assert cfg.region == "us-east-1"  # an empty variable is unset
+    assert cfg.layerwise.trace_path == "/tmp/t.json" and cfg.layerwise.kernels == "triton"
+    assert dict(cfg.nixl_plugin_params) == {"a": "b"}
+
+
+@pytest.mark.parametrize("name, value, match", [
+    ("RETRIES", "two", r"^retries: OBJECTCACHE_RETRIES must be an integer, got 'two'"),
+    ("ALLOW_CLEAR", "maybe", r"^allow_clear: OBJECTCACHE_ALLOW_CLEAR must be true/false"),
+    ("NIXL_PLUGIN_PARAMS", "[1]", r"^nixl_plugin_params: OBJECTCACHE_NIXL_PLUGIN_PARAMS must be a JSON object"),
+    ("LAYERWISE_WINDOW_LAYERS", "0", r"^layerwise\.window_layers: must be >= 1"),
+    ("LAYERWISE_KERNELS", "cuda", r"^layerwise\.kernels: must be auto, triton or torch"),
+    ("ACCESS_LOG_INTERVAL_S", "-1", r"^access_log_interval_s: invalid value -1\.0"),
+    ("METRICS_INTERVAL_S", "0", r"^metrics_interval_s: invalid value 0\.0"),
+    ("ACCESS_LOG_MAX_KEYS", "0", r"^access_log_max_keys: invalid value 0"),
+])
+def test_a_bad_environment_value_is_refused_by_key(monkeypatch, name, value, match):
+    monkeypatch.setenv("OBJECTCACHE_" + name, value)
+    with pytest.raises(ConfigError, match=match):
+        ObjectCacheConfig.from_dict(kv())
 
 
 # --- H3: what goes into our client's headers ----------------------------------------------------
