@@ -146,7 +146,7 @@ def put_for(client: RawObstore, payloads: list, seconds: float, tag: str) -> int
 
 
 def measure(srv: SeaweedFS, client: RawObstore, size: int, seconds: float, profile: bool) -> dict:
-    batch = max(16, min(128, (64 * MiB) // size))  # 16 in flight at least, as bench_storage's 8 MiB PUTs
+    batch = max(16, min(128, (64 * MiB) // size))  # 16 in flight at least, as benchmarks.storage's 8 MiB PUTs
     payloads = [os.urandom(size) for _ in range(batch)]
     put_for(client, payloads, 0, f"warm{size}")  # one batch: connections and the volume
     got: dict = {}

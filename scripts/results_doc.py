@@ -223,7 +223,7 @@ STORAGE_CPU = [("objectcache", "get"), ("raw", "get"), ("checked", "get"), ("sea
 
 
 def r_storage(*stems: str) -> list[str]:
-    """One table for a group of bench_storage runs (a column per file and page size)."""
+    """One table for a group of benchmarks.storage runs (a column per file and page size)."""
     cols = [(s, g) for s in stems for g in load(s)["geometries"]]
     head = ["ratio (median of runs; min–max)"] + [
         f"{g['page_kv_bytes'] >> 10:,} KiB pages, `{load(s)['layout']}`, {load(s)['runs']} runs" for s, g in cols]
