@@ -72,6 +72,7 @@ from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.hosttier import HostTier
 from sglang_objectcache.layerwise.loader import LayerwiseLoader
+from sglang_objectcache.layerwise.settings import LoaderParts, LoaderSettings
 from sglang_objectcache.layerwise.timeline import Timeline, overlapped_layers
 from sglang_objectcache.objformat import PageGeometry
 from sglang_objectcache.stats import Stats
@@ -324,13 +325,14 @@ def make_loader(bench, store, cfg, *, per_get: int, host_mb: int, stats, fetch: 
     timeline = Timeline(max_batches=64)
     counter = LayerReadyCounter(bench.g.num_layers, 30.0, on_finish=lambda i: loader.stop(i),
                                 on_wait=timeline.wait)
-    loader = LayerwiseLoader(store=store, geometry=bench.g, device_layers=bench.model.pools(),
-                             content_digest=bench.keys.content_digest, counter=counter,
-                             scheduler=TransferScheduler(SchedulerConfig()), tier=HostTier(host_mb << 20),
-                             timeline=timeline, stats=stats, window_layers=bench.a.window,
-                             layers_per_get=per_get, io_threads=bench.a.io_threads,
-                             fetch=ProcessFetch(cfg, bench.g, bench.a.io_threads, pinned=bench.dev.type == "cuda")
-                             if fetch == "process" else None)
+    a = bench.a
+    parts = LoaderParts(store=store, content_digest=bench.keys.content_digest, counter=counter,
+                        scheduler=TransferScheduler(SchedulerConfig()), tier=HostTier(host_mb << 20),
+                        timeline=timeline, stats=stats,
+                        fetch=ProcessFetch(cfg, bench.g, a.io_threads, pinned=bench.dev.type == "cuda")
+                        if fetch == "process" else None)
+    settings = LoaderSettings(window_layers=a.window, layers_per_get=per_get, io_threads=a.io_threads)
+    loader = LayerwiseLoader(bench.g, bench.model.pools(), parts, settings)
     return loader, counter, timeline
 
 
