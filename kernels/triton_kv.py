@@ -37,6 +37,7 @@ from typing import Sequence
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.jit import JITFunction
 
 from sglang_objectcache.objformat import PageGeometry
 
@@ -58,6 +59,46 @@ GPU_TUNING = Tuning()
 # the interpreter pays per program, not per byte: few, big programs
 INTERPRETER_TUNING = Tuning(tile_bytes=1 << 20, max_chunk_bytes=1 << 16, num_warps=1,
                             min_programs=1)
+
+
+class _DeviceFunction(JITFunction):
+    """A helper `_kv_move` calls. Compiled, Triton inlines it into the kernel; under the
+    interpreter the kernel is plain Python, so the call runs it interpreted too."""
+
+    def __call__(self, *args, **kwargs):
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return InterpretedFunction(self.fn)(*args, **kwargs)
+
+
+@_DeviceFunction
+def _pool_base(table_ptr, addr0, addr1, layer, second, NUM_COMP: tl.constexpr, USE_TABLE: tl.constexpr):
+    """Byte address of this layer's buffer of the program's component."""
+    if USE_TABLE:
+        base = tl.load(table_ptr + layer * NUM_COMP + second.to(tl.int32))
+    else:
+        base = tl.where(second, addr1, addr0).to(tl.int64)
+    return base
+
+
+@_DeviceFunction
+def _pool_offset(slot, second, stride_w, pstride0_w, pstride1_w, POOL_PAGE: tl.constexpr):
+    """Word offset of pool slot `slot`: row `slot` of a flat pool, or its page's row."""
+    if POOL_PAGE == 1:
+        off = slot * stride_w
+    else:
+        pstride_w = tl.where(second, pstride1_w, pstride0_w).to(tl.int64)
+        off = (slot // POOL_PAGE) * pstride_w + (slot % POOL_PAGE) * stride_w
+    return off
+
+
+@_DeviceFunction
+def _copy(s_ptrs, p_ptrs, mask, GATHER: tl.constexpr):
+    if GATHER:
+        tl.store(s_ptrs, tl.load(p_ptrs, mask=mask), mask=mask)
+    else:
+        # staging is read once: keep it out of the way of the pool lines attention reads next
+        tl.store(p_ptrs, tl.load(s_ptrs, mask=mask, eviction_policy="evict_first"), mask=mask)
 
 
 def _kv_move(
@@ -97,10 +138,7 @@ def _kv_move(
     stride_w = tl.where(second, stride1_w, stride0_w).to(tl.int64)
     comp_off = tl.where(second, COMP1_OFF_W, 0)
     col0 = tl.where(second, pid_c - CHUNKS0, pid_c) * BLOCK_W
-    if USE_TABLE:
-        base = tl.load(table_ptr + layer * NUM_COMP + second.to(tl.int32))
-    else:
-        base = tl.where(second, addr1, addr0).to(tl.int64)
+    base = _pool_base(table_ptr, addr0, addr1, layer, second, NUM_COMP, USE_TABLE)
     pool_ptr = tl.multiple_of(base.to(tl.pointer_type(stage_ptr.dtype.element_ty)), ALIGN_BYTES)
 
     tok = pid_t.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -109,11 +147,7 @@ def _kv_move(
     page = tok // T
     t = tok - page * T
     s_off = page * page_stride_w + layer * LAYER_W + comp_off + t * row_w + col0
-    if POOL_PAGE == 1:
-        p_off = slot * stride_w + col0
-    else:
-        pstride_w = tl.where(second, pstride1_w, pstride0_w).to(tl.int64)
-        p_off = (slot // POOL_PAGE) * pstride_w + (slot % POOL_PAGE) * stride_w + col0
+    p_off = _pool_offset(slot, second, stride_w, pstride0_w, pstride1_w, POOL_PAGE) + col0
     s_off = tl.multiple_of(s_off, ALIGN_W)
     p_off = tl.multiple_of(p_off, ALIGN_W)
 
@@ -123,11 +157,7 @@ def _kv_move(
     mask = tmask[:, None]
     if MASK_COLS:
         mask = mask & (col0 + cols < row_w)[None, :]
-    if GATHER:
-        tl.store(s_ptrs, tl.load(p_ptrs, mask=mask), mask=mask)
-    else:
-        # staging is read once: keep it out of the way of the pool lines attention reads next
-        tl.store(p_ptrs, tl.load(s_ptrs, mask=mask, eviction_policy="evict_first"), mask=mask)
+    _copy(s_ptrs, p_ptrs, mask, GATHER)
 
 
 _KERNELS: dict[bool, object] = {}
@@ -140,8 +170,6 @@ def _kernel(interpret: bool):
 
             _KERNELS[interpret] = InterpretedFunction(_kv_move)
         else:
-            from triton.runtime.jit import JITFunction
-
             _KERNELS[interpret] = JITFunction(_kv_move)
     return _KERNELS[interpret]
 
@@ -180,10 +208,9 @@ class Launch:
     num_warps: int
 
 
-def plan(staging: torch.Tensor, pools: Sequence[Sequence[torch.Tensor]], slots: torch.Tensor,
-         g: PageGeometry, gather: bool, tuning: Tuning) -> Launch:
-    """Word size, alignment, tiling and arguments for moving `len(pools)` layers."""
-    per_comp = list(zip(*pools))  # [component][layer] uint8 [num_pages, page, row_bytes]
+def _pool_strides(staging: torch.Tensor, per_comp: list) -> tuple[int, list[int], list[int]]:
+    """Slots per pool page (1: flat pools), and each component's slot and page strides in
+    bytes. Raises ValueError unless all layers' buffers agree and sit on the staging device."""
     all_rows = [r for rows in per_comp for r in rows]
     pages = {r.shape[1] for r in all_rows}
     if len(pages) != 1:
@@ -201,27 +228,47 @@ def plan(staging: torch.Tensor, pools: Sequence[Sequence[torch.Tensor]], slots: 
     for r in all_rows:
         if r.device != staging.device:
             raise ValueError(f"pool buffer on {r.device}, staging on {staging.device}")
+    return pool_page, strides, pstrides
 
-    # one word size and one alignment for every offset the kernel computes
-    sizes = [*g.row_bytes, *strides, *pstrides, *staging.shape[1:], staging.stride(0),
-             g.component_offset(g.num_components - 1), *(r.data_ptr() for r in all_rows)]
-    align = layout.word_bytes(sizes, [staging], limit=16)
-    w = min(align, 8)
-    row_w = [rb // w for rb in g.row_bytes]
-    stride_w = [s // w for s in strides] * (3 - g.num_components)
-    pstride_w = [s // w for s in pstrides] * (3 - g.num_components)
 
+def _columns(row_w: list[int], w: int, align: int, tuning: Tuning) -> tuple[int, bool, list[int]]:
+    """The column chunk in words, whether it is masked, and each component's chunk count."""
     chunk = min(_pow2_divisor(math.gcd(*row_w)), max(1, tuning.max_chunk_bytes // w))
     mask_cols = chunk * w < 64 and chunk < max(row_w)
     if mask_cols:  # tiny power-of-two chunks would waste the tile; mask one chunk per row
         chunk = min(_next_pow2(max(row_w)), max(1, tuning.max_chunk_bytes // w))
     chunks = [-(-r // chunk) for r in row_w]
     assert chunk % (align // w) == 0, "a column chunk must keep the 16-byte alignment promise"
-    n_tokens = slots.numel()
-    block_t = min(_next_pow2(max(1, tuning.tile_bytes // (chunk * w))), _next_pow2(n_tokens))
-    while (block_t > 1 and block_t * chunk * w > tuning.min_tile_bytes
-           and triton.cdiv(n_tokens, block_t) * sum(chunks) * len(pools) < tuning.min_programs):
+    return chunk, mask_cols, chunks
+
+
+def _block_tokens(n_tokens: int, chunk_bytes: int, column_programs: int, tuning: Tuning) -> int:
+    """Tokens per program: a tile of `tuning.tile_bytes`, halved for launches too small to
+    make `tuning.min_programs` programs."""
+    block_t = min(_next_pow2(max(1, tuning.tile_bytes // chunk_bytes)), _next_pow2(n_tokens))
+    while (block_t > 1 and block_t * chunk_bytes > tuning.min_tile_bytes
+           and triton.cdiv(n_tokens, block_t) * column_programs < tuning.min_programs):
         block_t //= 2
+    return block_t
+
+
+def plan(staging: torch.Tensor, pools: Sequence[Sequence[torch.Tensor]], slots: torch.Tensor,
+         g: PageGeometry, gather: bool, tuning: Tuning) -> Launch:
+    """Word size, alignment, tiling and arguments for moving `len(pools)` layers."""
+    per_comp = list(zip(*pools))  # [component][layer] uint8 [num_pages, page, row_bytes]
+    pool_page, strides, pstrides = _pool_strides(staging, per_comp)
+
+    # one word size and one alignment for every offset the kernel computes
+    sizes = [*g.row_bytes, *strides, *pstrides, *staging.shape[1:], staging.stride(0),
+             g.component_offset(g.num_components - 1), *(r.data_ptr() for rows in per_comp for r in rows)]
+    align = layout.word_bytes(sizes, [staging], limit=16)
+    w = min(align, 8)
+    row_w = [rb // w for rb in g.row_bytes]
+    stride_w = [s // w for s in strides] * (3 - g.num_components)
+    pstride_w = [s // w for s in pstrides] * (3 - g.num_components)
+    chunk, mask_cols, chunks = _columns(row_w, w, align, tuning)
+    n_tokens = slots.numel()
+    block_t = _block_tokens(n_tokens, chunk * w, sum(chunks) * len(pools), tuning)
 
     if len(pools) == 1:  # two scalar addresses; the table argument is unused
         table, use_table = slots, False
