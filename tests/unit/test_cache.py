@@ -502,7 +502,7 @@ def test_a_hung_store_costs_a_lookup_about_a_second_once(s3_config, s3, bucket):
         probe = lk.cache.probe
         assert probe is not lk.store and probe.settings.retries == 0 and probe.settings.request_deadline_s <= 1.5
         with silent_store(s3, bucket, read_timeout_s=60) as hung:
-            lk.cache.probe = type(hung)(probe_config(hung.cfg))  # the same endpoint, the probe's settings
+            lk.cache.probe = type(hung)(probe_config(hung.settings))  # the same endpoint, the probe's settings
             t0 = time.monotonic()
             assert lk.lookup("r", kv(hashes(4, "h"))) == []
             first = time.monotonic() - t0
