@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from sglang_objectcache import objformat
+from sglang_objectcache.layerwise.hosttier import TierBlocks
 from sglang_objectcache.layerwise.messages import (
     Corrupt,
     HostCopied,
@@ -52,11 +52,7 @@ class Batch:
     host_objs: list  # the host-tier object of each page, or None: fetch from the store
     num_layers: int
     layer_bytes: int
-    # Store pages being assembled for the host tier: (page indices, their staging rows as a
-    # slice where they are consecutive (no temporary copy) else an index array, the block
-    # [pages, object_bytes]).
-    tier_blocks: list = field(default_factory=list)
-    tier_at: dict = field(default_factory=dict)  # page index -> (block, row)
+    tier: TierBlocks  # store pages being assembled for the host tier (no blocks: not kept)
     headers: list = field(default_factory=list)
     staged: dict = field(default_factory=dict)  # layer -> uint8 [N, layer_bytes]
     arrived: dict = field(default_factory=dict)  # layer -> set of page indices in staging
@@ -122,18 +118,13 @@ class Batches:
 
     def _new(self, m: Load) -> Batch:
         host_objs = [self.parts.tier.get(name) for name in m.names]
-        b = Batch(m.index, m.rids, m.hashes, m.names, m.slots, deadline0=self.pace.projected_start(self.live.values()),
-                  host_objs=host_objs, num_layers=self.g.num_layers, layer_bytes=self.g.layer_bytes,
-                  headers=[None] * len(m.names), counter=m.counter)
-        if self.parts.tier.capacity > 0:  # blocks of a transfer's size: the tier frees memory by block
-            store_pages = b.store_pages()
-            for k in range(0, len(store_pages), PAGES_PER_TRANSFER):
-                group = store_pages[k : k + PAGES_PER_TRANSFER]
-                for r, i in enumerate(group):
-                    b.tier_at[i] = (len(b.tier_blocks), r)
-                rows = slice(group[0], group[-1] + 1) if group[-1] - group[0] == len(group) - 1 else np.array(group)
-                b.tier_blocks.append((group, rows, np.empty((len(group), self.g.object_bytes), np.uint8)))
-        return b
+        store_pages = [i for i, o in enumerate(host_objs) if o is None]
+        # Blocks of a transfer's size: the tier frees memory by block.
+        tier = TierBlocks(store_pages if self.parts.tier.capacity > 0 else [], PAGES_PER_TRANSFER, self.g.object_bytes)
+        deadline0 = self.pace.projected_start(self.live.values())
+        return Batch(m.index, m.rids, m.hashes, m.names, m.slots, deadline0=deadline0, host_objs=host_objs,
+                     num_layers=self.g.num_layers, layer_bytes=self.g.layer_bytes, tier=tier,
+                     headers=[None] * len(m.names), counter=m.counter)
 
     def submit_window(self, b: Batch) -> None:
         """Submit the layers of `b` that fit in its window, a whole GET's layers at a time."""
@@ -214,9 +205,7 @@ class Batches:
             self.stats.inc("bytes_read", end - start)
             if out.header is not None:
                 b.headers[i] = out.header
-                if i in b.tier_at:
-                    k, r = b.tier_at[i]
-                    b.tier_blocks[k][2][r, : len(out.raw)] = np.frombuffer(out.raw, np.uint8)
+                b.tier.header(i, out.raw)
             for layer in p.layers:
                 b.sums[layer][i] = out.sums[layer]
                 b.arrived[layer].add(i)
@@ -280,16 +269,11 @@ class Batches:
         b.counter.complete(b.index, layer, event)
         # After the forward was released: the host-tier copy is not on its path. Only
         # `StagingPool.take()`, on this thread, hands the buffer out again, so it still holds the layer.
-        if b.tier_blocks:  # one strided copy per block; numpy releases the GIL for it
-            s, e = self.g.layer_range(layer)
-            staged = staging.numpy()
-            for _, rows, block in b.tier_blocks:
-                block[:, s:e] = staged[rows]
+        if b.tier.blocks:
+            b.tier.layer(self.g.layer_range(layer), staging.numpy())
 
     def _complete(self, b: Batch) -> None:
-        for pages, _, block in b.tier_blocks:
-            self.parts.tier.put_block([b.names[i] for i in pages], block)
-        b.tier_blocks.clear()
+        b.tier.put(self.parts.tier, b.names)
         self.stats.inc("layerwise_batches_ok")
 
     # ---- endings -----------------------------------------------------------------------------
@@ -346,5 +330,5 @@ class Batches:
             b.staged.clear()
         else:  # a fetch may still write its staging: reuse that once it is back
             self.draining[index] = b
-        b.tier_blocks.clear()
+        b.tier.blocks.clear()
         self.timeline.end(index, b.failed is None and b.done_layers == self.g.num_layers, time.perf_counter())

@@ -17,6 +17,8 @@ import threading
 from collections import OrderedDict
 from typing import Optional, Sequence
 
+import numpy as np
+
 
 class _Block:
     __slots__ = ("nbytes", "rows")
@@ -86,3 +88,39 @@ class HostTier:
 
     def __len__(self) -> int:
         return len(self._objs)
+
+
+class TierBlocks:
+    """A load batch's store pages being assembled into host-tier objects: blocks of up to
+    `per_block` pages, each [pages, object_bytes], filled a layer at a time from staging
+    (one strided copy per block) and the header from the page's first range. On the
+    loader's I/O thread only."""
+
+    def __init__(self, store_pages: list, per_block: int, object_bytes: int):
+        # (page indices, their staging rows as a slice where they are consecutive (no
+        # temporary copy) else an index array, the block)
+        self.blocks: list = []
+        self._at: dict = {}  # page index -> (block, row)
+        for k in range(0, len(store_pages), per_block):
+            group = store_pages[k : k + per_block]
+            for r, i in enumerate(group):
+                self._at[i] = (len(self.blocks), r)
+            rows = slice(group[0], group[-1] + 1) if group[-1] - group[0] == len(group) - 1 else np.array(group)
+            self.blocks.append((group, rows, np.empty((len(group), object_bytes), np.uint8)))
+
+    def header(self, page: int, raw: bytes) -> None:
+        if page in self._at:
+            k, r = self._at[page]
+            self.blocks[k][2][r, : len(raw)] = np.frombuffer(raw, np.uint8)
+
+    def layer(self, span: tuple[int, int], staged: np.ndarray) -> None:
+        """Bytes `span` of every page, from a layer's staging rows (numpy releases the GIL)."""
+        s, e = span
+        for _, rows, block in self.blocks:
+            block[:, s:e] = staged[rows]
+
+    def put(self, tier: HostTier, names: list) -> None:
+        """The finished objects into `tier`; nothing is assembled any more."""
+        for pages, _, block in self.blocks:
+            tier.put_block([names[i] for i in pages], block)
+        self.blocks.clear()

@@ -16,7 +16,7 @@ from sglang_objectcache import objformat
 from sglang_objectcache.config import SchedulerConfig
 from sglang_objectcache.layerwise.batches import Batches
 from sglang_objectcache.layerwise.fetch_worker import run_job
-from sglang_objectcache.layerwise.hosttier import HostTier
+from sglang_objectcache.layerwise.hosttier import HostTier, TierBlocks
 from sglang_objectcache.layerwise.messages import (
     Corrupt,
     FetchJob,
@@ -228,14 +228,15 @@ class Counter:
 class Machine:
     """Batches with a real scheduler and CPU pools; the fetcher is this test, by hand."""
 
-    def __init__(self, objects: dict, window: int = 1, max_inflight: int = 32):
+    def __init__(self, objects: dict, window: int = 1, max_inflight: int = 32, tier_mb: int = 0):
         self.store = FakeStore(objects)
         self.sched = TransferScheduler(SchedulerConfig(max_inflight=max_inflight))
         self.counter, self.stats = Counter(), Stats()
         self.corrupt, self.missing = [], []
         self.pool = [tuple(torch.zeros((64, rb), dtype=torch.uint8) for rb in G.row_bytes) for _ in range(3)]
         self.staging = StagingPool(FakeFetch(), keep=8)
-        parts = LoaderParts(store=None, content_digest=digest, scheduler=self.sched, tier=HostTier(0),
+        self.tier = HostTier(tier_mb << 20)
+        parts = LoaderParts(store=None, content_digest=digest, scheduler=self.sched, tier=self.tier,
                             timeline=Timeline(), stats=self.stats, counter=self.counter)
         hooks = LoaderHooks(on_corrupt=lambda names, hashes: self.corrupt.extend(names),
                             on_missing=self.missing.append)
@@ -325,3 +326,31 @@ def test_a_stopped_batch_keeps_its_staging_until_its_last_job_is_back():
     m.answer(out[1])
     assert m.batches.draining == {} and len(m.staging.free) == free + 2
     assert m.counter.done == []  # nothing of a stopped batch is used
+
+
+def test_tier_blocks_assemble_whole_objects_from_headers_and_layers():
+    _, objs = sealed_objects(["a", "b", "c"])
+    pages = [0, 2, 3]  # page 1 came from the host tier: not assembled; 2 and 3 are one slice
+    blocks = TierBlocks(pages, 2, G.object_bytes)
+    assert [(group, rows) for group, rows, _ in blocks.blocks][1] == ([3], slice(3, 4))
+    staged = {layer: np.zeros((4, G.layer_bytes), np.uint8) for layer in range(G.num_layers)}
+    for page, name in zip(pages, "abc"):
+        blocks.header(page, objs[name][: G.header_bytes])
+        for layer in range(G.num_layers):
+            s, e = G.layer_range(layer)
+            staged[layer][page] = np.frombuffer(objs[name][s:e], np.uint8)
+    for layer in range(G.num_layers):
+        blocks.layer(G.layer_range(layer), staged[layer])
+    tier = HostTier(1 << 20)
+    blocks.put(tier, ["A", "skip", "B", "C"])
+    assert blocks.blocks == [] and "skip" not in tier
+    assert [bytes(tier.get(n)) for n in "ABC"] == [objs[n] for n in "abc"]
+
+
+def test_a_batch_fills_the_host_tier_with_the_objects_it_verified():
+    _, objs = sealed_objects(["p0", "p1"])
+    m = Machine(objs, window=2, tier_mb=1)
+    m.load(0, ["p0", "p1"], [1, 2])
+    m.pump()
+    assert m.counter.failed == []
+    assert bytes(m.tier.get("p0")) == objs["p0"] and bytes(m.tier.get("p1")) == objs["p1"]
