@@ -30,7 +30,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from benchmarks.schema import write_result
@@ -110,41 +110,40 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def sweeps(args) -> dict:
-    """Every sweep of the module docstring, by name."""
-    q = args.quick
-    trials = 2 if q else args.trials
-    n_poisson = 40 if q else args.poisson_requests
-    sched = SchedulerConfig(starvation_ms=args.starvation_ms, max_inflight=args.max_inflight)
-    base_s = System(latency_ms=args.latency_ms, sched=sched)
-    burst8 = Workload(requests=8, prefix_tokens=SPREAD)
-    trials_of = lambda w: 1 if w.prefix_tokens[0] == w.prefix_tokens[1] else trials  # noqa: E731
-    caps = [10, 100] if q else [2.5, 5, 10, 25, 50, 100]
-    set_cap = lambda w, s, x: (w, replace(s, cap_gbps=x))  # noqa: E731
-    sw = {}
+set_cap = lambda w, s, x: (w, replace(s, cap_gbps=x))  # noqa: E731
+set_n = lambda w, s, x: (replace(w, requests=x), s)  # noqa: E731
+set_bound = lambda w, s, x: (w, replace(s, sched=replace(s.sched, starvation_ms=x)))  # noqa: E731
+one = lambda w: 1  # noqa: E731
+POISSON_CAP = 25.0  # Gbit/s
 
+
+@dataclass(frozen=True)
+class Base:
+    """What every sweep starts from, given the command line."""
+
+    quick: bool
+    system: System
+    trials: int
+    poisson_requests: int
+
+    def trials_of(self, w: Workload) -> int:
+        return 1 if w.prefix_tokens[0] == w.prefix_tokens[1] else self.trials
+
+
+def burst_sweeps(b: Base, sw: dict) -> None:
+    """A burst of 8 under each cap (and uncapped), then bursts of 1-16 at 10 Gbit/s."""
+    base_s, burst8, trials_of = b.system, Workload(requests=8, prefix_tokens=SPREAD), b.trials_of
+    caps = [10, 100] if b.quick else [2.5, 5, 10, 25, 50, 100]
     print("caps: burst of 8", flush=True)
     sw["caps"] = [
         series("page, prefix 32K", replace(burst8, prefix_tokens=FIXED), base_s, caps, set_cap, trials_of),
         series("page, prefix 8K-64K", burst8, base_s, caps, set_cap, trials_of),
         series("layerwise, prefix 8K-64K (SGLang batches the burst)", burst8, replace(base_s, mode="layerwise"),
                caps, set_cap, trials_of),
-        series(
-            "layerwise, prefix 8K-64K, one request per batch",
-            burst8,
-            replace(base_s, mode="layerwise", max_prefill_tokens=1024),
-            caps,
-            set_cap,
-            trials_of,
-        ),
-        series(
-            "page, prefix 8K-64K, cap held by the link only (no token bucket)",
-            burst8,
-            replace(base_s, pace=False),
-            caps,
-            set_cap,
-            trials_of,
-        ),
+        series("layerwise, prefix 8K-64K, one request per batch", burst8,
+               replace(base_s, mode="layerwise", max_prefill_tokens=1024), caps, set_cap, trials_of),
+        series("page, prefix 8K-64K, cap held by the link only (no token bucket)", burst8,
+               replace(base_s, pace=False), caps, set_cap, trials_of),
     ]
     sw["uncapped"] = [
         series(f"{mode}, prefix 8K-64K, {n} request(s)", replace(burst8, requests=n), replace(base_s, mode=mode),
@@ -152,10 +151,8 @@ def sweeps(args) -> dict:
         for mode in ("page", "layerwise")
         for n in (1, 8)
     ]
-
     print("bursts: 10 Gbit/s", flush=True)
-    sizes = [1, 4, 8] if q else [1, 2, 4, 8, 12, 16]
-    set_n = lambda w, s, x: (replace(w, requests=x), s)  # noqa: E731
+    sizes = [1, 4, 8] if b.quick else [1, 2, 4, 8, 12, 16]
     sw["bursts"] = [
         series("page, prefix 32K", replace(burst8, prefix_tokens=FIXED), base_s, sizes, set_n, trials_of),
         series("page, prefix 8K-64K", burst8, base_s, sizes, set_n, trials_of),
@@ -163,13 +160,15 @@ def sweeps(args) -> dict:
     for row in sw["bursts"][0]["rows"]:
         row["serial_bound"] = round(2 * row["x"] / (row["x"] + 1), 3)
 
+
+def poisson_sweeps(b: Base, sw: dict) -> None:
+    """Poisson arrivals at 25 Gbit/s under rising load, then the starvation bound at load 0.9."""
+    cap, base_s = POISSON_CAP, b.system
     print("loads: Poisson, 25 Gbit/s", flush=True)
-    cap = 25.0
-    loads = [0.5, 0.9] if q else [0.1, 0.3, 0.5, 0.7, 0.8, 0.9]
+    loads = [0.5, 0.9] if b.quick else [0.1, 0.3, 0.5, 0.7, 0.8, 0.9]
     mean_bytes = MEAN_TOKENS[SPREAD] * Workload().kv_bytes_per_token
-    poisson = Workload(requests=n_poisson, prefix_tokens=SPREAD)
+    poisson = Workload(requests=b.poisson_requests, prefix_tokens=SPREAD)
     set_load = lambda w, s, x: (replace(w, rate=x * cap * 1.25e8 / mean_bytes), s)  # noqa: E731
-    one = lambda w: 1  # noqa: E731
     sw["loads"] = [
         series(f"{mode}, Poisson", poisson, replace(base_s, cap_gbps=cap, mode=mode), loads, set_load, one)
         for mode in ("page", "layerwise")
@@ -180,11 +179,9 @@ def sweeps(args) -> dict:
     )
     sw["loads"].append(series("page, Poisson bursts of 4", replace(poisson, burst=4), replace(base_s, cap_gbps=cap),
                               loads, set_load, one))
-
     print("starvation bound: Poisson, load 0.9", flush=True)
-    bounds = [200.0, math.inf] if q else [200.0, 2000.0, 10000.0, math.inf]
+    bounds = [200.0, math.inf] if b.quick else [200.0, 2000.0, 10000.0, math.inf]
     w09 = set_load(poisson, None, 0.9)[0]
-    set_bound = lambda w, s, x: (w, replace(s, sched=replace(s.sched, starvation_ms=x)))  # noqa: E731
     sw["starve"] = [
         series("page, Poisson load 0.9", w09, replace(base_s, cap_gbps=cap), bounds, set_bound, one,
                ["deadline+srpt", "deadline", "fair"])
@@ -192,19 +189,22 @@ def sweeps(args) -> dict:
     for row in sw["starve"][0]["rows"]:
         row["x"] = "inf" if math.isinf(row["x"]) else row["x"]
 
+
+def sweeps(args) -> dict:
+    """Every sweep of the module docstring, by name."""
+    sched = SchedulerConfig(starvation_ms=args.starvation_ms, max_inflight=args.max_inflight)
+    b = Base(quick=args.quick, system=System(latency_ms=args.latency_ms, sched=sched),
+             trials=2 if args.quick else args.trials,
+             poisson_requests=40 if args.quick else args.poisson_requests)
+    sw = {}
+    burst_sweeps(b, sw)
+    poisson_sweeps(b, sw)
     print("naive deadlines: burst of 8, one request per batch", flush=True)
     sw["naive"] = [
-        series(
-            "layerwise, prefix 8K-64K, one request per batch",
-            burst8,
-            replace(base_s, mode="layerwise", max_prefill_tokens=1024),
-            [10, 100],
-            set_cap,
-            trials_of,
-            ["deadline", "deadline-naive", "fair"],
-        )
+        series("layerwise, prefix 8K-64K, one request per batch", Workload(requests=8, prefix_tokens=SPREAD),
+               replace(b.system, mode="layerwise", max_prefill_tokens=1024), [10, 100], set_cap, b.trials_of,
+               ["deadline", "deadline-naive", "fair"])
     ]
-
     return sw
 
 
