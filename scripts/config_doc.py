@@ -10,8 +10,7 @@ comment on its line. A field with no comment gets an empty description, so give 
 config.py. Environment variables: every `os.environ` / `os.getenv` read under
 `sglang_objectcache/`, `kernels/` and `objectcache_dev/`, found in the source (names, defaults, files);
 what each one does is written in ENV below, and the script refuses to run while a variable
-read in the code has no entry there, or an entry names a variable no code reads (LEAVING
-lists reads on their way out, documented while they last).
+read in the code has no entry there, or an entry names a variable no code reads.
 tests/test_docs.py checks that the committed file is what this writes.
 """
 
@@ -51,14 +50,6 @@ ENV = {
                              "plugin apply the CPU-engine shims (`sglang/cpu/compat.py`, docs/cpu.md).",
     "OBJECTCACHE_TINY_MODEL_DIR": "Test fixtures (`harness/fixtures.py`): reuse this tiny-model directory.",
     "OBJECTCACHE_E2E_LOG_DIR": "Test fixtures: keep the SGLang server logs of end-to-end tests here.",
-}
-# Direct reads this release replaces with config fields: documented while the code still
-# has them, dropped (not refused as stale) once it has not.
-LEAVING = {
-    "OBJECTCACHE_TRACE": "Layerwise mode: a path for the per-layer timeline; being replaced by "
-                         "`layerwise.trace_path` (env `OBJECTCACHE_LAYERWISE_TRACE_PATH`).",
-    "OBJECTCACHE_TREE_ENDPOINT": "`1`/`true`/`yes`/`on`: serve `GET /objectcache/tree`; being replaced by "
-                                 "the field `tree_endpoint` (which the same variable sets).",
 }
 
 
@@ -244,8 +235,7 @@ def env_table() -> list[str]:
                     found[name].add(rel)
                     if isinstance(default, ast.Constant) and isinstance(default.value, str):
                         defaults[name].add(default.value)
-    known = {**ENV, **{k: v for k, v in LEAVING.items() if k in found}}
-    undocumented = sorted(set(found) - set(known))
+    undocumented = sorted(set(found) - set(ENV))
     stale = sorted(set(ENV) - set(found))
     if unresolved or undocumented or stale:
         raise SystemExit("config_doc: the ENV table in scripts/config_doc.py is out of step with the code: "
@@ -254,10 +244,10 @@ def env_table() -> list[str]:
                              undocumented and f"read in the code but not in ENV: {undocumented}",
                              stale and f"in ENV but read nowhere: {stale}"])))
     out = ["| variable | default | read in | what it does |", "|---|---|---|---|"]
-    for name in known:  # ENV's order: grouped by concern
+    for name in ENV:  # ENV's order: grouped by concern
         shown = " / ".join(f"`{d}`" if d else "empty" for d in sorted(defaults[name])) or "unset"
         files = "<br>".join(f"`{f}`" for f in sorted(found[name]))
-        out.append(f"| `{name}` | {shown} | {files} | {cell(known[name])} |")
+        out.append(f"| `{name}` | {shown} | {files} | {cell(ENV[name])} |")
     return out
 
 
