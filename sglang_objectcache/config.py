@@ -186,7 +186,7 @@ class ObjectCacheConfig:
     # Extra init parameters for NIXL's OBJ plugin (transport: nixl); values are never logged.
     nixl_plugin_params: Mapping[str, str] = field(default_factory=dict)
     layerwise: LayerwiseConfig = field(default_factory=LayerwiseConfig)  # the `layerwise` table
-    # The `scheduler` table: the transfer scheduler (sched.py) that orders layerwise mode's GETs and PUTs.
+    # The `scheduler` table: the transfer scheduler (transfers.py) that orders layerwise mode's GETs and PUTs.
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
