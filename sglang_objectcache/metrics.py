@@ -138,7 +138,7 @@ class Exporter:
 
 
 def queue_depth(inst) -> int:
-    """Queued transfers of an instance's TransferScheduler (sched.py), 0 if it has none."""
+    """Queued transfers of an instance's TransferScheduler (transfers.py), 0 if it has none."""
     for owner in (inst, getattr(inst, "scheduler", None), getattr(inst, "transfer_scheduler", None)):
         depth = getattr(owner, "queue_depth", None)
         if isinstance(depth, int):
