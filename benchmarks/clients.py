@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-from benchmarks.rig import storage_config
+from benchmarks.rig import serve_model, storage_config
 from objectcache_dev.s3server import SeaweedFS
 from sglang_objectcache import objformat
 
@@ -105,6 +105,24 @@ def _nothing() -> None:
     pass
 
 
+def seal_into(pages, digests, slots, staging: np.ndarray):
+    """Seal one object per (digest, slot) into the rows of `staging`, lazily, with the two
+    calls objectcache's batch_set_v1 makes per page (`HostPages.read_page`, `objformat.seal`)."""
+    g = pages.geometry
+    for row, digest, slot in zip(staging, digests, slots):
+        pages.read_page(slot, row[g.header_bytes:])
+        mv = memoryview(row)
+        objformat.seal(g, digest, mv)
+        yield mv
+
+
+def sealed_pages(storage, keys: list[str], slots: list[int]) -> list[bytes]:
+    """The objects objectcache's `storage` writes for page `keys` held in host `slots`."""
+    staging = np.empty((len(keys), storage.pages.geometry.object_bytes), np.uint8)
+    digests = [storage.keys.content_digest(k) for k in keys]
+    return [bytes(mv) for mv in seal_into(storage.pages, digests, slots, staging)]
+
+
 class RawHttp(RawObstore):
     """The raw (or checked) lane with objectcache's own GET and PUT clients
     (`store/httpget.py`, `store/httpput.py`): each body received into its connection's
@@ -113,11 +131,11 @@ class RawHttp(RawObstore):
     def __init__(self, srv: SeaweedFS, bucket: str, conc: int, checked: bool = False,
                  digests: dict | None = None, sink: np.ndarray | None = None):
         from sglang_objectcache.config import ObjectCacheConfig
-        from sglang_objectcache.store import httpget, httpput
+        from sglang_objectcache.store import StoreSettings, httpget, httpput
 
         super().__init__(srv, bucket, conc, checked, digests, sink)
-        cfg = ObjectCacheConfig.from_dict(srv.config(bucket, read_timeout_s=60.0))
-        self.http, self.http_put = httpget.HttpGet(cfg), httpput.HttpPut(cfg)
+        settings = StoreSettings.of(ObjectCacheConfig.from_dict(srv.config(bucket, read_timeout_s=60.0)))
+        self.http, self.http_put = httpget.HttpGet(settings), httpput.HttpPut(settings)
 
     async def _fetch(self, k: str, size: int):
         r = await self.http.get(k, size)
@@ -182,6 +200,7 @@ def make_systems(srv: SeaweedFS, host, page_tokens: int, file_dir: str) -> dict:
 
     from sglang_objectcache.sglang.hicache_backend import ObjectCacheStorage
 
+    serve_model()
     oc = ObjectCacheStorage(storage_config(srv.config("bench-objectcache", read_timeout_s=60.0)), host)
     oc.register_mem_pool_host(host)
     # SGLang's factory: SeaweedFSStore(storage_config, mem_pool_host), then the controller

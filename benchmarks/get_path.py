@@ -19,9 +19,9 @@ Lanes, taken in turns, each `--reps` batches of `--batch` pages:
 For each lane: the process's CPU per page and the CPU of the thread that runs the event loop
 (where bodies are received, checked and landed), read with `time.thread_time` on that
 thread. For objectcache, the CPU inside `PageLanding.received` (the header check and one
-xxh3 per layer, as the body arrives), `ObjectCacheStorage._check_page` (the same for a body
-received whole) and `HostPages.write_layers` (the copy into SGLang's host pool), by
-wrapping each (exclusive of the others): in all (`received_s`, `_check_page_s`,
+xxh3 per layer, as the body arrives), `ObjectCache.verdict` (the same for a body received
+whole; results before it was the cache core's say `_check_page`) and `HostPages.write_layers` (the copy into SGLang's host pool), by
+wrapping each (exclusive of the others): in all (`received_s`, `verdict_s`,
 `write_layers_s`) and on the loop's thread (`*_on_loop_s`). The rest of the process's CPU
 is the GET client (and obstore's Rust runtime), the landing pool and the caller's thread.
 
@@ -42,15 +42,15 @@ from collections import Counter
 
 import numpy as np
 
-from benchmarks.clients import BUCKETS, RawHttp, RawObstore, make_systems
+from benchmarks.clients import BUCKETS, RawHttp, RawObstore, make_systems, sealed_pages
 from benchmarks.rig import Shape, host_indices, make_host, page_hashes, s3_server
 from benchmarks.schema import write_result
 from sglang_objectcache import hostpool, landing
-from sglang_objectcache.sglang import hicache_backend as backend
+from sglang_objectcache.cache import ObjectCache
 
 spent: Counter = Counter()
 loop_threads: set[int] = set()  # bodies of OFFLOAD_BYTES and up are landed off the loop
-WRAPPED = ("received", "_check_page", "write_layers")
+CHECKS = ("received", "verdict", "_check_page")  # _check_page: results from before ObjectCache.verdict
 
 
 _nested = threading.local()
@@ -103,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    for owner, name in ((landing.PageLanding, "received"), (backend.ObjectCacheStorage, "_check_page"),
+    for owner, name in ((landing.PageLanding, "received"), (ObjectCache, "verdict"),
                         (hostpool.HostPages, "write_layers")):
         count_cpu(owner, name)
     B, P = args.batch, args.page_tokens
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         g = oc.storage.pages.geometry
         keys, src, dst = page_hashes(B), host_indices(0, B, P), host_indices(B, B, P)
         assert oc.set(keys, src) == B
-        bodies = [bytes(oc.storage._encode_page(oc.storage.pages, f"raw{i}", i * P)) for i in range(B)]
+        bodies = sealed_pages(oc.storage, [f"raw{i}" for i in range(B)], [i * P for i in range(B)])
         raw_keys = [f"raw/{i}" for i in range(B)]
         sink = np.empty((B, g.object_bytes), np.uint8)
         digests: dict = {}
@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> None:
 def draw(fig, out: dict) -> None:
     """Plot kind "get_path": each lane's client CPU per page, stacked by where it goes."""
     summary, object_bytes, layout = out["summary"], out["object_bytes"], out.get("layout", "page_first")
-    parts = [("check", "checking the header and each layer's xxh3 (PageLanding.received or "
-                        "_check_page)"),
+    whole = "_check_page" if any("_check_page_s" in s for s in summary.values()) else "ObjectCache.verdict"
+    parts = [("check", f"checking the header and each layer's xxh3 (PageLanding.received or {whole})"),
              ("write_layers_s", f"HostPages.write_layers (copy into {layout})"),
              ("loop_rest", "rest of the event-loop thread"),
              ("other", "other threads (landing pool, obstore's Rust runtime, caller)")]
@@ -196,9 +196,9 @@ def draw(fig, out: dict) -> None:
         vals = []
         for n in names:
             s = summary[n]
-            fmt = sum(s.get(k + "_s", 0) for k in WRAPPED)
-            on_loop = sum(s.get(k + "_on_loop_s", 0) for k in WRAPPED)
-            vals.append({"check": s.get("received_s", 0) + s.get("_check_page_s", 0),
+            fmt = sum(s.get(k + "_s", 0) for k in (*CHECKS, "write_layers"))
+            on_loop = sum(s.get(k + "_on_loop_s", 0) for k in (*CHECKS, "write_layers"))
+            vals.append({"check": sum(s.get(k + "_s", 0) for k in CHECKS),
                          "loop_rest": s["loop_cpu_s"] - on_loop,
                          "other": s["cpu_s"] - s["loop_cpu_s"] - (fmt - on_loop)}.get(key, s.get(key, 0)))
         ax.bar(names, vals, bottom=bottom, label=label)

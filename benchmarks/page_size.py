@@ -20,7 +20,7 @@ import time
 import torch
 
 from benchmarks import plot
-from benchmarks.rig import Shape, make_host, s3_server, storage_config
+from benchmarks.rig import Shape, make_host, s3_server, serve_model, storage_config
 from benchmarks.schema import write_result
 
 TOKENS = 4096
@@ -75,6 +75,7 @@ def plot_spec(rows: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser().parse_args(argv)
+    serve_model()  # the page-mode backend names pages by the served model; a benchmark has no server
     rows = []
     with tempfile.TemporaryDirectory(prefix="page-size-") as tmp, s3_server(tmp, ("page-size",)) as s3:
         for page in PAGES:

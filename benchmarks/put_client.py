@@ -32,7 +32,7 @@ import uuid
 
 import numpy as np
 
-from benchmarks.clients import BUCKETS, Backend, RawHttp, RawObstore, make_systems
+from benchmarks.clients import BUCKETS, Backend, RawHttp, RawObstore, make_systems, seal_into, sealed_pages
 from benchmarks.rig import Shape, host_indices, make_host, s3_server, server_cpu_s, storage_config
 from benchmarks.schema import write_result
 from sglang_objectcache.sglang.hicache_backend import ObjectCacheStorage
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         if oc.storage.store._http_put is None or plain.store._http_put is not None:
             raise SystemExit("the two objectcache lanes must differ in their PUT client")
         src = host_indices(0, B, P)
-        bodies = [bytes(oc.storage._encode_page(oc.storage.pages, f"raw{i}", i * P)) for i in range(B)]
+        bodies = sealed_pages(oc.storage, [f"raw{i}" for i in range(B)], [i * P for i in range(B)])
         raws = {"raw_obstore": RawObstore(srv, "bench-raw", 64), "raw_http": RawHttp(srv, "bench-raw", 64)}
 
         def fresh() -> list[str]:
@@ -127,13 +127,17 @@ def parts(oc, src, bodies: list[bytes], fresh) -> dict:
     put_iter = st.store.put_iter
 
     def no_store() -> int:
-        st.store.put_iter = lambda items, if_absent=True: [True for _ in items]
+        st.store.put_iter = lambda items, if_absent=True, stop=None: [True for _ in items]
         try:
             return oc.set(fresh(), src)
         finally:
             st.store.put_iter = put_iter
 
-    return {"seal": lambda: len(list(st._encode_pages(st.pages, fresh(), slots, staging))),
+    def seal() -> int:
+        digests = [st.keys.content_digest(k) for k in fresh()]
+        return len(list(seal_into(st.pages, digests, slots, staging)))
+
+    return {"seal": seal,
             "objectcache_no_store": no_store,
             "put_iter": lambda: sum(r is True for r in put_iter(zip([f"p/{k}" for k in fresh()], bodies)))}
 

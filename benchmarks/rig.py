@@ -7,16 +7,24 @@ Contracts:
 - `CpuTimer(pid)(fn)` returns `(fn(), {"wall_s", "client_cpu_s", "server_cpu_s"})`.
 - `make_host(shape, page_tokens, pages, layout)` is a real `MHATokenToKVPoolHost` holding
   at least `pages` pages of incompressible bytes, on the CPU (no GPU needed).
+- `serve_model()`: from then on, objectcache's backends built in this process identify
+  their model as a small stand-in checkpoint (there is no SGLang server to publish one).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import struct
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")  # SGLang's pools, with no GPU
 
@@ -139,6 +147,28 @@ def make_host(shape: Shape, page_tokens: int, pages: int, layout: str):
     for chunk in u8.view(-1).split(64 * MiB):  # bf16-like entropy, not compressible
         chunk.copy_(torch.randint(0, 256, chunk.shape, dtype=torch.uint8, generator=g))
     return host
+
+
+@lru_cache(maxsize=None)
+def serve_model() -> str:
+    """objectcache's page-mode backend names its pages by the model SGLang serves (the
+    ServerArgs SGLang publishes in a server process). A benchmark has no server, so this
+    writes a small checkpoint (config.json and one safetensors file of seeded bytes) and
+    makes it the served model, once per process. Returns its path."""
+    from sglang_objectcache.sglang import rank
+
+    path = tempfile.mkdtemp(prefix="bench-model-")
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"architectures": ["LlamaForCausalLM"], "hidden_size": 64}, f)
+    header = json.dumps({"w": {"dtype": "U8", "shape": [4096], "data_offsets": [0, 4096]}}).encode()
+    with open(os.path.join(path, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header + random.Random(0).randbytes(4096))
+    args = SimpleNamespace(model_path=path, served_model_name=None, revision=None, load_format="auto",
+                           dtype="auto", kv_cache_dtype="auto", quantization=None, json_model_override_args="{}",
+                           quantization_param_path=None, lora_paths=None, tp_size=1, dcp_size=1,
+                           disable_overlap_schedule=True)
+    rank.current_server_args = lambda: args
+    return path
 
 
 def host_indices(first_page: int, n: int, page_tokens: int) -> torch.Tensor:

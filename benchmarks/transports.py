@@ -29,6 +29,7 @@ import uuid
 from benchmarks.rig import MiB, pct, s3_server, server_cpu_s
 from benchmarks.schema import write_result
 from sglang_objectcache.config import ObjectCacheConfig
+from sglang_objectcache.store import StoreSettings
 from sglang_objectcache.store.base import StoreError
 from sglang_objectcache.store.boto import Boto3Store
 from sglang_objectcache.store.obstore_ import ObstoreStore
@@ -91,7 +92,7 @@ def run(args) -> dict:
     out = {"niceness": os.nice(0), "batch": args.batch, "loadavg_before": os.getloadavg(), "cells": [], "single": []}
     with tempfile.TemporaryDirectory(prefix="bench-transports-") as tmp, \
             s3_server(tmp, ("bench",)) as srv:
-        cfg = ObjectCacheConfig.from_dict(srv.config("bench", read_timeout_s=60.0))
+        cfg = StoreSettings.of(ObjectCacheConfig.from_dict(srv.config("bench", read_timeout_s=60.0)))
         pid = srv.proc.pid
         for size_kib in args.sizes_kib:
             data = os.urandom(size_kib * 1024)
