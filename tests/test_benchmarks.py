@@ -39,16 +39,8 @@ def imports(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-# Files that still edit sys.path (strict: the test fails once the edit is gone, so the mark
-# goes too). scripts/config_doc.py reads config.py from its file instead.
-SYS_PATH_PENDING: set[str] = set()
-
-
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="not yet moved off sys.path"))
-    if rel(p) in SYS_PATH_PENDING else p for p in SOURCES], ids=rel)
-def test_no_file_under_benchmarks_or_scripts_edits_sys_path(path):
-    assert "sys.path" not in path.read_text()
+def test_no_file_under_benchmarks_or_scripts_edits_sys_path():
+    assert [rel(p) for p in SOURCES if "sys.path" in p.read_text()] == []
 
 
 def test_only_benchmarks_plot_imports_matplotlib():
