@@ -14,6 +14,7 @@ The parts they share:
   rig.py      local S3 server per run, real SGLang CPU KV pools, CPU accounting, pinning, percentiles
   clients.py  the storage paths measured side by side: raw S3 clients, SGLang's in-tree backends
   schema.py   the result schema: write_result, load_result
+  storage_summary.py  benchmarks.storage's cells, ratios and targets (also for --resummarize)
   plot.py     the only module that draws (matplotlib); redraw PNGs from their JSONs with
               `.venv/bin/python -m benchmarks.plot [name ...]`
 
