@@ -20,7 +20,7 @@ holds, so it is uploaded once).
 
 Rows are split into column chunks of a power-of-two number of words that divides every
 row (no column masks), unless that chunk would be under 64 bytes; then one masked chunk
-covers a row. Tile size and warps come from `Tuning`; `scripts/bench_kernels.py --sweep`
+covers a row. Tile size and warps come from `Tuning`; `python -m benchmarks.kernels --sweep`
 compares settings on a GPU.
 
 CUDA tensors run the compiled kernel. CPU tensors run the same kernel under Triton's

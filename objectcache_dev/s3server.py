@@ -90,7 +90,7 @@ class SeaweedFS:
     # hung. Hence `weed server`, which takes a size.
     min_free_mb: int = 256
     # Go's pprof endpoint (/debug/pprof/) on this port, for profiling the server itself
-    # (scripts/profile_server_put.py). weed binds it on every interface, so 0 (off) by default.
+    # (`python -m benchmarks.server_put`). weed binds it on every interface, so 0 (off) by default.
     debug_port: int = 0
     proc: subprocess.Popen | None = None
     _sockets: tuple = field(default=(), repr=False)  # the ports weed names its sockets by

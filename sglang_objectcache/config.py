@@ -52,7 +52,7 @@ class LayerwiseConfig:
     # Consecutive layers of a page read by one ranged GET. 1 (the paper's pipeline) makes
     # the first layer arrive soonest; more cuts the request count by that factor, for
     # stores where each request costs more than its bytes (small layers, CPU-bound servers).
-    # 0 = auto: the fewest layers that make a GET at least 1 MiB (loader.auto_layers_per_get).
+    # 0 = auto: the fewest layers that make a GET at least 1 MiB (layerwise.settings.auto_layers_per_get).
     layers_per_get: int = 0
     # Where the GETs run: "process", a worker process writing into shared staging memory
     # (keeps the serving process's GIL for the forward; see layerwise/fetch.py), or

@@ -13,10 +13,10 @@ page's slot rows in payload order, and the GET receives the object straight into
 memoryview, the bytes a GET returned), `write_layers` any run of whole layers of it (one
 read's worth, `landing.py`), and copy with numpy on the calling thread, with the
 GIL released. torch's `copy_` splits each copy over its OpenMP threads, and on cores shared
-with SGLang's scheduler (and, here, the S3 server) every copy waits for the slowest thread:
-an 8 MiB page moved at 0.4-0.6 GB/s that way and at ~5 GB/s with numpy on this 2-core box
-(scripts/bench_storage.py). A host page is a few long runs of contiguous rows, so strided
-copies also beat an indexed gather (`sglang_objectcache.kernels`: ~2.6 GB/s on one thread).
+with SGLang's scheduler (and the S3 server, on a small box) every copy waits for the slowest
+thread; numpy's single-threaded copy is several times faster there (docs/storage.md,
+`benchmarks.storage`). A host page is a few long runs of contiguous rows, so strided copies
+also beat an indexed gather (`sglang_objectcache.kernels`).
 
     layout             component tensor            page p (slot s = p * P) as [L, P, row]
     layer_first        [L, slots, H, D]            X[:, s:s+P]

@@ -3,10 +3,8 @@
 `batch_set_v1` copies each page from the host pool into an object buffer (header + the
 layer-major payload) and PUTs straight from it. Fresh memory for every batch is not free:
 each batch would fault in N x object_bytes of new pages, and numpy advises large arrays
-for huge pages, so on a host with fragmented memory a fault can wait for compaction. On
-the 2-core box of scripts/bench_storage.py, filling fresh buffers for 8 MiB pages cost
-9-41 ms a page (1.3-5 s a 128-page batch, more than the copies and checksums together);
-filling touched ones costs ~2 ms.
+for huge pages, so on a host with fragmented memory a fault can wait for compaction: more
+than the copies and checksums together (measured in docs/storage.md, `benchmarks.storage`).
 
 `StagingArena.rows(n, width)` lends `n` rows of `width` bytes from one kept buffer (the
 largest batch seen: 128 pages of 8 MiB keep 1 GiB, as SGLang's NIXL backend keeps two

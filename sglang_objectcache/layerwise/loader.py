@@ -99,7 +99,7 @@ class LayerwiseLoader:
         self.fetch = parts.fetch or ThreadFetch(parts.store, geometry, settings.io_threads, pinned=cuda)
         self.fetch.on_result = self._inbox.put
         self.staging = StagingPool(self.fetch, keep=4 * self.plan.window)
-        self.device = DeviceScatter(device_layers, geometry, self.staging)
+        self.device = DeviceScatter(device_layers, geometry, self.staging, settings.kernels)
         self.batches = Batches(geometry, parts, hooks, self.plan, self.staging, self.device, self.pace,
                                copy_host=lambda *job: self._pool.submit(self._copy_host, *job))
         self._thread = threading.Thread(target=self._loop, name="objectcache-io", daemon=True)

@@ -14,8 +14,10 @@ from sglang_objectcache.objformat import PageGeometry
 
 
 class DeviceScatter:
-    def __init__(self, device_layers, g: PageGeometry, staging: StagingPool):
-        """`device_layers`: [(k_buffer[l], v_buffer[l])] or [(kv_buffer[l],)]."""
+    def __init__(self, device_layers, g: PageGeometry, staging: StagingPool, backend: str = "auto"):
+        """`device_layers`: [(k_buffer[l], v_buffer[l])] or [(kv_buffer[l],)]; `backend`: the
+        kernels' (`kernels.BACKENDS`)."""
+        self.backend = kernels.resolve_backend(device_layers[0][0].device, backend)
         self.layers = device_layers
         self.g = g
         self.staging = staging
@@ -33,12 +35,12 @@ class DeviceScatter:
         goes back to the pool once read. Returns the copy's CUDA event, or None (CPU: done)."""
         pools = self.layers[layer]
         if not self.cuda:
-            kernels.scatter_layer(staging, pools, slots, self.g)
+            kernels.scatter_layer(staging, pools, slots, self.g, backend=self.backend)
             self.staging.give_back([staging])
             return None
         with torch.cuda.stream(self.copy_stream):
             dev = staging.to(self.device, non_blocking=True)
-            kernels.scatter_layer(dev, pools, slots, self.g)
+            kernels.scatter_layer(dev, pools, slots, self.g, backend=self.backend)
             event = torch.cuda.Event()
             event.record(self.copy_stream)
             # The staging buffer is reused only after this copy has read it.

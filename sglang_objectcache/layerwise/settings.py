@@ -54,6 +54,7 @@ class LoaderSettings:
     layers_per_get: int = 0  # consecutive layers of a page per ranged GET; 0 = auto_layers_per_get
     io_threads: int = 8  # a ThreadFetch's threads; the write and host-copy pool has at most 4
     layer_s: float = 0.002  # the forward's per-layer time until it is observed
+    kernels: str = "auto"  # the scatter's kernel backend: auto | triton | torch (config layerwise.kernels)
 
 
 @dataclass(frozen=True)

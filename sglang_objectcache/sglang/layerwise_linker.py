@@ -115,7 +115,8 @@ class ObjectCacheLinker(UnifiedCacheLinker):
             LoaderParts(store=self.store, content_digest=lambda h: self.cache.keys.content_digest(h),
                         scheduler=self.scheduler, tier=self.tier, timeline=self.timeline, stats=self.stats,
                         counter=self.layer_done_counter, fetch=fetch),
-            LoaderSettings(window_layers=lw.window_layers, layers_per_get=lw.layers_per_get, io_threads=threads),
+            LoaderSettings(window_layers=lw.window_layers, layers_per_get=lw.layers_per_get, io_threads=threads,
+                           kernels=lw.kernels),
             LoaderHooks(on_store_error=self.cache.note_error, on_corrupt=self._drop_corrupt, on_missing=self._forget),
         )
         self.pools = {PoolName.KV: kvcache}
@@ -276,7 +277,8 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         if slots.is_cuda:
             self._offload_gpu(slots, digests, picked)
         else:
-            payload = kernels.gather_all_layers(self.device_layers, slots, self.geometry)
+            payload = kernels.gather_all_layers(self.device_layers, slots, self.geometry,
+                                                backend=self.cfg.layerwise.kernels)
             self._write(payload, digests, picked)
         return True
 
@@ -288,7 +290,8 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         with torch.cuda.stream(stream):
             for ev in events:
                 stream.wait_event(ev)
-            dev = kernels.gather_all_layers(self.device_layers, slots.to(slots.device), self.geometry)
+            dev = kernels.gather_all_layers(self.device_layers, slots.to(slots.device), self.geometry,
+                                          backend=self.cfg.layerwise.kernels)
             host = torch.empty(dev.shape, dtype=torch.uint8, pin_memory=True)
             host.copy_(dev, non_blocking=True)
             done = torch.cuda.Event()

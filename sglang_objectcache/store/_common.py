@@ -134,7 +134,7 @@ class ConditionalPuts:
 
 def concurrency(settings: StoreSettings, override: Optional[int], transport_default: int) -> int:
     """Requests in flight: an explicit override, else the user's `max_concurrency` if set
-    (non-zero), else the transport's own measured default (see bench_transports.py)."""
+    (non-zero), else the transport's own measured default (`benchmarks.transports`)."""
     return override or settings.max_concurrency or transport_default
 
 

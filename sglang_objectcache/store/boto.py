@@ -8,8 +8,8 @@ no room: `deadline_settings`), and each call's total is kept by `boto_deadline.D
 are `when_required`: older servers reject the newer flexible checksums, and our objects
 carry their own xxh3 sums.
 
-Costs ~2-3 ms of client CPU per 256 KiB request (bench_transports.py; obstore ~0.6-0.9 ms):
-per-request Python work, not bytes, is its ceiling, so the batch calls run on a thread pool
+Per-request Python work, not bytes, is its ceiling (several times obstore's client CPU per
+request: `benchmarks.transports`, docs/storage.md), so the batch calls run on a thread pool
 of `max_concurrency` and a batch of one runs inline.
 """
 

@@ -43,7 +43,6 @@ CUDA = torch.device("cuda")
 @pytest.fixture(autouse=True)
 def _compiled(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("OBJECTCACHE_KERNELS", raising=False)
 
 
 def on_gpu(pools_per_layer):

@@ -354,3 +354,20 @@ def test_a_batch_fills_the_host_tier_with_the_objects_it_verified():
     m.pump()
     assert m.counter.failed == []
     assert bytes(m.tier.get("p0")) == objs["p0"] and bytes(m.tier.get("p1")) == objs["p1"]
+
+
+def test_the_scatter_runs_the_configured_kernel_backend(monkeypatch):
+    pool = [tuple(torch.zeros((64, rb), dtype=torch.uint8) for rb in G.row_bytes)]
+    staging = StagingPool(FakeFetch(), keep=8)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        DeviceScatter(pool, G, staging, "triton")  # refused at build, not at the first scatter
+    with pytest.raises(ValueError):
+        DeviceScatter(pool, G, staging, "cuda-please")
+    seen = []
+    monkeypatch.setattr("sglang_objectcache.kernels.scatter_layer",
+                        lambda *a, backend: seen.append(backend))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    for backend in ("triton", "auto"):
+        DeviceScatter(pool, G, staging, backend).scatter(0, staging.take(1), torch.arange(G.tokens))
+    assert seen == ["triton", "torch"]
