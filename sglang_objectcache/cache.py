@@ -16,7 +16,9 @@ other wrote and both fail the same way:
 - the scrub, which deletes only what is proven corrupt (`scrub.prove_corrupt`), and holds
   back writes of the names it is checking until it ends (`after_scrub`, `scrub.Holds`);
 - write-result accounting (`wrote`) and the observers (access log, metrics), called here
-  explicitly rather than hooked onto a face.
+  explicitly rather than hooked onto a face;
+- how much of a hit to load, the rest recomputed (`loadable`, `compute_or_load.Policy`), on
+  rates both faces feed (`policy.meter`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 from typing import Callable, Optional, Sequence
 
 from sglang_objectcache import objformat
+from sglang_objectcache.compute_or_load import Hit, Policy
 from sglang_objectcache.health import DownWindow
 from sglang_objectcache.keys import KeyScheme, RankIdentity, make_namespace
 from sglang_objectcache.known import KnownKeys
@@ -70,6 +73,7 @@ class ObjectCache:
         self.rank = rank
         self.keys = KeyScheme(cfg.key_prefix, make_namespace(cfg, rank))
         self.known = KnownKeys(cfg.exists_cache_entries)
+        self.policy = Policy.of(cfg)
         self.reads_down = DownWindow(cfg.negative_ttl_s, "reads and lookups miss")
         self.writes_down = DownWindow(cfg.negative_ttl_s, "writes are skipped")
         # After a weight update that kept SGLang's radix cache (flush_cache=False), its
@@ -144,6 +148,15 @@ class ObjectCache:
         self.writes_down.ok()
 
     # ---- existence -----------------------------------------------------------------------
+
+    def loadable(self, hit: Hit, mode: str, local: int = 0) -> int:
+        """Of a hit whose first `local` pages are held locally (loaded at no store cost)
+        followed by `hit.pages` in the store, how many leading pages to load."""
+        c = self.policy.choose(hit, mode)
+        if c.load_pages < hit.pages:
+            self.stats.inc("policy_pages_computed", hit.pages - c.load_pages)
+            self.stats.inc("policy_" + c.reason)
+        return local + c.load_pages
 
     def leading_run(self, names: Sequence[str], local: Callable[[str], bool] = lambda n: False) -> int:
         """How many of `names`, from the first, are present: held locally (`local`), known,

@@ -154,3 +154,30 @@ class RateMeter:
             if self._n_prefill >= self.warmup:
                 prefill = self._prefill[0] / self._prefill[1]
         return Rates(latency, bytes_s, prefill)
+
+
+class Policy:
+    """The policy as the cache core applies it: `choose` on this server's `meter`, unless the
+    config pins rates (`policy_*` fields, for benchmarks and tests) or asks to always load
+    (`compute_or_load: load`)."""
+
+    def __init__(self, mode: str = "auto", pinned: Rates = Rates(), margin: float = 0.1):
+        self.mode, self.pinned, self.margin = mode, pinned, margin
+        self.meter = RateMeter()
+
+    @classmethod
+    def of(cls, cfg) -> "Policy":
+        mbps, lat_ms, tok_s = cfg.policy_store_mbps, cfg.policy_store_latency_ms, cfg.policy_prefill_tokens_s
+        pinned = Rates(lat_ms / 1e3 if mbps else None, mbps * 125_000.0 or None, tok_s or None)
+        return cls(cfg.compute_or_load, pinned, cfg.compute_or_load_margin)
+
+    def rates(self) -> Rates:
+        m = self.meter.rates()
+        p = self.pinned
+        return Rates(p.latency_s if p.bytes_s else m.latency_s, p.bytes_s or m.bytes_s,
+                     p.prefill_tokens_s or m.prefill_tokens_s)
+
+    def choose(self, hit: Hit, mode: Mode) -> Choice:
+        if self.mode == "load" or hit.pages <= 0:
+            return Choice(max(hit.pages, 0), "load" if hit.pages > 0 else "empty")
+        return choose(hit, self.rates(), mode, self.margin)

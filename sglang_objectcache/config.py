@@ -171,6 +171,19 @@ class ObjectCacheConfig:
     exists_cache_entries: int = 200_000
     # Warn at startup when a page object is smaller than this: per-request cost dominates.
     small_object_warn_kb: int = 256
+    # Per request, how much of a hit to load (compute_or_load.py): "auto" loads a leading part
+    # (all, some or none) from this server's measured store and prefill rates, recomputing the
+    # rest when that is sooner; "load" always loads the whole hit. Answers are the same.
+    compute_or_load: str = "auto"
+    # "auto" loads less than the whole hit only when its predicted TTFT is this much shorter.
+    compute_or_load_margin: float = 0.1
+    # Pinned rates for "auto" instead of measured ones, for benchmarks and tests. The store's
+    # read bandwidth in Mbit/s (0 = measure)...
+    policy_store_mbps: float = 0.0
+    # ... and its per-read latency, used only with policy_store_mbps.
+    policy_store_latency_ms: float = 0.0
+    # The engine's prefill rate, prompt tokens per second (0 = measure).
+    policy_prefill_tokens_s: float = 0.0
     # Seconds between exports of objectcache's counters to Prometheus (SGLang's --enable-metrics).
     # The exporter runs in the scheduler process, beside the backend that holds this config.
     metrics_interval_s: float = 1.0
@@ -217,6 +230,11 @@ class ObjectCacheConfig:
             "negative_ttl_s": 0 <= self.negative_ttl_s <= 300,
             "exists_cache_entries": self.exists_cache_entries >= 0,
             "small_object_warn_kb": self.small_object_warn_kb >= 0,
+            "compute_or_load": self.compute_or_load in ("auto", "load"),
+            "compute_or_load_margin": 0 <= self.compute_or_load_margin < 1,
+            "policy_store_mbps": self.policy_store_mbps >= 0,
+            "policy_store_latency_ms": self.policy_store_latency_ms >= 0,
+            "policy_prefill_tokens_s": self.policy_prefill_tokens_s >= 0,
             "metrics_interval_s": self.metrics_interval_s > 0,
             "access_log_interval_s": self.access_log_interval_s >= 0,
             "access_log_max_keys": self.access_log_max_keys >= 1,

@@ -182,7 +182,7 @@ class Batches:
             self.timeline.mark(p.index, layer, "arrived", done.arrived)
         took = done.arrived - done.started
         if took > 0:
-            self.pace.observe_read(t.nbytes, took)
+            self.hooks.on_read(self.pace.observe_read(t.nbytes, took), took)
             self.pace.replan(self.live)
         self.advance(b)
 

@@ -37,10 +37,13 @@ class Pace:
         if seconds > 0:
             self.layer_s = 0.8 * self.layer_s + 0.2 * seconds
 
-    def observe_read(self, nbytes: int, took: float) -> None:
-        """A read of `nbytes` took `took` s (> 0) while others shared the link."""
-        rate = nbytes / took * min(self.sched.inflight_count + 1, self.sched.cfg.max_inflight)
+    def observe_read(self, nbytes: int, took: float) -> float:
+        """A read of `nbytes` took `took` s (> 0) while others shared the link. Returns the
+        bytes the whole link moved meanwhile (`nbytes` times the reads sharing it)."""
+        shared = nbytes * min(self.sched.inflight_count + 1, self.sched.cfg.max_inflight)
+        rate = shared / took
         self.observed_rate = rate if not self.observed_rate else 0.8 * self.observed_rate + 0.2 * rate
+        return shared
 
     def projected_start(self, live: Iterable) -> float:
         """When a new batch's forward can start consuming: after the bytes still to come of

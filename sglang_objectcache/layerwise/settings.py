@@ -63,10 +63,12 @@ class LoaderHooks:
     on_store_error(err): a StoreError of a GET.
     on_corrupt(names, hashes): the pages whose checks failed, before their batch fails (the
         linker scrubs them on another thread).
-    on_missing(name): an object the lookup counted on is gone (GC, another server's scrub)."""
+    on_missing(name): an object the lookup counted on is gone (GC, another server's scrub).
+    on_read(nbytes, seconds): a read, its bytes scaled to the link share it had (`Pace`)."""
     on_store_error: Callable[[BaseException], None] = _ignore
     on_corrupt: Callable[[list, list], None] = _ignore
     on_missing: Callable[[str], None] = _ignore
+    on_read: Callable[[float, float], None] = _ignore
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ SUPPORTED_SGLANG = "0.5.23"
 WING = (
     "plugin.py", "hicache_backend.py", "layerwise_linker.py", "recompute_hooks.py", "rank.py",
     "stats_bridge.py", "inspect_hooks.py", "tree_endpoint.py", "treeview.py", "treecores.py", "treestore.py",
-    "flat_pages.py", "cpu/compat.py",
+    "flat_pages.py", "pool_view.py", "prefill_meter.py", "cpu/compat.py",
     "cpu/kvcacheio.py", "cpu/standin/",
 )
 
@@ -64,6 +64,8 @@ HOOKS = (
      "recompute_hooks:finish_loads_or_recompute", "always", "take back the abort of a failed layerwise load"),
     ("sglang.srt.managers.scheduler:Scheduler.process_batch_result", "AROUND",
      "recompute_hooks:requeue_after_result", "always", "requeue the requests whose load failed"),
+    ("sglang.srt.managers.scheduler:Scheduler.process_batch_result", "AFTER",
+     "prefill_meter:observe_forward", "always", "measure the engine's prefill rate (compute_or_load)"),
     ("sglang.srt.managers.scheduler:Scheduler.handle_dumper_control", "AROUND",
      "tree_endpoint:scheduler_dispatch", "scheduler", "answer the tree request in the scheduler"),
     (_RUST_CORE + ".match_prefix", "AFTER", "inspect_hooks:note_handles", "scheduler", "note node handles (treeview)"),
@@ -141,6 +143,8 @@ USES = (
 # An attribute counts as present if the class (or a base) annotates it, has it, or assigns
 # `self.<name>` in its source (`declares`).
 READS = (
+    ("sglang.srt.managers.schedule_batch:ScheduleBatch", ("forward_mode", "extend_num_tokens", "launch_ts"),
+     "prefill_meter"),
     ("sglang.srt.server_args:ServerArgs",
      ("served_model_name", "model_path", "revision", "load_format", "dtype", "kv_cache_dtype", "quantization",
       "json_model_override_args", "quantization_param_path", "lora_paths", "tp_size", "dcp_size",
@@ -165,9 +169,9 @@ READS = (
      ("layout", "page_size", "layer_num", "kv_buffer", "kv_cache_dim", "start_layer"),
      "hostpool (HostPages), rank"),
     ("sglang.srt.mem_cache.memory_pool:MHATokenToKVPool", ("k_buffer", "v_buffer", "start_layer"),
-     "layerwise_linker (device_pool_view), rank"),
+     "pool_view (device_pool_view), rank"),
     ("sglang.srt.mem_cache.memory_pool:MLATokenToKVPool", ("kv_buffer", "start_layer"),
-     "layerwise_linker (device_pool_view), rank"),
+     "pool_view (device_pool_view), rank"),
     ("sglang.srt.managers.cache_controller:HiCacheController",
      ("enable_storage", "storage_backend", "storage_stop_event", "page_get_func", "page_set_func"),
      "plugin, tree_endpoint"),

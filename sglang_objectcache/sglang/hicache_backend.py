@@ -44,6 +44,7 @@ from sglang_objectcache import objformat, runtime
 from sglang_objectcache.sglang import rank, stats_bridge
 from sglang_objectcache.sglang.flat_pages import FlatPageAPI
 from sglang_objectcache.cache import CORRUPT, ObjectCache, open_probe
+from sglang_objectcache.compute_or_load import Hit
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.hostpool import HostPages
 from sglang_objectcache.landing import PageLanding
@@ -123,8 +124,10 @@ class ObjectCacheStorage(FlatPageAPI, HiCacheStorage):
         try:
             if self.cache is None or not keys or self._stopped():
                 return 0
-            ks = self.cache.keys
-            return self.cache.leading_run([ks.object_key(k) for k in keys])
+            ks, g = self.cache.keys, self.pages.geometry
+            n = self.cache.leading_run([ks.object_key(k) for k in keys])
+            # HiCache prefetches what this reports; the pages past it are computed.
+            return self.cache.loadable(Hit(n, g.tokens, g.object_bytes, 0, g.num_layers), "page")
         except Exception:  # noqa: BLE001 - never raise into the prefetch thread
             logger.exception("objectcache: batch_exists failed")
             return 0
@@ -187,6 +190,8 @@ class ObjectCacheStorage(FlatPageAPI, HiCacheStorage):
             cache.note_ok()
             cache.observe_hits(names[:hits])
         nbytes = hits * g.object_bytes
+        if hits == len(names):  # a whole batch: one sample of the store's read rate
+            cache.policy.meter.observe_read(nbytes, elapsed)
         self.stats.inc("get_requests", len(names))
         self.stats.observe_get(elapsed, len(names))
         self.stats.inc("pages_hit", hits)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from typing import Optional
 
 import torch
@@ -40,6 +41,7 @@ from sglang.srt.mem_cache.unified_cache.unified_cache_linker import UnifiedCache
 
 from sglang_objectcache import kernels, objformat, runtime
 from sglang_objectcache.cache import ObjectCache, open_probe
+from sglang_objectcache.compute_or_load import Hit
 from sglang_objectcache.config import ObjectCacheConfig
 from sglang_objectcache.layerwise.counter import LayerReadyCounter
 from sglang_objectcache.layerwise.hosttier import HostTier
@@ -47,41 +49,13 @@ from sglang_objectcache.layerwise.fetch import ProcessFetch
 from sglang_objectcache.layerwise.loader import LayerwiseLoader
 from sglang_objectcache.layerwise.settings import LoaderHooks, LoaderParts, LoaderSettings
 from sglang_objectcache.layerwise.timeline import Timeline
-from sglang_objectcache.objformat import PageGeometry
 from sglang_objectcache.transfers import TransferScheduler
 from sglang_objectcache.sglang import rank
+from sglang_objectcache.sglang.pool_view import device_pool_view
 from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import open_store
 
 logger = logging.getLogger(__name__)
-
-
-def device_pool_view(kvcache, page_size: int):
-    """(per-layer buffers, geometry, is_mla) of SGLang's MHA or MLA device KV pool: one
-    token-major row per slot (NHD). The kernels scatter token rows, so the HND layout
-    (a page-sized block per head) and pools with scale buffers are refused."""
-    layout = str(getattr(kvcache, "kv_cache_layout", "nhd") or "nhd").lower()
-    if layout != "nhd":
-        raise rank.UnsupportedPool(f"objectcache layerwise mode needs the NHD device KV layout, not {layout!r} "
-                                   "(unset SGLANG_USE_HND_KVCACHE, or use page mode)")
-    rank.refuse_scaled(kvcache)
-    if hasattr(kvcache, "kv_buffer") and not hasattr(kvcache, "v_buffer"):
-        layers = [(b,) for b in kvcache.kv_buffer]
-        is_mla = True
-    elif hasattr(kvcache, "k_buffer") and hasattr(kvcache, "v_buffer"):
-        layers = list(zip(kvcache.k_buffer, kvcache.v_buffer))
-        is_mla = False
-    else:
-        raise TypeError(f"objectcache layerwise mode supports MHA/MLA KV pools, not {type(kvcache).__name__}")
-    if layers[0][0].dim() != 3:
-        raise rank.UnsupportedPool(f"objectcache layerwise mode needs [slots, heads, dim] layer buffers, "
-                                   f"not {tuple(layers[0][0].shape)}")
-    row_bytes = tuple(t[0].numel() * t.element_size() for t in layers[0])
-    geometry = PageGeometry(
-        kind="mla" if is_mla else "mha", num_layers=len(layers), tokens=page_size,
-        row_bytes=row_bytes, dtype=str(layers[0][0].dtype).removeprefix("torch."),
-    )
-    return layers, geometry, is_mla
 
 
 class ObjectCacheLinker(UnifiedCacheLinker):
@@ -117,7 +91,8 @@ class ObjectCacheLinker(UnifiedCacheLinker):
                         counter=self.layer_done_counter, fetch=fetch),
             LoaderSettings(window_layers=lw.window_layers, layers_per_get=lw.layers_per_get, io_threads=threads,
                            kernels=lw.kernels),
-            LoaderHooks(on_store_error=self.cache.note_error, on_corrupt=self._drop_corrupt, on_missing=self._forget),
+            LoaderHooks(on_store_error=self.cache.note_error, on_corrupt=self._drop_corrupt, on_missing=self._forget,
+                        on_read=self.cache.policy.meter.observe_read),
         )
         self.pools = {PoolName.KV: kvcache}
         self.recompute_on_failure = lw.recompute_on_failure and bool(server_args.disable_overlap_schedule)
@@ -130,6 +105,7 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self._suppressed: set[str] = set()
         self._epoch = 0
         self._last_wait: tuple[int, int, float] = (-1, -1, 0.0)
+        self.last_wait_end = 0.0  # monotonic end of the last forward wait (prefill_meter)
         # JSON + Chrome trace of the last batches (layerwise.trace_path, or its environment
         # variable OBJECTCACHE_LAYERWISE_TRACE_PATH through the config's overlay).
         self._trace_path = lw.trace_path
@@ -169,6 +145,9 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         n = self.cache.leading_run(names, local=self.tier.__contains__)
         self.stats.inc("lookup_pages_hit", n)
         self.stats.inc("lookup_pages_miss", len(names) - n)
+        m = next((i for i, name in enumerate(names[:n]) if name not in self.tier), n)  # host-tier head
+        g = self.geometry  # the pages past what the policy loads are computed by the forward
+        n = self.cache.loadable(Hit(n - m, g.tokens, g.object_bytes, 0, g.num_layers), "layerwise", local=m)
         return list(range(1, n + 1))
 
     def load(self, rid: str, transfers) -> bool:
@@ -227,6 +206,7 @@ class ObjectCacheLinker(UnifiedCacheLinker):
 
     def _on_wait(self, index: int, layer: int, t0: float, t1: float) -> None:
         self.timeline.wait(index, layer, t0, t1)
+        self.last_wait_end = time.monotonic()  # this forward partly waited (prefill_meter's clock)
         last_index, last_layer, last_end = self._last_wait
         if last_index == index and layer == last_layer + 1:
             self.loader.observe_layer_pace(t0 - last_end)

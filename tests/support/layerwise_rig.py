@@ -18,7 +18,7 @@ from sglang_objectcache.layerwise.loader import LayerwiseLoader
 from sglang_objectcache.layerwise.settings import LoaderHooks, LoaderParts, LoaderSettings
 from sglang_objectcache.layerwise.timeline import Timeline
 from sglang_objectcache.transfers import TransferScheduler
-from sglang_objectcache.sglang.layerwise_linker import device_pool_view
+from sglang_objectcache.sglang.pool_view import device_pool_view
 from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import make_store
 

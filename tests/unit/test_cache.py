@@ -17,7 +17,8 @@ from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig, PoolName,
 from sglang_objectcache.sglang import plugin, rank
 from sglang_objectcache.sglang.hicache_backend import ObjectCacheStorage
 from sglang_objectcache.hostpool import UnsupportedPool
-from sglang_objectcache.sglang.layerwise_linker import ObjectCacheLinker, device_pool_view
+from sglang_objectcache.sglang.layerwise_linker import ObjectCacheLinker
+from sglang_objectcache.sglang.pool_view import device_pool_view
 from sglang_objectcache.store import StoreError
 
 PAGE = 4

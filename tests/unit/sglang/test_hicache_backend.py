@@ -336,3 +336,19 @@ def test_a_batch_ends_soon_after_sglang_sets_its_stop_event(s3, bucket, fault_pr
     fault_proxy.clear()
     assert r.batch_get_v1(keys, slots(range(20, 28))) == [True] * 8
     assert w.batch_set_v1(more, slots(range(8, 16))) == [True] * 8
+
+
+def test_batch_exists_reports_only_the_pages_the_policy_loads(s3_config):
+    _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
+    fill_random(host, seed=9)
+    keys = hashes(4, "pol")
+    assert backend_for(s3_config, host).batch_set_v1(keys, slots(range(4))) == [True] * 4
+    slow = {"policy_store_mbps": 0.01, "policy_store_latency_ms": 100.0, "policy_prefill_tokens_s": 1e7}
+    computes = backend_for({**s3_config, **slow}, host)
+    assert computes.batch_exists(keys) == 0  # recomputing is far sooner than this store
+    assert computes.stats.counters["policy_pages_computed"] == 4
+    assert backend_for({**s3_config, **slow, "compute_or_load": "load"}, host).batch_exists(keys) == 4
+    cold = backend_for(s3_config, host)  # nothing measured yet: the whole hit, as before
+    assert cold.batch_exists(keys) == 4
+    assert cold.batch_get_v1(keys, slots(range(10, 14))) == [True] * 4
+    assert cold.cache.policy.meter._n_reads == 1  # a whole batch is a sample of the store's rate

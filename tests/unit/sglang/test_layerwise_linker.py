@@ -169,3 +169,41 @@ def test_reset_drops_queued_loads_and_completed_offloads(lk):
     lk.reset()  # /flush_cache
     assert lk.num_completed_offloads() == 0 and lk.start_layer_wise_loading() == -1
     assert lk.load("r", kv(keys, slots([5, 6])))  # the request may queue again
+
+
+def test_lookup_reports_the_head_the_compute_or_load_policy_chooses(s3_config):
+    from sglang_objectcache.compute_or_load import Hit, Rates, choose
+    from sglang_objectcache.sglang.pool_view import device_pool_view
+
+    dev, _ = make_pools("mha", "layer_first", torch.bfloat16, PAGE, host=False)
+    fill(dev, seed=5)
+    _, g, _ = device_pool_view(dev, PAGE)
+    # Loading a page takes as long as computing it: the pipeline loads a head, computes the rest.
+    tokens_s = 1000.0
+    mbps = g.object_bytes * tokens_s / PAGE * 8 / 1e6
+    params = SimpleNamespace(
+        token_to_kv_pool_allocator=SimpleNamespace(get_kvcache=lambda: dev), page_size=PAGE,
+        attn_tp_cache_group=None, tp_cache_group=None, attn_cp_rank=0, attn_cp_size=1)
+    pins = {"policy_store_mbps": mbps, "policy_prefill_tokens_s": tokens_s}
+    keys = hashes(6, "policy")
+    made = []
+    try:
+        for mode in ("auto", "load"):
+            cfg = {**s3_config, **pins, "compute_or_load": mode,
+                   "layerwise": {"enabled": True, "fetch": "thread", "host_cache_mb": 0}}
+            made.append(ObjectCacheLinker(rank.current_server_args(), params, extra_config=cfg))
+        split, whole = made
+        store_pages(split, keys, range(6))
+        want = choose(Hit(6, PAGE, g.object_bytes, 0, g.num_layers), Rates(0.0, mbps * 125_000, tokens_s),
+                      "layerwise").load_pages
+        assert 0 < want < 6
+        assert split.lookup("r1", kv(keys)) == list(range(1, want + 1))
+        assert split.stats.counters["policy_pages_computed"] == 6 - want
+        assert whole.lookup("r2", kv(keys)) == list(range(1, 7))  # "load": the whole hit
+        # What the lookup reports loads byte for byte: a split hit is an ordinary shorter hit.
+        assert run_load(split, "r1", keys[:want], range(10, 10 + want))
+        for a, b in zip(range(want), range(10, 10 + want)):
+            assert page_bytes(dev, a) == page_bytes(dev, b)
+    finally:
+        for lk in made:
+            lk.close()
