@@ -45,8 +45,10 @@ class LayerwiseConfig:
     # Serve hits layer by layer through SGLang's external linker (sglang/layerwise_linker.py)
     # instead of the HiCache L3 backend; the plugin rewrites the server flags.
     enabled: bool = False
-    # Host-DRAM tier kept by layerwise mode (SGLang's own host tier is off there).
-    host_cache_mb: int = 1024
+    # Host-DRAM tier kept by layerwise mode (SGLang's own host tier is off there); 0 = none.
+    # -1: as large as SGLang's flags make its host tier (--hicache-size, else --hicache-ratio
+    # times the device KV pool).
+    host_cache_mb: int = -1
     # Layers of a batch staged (fetched ahead of the forward) at once: the staging memory bound.
     window_layers: int = 4
     # Consecutive layers of a page read by one ranged GET. 1 (the paper's pipeline) makes
@@ -72,8 +74,9 @@ class LayerwiseConfig:
 
     def __post_init__(self) -> None:
         finite(self)
-        if self.host_cache_mb < 0:
-            raise ConfigError(f"host_cache_mb: must be >= 0 (0 turns the host tier off), got {self.host_cache_mb!r}")
+        if self.host_cache_mb < -1:
+            raise ConfigError(f"host_cache_mb: must be >= -1 (-1 follows SGLang's --hicache-size/--hicache-ratio, "
+                              f"0 turns the host tier off), got {self.host_cache_mb!r}")
         if not self.layer_timeout_s > 0:
             raise ConfigError(f"layer_timeout_s: must be > 0, got {self.layer_timeout_s!r}")
         if self.window_layers < 1:

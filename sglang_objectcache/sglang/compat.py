@@ -149,7 +149,7 @@ READS = (
      ("served_model_name", "model_path", "revision", "load_format", "dtype", "kv_cache_dtype", "quantization",
       "json_model_override_args", "quantization_param_path", "lora_paths", "tp_size", "dcp_size",
       "disable_overlap_schedule", "hicache_storage_backend", "hicache_storage_backend_extra_config",
-      "enable_hierarchical_cache", "enable_unified_cache_external_linker",
+      "enable_hierarchical_cache", "hicache_ratio", "hicache_size", "enable_unified_cache_external_linker",
       "unified_cache_external_linker_backend", "unified_cache_external_linker_config"),
      "rank, plugin, tree_endpoint, layerwise_linker"),
     ("sglang.srt.mem_cache.hicache_storage:HiCacheStorageConfig",

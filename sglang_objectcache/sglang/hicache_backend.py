@@ -32,6 +32,7 @@ Contract with SGLang's HiCacheController (managers/cache_controller.py):
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Any, Iterator, List, Optional
@@ -91,12 +92,14 @@ class ObjectCacheStorage(FlatPageAPI, HiCacheStorage):
         who = rank.page_mode_rank(self.storage_config, mem_pool_host, self.pages.geometry, rank.current_server_args())
         self.cache = ObjectCache(self.cfg, self.store, who, self.stats, probe=open_probe(self.cfg, self.store))
         g = self.pages.geometry
-        if g.object_bytes < self.cfg.small_object_warn_kb * 1024:
+        want = self.cfg.small_object_warn_kb * 1024
+        if g.object_bytes < want:
+            enough = 1 << max(0, math.ceil(math.log2(want * g.tokens / g.object_bytes)))
             logger.warning(
                 "objectcache: each page object is only %.0f KiB (page size %d tokens). Every page "
-                "costs one S3 request, so small objects are request-bound: raise --page-size "
-                "(64 or more) for throughput; see docs/page-size.md.",
-                g.object_bytes / 1024, g.tokens,
+                "costs one S3 request, so small objects are request-bound: --page-size %d or more "
+                "makes objects of %d KiB; see docs/page-size.md.",
+                g.object_bytes / 1024, g.tokens, enough, want // 1024,
             )
         self.cache.start_observers(metrics=bool(self.storage_config.enable_storage_metrics))
 

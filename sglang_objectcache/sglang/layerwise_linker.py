@@ -51,7 +51,7 @@ from sglang_objectcache.layerwise.settings import LoaderHooks, LoaderParts, Load
 from sglang_objectcache.layerwise.timeline import Timeline
 from sglang_objectcache.transfers import TransferScheduler
 from sglang_objectcache.sglang import rank
-from sglang_objectcache.sglang.pool_view import device_pool_view
+from sglang_objectcache.sglang.pool_view import device_pool_view, host_tier_bytes
 from sglang_objectcache.stats import Stats
 from sglang_objectcache.store import open_store
 
@@ -76,7 +76,7 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self.store = open_store(self.cfg)
         self.stats = Stats()
         self.cache = ObjectCache(self.cfg, self.store, who, self.stats, probe=open_probe(self.cfg, self.store))
-        self.tier = HostTier(lw.host_cache_mb << 20)
+        self.tier = HostTier(host_tier_bytes(lw.host_cache_mb, server_args, self.device_layers))
         self.timeline = Timeline()
         self.scheduler = TransferScheduler(self.cfg.scheduler)  # owned by the loader's I/O thread
         self.layer_done_counter = LayerReadyCounter(
@@ -115,7 +115,7 @@ class ObjectCacheLinker(UnifiedCacheLinker):
         self.cache.start_observers()
         per_get = self.loader.per_get
         logger.info("objectcache: layerwise linker ready; host tier %d MiB; %d layer(s) per GET (%d KiB)%s",
-                    lw.host_cache_mb, per_get, per_get * self.geometry.layer_bytes >> 10,
+                    self.tier.capacity >> 20, per_get, per_get * self.geometry.layer_bytes >> 10,
                     "" if lw.layers_per_get else ", auto")
 
     @property

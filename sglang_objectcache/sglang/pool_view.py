@@ -33,3 +33,17 @@ def device_pool_view(kvcache, page_size: int):
         row_bytes=row_bytes, dtype=str(layers[0][0].dtype).removeprefix("torch."),
     )
     return layers, geometry, is_mla
+
+
+def host_tier_bytes(host_cache_mb: int, server_args, device_layers) -> int:
+    """The layerwise host tier's size: `layerwise.host_cache_mb` where set (>= 0), else what
+    SGLang's own flags give its HiCache host pool, which layerwise mode turns off:
+    `--hicache-size` GB per rank, else `--hicache-ratio` (SGLang's default 2) times the
+    device KV pool."""
+    if host_cache_mb >= 0:
+        return host_cache_mb << 20
+    size_gb = getattr(server_args, "hicache_size", 0) or 0
+    if size_gb > 0:
+        return int(size_gb * 1e9)
+    ratio = getattr(server_args, "hicache_ratio", None) or 2.0
+    return int(ratio * sum(t.numel() * t.element_size() for layer in device_layers for t in layer))

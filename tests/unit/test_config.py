@@ -115,7 +115,7 @@ def test_toml_inf_is_refused_too(tmp_path):
         parse("@" + str(p))
 
 
-@pytest.mark.parametrize("key,raw", [("layerwise.host_cache_mb", {"layerwise": {"host_cache_mb": -1}}),
+@pytest.mark.parametrize("key,raw", [("layerwise.host_cache_mb", {"layerwise": {"host_cache_mb": -2}}),
                                      ("small_object_warn_kb", {"small_object_warn_kb": -1})])
 def test_sizes_must_not_be_negative(key, raw):
     # H12: "a bad value fails at startup with the key's name" (README); a negative host

@@ -352,3 +352,15 @@ def test_batch_exists_reports_only_the_pages_the_policy_loads(s3_config):
     assert cold.batch_exists(keys) == 4
     assert cold.batch_get_v1(keys, slots(range(10, 14))) == [True] * 4
     assert cold.cache.policy.meter._n_reads == 1  # a whole batch is a sample of the store's rate
+
+
+def test_the_small_object_warning_names_a_page_size_that_is_enough(s3_config, caplog):
+    _, host = make_pools("mha", "layer_first", torch.bfloat16, PAGE)
+    with caplog.at_level("WARNING"):
+        b = backend_for({**s3_config, "small_object_warn_kb": 256}, host)
+    g = b.pages.geometry
+    said = [r.getMessage() for r in caplog.records if "request-bound" in r.getMessage()]
+    assert len(said) == 1, said
+    enough = int(said[0].split("--page-size ")[1].split()[0])
+    assert enough & (enough - 1) == 0  # a power of two, as SGLang's page sizes are
+    assert g.object_bytes / g.tokens * enough >= 256 * 1024 > g.object_bytes / g.tokens * enough / 2

@@ -207,3 +207,17 @@ def test_lookup_reports_the_head_the_compute_or_load_policy_chooses(s3_config):
     finally:
         for lk in made:
             lk.close()
+
+
+def test_the_host_tier_follows_sglangs_host_memory_flags_unless_set():
+    from sglang_objectcache.sglang.pool_view import device_pool_view, host_tier_bytes
+
+    dev, _ = make_pools("mha", "layer_first", torch.bfloat16, PAGE, host=False)
+    layers, _, _ = device_pool_view(dev, PAGE)
+    pool = sum(t.numel() * t.element_size() for layer in layers for t in layer)
+    args = SimpleNamespace(hicache_ratio=None, hicache_size=0)
+    assert host_tier_bytes(-1, args, layers) == 2 * pool  # SGLang's default ratio
+    assert host_tier_bytes(-1, SimpleNamespace(hicache_ratio=3.0, hicache_size=0), layers) == 3 * pool
+    assert host_tier_bytes(-1, SimpleNamespace(hicache_ratio=3.0, hicache_size=4), layers) == 4 * 10**9
+    assert host_tier_bytes(64, args, layers) == 64 << 20  # layerwise.host_cache_mb wins
+    assert host_tier_bytes(0, args, layers) == 0
