@@ -381,6 +381,19 @@ def r_soak(stem: str) -> list[str]:
                  f"{rss['peak']:,} MiB peak, {rss['last']:,} MiB last.", ""]
 
 
+def r_compute_or_load(stem: str) -> list[str]:
+    d = load(stem)
+    rows = [[r["run"], r["config"], r["requests"], r["errors"], num(r["ttft_mean_ms"], 0), num(r["ttft_p50_ms"], 0),
+             num(r["ttft_p99_ms"], 0), f"{r['prompt_tokens']:,}", f"{r['device_tokens']:,}", f"{r['host_tokens']:,}",
+             f"{r['storage_tokens']:,}"] for r in d["runs"]]
+    m = d["medians"]
+    ratios = ", ".join(f"`{c}` {m[f'{c}_vs_radix']:.2f}x" for c in ("load", "auto") if f"{c}_vs_radix" in m)
+    return [f"Model: {d['model']}; flush between rounds: {yes(d.get('flush_between', False))}. Median of the "
+            f"runs' mean TTFT against radix only: {ratios}.", ""] + table(
+        ["run", "server", "requests", "errors", "mean TTFT ms", "p50", "p99", "prompt tokens", "device", "host",
+         "storage"], rows)
+
+
 # ---- the benchmarks ----------------------------------------------------------------------
 
 @dataclass
@@ -510,6 +523,12 @@ BENCHMARKS = [
           "token by token, on an idle and on a busy machine.",
           ["launch_determinism_idle", "launch_determinism_busy"],
           r_determinism),
+    Bench("compute-or-load", "Compute or load: multi-turn chat against radix only",
+          "CPU SGLang servers on the tiny model (where recompute is nearly free) run the harness's multi-turn "
+          "workload one after another: radix cache only, objectcache page mode loading every hit "
+          "(`compute_or_load: load`), and with the per-request choice (`auto`). With `--flush-between` each "
+          "round after the first starts from an empty device and host cache, as after a restart.",
+          ["compute_or_load_flush"], r_compute_or_load),
     Bench("soak", "Soak: 64 clients against a SeaweedFS cluster, a volume server killed",
           "A CPU SGLang server in page mode against a replicated SeaweedFS cluster fixture; greedy answers are "
           "compared with a no-cache reference.",
