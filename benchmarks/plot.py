@@ -28,7 +28,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.schema import RESULTS, result_path
+from benchmarks.paths import RESULTS, result_path
 
 LINE_KINDS = {"lines": ("linear", "linear"), "loglog": ("log2", "log"), "timeseries": ("linear", "linear")}
 

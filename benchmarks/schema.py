@@ -24,8 +24,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.paths import RESULTS, ROOT, result_path
+
+__all__ = ["RESULTS", "ROOT", "command_line", "commit", "load_result", "machine", "result_path", "write_result"]
 
 
 def command_line() -> str:
@@ -69,14 +70,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor()
-
-
-def result_path(name: str | os.PathLike) -> Path:
-    """`storage` -> benchmarks/results/storage.json; a path (with or without .json) as given."""
-    p = Path(name)
-    if p.parent == Path(".") and not p.suffix:
-        p = RESULTS / p
-    return p if p.suffix == ".json" else p.with_name(p.name + ".json")
 
 
 def write_result(name: str | os.PathLike, runs, medians, extra: dict | None = None,

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from sglang_objectcache.config import SchedulerConfig
-from sglang_objectcache.deadlines import ComputeModel, layer_deadlines, plan_starts
+from objectcache_dev.deadlines import ComputeModel, layer_deadlines, plan_starts
 from sglang_objectcache.transfers import READ, WRITE, Transfer, TransferScheduler
 
 

@@ -5,7 +5,7 @@ The forward starts when the batch does, after the bytes of the live batches ahea
 at the link's rate (the configured cap, else the observed read throughput); layer l is
 consumed after the estimated compute of layers < l (`layer_s`, an EWMA of the forward's
 observed per-layer pace). Deadlines from this order the scheduler the way the link will
-actually serve the requests (see deadlines.plan_starts).
+actually serve the requests (the simulator models the same: objectcache_dev/deadlines.py).
 """
 
 from __future__ import annotations

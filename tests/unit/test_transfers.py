@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sglang_objectcache.config import ConfigError, ObjectCacheConfig, SchedulerConfig
-from sglang_objectcache.deadlines import ComputeModel, layer_deadlines, plan_starts
+from objectcache_dev.deadlines import ComputeModel, layer_deadlines, plan_starts
 from sglang_objectcache.transfers import WRITE, Transfer, TransferScheduler
 from objectcache_dev.sim import System, Workload, added_ttft, make_requests, summarize
 

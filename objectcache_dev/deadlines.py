@@ -1,7 +1,8 @@
-"""Deadline arithmetic for the transfer scheduler (`transfers.py`): when the forward will
-consume each layer, and when queued forwards will really start.
+"""Deadline arithmetic for the simulator (`sim.py`) of the transfer scheduler: when the
+forward will consume each layer, and when queued forwards will really start. The layerwise
+loader projects the same way on its own (`sglang_objectcache/layerwise/pace.py`).
 
-`ComputeModel` is the per-layer forward time (shared by simulator and pipeline);
+`ComputeModel` is the per-layer forward time;
 `layer_deadlines` turns a forward start into per-layer consumption times; `plan_starts`
 projects forward starts for requests served in the GPU's order under a bandwidth estimate.
 """
