@@ -19,6 +19,7 @@ import numpy as np
 from benchmarks.rig import serve_model, storage_config
 from objectcache_dev.s3server import SeaweedFS
 from sglang_objectcache import objformat
+from sglang_objectcache.hostpool import seal_pages
 
 # The buckets make_systems and the raw lanes write to (each server is made with them).
 BUCKETS = ("bench-objectcache", "bench-seaweedfs", "bench-raw")
@@ -106,14 +107,8 @@ def _nothing() -> None:
 
 
 def seal_into(pages, digests, slots, staging: np.ndarray):
-    """Seal one object per (digest, slot) into the rows of `staging`, lazily, with the two
-    calls objectcache's batch_set_v1 makes per page (`HostPages.read_page`, `objformat.seal`)."""
-    g = pages.geometry
-    for row, digest, slot in zip(staging, digests, slots):
-        pages.read_page(slot, row[g.header_bytes:])
-        mv = memoryview(row)
-        objformat.seal(g, digest, mv)
-        yield mv
+    """objectcache's own sealing (`hostpool.seal_pages`, what batch_set_v1 runs per page)."""
+    return seal_pages(pages, digests, slots, staging)
 
 
 def sealed_pages(storage, keys: list[str], slots: list[int]) -> list[bytes]:

@@ -27,11 +27,12 @@ MLA buffers have H = 1 and D = kv_cache_dim.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
+from sglang_objectcache import objformat
 from sglang_objectcache.objformat import PageGeometry
 
 LAYOUTS = ("layer_first", "page_first", "page_first_direct")
@@ -228,3 +229,15 @@ class HostPages:
         last = first + len(srcs[0])
         for dst, src in zip(self._page_arrays(slot), srcs):
             np.copyto(dst[first:last], src)
+
+
+def seal_pages(pages: "HostPages", digests: Sequence[bytes], slots: Sequence[int],
+               staging: np.ndarray) -> Iterator[memoryview]:
+    """Seal one object per (digest, slot) into the rows of `staging`, lazily: one copy from
+    the host pool per component, one xxh3 per layer. PUTs send straight from the rows."""
+    g = pages.geometry
+    for row, digest, slot in zip(staging, digests, slots):
+        pages.read_page(slot, row[g.header_bytes:])
+        mv = memoryview(row)
+        objformat.seal(g, digest, mv)
+        yield mv

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 
 from sglang_objectcache.cache import CORRUPT
+from sglang_objectcache.hostpool import seal_pages
 
 logger = logging.getLogger(__name__)
 
 
 class FlatPageAPI:
-    """Mixed into ObjectCacheStorage: uses its cache, store, host pages and `_encode_pages`."""
+    """Mixed into ObjectCacheStorage: uses its cache, store and host pages."""
 
     def get(self, key, target_location=None, target_sizes=None) -> Optional[torch.Tensor]:
         return self.batch_get([key], [target_location] if target_location is not None else None)[0]
@@ -69,7 +70,7 @@ class FlatPageAPI:
                 name = ks.object_key(k)
                 if name not in cache.known:
                     row = np.empty((1, g.object_bytes), dtype=np.uint8)
-                    sealed = self._encode_pages(self.pages.flat_page(v), [ks.content_digest(k)], [0], row)
+                    sealed = seal_pages(self.pages.flat_page(v), [ks.content_digest(k)], [0], row)
                     items.append((name, next(sealed)))
             results = self.store.put_many(items, if_absent=True) if items else []
             return all(cache.wrote([n for n, _ in items], results, g.object_bytes))

@@ -35,19 +35,18 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Iterator, List, Optional
+from typing import Any, List, Optional
 
-import numpy as np
 import torch
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig
 
-from sglang_objectcache import objformat, runtime
+from sglang_objectcache import runtime
 from sglang_objectcache.sglang import rank, stats_bridge
 from sglang_objectcache.sglang.flat_pages import FlatPageAPI
 from sglang_objectcache.cache import CORRUPT, ObjectCache, open_probe
 from sglang_objectcache.compute_or_load import Hit
 from sglang_objectcache.config import ObjectCacheConfig
-from sglang_objectcache.hostpool import HostPages
+from sglang_objectcache.hostpool import HostPages, seal_pages
 from sglang_objectcache.landing import PageLanding
 from sglang_objectcache.staging import StagingArena
 from sglang_objectcache.stats import Stats
@@ -224,7 +223,7 @@ class ObjectCacheStorage(FlatPageAPI, HiCacheStorage):
         names = [name for _, _, name in todo]
         with self._staging.rows(len(todo), g.object_bytes) as staging:
             # Each page is sealed while the ones before it upload.
-            sealed = self._encode_pages(self.pages, [ks.content_digest(key) for _, key, _ in todo],
+            sealed = seal_pages(self.pages, [ks.content_digest(key) for _, key, _ in todo],
                                         [slots[i] for i, _, _ in todo], staging)
             results = self.store.put_iter(zip(names, sealed), if_absent=True, stop=self._stop)
         elapsed = time.perf_counter() - t0
@@ -238,17 +237,6 @@ class ObjectCacheStorage(FlatPageAPI, HiCacheStorage):
         written = sum(1 for r in results if r is True)
         self.stats.record_backup(written, written * g.object_bytes, elapsed)
         return out
-
-    def _encode_pages(self, pages: HostPages, digests: List[bytes], slots: List[int],
-                      staging: np.ndarray) -> Iterator[memoryview]:
-        """Seal one object per (digest, slot) into the rows of `staging`, lazily: one copy
-        from the host pool per component, one xxh3 per layer. PUTs send straight from the rows."""
-        g = pages.geometry
-        for row, digest, slot in zip(staging, digests, slots):
-            pages.read_page(slot, row[g.header_bytes:])
-            mv = memoryview(row)
-            objformat.seal(g, digest, mv)
-            yield mv
 
     # ---- HiCacheStorage: management ----------------------------------------------------
 
