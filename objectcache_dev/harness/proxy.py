@@ -10,6 +10,10 @@ contains some text, such as one object key) may instead get:
 - `latency_s`: a delay before forwarding;
 - `stall`: held without an answer until the stall is lifted (then forwarded) or the client
   gives up;
+- `bandwidth_bps`: a link of this many bytes per second that every connection shares, both
+  ways: each request and each response waits its turn on the link for its length divided by
+  the rate (first come, first served; no burst), which is how a capped network or a
+  throttled bucket looks to the client;
 - `mangle`: an object's bytes answered with one byte flipped (bit-rot or a bad NIC, not a
   failed request): every 200/206 answer with a body to a GET of an object (not of a bucket
   listing) passes with the byte at one offset XORed with 0xFF. Status, headers
@@ -55,6 +59,7 @@ class Faults:
     latency_s: float = 0.0
     stall: bool = False
     mangle: bool = False
+    bandwidth_bps: float = 0.0
     # Methods the faults apply to (e.g. frozenset({"GET"})); None means every method.
     methods: frozenset[str] | None = None
     # Only requests whose target (path and query) contains this text; "" means all.
@@ -219,6 +224,7 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._stopping = threading.Event()
+        self._link_free = 0.0  # monotonic time the capped link is next free
 
     @property
     def endpoint(self) -> str:
@@ -349,8 +355,11 @@ class FaultProxy:
                 + f"Content-Length: {len(SLOWDOWN_BODY)}\r\n\r\n".encode() + SLOWDOWN_BODY
             )
             return True
+        rate = faults.bandwidth_bps if faults.applies(method, target) else 0.0
         try:
+            self._on_link(len(request), rate)
             response, keep_alive = self._forward(upstream, method, request)
+            self._on_link(len(response), rate)
         except (OSError, _Closed, ValueError):
             # Store unreachable or it dropped us: the client sees its connection reset.
             self._count(self.injected, "upstream_down")
@@ -365,6 +374,17 @@ class FaultProxy:
             response = self._mangled(response, target, headers)
         client.sendall(response)
         return keep_alive
+
+    def _on_link(self, nbytes: int, rate: float) -> None:
+        """Hold the caller while `nbytes` cross a link of `rate` bytes/s shared by all."""
+        if rate <= 0:
+            return
+        with self._lock:
+            start = max(time.monotonic(), self._link_free)
+            self._link_free = start + nbytes / rate
+            done = self._link_free
+        self._count(self.injected, "bandwidth")
+        time.sleep(max(0.0, done - time.monotonic()))
 
     def _mangled(self, response: bytes, target: str, request_headers: list[tuple[str, str]]) -> bytes:
         """`response` with one byte of its body flipped if it is a 200/206 with a body."""

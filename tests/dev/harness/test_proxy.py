@@ -97,6 +97,25 @@ def test_latency_and_stall(s3, bucket, fault_proxy):
     assert c.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
 
 
+def test_bandwidth_cap_is_one_link_that_all_connections_share(s3, bucket, fault_proxy):
+    from concurrent.futures import ThreadPoolExecutor
+    c = _client(s3, fault_proxy.endpoint, read_timeout=10, max_pool_connections=4)
+    blob = bytes(range(256)) * 1024  # 256 KiB
+    c.put_object(Bucket=bucket, Key="k", Body=blob)
+    fault_proxy.set(Faults(bandwidth_bps=1 << 20, methods=frozenset({"GET"})))  # 1 MiB/s
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:  # four readers on four connections: 1 MiB in all
+        bodies = list(pool.map(lambda _: c.get_object(Bucket=bucket, Key="k")["Body"].read(), range(4)))
+    took = time.perf_counter() - t0
+    assert bodies == [blob] * 4
+    assert 0.95 <= took < 3.0, took  # 4 x 256 KiB at 1 MiB/s: a second, not a quarter of one
+    assert fault_proxy.injected["bandwidth"] == 8  # each request and each answer waited
+    fault_proxy.clear()
+    t0 = time.perf_counter()
+    c.get_object(Bucket=bucket, Key="k")["Body"].read()
+    assert time.perf_counter() - t0 < 0.5
+
+
 def test_store_down_resets_the_client(s3):
     from objectcache_dev.s3server import free_port
 
