@@ -18,7 +18,16 @@ The prefill rate is one number (tokens/s); attention's growth with context is no
 modelled, so it is measured on the forwards this server actually runs.
 
 While either rate is unmeasured (`cold`), or when no candidate beats loading everything by
-`margin`, the whole hit is loaded: that is what the cache did before this policy existed.
+`margin`, the whole hit is loaded (up to the deadline cap below, which needs only the
+link's rates): that is what the cache did before this policy existed.
+
+A load must also fit the store's request deadline. Up to `concurrency` reads are in flight
+at once and share the link, so each takes about min(k, concurrency) * page_bytes / bandwidth;
+a read past its deadline fails the whole load, which is then recomputed after the wait (a
+10 MB/s store made 4K-token layerwise hits 1.5x slower than recompute that way). Where the
+link cannot carry `concurrency` pages within `budget_s` (half the deadline: room for the
+estimate's error), no candidate loads more pages than it can; when loading everything is
+over that, the best candidate within it is taken, margin or not.
 """
 
 from __future__ import annotations
@@ -58,7 +67,7 @@ class Hit:
 @dataclass(frozen=True)
 class Choice:
     load_pages: int
-    reason: str  # "cold" | "load" | "compute" | "split" | "empty"
+    reason: str  # "cold" | "load" | "compute" | "split" | "empty" | "capped" (load-all over budget)
     predicted_s: Optional[float] = None  # T(load_pages); None when cold
     load_all_s: Optional[float] = None  # T(pages), for the record
 
@@ -81,6 +90,15 @@ def ttft_s(k: int, hit: Hit, r: Rates, mode: Mode) -> float:
     return first + max(load - first, compute)
 
 
+def max_pages(hit: Hit, r: Rates, budget_s: Optional[float], concurrency: int = 128) -> int:
+    """The most pages a load can read with every read ending within `budget_s` (all of them
+    with no budget, or when the link carries `concurrency` reads in flight within it)."""
+    if not budget_s:
+        return hit.pages
+    fits = max(0, math.floor((budget_s - r.latency_s) * r.bytes_s / hit.page_bytes))
+    return hit.pages if fits >= concurrency else min(hit.pages, fits)
+
+
 def _candidates(hit: Hit, r: Rates, mode: Mode) -> set[int]:
     ks = {0, hit.pages}
     if mode == "layerwise":
@@ -92,16 +110,23 @@ def _candidates(hit: Hit, r: Rates, mode: Mode) -> set[int]:
     return ks
 
 
-def choose(hit: Hit, rates: Rates, mode: Mode, margin: float = 0.1) -> Choice:
+def choose(hit: Hit, rates: Rates, mode: Mode, margin: float = 0.1, budget_s: Optional[float] = None,
+           concurrency: int = 128) -> Choice:
     """How many leading pages of `hit` to load. Another choice than all of them is made
-    only when its predicted TTFT is below (1 - margin) of loading all."""
+    only when its predicted TTFT is below (1 - margin) of loading all, or when loading all
+    is expected to take longer than `budget_s`."""
     if hit.pages <= 0:
         return Choice(0, "empty")
-    if rates.cold:
-        return Choice(hit.pages, "cold")
+    link_known = bool(rates.bytes_s) and rates.latency_s is not None
+    cap = max_pages(hit, rates, budget_s, concurrency) if link_known else hit.pages
+    if rates.cold:  # the deadline cap needs only the link: a load past it can only fail
+        return Choice(cap, "capped" if cap < hit.pages else "cold")
     load_all = ttft_s(hit.pages, hit, rates, mode)
-    best = min(_candidates(hit, rates, mode), key=lambda k: (ttft_s(k, hit, rates, mode), -k))
+    ks = {min(k, cap) for k in _candidates(hit, rates, mode)} | {cap}
+    best = min(ks, key=lambda k: (ttft_s(k, hit, rates, mode), -k))
     best_s = ttft_s(best, hit, rates, mode)
+    if cap < hit.pages:
+        return Choice(best, "capped", best_s, load_all)
     if best == hit.pages or best_s >= (1.0 - margin) * load_all:
         return Choice(hit.pages, "load", load_all, load_all)
     return Choice(best, "compute" if best == 0 else "split", best_s, load_all)
@@ -161,15 +186,20 @@ class Policy:
     config pins rates (`policy_*` fields, for benchmarks and tests) or asks to always load
     (`compute_or_load: load`)."""
 
-    def __init__(self, mode: str = "auto", pinned: Rates = Rates(), margin: float = 0.1):
+    def __init__(self, mode: str = "auto", pinned: Rates = Rates(), margin: float = 0.1,
+                 budget_s: Optional[float] = None, concurrency: int = 128):
         self.mode, self.pinned, self.margin = mode, pinned, margin
+        self.budget_s, self.concurrency = budget_s, concurrency
         self.meter = RateMeter()
 
     @classmethod
     def of(cls, cfg) -> "Policy":
         mbps, lat_ms, tok_s = cfg.policy_store_mbps, cfg.policy_store_latency_ms, cfg.policy_prefill_tokens_s
         pinned = Rates(lat_ms / 1e3 if mbps else None, mbps * 125_000.0 or None, tok_s or None)
-        return cls(cfg.compute_or_load, pinned, cfg.compute_or_load_margin)
+        # max_concurrency 0 is the transport's default (obstore's 128; boto3's 16 makes this
+        # cap conservative: it may compute pages that would have loaded in time).
+        return cls(cfg.compute_or_load, pinned, cfg.compute_or_load_margin, 0.5 * cfg.request_deadline_s,
+                   cfg.max_concurrency or 128)
 
     def rates(self) -> Rates:
         m = self.meter.rates()
@@ -180,4 +210,4 @@ class Policy:
     def choose(self, hit: Hit, mode: Mode) -> Choice:
         if self.mode == "load" or hit.pages <= 0:
             return Choice(max(hit.pages, 0), "load" if hit.pages > 0 else "empty")
-        return choose(hit, self.rates(), mode, self.margin)
+        return choose(hit, self.rates(), mode, self.margin, self.budget_s, self.concurrency)

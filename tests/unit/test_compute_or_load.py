@@ -124,3 +124,47 @@ def test_the_meter_takes_samples_from_many_threads():
         t.join()
     assert m._n_reads == 8000 and m._n_prefill == 8000
     assert m.rates().prefill_tokens_s == pytest.approx(1e4)
+
+
+# The capped-store run (benchmarks/results/ttft_cap10.json): 10 MB/s, 4K tokens of 512 KiB
+# pages, recompute at ~270 tokens/s. Loading wins by far, but 64 reads in flight share the
+# link for 3.4 s, and reads past the 4 s request deadline failed the load: the request then
+# recomputed after the wait, 1.5x slower than plain recompute.
+SLOW_HIT = Hit(pages=64, page_tokens=64, page_bytes=MiB // 2, new_tokens=256, layers=8)
+
+
+@pytest.mark.parametrize("mode", ["page", "layerwise"])
+def test_a_load_the_link_cannot_carry_within_the_deadline_is_cut_to_what_it_can(mode):
+    c = choose(SLOW_HIT, rates(10e6, 270), mode, budget_s=2.0)
+    assert c.reason == "capped"
+    fits = int((2.0 - 0.01) * 10e6 / (MiB // 2))  # 37 pages in 2 s
+    assert c.load_pages == fits  # all it can, the rest computed: still far sooner than recompute
+    assert choose(SLOW_HIT, rates(10e6, 270), mode).load_pages == 64  # no budget: everything
+
+
+def test_a_link_that_carries_every_read_in_flight_in_time_is_not_capped():
+    # 1 GB/s: 128 reads of 512 KiB take 67 ms; a 1,024-page hit streams through them.
+    big = Hit(pages=1024, page_tokens=64, page_bytes=MiB // 2, new_tokens=256, layers=8)
+    assert choose(big, rates(1e9, 270), "layerwise", budget_s=2.0).load_pages == 1024
+    # 16 reads in flight (boto3) fit at 10 MB/s: the whole hit loads, 16 at a time
+    assert choose(SLOW_HIT, rates(10e6, 270), "layerwise", budget_s=2.0, concurrency=16).load_pages == 64
+
+
+def test_the_policy_budgets_half_the_request_deadline():
+    from sglang_objectcache.compute_or_load import Policy
+    from sglang_objectcache.config import ObjectCacheConfig
+
+    p = Policy.of(ObjectCacheConfig(bucket="b", request_deadline_s=4.0, policy_store_mbps=80.0,
+                                    policy_store_latency_ms=10.0, policy_prefill_tokens_s=270.0))
+    assert (p.budget_s, p.concurrency) == (2.0, 128)
+    assert p.choose(SLOW_HIT, "layerwise").reason == "capped"
+    assert Policy.of(ObjectCacheConfig(bucket="b", compute_or_load="load", request_deadline_s=4.0,
+                                       policy_store_mbps=80.0)).choose(SLOW_HIT, "layerwise").load_pages == 64
+
+
+def test_the_deadline_cap_holds_while_the_prefill_rate_is_still_unmeasured():
+    # A layerwise server whose every request is a hit never runs a forward without a load to
+    # time, so its prefill rate can stay cold; the link alone says a whole load cannot land.
+    c = choose(SLOW_HIT, Rates(latency_s=0.01, bytes_s=10e6, prefill_tokens_s=None), "layerwise", budget_s=2.0)
+    assert (c.load_pages, c.reason) == (37, "capped")
+    assert choose(SLOW_HIT, Rates(), "layerwise", budget_s=2.0) == Choice(64, "cold")  # nothing known: load
