@@ -28,6 +28,12 @@ in-tree backend its own bucket) per run, and the order of servers rotates betwee
     .venv/bin/python -m benchmarks.serving --model tiny --runs 1
     .venv/bin/python -m benchmarks.serving --model bench --workloads w1 --runs 3 --out benchmarks/results/serving_bench_w1.json
 
+Against your own deployment (servers you started, with your model, flags and store; each
+is flushed between workloads, so use servers nobody else is using):
+
+    .venv/bin/python -m benchmarks.serving --tokenizer /models/llama --server radix=http://h1:30000 \
+        --server objectcache=http://h2:30000 --out my_serving.json
+
 Writes benchmarks/results/serving.json (or --out) and its plot: mean TTFT per server
 relative to radix only, per workload.
 """
@@ -47,6 +53,7 @@ from pathlib import Path
 from benchmarks.rig import pct, s3_server
 from benchmarks.schema import write_result
 from benchmarks.ttft import BENCH_MODEL
+from objectcache_dev.harness.client import Client
 from objectcache_dev.harness.proxy import FaultProxy, Faults
 from objectcache_dev.harness.server import SGLangServer, cpu_args, cpu_env, hicache_args, objectcache_args
 from objectcache_dev.harness.workloads import MultiTurn, run_workload
@@ -65,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--max-total-tokens", type=int, default=4096)
+    p.add_argument("--hicache-ratio", type=float, default=2.0, help="host tier / device pool (SGLang's default 2)")
     p.add_argument("--cap-mbps", type=float, default=0.0, help="store behind a link of this many MB/s (0: direct)")
     p.add_argument("--compute-or-load", choices=("auto", "load"), default="auto", help="objectcache's policy")
     p.add_argument("--gsp", type=int, nargs=5, default=[8, 4, 2048, 128, 16], metavar="N",
@@ -72,6 +80,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--chats", type=int, nargs=3, default=[16, 4, 512], metavar="N",
                    help="w2: conversations, rounds, tokens per turn")
+    p.add_argument("--server", action="append", default=[], metavar="NAME=URL",
+                   help="measure servers you run (your model, flags and store) instead of starting them; repeat "
+                        "per server; a server named radix is the baseline of the ratios")
+    p.add_argument("--tokenizer", default="", help="with --server: the served model's path or tokenizer")
     p.add_argument("--out", default="serving")
     return p
 
@@ -80,6 +92,7 @@ def server_args(config: str, s3, endpoint: str, run: int, a) -> list[str]:
     args = cpu_args(max_total_tokens=a.max_total_tokens, context_length=8192)
     if config == "radix":
         return args
+    args += ["--hicache-ratio", str(a.hicache_ratio)]
     if config == "hicache":
         return args + ["--enable-hierarchical-cache", "--hicache-io-backend", "direct",
                        "--hicache-mem-layout", "layer_first"]
@@ -136,11 +149,22 @@ def w2(srv: SGLangServer, model: str, a, run: int, logs: Path) -> dict:
             "host_tokens": sum(c.host or 0 for c in done), "storage_tokens": sum(c.storage or 0 for c in done)}
 
 
-def measure(model: str, config: str, s3, endpoint: str, run: int, a, logs: Path) -> list[dict]:
+class Deployed:
+    """A server the user runs (`--server`): measured as it is, never started or stopped."""
+
+    def __init__(self, url: str):
+        self.url, self.client = url.rstrip("/"), Client(url.rstrip("/"))
+
+    def __enter__(self) -> "Deployed":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def measure(srv, model: str, config: str, run: int, a, logs: Path) -> list[dict]:
     """One server per configuration and run; the workloads run on it one after another, each
     from a flushed cache (their prompts share nothing)."""
-    srv = SGLangServer(model, server_args(config, s3, endpoint, run, a), env=cpu_env(),
-                       log_path=str(logs / f"{config}{run}.log"), name=config)
     out = []
     with srv:
         for workload in a.workloads:
@@ -164,9 +188,19 @@ def summary(runs: list[dict], a) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     a = parser().parse_args(argv)
+    if a.server:
+        deployed = dict(s.split("=", 1) for s in a.server)
+        if not a.tokenizer:
+            raise SystemExit("--server needs --tokenizer (the served model's path or tokenizer)")
+        a.configs, a.model, a.cap_mbps = list(deployed), a.tokenizer, 0.0
     runs: list[dict] = []
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-serving-")))
+        if a.server:
+            for run in range(a.runs):
+                for name in a.configs[run % len(a.configs):] + a.configs[:run % len(a.configs)]:
+                    runs += measure(Deployed(deployed[name]), a.tokenizer, name, run, a, tmp)
+            return report(runs, a)
         model = str(make_tiny_model(tmp / "model", MODELS[a.model]))
         s3 = stack.enter_context(s3_server(tmp / "s3", buckets=(BUCKET, *(f"{BUCKET}-sw{i}" for i in range(a.runs)))))
         endpoint = s3.endpoint
@@ -177,7 +211,13 @@ def main(argv: list[str] | None = None) -> None:
         for run in range(a.runs):
             order = a.configs[run % len(a.configs):] + a.configs[:run % len(a.configs)]
             for config in order:
-                runs += measure(model, config, s3, endpoint, run, a, tmp)
+                srv = SGLangServer(model, server_args(config, s3, endpoint, run, a), env=cpu_env(),
+                                   log_path=str(tmp / f"{config}{run}.log"), name=config)
+                runs += measure(srv, model, config, run, a, tmp)
+    report(runs, a)
+
+
+def report(runs: list[dict], a) -> None:
     medians = summary(runs, a)
     print(medians)
     plot = {"kind": "bars", "groups": list(a.workloads),
@@ -185,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
                        for c in a.configs],
             "ylabel": "mean TTFT (ms), median of runs",
             "title": f"SGLang's clients, {a.model} model" + (f", store capped at {a.cap_mbps:g} MB/s" if a.cap_mbps else "")}
-    write_result(a.out, runs, medians, {"model": a.model, "cap_mbps": a.cap_mbps, "gsp": a.gsp, "chats": a.chats}, plot)
+    write_result(a.out, runs, medians, {"model": a.model, "cap_mbps": a.cap_mbps, "hicache_ratio": a.hicache_ratio, "gsp": a.gsp, "chats": a.chats}, plot)
 
 
 if __name__ == "__main__":

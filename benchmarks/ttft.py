@@ -22,6 +22,14 @@ the median over `--reps` rounds (distinct prompts):
     layerwise_g4     layerwise mode, 4 layers per ranged GET (256 KiB)
     layerwise_thread layerwise mode with `fetch: thread`: GETs, copies and hashes on threads
                      of SGLang's scheduler process, not in the fetch worker process
+    layerwise_load   layerwise mode loading every hit (`compute_or_load: load`); `layerwise`
+                     is the default, `auto`: it may load a head of the hit and compute the rest
+
+`--cap-mbps` puts every server's store behind the harness proxy with one shared link of that
+many MB/s (the slow-store regime of issue 29):
+
+    .venv/bin/python -m benchmarks.ttft --contexts 1024 2048 4096 8192 --reps 2 --cap-mbps 50 \
+        --modes recompute layerwise layerwise_load --out benchmarks/results/ttft_cap10.json
 
     .venv/bin/python -m benchmarks.ttft --contexts 1024 2048 4096 8192 --reps 3 \
         --modes recompute dram page layerwise layerwise_dram layerwise_g1
@@ -48,6 +56,7 @@ import requests
 from benchmarks import plot
 from benchmarks.rig import s3_server
 from benchmarks.schema import RESULTS, write_result
+from objectcache_dev.harness.proxy import FaultProxy, Faults
 from objectcache_dev.harness.server import SGLangServer, cpu_args, cpu_env, nocache_args, objectcache_args
 from objectcache_dev.harness.settle import until_quiet
 from objectcache_dev.tinymodel import TinyModelSpec, make_tiny_model
@@ -56,14 +65,16 @@ BENCH_MODEL = TinyModelSpec(hidden_size=512, num_layers=8, num_heads=8, num_kv_h
                             intermediate_size=1536, vocab_size=2048, max_positions=32768)
 PAGE = 64
 BUCKET = "bench-ttft"
-MODES = ("recompute", "dram", "page", "layerwise", "layerwise_dram", "layerwise_g1", "layerwise_g4", "layerwise_thread")
+MODES = ("recompute", "dram", "page", "layerwise", "layerwise_dram", "layerwise_g1", "layerwise_g4", "layerwise_thread",
+         "layerwise_load")
 LAYERWISE = {"layerwise": {}, "layerwise_g1": {"layers_per_get": 1}, "layerwise_g4": {"layers_per_get": 4},
-             "layerwise_thread": {"fetch": "thread"}}
+             "layerwise_thread": {"fetch": "thread"}, "layerwise_load": {}}
+TOP_LEVEL = {"layerwise_load": {"compute_or_load": "load"}}  # config fields outside `layerwise`
 # (numerator, denominator) pairs reported when both modes ran.
 RATIOS = [(m, "dram") for m in MODES if m not in ("dram", "recompute")] + \
     [(m, "recompute") for m in MODES if m not in ("dram", "recompute")] + \
     [("dram", "recompute"), ("layerwise", "page"), ("layerwise", "layerwise_g1"), ("layerwise", "layerwise_g4"),
-     ("layerwise", "layerwise_thread")]
+     ("layerwise", "layerwise_thread"), ("layerwise", "layerwise_load")]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -75,6 +86,7 @@ def parser() -> argparse.ArgumentParser:
                     help="dram and page share one server, as do layerwise and layerwise_dram")
     ap.add_argument("--out", default=str(RESULTS / "ttft_cpu.json"))
     ap.add_argument("--workdir", default="")
+    ap.add_argument("--cap-mbps", type=float, default=0.0, help="store behind a shared link of this many MB/s")
     ap.add_argument("--trace", action="store_true",
                     help="record the layerwise servers' per-layer timelines (their last 256 loads) in the output")
     return ap
@@ -128,7 +140,7 @@ class Run:
     measures every mode on the same prompt within a minute or two, so the ratios are taken
     side by side, not phase against phase on a machine whose load moves."""
 
-    def __init__(self, a, work: Path, s3, stack: ExitStack):
+    def __init__(self, a, work: Path, s3, stack: ExitStack, endpoint: str):
         self.a, self.work, self.s3 = a, work, s3
         self.modes = set(a.modes) | {"dram"}  # every ratio is against the DRAM hit
         model = make_tiny_model(work / "model", BENCH_MODEL)
@@ -136,10 +148,10 @@ class Run:
         self.pool = self.longest + 2 * PAGE + 512  # room for one prompt: fillers then evict it
         base = cpu_args(page_size=PAGE, max_total_tokens=self.pool, context_length=self.longest + 64)
         env = {**cpu_env(), "AWS_ACCESS_KEY_ID": "objectcache", "AWS_SECRET_ACCESS_KEY": "objectcache-secret"}
-        s3cfg = {"endpoint_url": s3.endpoint, "bucket": BUCKET}
+        s3cfg = {"endpoint_url": endpoint, "bucket": BUCKET}
 
         def server(name, args, lw=None):
-            cfg = s3cfg if lw is None else {**s3cfg, "layerwise": {
+            cfg = s3cfg if lw is None else {**s3cfg, **TOP_LEVEL.get(name, {}), "layerwise": {
                 "enabled": True, "host_cache_mb": 4096, **lw,
                 **({"trace_path": str(work / f"{name}.timeline.json")} if a.trace else {})}}
             srv = SGLangServer(model, base + (args if args is not None else objectcache_args(cfg)), env=env,
@@ -223,14 +235,20 @@ def plot_spec(out: dict) -> dict:
         lines.append((mode, xs, [per[str(x)] * 1000 for x in xs], "o"))
     m = out["model"]
     return plot.loglog(lines, "prefix tokens (plus %d new)" % out["suffix_tokens"], "TTFT, ms (median)",
-                       f"TTFT on CPU, {m['num_layers']}-layer random Llama, page {out['page_size']}")
+                       f"TTFT on CPU, {m['num_layers']}-layer random Llama, page {out['page_size']}"
+                       + (f", store capped at {out['cap_mbps']:g} MB/s" if out.get("cap_mbps") else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
     a = parser().parse_args(argv)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-ttft-"))
     with s3_server(work / "s3", (BUCKET,)) as s3, ExitStack() as stack:
-        run = Run(a, work, s3, stack)
+        endpoint = s3.endpoint
+        if a.cap_mbps:
+            proxy = stack.enter_context(FaultProxy(s3.s3_port))
+            proxy.set(Faults(bandwidth_bps=a.cap_mbps * 1e6))
+            endpoint = proxy.endpoint
+        run = Run(a, work, s3, stack, endpoint)
         for ctx in a.contexts:
             for r in range(a.reps):
                 run.round(ctx, r)
@@ -238,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = {m: {str(c): statistics.median(v) for c, v in sorted(per.items())} for m, per in results.items()}
     ratios = paired_ratios(results)
     out = {
-        "model": BENCH_MODEL.__dict__, "page_size": PAGE, "suffix_tokens": a.suffix, "reps": a.reps,
+        "model": BENCH_MODEL.__dict__, "page_size": PAGE, "cap_mbps": a.cap_mbps, "suffix_tokens": a.suffix, "reps": a.reps,
         "ttft_s_median": summary, "ratios": ratios,
         "samples_s": {m: {str(c): v for c, v in per.items()} for m, per in results.items()},
         "cached_tokens": {m: {str(c): v for c, v in per.items()} for m, per in details.items()},
