@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import re
 import shlex
 import sys
@@ -113,7 +114,10 @@ def r_ttft_cpu(stem: str) -> list[str]:
                  [[f"{c:,}"] + [ms(d["ttft_s_median"][m][str(c)]) if str(c) in d["ttft_s_median"][m] else ""
                                 for m in modes] for c in contexts])
     shown = [k for k in ("layerwise_over_dram", "layerwise_over_recompute", "page_over_dram",
-                         "layerwise_dram_over_dram", "layerwise_g1_over_dram") if k in d["ratios"]]
+                         "layerwise_dram_over_dram", "layerwise_g1_over_dram", "layerwise_over_layerwise_load",
+                         "layerwise_load_over_recompute") if k in d["ratios"]]
+    if d.get("cap_mbps"):
+        out = [f"The store sits behind one link of {d['cap_mbps']:g} MB/s that every server shares.", ""] + out
     out += ["Ratios, median of the per-round ratios (the rounds in brackets):", ""]
     out += table(["ratio"] + [ctx(c) for c in contexts],
                  [[f"`{k.replace('_over_', ' / ')}`"]
@@ -394,6 +398,25 @@ def r_compute_or_load(stem: str) -> list[str]:
          "storage"], rows)
 
 
+def r_serving(stem: str) -> list[str]:
+    d = load(stem)
+    rows = [[r["run"], r["workload"], r["config"], r["requests"], r["errors"], num(r["ttft_mean_ms"], 0),
+             num(r["ttft_p50_ms"], 0), num(r["ttft_p99_ms"], 0), num(r["requests_s"], 2), f"{r['prompt_tokens']:,}",
+             f"{r['device_tokens']:,}", f"{r['host_tokens']:,}", f"{r['storage_tokens']:,}"] for r in d["runs"]]
+    m = d["medians"]
+    cap = f"store capped at {d['cap_mbps']:g} MB/s" if d.get("cap_mbps") else "store not capped"
+    ratios = "; ".join(f"{w.upper()}: " + ", ".join(f"`{c}` {m[f'{w}_{c}_vs_radix']:.2f}x" for c in SERVING
+                                                    if f"{w}_{c}_vs_radix" in m)
+                       for w in ("w1", "w2") if f"{w}_radix_ttft_mean_ms" in m)
+    return [f"Model: {d['model']}; {cap}; {len({r['run'] for r in d['runs']})} run(s). Mean TTFT against radix "
+            f"only (median over runs): {ratios}.", ""] + table(
+        ["run", "workload", "server", "requests", "errors", "mean TTFT ms", "p50", "p99", "req/s", "prompt tokens",
+         "device", "host", "storage"], rows)
+
+
+SERVING = ("hicache", "seaweedfs", "page", "layerwise")
+
+
 # ---- the benchmarks ----------------------------------------------------------------------
 
 @dataclass
@@ -529,6 +552,18 @@ BENCHMARKS = [
           "(`compute_or_load: load`), and with the per-request choice (`auto`). With `--flush-between` each "
           "round after the first starts from an empty device and host cache, as after a restart.",
           ["compute_or_load_flush"], r_compute_or_load),
+    Bench("ttft-capped", "TTFT with a bandwidth-capped store: compute, load, or both",
+          "The TTFT benchmark with every server's store behind the harness proxy's shared link of `--cap-mbps`. "
+          "`recompute` computes everything; `layerwise_load` loads every hit (`compute_or_load: load`); "
+          "`layerwise` is the default `auto`, which may load a head of the hit and compute the rest.",
+          ["ttft_cap10"], r_ttft_cpu, older=["ttft_cap10_before"]),
+    Bench("serving", "SGLang's own clients: five servers side by side",
+          "CPU SGLang servers one after another on one SeaweedFS: radix cache only, HiCache L2 only, HiCache + "
+          "the in-tree `seaweedfs` L3, objectcache page mode and layerwise mode. W1 is SGLang's "
+          "`sglang.benchmark.serving --dataset-name generated-shared-prefix`, run, `/flush_cache`, run again "
+          "(measured); W2 is the harness's multi-turn chat. SGLang counts layerwise hits as `host` tokens. "
+          "`--cap-mbps` puts the store behind a shared link of that rate.",
+          ["serving_tiny", "serving_bench", "serving_tiny_page_ratio4"], r_serving),
     Bench("soak", "Soak: 64 clients against a SeaweedFS cluster, a volume server killed",
           "A CPU SGLang server in page mode against a replicated SeaweedFS cluster fixture; greedy answers are "
           "compared with a no-cache reference.",
@@ -651,6 +686,53 @@ def t_soak():
             yes(done == sent and not errors and not wrong and d["server_alive_at_end"]))
 
 
+def _serving(stem: str) -> dict:
+    return load(stem)["medians"]
+
+
+def t_never_slower():
+    def of(mode):
+        return [(stem.removeprefix("serving_"), w, _serving(stem).get(f"{w}_{mode}_vs_radix"))
+                for stem in SERVING_STEMS for w in ("w1", "w2")]
+
+    def text(got):
+        return ", ".join(f"{w.upper()} {model} " + (x(v, 1.05, "<=") if v is not None else "not run")
+                         for model, w, v in got)
+
+    got = of(DEFAULT_MODE)
+    return (f"`{DEFAULT_MODE}`: {text(got)} (page mode: {text(of('page'))})",
+            yes(all(v is not None and v <= 1.05 for *_, v in got)))
+
+
+def t_faster_with_reuse():
+    m = _serving("serving_bench")
+    radix, intree = m["w1_{}_vs_radix".format(DEFAULT_MODE)], m[f"w1_{DEFAULT_MODE}_ttft_mean_ms"] / m[
+        "w1_seaweedfs_ttft_mean_ms"]
+    d = load("serving_bench")
+    shape = f"{d['gsp'][0]} groups × {d['gsp'][1]}, {len({r['run'] for r in d['runs']})} run(s)"
+    return (f"`{DEFAULT_MODE}` mode: {x(radix, 0.65, '<=')} radix, {x(intree, 0.7, '<=')} in-tree ({shape})",
+            yes(radix <= 0.65 and intree <= 0.7))
+
+
+def t_capped():
+    """Per context: median over rounds of auto / min(recompute, full load) on the same prompt."""
+    parts, ok = [], True
+    for stem in CAPPED:
+        d = load(stem)
+        smp = d["samples_s"]
+        per = []
+        for c in sorted(smp["layerwise"], key=int):
+            rs = [a / min(r, f) for a, r, f in zip(smp["layerwise"][c], smp["recompute"][c], smp["layerwise_load"][c])]
+            per.append((c, statistics.median(rs)))
+        ok = ok and all(v <= 1.05 for _, v in per)
+        parts.append(f"{d['cap_mbps']:g} MB/s: " + ", ".join(f"{ctx(c)} {x(v, 1.05, '<=')}" for c, v in per))
+    return "; ".join(parts) + " (not run yet: 50 and 200 MB/s, 8K)", "yes, where run" if ok else "**no**"
+
+
+CAPPED = ["ttft_cap10"]
+# The mode the README and scripts/run.sh start in: the one the serving targets are read for.
+DEFAULT_MODE = "layerwise"
+SERVING_STEMS = ["serving_tiny", "serving_bench"]
 SMALL = ["storage_small_page_first", "storage_small_layer_first"]
 LARGE = ["storage_put_8mib_page_first", "storage_put_8mib_layer_first"]
 TARGETS = [
@@ -677,6 +759,14 @@ TARGETS = [
     Target("8 MiB pages, `batch_set_v1` / raw ceiling", "≥ 0.9×", LARGE, "storage",
            t_storage(LARGE, "set: objectcache / raw", 0.9)),
     Target("`batch_exists` of 128 pages, cold / in-tree's 128 HEADs", "≥ 5×", SMALL + LARGE, "storage", t_exists),
+    Target("SGLang's clients, W1 and W2, tiny and 8-layer model: objectcache in `scripts/run.sh`'s mode / radix "
+           "only, mean TTFT",
+           "≤ 1.05×", SERVING_STEMS, "serving", t_never_slower),
+    Target("W1 (restart reuse), 8-layer model: `scripts/run.sh`'s mode / radix only and / in-tree `seaweedfs`, "
+           "mean TTFT",
+           "≤ 0.65×, ≤ 0.7×", ["serving_bench"], "serving", t_faster_with_reuse),
+    Target("Capped store, 1K–8K: compute-or-load (`auto`) TTFT / the faster of recompute and a full load",
+           "≤ 1.05×", CAPPED, "ttft-capped", t_capped),
     Target("Soak: 64 clients, a volume server killed mid-run", "every request completes, none wrong",
            ["soak_cluster"], "soak", t_soak),
 ]
