@@ -28,7 +28,7 @@ the median over `--reps` rounds (distinct prompts):
 `--cap-mbps` puts every server's store behind the harness proxy with one shared link of that
 many MB/s (the slow-store regime of issue 29):
 
-    .venv/bin/python -m benchmarks.ttft --contexts 1024 2048 4096 8192 --reps 2 --cap-mbps 50 \
+    .venv/bin/python -m benchmarks.ttft --contexts 1024 2048 4096 8192 --reps 2 --cap-mbps 10 \
         --modes recompute layerwise layerwise_load --out benchmarks/results/ttft_cap10.json
 
     .venv/bin/python -m benchmarks.ttft --contexts 1024 2048 4096 8192 --reps 3 \

@@ -706,8 +706,8 @@ def t_never_slower():
 
 def t_faster_with_reuse():
     m = _serving("serving_bench")
-    radix, intree = m["w1_{}_vs_radix".format(DEFAULT_MODE)], m[f"w1_{DEFAULT_MODE}_ttft_mean_ms"] / m[
-        "w1_seaweedfs_ttft_mean_ms"]
+    radix = m[f"w1_{DEFAULT_MODE}_vs_radix"]
+    intree = m[f"w1_{DEFAULT_MODE}_ttft_mean_ms"] / m["w1_seaweedfs_ttft_mean_ms"]
     d = load("serving_bench")
     shape = f"{d['gsp'][0]} groups × {d['gsp'][1]}, {len({r['run'] for r in d['runs']})} run(s)"
     return (f"`{DEFAULT_MODE}` mode: {x(radix, 0.65, '<=')} radix, {x(intree, 0.7, '<=')} in-tree ({shape})",

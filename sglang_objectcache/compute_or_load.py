@@ -23,8 +23,8 @@ link's rates): that is what the cache did before this policy existed.
 
 A load must also fit the store's request deadline. Up to `concurrency` reads are in flight
 at once and share the link, so each takes about min(k, concurrency) * page_bytes / bandwidth;
-a read past its deadline fails the whole load, which is then recomputed after the wait (a
-10 MB/s store made 4K-token layerwise hits 1.5x slower than recompute that way). Where the
+a read past its deadline fails the whole load, which is then recomputed after the wait
+(slower than computing at once: benchmarks/results/ttft_cap10_before.json). Where the
 link cannot carry `concurrency` pages within `budget_s` (half the deadline: room for the
 estimate's error), no candidate loads more pages than it can; when loading everything is
 over that, the best candidate within it is taken, margin or not.
