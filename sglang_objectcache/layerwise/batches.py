@@ -127,8 +127,13 @@ class Batches:
                      headers=[None] * len(m.names), counter=m.counter)
 
     def submit_window(self, b: Batch) -> None:
-        """Submit the layers of `b` that fit in its window, a whole GET's layers at a time."""
+        """Submit the layers of `b` that fit in its window, a whole GET's layers at a time.
+        A lead layer read alone goes first: the next group waits until it is in. In flight
+        together, the group's larger reads share the link and the CPUs with it, and layer 0
+        arrived no sooner than the whole object (benchmarks/results/ttft_lead_first.json)."""
         while b.next_layer < self.g.num_layers:
+            if self.plan.lead_alone and b.next_layer == 1 and b.done_layers == 0 and b.store_pages():
+                break
             layers = self.plan.group_at(b.next_layer, self.g.num_layers)
             if layers[-1] >= b.done_layers + self.plan.window:
                 break  # window >= per_get: an empty window always takes a whole group

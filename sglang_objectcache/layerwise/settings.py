@@ -74,9 +74,9 @@ class LoaderHooks:
 @dataclass(frozen=True)
 class GetPlan:
     """`per_get` layers per GET; with groups (per_get > 1) layer 0 is still read on its own
-    (`lead_alone`), so the forward's first wait is for one layer's bytes while the next
-    group is in flight with it. `window`: layers of a batch staged at once, at least a whole
-    group (+ 1 with the lead layer)."""
+    (`lead_alone`) and first, before the next group, so the forward's first wait is for one
+    layer's bytes. `window`: layers of a batch staged at once, at least a whole group (+ 1
+    with the lead layer)."""
     per_get: int
     lead_alone: bool
     window: int
