@@ -60,7 +60,8 @@ class LayerwiseConfig:
     # (keeps the serving process's GIL for the forward; see layerwise/fetch.py), or
     # "thread", a thread pool in the serving process.
     fetch: str = "process"
-    # A layer not ready after this long makes the request fall back to recompute.
+    # A layer not ready after this long with nothing of its load coming in (counted from the
+    # wait or the last arrival, whichever is later) makes the request fall back to recompute.
     layer_timeout_s: float = 5.0
     # A failed or late load re-queues its requests for a full recompute (needs
     # --disable-overlap-schedule); off, SGLang aborts them with HTTP 503.

@@ -30,6 +30,10 @@ Contract
 
 Rate and concurrency (every policy)
 - At most `max_inflight` transfers run at once.
+- `set_byte_cap(n)`: a started transfer may join others only while fewer than `n` bytes are
+  in flight (one always may start alone). The layerwise loader sets it to what the observed
+  link carries within half the store's request deadline, so a slow link queues reads here,
+  where no deadline runs, instead of starting them all to time out together.
 - `bandwidth_mbps` > 0 is a token bucket on started bytes: a transfer may start when the
   bucket is not in debt and takes its full size (the bucket may go into debt), so started
   bytes never exceed `rate * t + depth + one transfer`. The bucket holds `burst_ms` of rate.
@@ -200,6 +204,7 @@ class TransferScheduler:
         self._vtime = 0.0  # start-time fair queuing's virtual time
         self._inflight: dict[Transfer, _Flow] = {}
         self._inflight_bytes = 0
+        self._byte_cap = math.inf
         self._started = self._started_bytes = self._starved = self._promoted = 0
 
     # -- caller API -------------------------------------------------------------------
@@ -217,7 +222,7 @@ class TransferScheduler:
 
     def next(self, now: float) -> Decision:
         start = []
-        while self._reads.count + self._writes.count and len(self._inflight) < self.cfg.max_inflight:
+        while self._reads.count + self._writes.count and self._room():
             if self._bucket is not None and self._bucket.ready_at(now) > now:
                 break
             e = self._pick(now)
@@ -232,9 +237,13 @@ class TransferScheduler:
                 self._bucket.take(e.t.nbytes, now)
             start.append(e.t)
         wake_at = None
-        if self._reads.count + self._writes.count and len(self._inflight) < self.cfg.max_inflight:
+        if self._reads.count + self._writes.count and self._room():
             wake_at = self._bucket.ready_at(now) if self._bucket is not None else now
         return Decision(start, wake_at)
+
+    def set_byte_cap(self, nbytes: float) -> None:
+        """Bytes in flight beyond which no transfer joins the ones running (inf: no cap)."""
+        self._byte_cap = nbytes if nbytes > 0 else math.inf
 
     def done(self, transfer: Transfer, now: float) -> None:
         flow = self._inflight.pop(transfer)  # KeyError: not started, or done twice
@@ -297,6 +306,10 @@ class TransferScheduler:
         return len(self._inflight)
 
     # -- internals --------------------------------------------------------------------
+    def _room(self) -> bool:
+        return len(self._inflight) < self.cfg.max_inflight and (
+            not self._inflight or self._inflight_bytes < self._byte_cap)
+
     def _key(self, t: Transfer, flow: _Flow, seq: int) -> tuple:
         if t.kind == WRITE:
             return (seq,)

@@ -183,6 +183,7 @@ class Batches:
             return self.corrupt(p.index, bad)
         if not self._take(b, p, done.outcomes):
             return
+        b.counter.progress(p.index)  # a slow link's load is still coming in: the forward waits on
         for layer in p.layers:
             self.timeline.mark(p.index, layer, "arrived", done.arrived)
         took = done.arrived - done.started

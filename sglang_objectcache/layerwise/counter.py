@@ -12,9 +12,12 @@ Contract
 - `wait_until(layer)` blocks the CPU only until the layer has been enqueued, then makes
   the current CUDA stream wait on the layer's event: the GPU, not the launch path, waits
   for the bytes. On CPU the completion is the copy itself.
-- A layer that does not arrive within `timeout_s` fails the batch instead of hanging the
-  forward; the forward then runs on whatever the slots hold and `finish()` reports the
-  failure, so the scheduler never uses that output (it recomputes or aborts the request).
+- A layer that does not arrive within `timeout_s` of the wait's start or of the batch's
+  last `progress` (the loader's sign that some of its bytes came in) fails the batch
+  instead of hanging the forward; the forward then runs on whatever the slots hold and
+  `finish()` reports the failure, so the scheduler never uses that output (it recomputes
+  or aborts the request). A load that keeps coming in on a slow link is waited for: each
+  of its reads has its own deadline, and the loader keeps them within it.
 - `finish(index)` returns True when every layer landed. It first stops the batch (`stop`
   callback): after it returns, the loader never writes those slots again.
 - Timing of each wait (start, end) is recorded for the timeline.
@@ -34,6 +37,7 @@ class _Batch:
     cuda_events: list
     error: Optional[BaseException] = None
     waits: dict[int, tuple[float, float]] = field(default_factory=dict)
+    progressed: float = 0.0  # perf_counter of the last progress()
 
 
 class LayerReadyCounter:
@@ -65,6 +69,12 @@ class LayerReadyCounter:
         b.cuda_events[layer] = cuda_event
         b.layers[layer].set()
 
+    def progress(self, index: int) -> None:
+        """Some of batch `index`'s bytes came in: a wait's timeout counts from now."""
+        b = self._batches.get(index)
+        if b is not None:
+            b.progressed = time.perf_counter()
+
     def fail(self, index: int, error: BaseException) -> None:
         b = self._batches.get(index)
         if b is None:
@@ -93,8 +103,10 @@ class LayerReadyCounter:
             self._stream_wait(b, layer)
             return
         t0 = time.perf_counter()
-        if not ev.wait(self.timeout_s):
-            self.fail(index, TimeoutError(f"layer {layer} not loaded within {self.timeout_s}s"))
+        while not ev.wait(max(0.0, max(t0, b.progressed) + self.timeout_s - time.perf_counter())):
+            if time.perf_counter() - max(t0, b.progressed) >= self.timeout_s:
+                self.fail(index, TimeoutError(f"layer {layer} not loaded: nothing came in for {self.timeout_s}s"))
+                break
         t1 = time.perf_counter()
         b.waits.setdefault(layer, (t0, t1))
         if self._on_wait is not None:

@@ -89,7 +89,7 @@ class LayerwiseLoader:
         self.sched = parts.scheduler
         self.digest = parts.content_digest
         self.plan = GetPlan.of(geometry, settings)
-        self.pace = Pace(parts.scheduler, settings.layer_s)
+        self.pace = Pace(parts.scheduler, settings.layer_s, settings.read_budget_s)
         self._inbox: "queue.Queue" = queue.Queue()  # messages.py: what comes in, from whom
         self._jobs: dict[int, Transfer] = {}  # fetch jobs out, by id
         self._next_job = 0

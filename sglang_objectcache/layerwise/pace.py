@@ -17,9 +17,12 @@ from sglang_objectcache.transfers import TransferScheduler
 
 
 class Pace:
-    def __init__(self, sched: TransferScheduler, layer_s: float):
+    def __init__(self, sched: TransferScheduler, layer_s: float, read_budget_s: float = 0.0):
+        """`read_budget_s` > 0: keep the bytes in flight to what the link carries in that long
+        (the scheduler's byte cap, from the observed rate), so every read ends within it."""
         self.sched = sched
         self.layer_s = layer_s
+        self.read_budget_s = read_budget_s
         self.observed_rate = 0.0  # EWMA of the link's bytes/s, from completed reads
         self.planned_rate = 0.0  # the rate the current deadlines were projected with
 
@@ -43,6 +46,8 @@ class Pace:
         shared = nbytes * min(self.sched.inflight_count + 1, self.sched.cfg.max_inflight)
         rate = shared / took
         self.observed_rate = rate if not self.observed_rate else 0.8 * self.observed_rate + 0.2 * rate
+        if self.read_budget_s > 0:
+            self.sched.set_byte_cap(self.rate() * self.read_budget_s)
         return shared
 
     def projected_start(self, live: Iterable) -> float:

@@ -55,6 +55,9 @@ class LoaderSettings:
     io_threads: int = 8  # a ThreadFetch's threads; the write and host-copy pool has at most 4
     layer_s: float = 0.002  # the forward's per-layer time until it is observed
     kernels: str = "auto"  # the scatter's kernel backend: auto | triton | torch (config layerwise.kernels)
+    # > 0: the bytes in flight are held to what the observed link carries in this long (`Pace`);
+    # the linker passes half the store's request deadline, so no read times out on a slow link.
+    read_budget_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ class ObjectCacheLinker(UnifiedCacheLinker):
                         scheduler=self.scheduler, tier=self.tier, timeline=self.timeline, stats=self.stats,
                         counter=self.layer_done_counter, fetch=fetch),
             LoaderSettings(window_layers=lw.window_layers, layers_per_get=lw.layers_per_get, io_threads=threads,
-                           kernels=lw.kernels),
+                           kernels=lw.kernels, read_budget_s=0.5 * self.cfg.request_deadline_s),
             LoaderHooks(on_store_error=self.cache.note_error, on_corrupt=self._drop_corrupt, on_missing=self._forget,
                         on_read=self.cache.policy.meter.observe_read),
         )

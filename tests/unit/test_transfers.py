@@ -123,6 +123,24 @@ def test_max_inflight():
         s.done(d.start[1], 0.2)  # done twice
 
 
+def test_the_byte_cap_queues_what_would_join_too_many_bytes_in_flight():
+    s = sched("deadline")
+    s.set_byte_cap(250)
+    s.submit(layers("a", 6, 0.0, 0.01, nbytes=100), 0.0)
+    d = s.next(0.0)
+    assert [t.layer for t in d.start] == [0, 1, 2]  # each joins while under 250 are in flight
+    assert d.wake_at is None  # nothing starts until a done()
+    assert s.next(0.05).start == []
+    s.done(d.start[0], 0.1)
+    assert [t.layer for t in s.next(0.1).start] == [3]  # 200 in flight: room for one
+    s.set_byte_cap(0)  # 0: no cap
+    assert [t.layer for t in s.next(0.2).start] == [4, 5]
+    alone = sched("deadline")
+    alone.set_byte_cap(50)
+    alone.submit([Transfer("b", 0, 1000)], 0.0)
+    assert len(alone.next(0.0).start) == 1  # larger than the cap, it still starts alone
+
+
 # -- bounds -----------------------------------------------------------------------------------
 def _stream_behind(starvation_ms: float) -> tuple[float | None, TransferScheduler]:
     """A transfer due at 50 ms, then one more urgent transfer every 10 ms, one slot.

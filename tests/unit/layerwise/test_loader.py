@@ -200,6 +200,33 @@ def test_counter_without_loads_never_blocks():
     assert c.finish(idx) is True
 
 
+def test_a_load_still_coming_in_is_waited_for_past_the_layer_timeout_and_a_stalled_one_is_not():
+    # A 10 MB/s link took 3.4 s for a 4K hit and 6.7 s for 8K: past a 5 s timeout counted
+    # from the wait's start, the 8K load failed while its bytes were still arriving, and the
+    # request recomputed after the wait (ttft_cap10_half_timeout.json: 70.7 s vs 48.6 s).
+    c = LayerReadyCounter(2, timeout_s=0.3)
+    idx = c.update_producer()
+    c.set_consumer(idx)
+    stop = threading.Event()
+
+    def trickle():  # a read lands every 0.1 s for 0.9 s, then layer 0 is in
+        for _ in range(9):
+            if stop.wait(0.1):
+                return
+            c.progress(idx)
+        c.complete(idx, 0)
+
+    threading.Thread(target=trickle, daemon=True).start()
+    t0 = time.monotonic()
+    c.wait_until(0)
+    assert not c.failed(idx) and time.monotonic() - t0 >= 0.85  # three timeouts long, still fine
+    t1 = time.monotonic()
+    c.wait_until(1)  # nothing comes in any more
+    assert c.failed(idx) and 0.25 <= time.monotonic() - t1 < 1.0
+    assert c.finish(idx) is False
+    stop.set()
+
+
 def test_a_failed_load_with_queued_transfers_releases_its_staging(s3_config, fetch):
     """A failed load cancels its queued transfers, which never come back: its staging must
     still be released, not parked in `draining` for ever (one leaked set per failed load)."""

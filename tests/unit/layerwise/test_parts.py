@@ -154,6 +154,21 @@ def test_pace_rate_is_the_cap_else_the_observed_reads_scaled_by_the_link_share()
     assert pace.deadline(1.0, 3) == pytest.approx(1.0 + 3 * pace.layer_s)
 
 
+def test_pace_holds_the_bytes_in_flight_to_what_the_link_carries_within_the_read_budget():
+    sched = TransferScheduler(SchedulerConfig(max_inflight=100))
+    pace = Pace(sched, 0.002, read_budget_s=2.0)
+    sched.submit([Transfer("r", 0, 4_000_000)], 0.0)
+    (first,) = sched.next(0.0).start
+    sched.done(first, 0.4)  # as the loader does: done, then the read is observed
+    pace.observe_read(4_000_000, 0.4)  # alone on the link: 10 MB/s, 20 MB within the budget
+    sched.submit([Transfer("r", layer, 7_000_000) for layer in range(1, 5)], 0.4)
+    assert len(sched.next(0.4).start) == 3  # 21 MB: the 4th waits; all at once, none ends in 2 s
+    unbounded = TransferScheduler(SchedulerConfig(max_inflight=100))
+    Pace(unbounded, 0.002).observe_read(4_000_000, 0.4)  # no budget: no cap
+    unbounded.submit([Transfer("r", layer, 7_000_000) for layer in range(4)], 0.0)
+    assert len(unbounded.next(0.0).start) == 4
+
+
 def test_pace_projects_starts_behind_live_batches_and_replans_when_the_rate_moves():
     sched = TransferScheduler(SchedulerConfig(bandwidth_mbps=8.0))  # 1e6 bytes/s
     pace = Pace(sched, 0.01)
@@ -223,6 +238,9 @@ class Counter:
 
     def fail(self, index, err):
         self.failed.append((index, err))
+
+    def progress(self, index):
+        pass
 
 
 class Machine:
