@@ -6,16 +6,24 @@ load are computed by the forward like any miss, so the choice never changes an a
 
 Cost model (n pages of P tokens found, q new tokens after them, k pages loaded):
 - loading k pages:      load(k)    = latency + k * page_bytes / bandwidth     (load(0) = 0)
-- computing t tokens:   compute(t) = t / prefill_rate
+- computing t tokens after s others:
+      compute(t, s) = t / prefill_rate + attn * t * (s + t / 2)
+  the second term is attention: each token attends to every token before it, so the same
+  tokens cost more at the end of a long prompt (attn = 0 where it is not measured)
 - page mode (HiCache prefetches, then the forward runs):
-      T(k) = load(k) + compute((n - k) * P + q)
-  linear in k past the first page, so the best k is 0 or n.
+      T(k) = load(k) + compute((n - k) * P + q, k * P)
+  loading and computing a page are each a cost per page, so the best k is 0 or n
+  (attention makes compute(., kP) concave in k, which keeps the ends best).
 - layerwise mode (layer l of the loaded head arrives while layer l-1 computes):
-      T(k) = load(k) / L + max(load(k) * (L - 1) / L, compute((n - k) * P + q))
+      T(k) = load(k) / L + max(load(k) * (L - 1) / L, compute((n - k) * P + q, k * P))
   the first layer's read is exposed; after that load and compute overlap, so a split
   where the two are equal can beat both ends.
-The prefill rate is one number (tokens/s); attention's growth with context is not
-modelled, so it is measured on the forwards this server actually runs.
+Both compute terms are fitted on the forwards this server actually runs (`RateMeter`):
+seconds on tokens and on token pairs (t * (s + t / 2) per request), by decayed least
+squares. While the forwards seen cannot separate the two (one shape only), the fit is the
+flat tokens/s and attn is 0. With that flat rate, a 10 MB/s link's 8K hit was split 64/128
+and computed the tail at 8K context: 2.6x slower than the whole load
+(benchmarks/results/ttft_cap10.json).
 
 While either rate is unmeasured (`cold`), or when no candidate beats loading everything by
 `margin`, the whole hit is loaded (up to the deadline cap below, which needs only the
@@ -53,6 +61,7 @@ class Rates:
     latency_s: Optional[float] = None  # a store read's fixed cost
     bytes_s: Optional[float] = None  # the store's read bandwidth, bytes/s
     prefill_tokens_s: Optional[float] = None  # the engine's prefill rate, tokens/s
+    attn_s: Optional[float] = None  # attention's seconds per token pair (None: not measured)
 
     @property
     def cold(self) -> bool:
@@ -82,14 +91,15 @@ def load_s(k: int, hit: Hit, r: Rates) -> float:
     return 0.0 if k <= 0 else r.latency_s + k * hit.page_bytes / r.bytes_s
 
 
-def compute_s(tokens: int, r: Rates) -> float:
-    return tokens / r.prefill_tokens_s
+def compute_s(tokens: int, r: Rates, start: int = 0) -> float:
+    """Computing `tokens` prompt tokens that follow `start` tokens already in the KV cache."""
+    return tokens / r.prefill_tokens_s + (r.attn_s or 0.0) * tokens * (start + tokens / 2)
 
 
 def ttft_s(k: int, hit: Hit, r: Rates, mode: Mode) -> float:
     """T(k) of the module docstring."""
     load = load_s(k, hit, r)
-    compute = compute_s((hit.pages - k) * hit.page_tokens + hit.new_tokens, r)
+    compute = compute_s((hit.pages - k) * hit.page_tokens + hit.new_tokens, r, k * hit.page_tokens)
     if mode == "page":
         return load + compute
     first = load / max(hit.layers, 1)
@@ -114,6 +124,8 @@ def _candidates(hit: Hit, r: Rates, mode: Mode) -> set[int]:
         k = (compute_s(hit.pages * hit.page_tokens + hit.new_tokens, r) - r.latency_s) / per_page
         if math.isfinite(k):
             ks.update(min(max(int(f(k)), 0), hit.pages) for f in (math.floor, math.ceil))
+        if r.attn_s:  # compute is no longer linear in k: also try an even grid of heads
+            ks.update(range(0, hit.pages + 1, max(1, hit.pages // 64)))
     return ks
 
 
@@ -141,7 +153,8 @@ def choose(hit: Hit, rates: Rates, mode: Mode, margin: float = 0.1, budget_s: Op
 
 class RateMeter:
     """Online estimates behind `Rates`: decayed least squares of read time on bytes
-    (intercept = latency, slope = 1/bandwidth), and a decayed mean of prefill tokens/s.
+    (intercept = latency, slope = 1/bandwidth), and of forward time on tokens and token
+    pairs (1/prefill rate, attention), else the decayed mean tokens/s.
     Thread-safe; `warmup` samples of each before it reports a rate."""
 
     def __init__(self, decay: float = 0.9, warmup: int = 3):
@@ -149,7 +162,7 @@ class RateMeter:
         self._lock = threading.Lock()
         self._reads = [0.0] * 5  # weights: sum w, w*x, w*y, w*x*x, w*x*y
         self._n_reads = 0
-        self._prefill = [0.0, 0.0]  # sum w*tokens, sum w*seconds
+        self._prefill = [0.0] * 7  # sum w*: tokens, seconds, t*t, t*p, p*p, t*s, p*s
         self._n_prefill = 0
 
     def observe_read(self, nbytes: int, seconds: float) -> None:
@@ -163,13 +176,16 @@ class RateMeter:
                 s[i] = s[i] * d + v
             self._n_reads += 1
 
-    def observe_prefill(self, tokens: int, seconds: float) -> None:
-        """One forward that computed `tokens` prompt tokens in `seconds`."""
+    def observe_prefill(self, tokens: int, seconds: float, pairs: float = 0.0) -> None:
+        """One forward that computed `tokens` prompt tokens in `seconds`; `pairs` is the
+        sum over its requests of extend * (prefix + extend / 2)."""
         if tokens <= 0 or not seconds > 0:
             return
+        t, q, y = float(tokens), float(pairs), float(seconds)
         with self._lock:
             p, d = self._prefill, self.decay
-            p[0], p[1] = p[0] * d + tokens, p[1] * d + seconds
+            for i, v in enumerate((t, y, t * t, t * q, q * q, t * y, q * y)):
+                p[i] = p[i] * d + v
             self._n_prefill += 1
 
     def rates(self) -> Rates:
@@ -183,9 +199,16 @@ class RateMeter:
                 # to bandwidth (latency 0), which favours loading, the conservative side.
                 slope = cov / var if var > 1e-9 * mx * mx and cov > 0 else my / mx
                 latency, bytes_s = max(0.0, my - slope * mx), 1.0 / slope
+            attn = None
             if self._n_prefill >= self.warmup:
-                prefill = self._prefill[0] / self._prefill[1]
-        return Rates(latency, bytes_s, prefill)
+                t, y, tt, tq, qq, ty, qy = self._prefill
+                prefill = t / y
+                det = tt * qq - tq * tq
+                if det > 1e-4 * tt * qq:  # shapes that separate the two terms
+                    a, b = (ty * qq - qy * tq) / det, (qy * tt - ty * tq) / det
+                    if a > 0 and b > 0:
+                        prefill, attn = 1.0 / a, b
+        return Rates(latency, bytes_s, prefill, attn)
 
 
 class Policy:
@@ -218,7 +241,8 @@ class Policy:
         m = self.meter.rates()
         p = self.pinned
         return Rates(p.latency_s if p.bytes_s else m.latency_s, p.bytes_s or m.bytes_s,
-                     p.prefill_tokens_s or m.prefill_tokens_s)
+                     p.prefill_tokens_s or m.prefill_tokens_s,
+                     None if p.prefill_tokens_s else m.attn_s)  # a pinned rate is flat
 
     def choose(self, hit: Hit, mode: Mode) -> Choice:
         if self.mode == "load" or hit.pages <= 0:

@@ -35,10 +35,13 @@ def _observe(batch, now: float) -> None:
     tokens = getattr(batch, "extend_num_tokens", None) or 0
     if mode is None or not mode.is_extend() or launched is None or tokens < MIN_TOKENS:
         return
+    # Attention's share: each request's new tokens attend to its prefix and to each other.
+    pairs = sum(e * (p + e / 2) for p, e in zip(getattr(batch, "prefix_lens", None) or [],
+                                                 getattr(batch, "extend_lens", None) or []))
     live = runtime.instances()
     if any(getattr(inst, "last_wait_end", 0.0) >= launched for inst in live):
         return  # a layerwise load was waited for during this forward
     for inst in live:
         policy = getattr(getattr(inst, "cache", None), "policy", None)
         if policy is not None:
-            policy.meter.observe_prefill(tokens, now - launched)
+            policy.meter.observe_prefill(tokens, now - launched, pairs)

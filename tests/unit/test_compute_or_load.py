@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from sglang_objectcache.compute_or_load import Choice, Hit, Rates, RateMeter, choose, ttft_s
+from sglang_objectcache.compute_or_load import compute_s, Choice, Hit, Rates, RateMeter, choose, ttft_s
 
 MiB = 1 << 20
 # 4K prefix of 64-token pages, 1 MiB per page, 8 layers, 128 new tokens.
@@ -174,3 +174,33 @@ def test_the_deadline_cap_holds_while_the_prefill_rate_is_still_unmeasured():
     c = choose(SLOW_HIT, Rates(latency_s=0.01, bytes_s=10e6, prefill_tokens_s=None), "layerwise", budget_s=2.0)
     assert (c.load_pages, c.reason) == (37, "capped")
     assert choose(SLOW_HIT, Rates(), "layerwise", budget_s=2.0) == Choice(64, "cold")  # nothing known: load
+
+
+def test_the_meter_separates_attention_from_the_per_token_cost_when_forwards_differ_in_shape():
+    a, b = 1 / 2000, 2e-8  # 2,000 tokens/s, and attention per token pair
+    m = RateMeter(warmup=3)
+    for prefix, extend in ((0, 512), (0, 4096), (4096, 4096), (2048, 256), (0, 8192), (8192, 64)):
+        pairs = extend * (prefix + extend / 2)
+        m.observe_prefill(extend, a * extend + b * pairs, pairs)
+    r = m.rates()
+    assert r.prefill_tokens_s == pytest.approx(2000, rel=1e-6) and r.attn_s == pytest.approx(b, rel=1e-6)
+    flat = RateMeter(warmup=3)
+    for _ in range(5):  # one shape: the two terms cannot be told apart
+        flat.observe_prefill(4096, 3.0, 4096 * 2048)
+    assert flat.rates().attn_s is None and flat.rates().prefill_tokens_s == pytest.approx(4096 / 3.0)
+
+
+def test_with_attention_measured_a_tail_at_long_context_is_not_computed_when_loading_it_is_sooner():
+    # The 10 MB/s run at 8K (ttft_cap10.json): the flat rate split the hit 64/128 and computed
+    # the tail at 4K-8K context in ~30 s, where the whole load took 13 s.
+    hit = Hit(pages=128, page_tokens=64, page_bytes=MiB // 2, new_tokens=256, layers=8)
+    # A flat rate from short forwards (600 tokens/s) splits it; the same per-token cost with
+    # attention fitted to this machine's 45 s for 8K from scratch loads it all.
+    a = 1 / 600
+    b = (45.0 - 8448 * a) / (8448 * 8448 / 2)
+    flat = rates(10e6, 600)
+    with_attn = Rates(latency_s=0.01, bytes_s=10e6, prefill_tokens_s=1 / a, attn_s=b)
+    assert choose(hit, flat, "layerwise").reason == "split"
+    c = choose(hit, with_attn, "layerwise")
+    assert c.load_pages == 128, c
+    assert compute_s(64 * 64, with_attn, 64 * 64) > 1.5 * compute_s(64 * 64, with_attn, 0)  # the tail costs more

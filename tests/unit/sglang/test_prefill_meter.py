@@ -57,6 +57,17 @@ def test_extend_forwards_give_the_rate_in_tokens_per_second(live):
     assert inst.cache.policy.meter.rates().prefill_tokens_s == pytest.approx(4000)
 
 
+def test_each_requests_prefix_gives_the_meter_attentions_share(live):
+    inst = live()
+    a, b = 1 / 4000, 1e-8
+    for prefix, extend in ((0, 512), (4096, 2048), (0, 4096), (8192, 256)):
+        fwd = SimpleNamespace(forward_mode=Mode(True), extend_num_tokens=extend, launch_ts=100.0,
+                              prefix_lens=[prefix], extend_lens=[extend])
+        prefill_meter._observe(fwd, now=100.0 + a * extend + b * extend * (prefix + extend / 2))
+    r = inst.cache.policy.meter.rates()
+    assert r.prefill_tokens_s == pytest.approx(4000, rel=1e-6) and r.attn_s == pytest.approx(b, rel=1e-6)
+
+
 def test_decode_small_and_unlaunched_batches_are_not_measured(live):
     inst = live()
     for b in (batch(4096, 100.0, extend=False), batch(prefill_meter.MIN_TOKENS - 1, 100.0),
