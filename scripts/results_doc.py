@@ -581,12 +581,13 @@ BENCHMARKS = [
           "The TTFT benchmark with every server's store behind the harness proxy's shared link of `--cap-mbps`. "
           "`recompute` computes everything; `layerwise_load` loads every hit (`compute_or_load: load`); "
           "`layerwise` is the default `auto`, which may load a head of the hit and compute the rest. "
-          "Runs, newest first: `ttft_cap10` (the loader's flow control, the forward waiting while a load comes "
-          "in, no cap on layerwise loads); `ttft_cap10_half_timeout` (flow control, layerwise loads capped to half "
+          "Runs, newest first: `ttft_cap10` (as the next, and the cost model charges attention); `ttft_cap10_flat` "
+          "(the loader's flow control, the forward waiting while a load comes in, no cap on layerwise loads, a flat "
+          "prefill rate); `ttft_cap10_half_timeout` (flow control, layerwise loads capped to half "
           "the layer timeout); `ttft_cap10_policy_cap` (every read in flight, loads capped to half the request "
           "deadline); `ttft_cap10_before` (no cap).",
           ["ttft_cap10", "ttft_cap10_half_timeout"], r_ttft_cpu,
-          older=["ttft_cap10_policy_cap", "ttft_cap10_before"]),
+          older=["ttft_cap10_flat", "ttft_cap10_policy_cap", "ttft_cap10_before"]),
     Bench("ttft-short", "Short prefixes: what a layerwise hit from the store adds to a DRAM hit",
           "The TTFT benchmark at 1K–4K with `--trace`: each layerwise server's per-layer timeline says how long "
           "the forward waited for each layer. The older run read layer 0 together with the rest of each "
