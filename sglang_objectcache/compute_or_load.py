@@ -21,9 +21,10 @@ Cost model (n pages of P tokens found, q new tokens after them, k pages loaded):
 Both compute terms are fitted on the forwards this server actually runs (`RateMeter`):
 seconds on tokens and on token pairs (t * (s + t / 2) per request), by decayed least
 squares. While the forwards seen cannot separate the two (one shape only), the fit is the
-flat tokens/s and attn is 0. With that flat rate, a 10 MB/s link's 8K hit was split 64/128
-and computed the tail at 8K context: 2.6x slower than the whole load
-(benchmarks/results/ttft_cap10.json).
+flat tokens/s and attn is 0. A flat rate from short forwards prices a tail computed at
+long context too low: on a 10 MB/s link an 8K hit split 64/128 was 2.6x slower than the
+whole load (benchmarks/results/ttft_cap10_flat.json; the rates behind that split are not
+known, and the same split recurred with this model in ttft_cap10.json).
 
 While either rate is unmeasured (`cold`), or when no candidate beats loading everything by
 `margin`, the whole hit is loaded (up to the deadline cap below, which needs only the

@@ -130,7 +130,8 @@ class Batches:
         """Submit the layers of `b` that fit in its window, a whole GET's layers at a time.
         A lead layer read alone goes first: the next group waits until it is in. In flight
         together, the group's larger reads share the link and the CPUs with it, and layer 0
-        arrived no sooner than the whole object (benchmarks/results/ttft_lead_first.json)."""
+        arrived no sooner than the whole object (benchmarks/results/ttft_lead_together.json,
+        then ttft_lead_first.json)."""
         while b.next_layer < self.g.num_layers:
             if self.plan.lead_alone and b.next_layer == 1 and b.done_layers == 0 and b.store_pages():
                 break
@@ -183,7 +184,7 @@ class Batches:
             return self.corrupt(p.index, bad)
         if not self._take(b, p, done.outcomes):
             return
-        b.counter.progress(p.index)  # a slow link's load is still coming in: the forward waits on
+        b.counter.progress(p.index)  # still coming in on a slow link: the forward keeps waiting
         for layer in p.layers:
             self.timeline.mark(p.index, layer, "arrived", done.arrived)
         took = done.arrived - done.started
