@@ -22,9 +22,8 @@ Both compute terms are fitted on the forwards this server actually runs (`RateMe
 seconds on tokens and on token pairs (t * (s + t / 2) per request), by decayed least
 squares. While the forwards seen cannot separate the two (one shape only), the fit is the
 flat tokens/s and attn is 0. A flat rate from short forwards prices a tail computed at
-long context too low: on a 10 MB/s link an 8K hit split 64/128 was 2.6x slower than the
-whole load (benchmarks/results/ttft_cap10_flat.json; the rates behind that split are not
-known, and the same split recurred with this model in ttft_cap10.json).
+long context too low: on this machine recomputing 8K took 2.3x as long as 4K, for 1.9x the
+tokens (benchmarks/results/ttft_cap10.json).
 
 While either rate is unmeasured (`cold`), or when no candidate beats loading everything by
 `margin`, the whole hit is loaded (up to the deadline cap below, which needs only the

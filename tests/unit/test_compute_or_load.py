@@ -191,8 +191,8 @@ def test_the_meter_separates_attention_from_the_per_token_cost_when_forwards_dif
 
 
 def test_with_attention_measured_a_tail_at_long_context_is_not_computed_when_loading_it_is_sooner():
-    # The 10 MB/s run at 8K (ttft_cap10.json): the flat rate split the hit 64/128 and computed
-    # the tail at 4K-8K context in ~30 s, where the whole load took 13 s.
+    # 10 MB/s and 8K (ttft_cap10.json): the whole load took 13-16 s, recompute 46-49 s, and a
+    # tail of 64 pages computed at 4K-8K context ~30 s.
     hit = Hit(pages=128, page_tokens=64, page_bytes=MiB // 2, new_tokens=256, layers=8)
     # A flat rate from short forwards (600 tokens/s) splits it; the same per-token cost with
     # attention fitted to this machine's 45 s for 8K from scratch loads it all.
