@@ -228,20 +228,6 @@ def paired_ratios(results: dict) -> dict:
     return out
 
 
-def forward_waits(timeline: dict) -> list[dict]:
-    """Per load batch of a server's timeline: how long the forward waited for layer 0 and
-    for every layer together (ms), beside the batch's store and host-tier pages."""
-    out = []
-    for b in timeline["batches"]:
-        waits = [(r["wait_end"] - r["wait_start"]) * 1000 for r in b["layers"] if r.get("wait_start") is not None]
-        first = b["layers"][0]
-        out.append({"start": b["start"], "store_pages": b["store_pages"], "host_pages": b["host_pages"],
-                    "layer0_wait_ms": round((first["wait_end"] - first["wait_start"]) * 1000, 1)
-                    if first.get("wait_start") is not None else None,
-                    "wait_ms": round(sum(waits), 1)})
-    return out
-
-
 def plot_spec(out: dict) -> dict:
     """The result's `plot` field: median TTFT per mode against the prefix length."""
     lines = []
@@ -278,8 +264,6 @@ def main(argv: list[str] | None = None) -> None:
         **({"timelines": {m: json.loads((work / f"{m}.timeline.json").read_text()) for m in LAYERWISE
                           if (work / f"{m}.timeline.json").exists()}} if a.trace else {}),
     }
-    if a.trace:
-        out["forward_waits"] = {m: forward_waits(t) for m, t in out["timelines"].items()}
     if not a.workdir:  # otherwise each run leaves ~1.5 GB of objects behind
         shutil.rmtree(work, ignore_errors=True)
     write_result(a.out, runs=a.reps, medians=summary, extra=out, plot=plot_spec(out))

@@ -22,7 +22,7 @@ Both compute terms are fitted on the forwards this server actually runs (`RateMe
 seconds on tokens and on token pairs (t * (s + t / 2) per request), by decayed least
 squares. While the forwards seen cannot separate the two (one shape only), the fit is the
 flat tokens/s and attn is 0. A flat rate from short forwards prices a tail computed at
-long context too low: on this machine recomputing 8K took 2.3x as long as 4K, for 1.9x the
+long context too low: on this machine recomputing 8K took 2.2x as long as 4K, for 1.9x the
 tokens (benchmarks/results/ttft_cap10.json).
 
 While either rate is unmeasured (`cold`), or when no candidate beats loading everything by
@@ -38,8 +38,7 @@ limit (room for the estimate's error), and `concurrency` says what must fit in i
 - layerwise mode: no budget. The loader keeps its reads in flight within the request
   deadline itself (`layerwise/pace.py`), and the forward waits for a layer as long as the
   load's bytes keep coming in (`layerwise/counter.py`), so a load the link carries slowly
-  ends late but never fails; only its TTFT, in the cost model above, counts. (A
-  `concurrency` of 0 asks `max_pages` for a whole load that fits, one read after another.)
+  ends late but never fails; only its TTFT, in the cost model above, counts.
 No candidate loads more pages than fit; when loading everything is over that, the best
 candidate within it is taken, margin or not.
 """
@@ -107,13 +106,12 @@ def ttft_s(k: int, hit: Hit, r: Rates, mode: Mode) -> float:
 
 
 def max_pages(hit: Hit, r: Rates, budget_s: Optional[float], concurrency: int = 128) -> int:
-    """The most pages a load can read within `budget_s`: every read in flight at once with
-    `concurrency` > 0 (all of them when the link carries that many within it), the whole
-    load one read after another with 0."""
+    """The most pages a load can read with every read ending within `budget_s` (all of them
+    with no budget, or when the link carries `concurrency` reads in flight within it)."""
     if not budget_s:
         return hit.pages
     fits = max(0, math.floor((budget_s - r.latency_s) * r.bytes_s / hit.page_bytes))
-    return hit.pages if concurrency and fits >= concurrency else min(hit.pages, fits)
+    return hit.pages if fits >= concurrency else min(hit.pages, fits)
 
 
 def _candidates(hit: Hit, r: Rates, mode: Mode) -> set[int]:
@@ -218,7 +216,8 @@ class Policy:
 
     def __init__(self, mode: str = "auto", pinned: Rates = Rates(), margin: float = 0.1,
                  budgets: Optional[dict] = None):
-        """`budgets`: per mode, (budget_s, concurrency) of `max_pages`; none: no cap."""
+        """`budgets`: per mode, (budget_s, concurrency) of `max_pages`; a mode without one
+        is not capped."""
         self.mode, self.pinned, self.margin = mode, pinned, margin
         self.budgets = budgets or {}
         self.meter = RateMeter()
@@ -229,12 +228,11 @@ class Policy:
         pinned = Rates(lat_ms / 1e3 if mbps else None, mbps * 125_000.0 or None, tok_s or None)
         # max_concurrency 0 is the transport's default (obstore's 128; boto3's 16 makes this
         # cap conservative: it may compute pages that would have loaded in time).
-        budgets = {"page": (0.5 * cfg.request_deadline_s, cfg.max_concurrency or 128),
-                   # None: the loader keeps each read within its deadline and the forward waits
-                   # for a load while it comes in, so nothing bounds a layerwise load but its TTFT
-                   # (capped at half the layer timeout, a 10 MB/s link cut 4K hits to 46 of 64
-                   # pages, 1.5x slower than the whole load: ttft_cap10_half_timeout.json).
-                   "layerwise": (None, 0)}
+        # Page mode only: in layerwise mode the loader keeps each read within its deadline and
+        # the forward waits for a load while it comes in, so nothing bounds a load but its TTFT
+        # (capped at half the layer timeout, a 10 MB/s link cut 4K hits to 46 of 64 pages,
+        # 1.5x slower than the whole load: ttft_cap10_half_timeout.json).
+        budgets = {"page": (0.5 * cfg.request_deadline_s, cfg.max_concurrency or 128)}
         return cls(cfg.compute_or_load, pinned, cfg.compute_or_load_margin, budgets)
 
     def rates(self) -> Rates:
@@ -247,5 +245,5 @@ class Policy:
     def choose(self, hit: Hit, mode: Mode) -> Choice:
         if self.mode == "load" or hit.pages <= 0:
             return Choice(max(hit.pages, 0), "load" if hit.pages > 0 else "empty")
-        budget_s, concurrency = self.budgets.get(mode, (None, 0))
+        budget_s, concurrency = self.budgets.get(mode, (None, 128))
         return choose(hit, self.rates(), mode, self.margin, budget_s, concurrency)
